@@ -1,0 +1,26 @@
+//! sweep: hyperparameter sweeps for fine-tuning language models.
+//!
+//! See ARCHITECTURE.md for the map of modules. `main.rs` is a thin command line over this library.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod data;
+pub mod eval;
+pub mod executor;
+pub mod journal;
+pub mod model;
+pub mod optim;
+pub mod params;
+pub mod plan;
+pub mod presets;
+pub mod progress;
+pub mod report;
+pub mod results;
+pub mod rng;
+pub mod runner;
+pub mod scheduler;
+pub mod search;
+pub mod spec;
+pub mod tokenizer;
+pub mod train;
+pub mod trial;

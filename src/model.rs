@@ -1,0 +1,787 @@
+//! The trainable decoder-only transformer (Llama-style) and its LoRA adapters.
+//!
+//! Why our own model and not candle-transformers': those keep KV caches and return only the last
+//! token's logits, and candle-nn's fast `rms_norm`/`softmax_last_dim`/`rope` kernels have no
+//! backward pass. Everything here is built from differentiable tensor ops, and tensor names follow
+//! Hugging Face's `LlamaForCausalLM`, so checkpoints load in `transformers` and HF folders load here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+
+use crate::rng::SplitMix64;
+
+/// Errors from building or loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{file}: {message}")]
+    Config { file: String, message: String },
+    #[error("{file}: tensor `{name}` is missing")]
+    MissingTensor { file: String, name: String },
+    #[error("{file}: tensor `{name}` has shape {found:?}, the config implies {expected:?}")]
+    Shape {
+        file: String,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// The subset of a Hugging Face `config.json` that a Llama-style decoder needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+fn default_model_type() -> String {
+    "llama".into()
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> usize {
+    2048
+}
+
+impl ModelConfig {
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Checks the invariants the forward pass relies on.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let fail = |message: String| {
+            Err(ModelError::Config {
+                file: file.to_string(),
+                message,
+            })
+        };
+        if self.model_type != "llama" {
+            return fail(format!(
+                "model_type `{}` is not supported (supported: llama)",
+                self.model_type
+            ));
+        }
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+        ] {
+            if v == 0 {
+                return fail(format!("{name} must be positive"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return fail(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return fail(
+                "head_dim (hidden_size / num_attention_heads) must be even for rotary positions"
+                    .into(),
+            );
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return fail(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.kv_heads()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The HF `config.json` we write beside every full checkpoint.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "architectures".into(),
+                serde_json::json!(["LlamaForCausalLM"]),
+            );
+            obj.insert("torch_dtype".into(), serde_json::json!("float32"));
+            obj.insert("hidden_act".into(), serde_json::json!("silu"));
+            obj.insert("attention_bias".into(), serde_json::json!(false));
+            obj.insert("mlp_bias".into(), serde_json::json!(false));
+            obj.insert(
+                "num_key_value_heads".into(),
+                serde_json::json!(self.kv_heads()),
+            );
+        }
+        v
+    }
+
+    /// Parameter count of the base model (embeddings included, lm_head once if untied).
+    pub fn parameter_count(&self) -> usize {
+        let h = self.hidden_size;
+        let kv = self.kv_heads() * self.head_dim();
+        let per_layer = h * h * 2 + h * kv * 2 + 3 * h * self.intermediate_size + 2 * h;
+        let embed = self.vocab_size * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + head + h + self.num_hidden_layers * per_layer
+    }
+}
+
+/// The linear projections LoRA may adapt, by their HF module names.
+pub const LORA_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// LoRA settings for a model whose base weights are frozen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSettings {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+}
+
+/// A low-rank adapter on one projection: `y = x W^T + scale * (x A^T) B^T`.
+struct LoraAdapter {
+    a: Var,
+    b: Var,
+    scale: f64,
+}
+
+struct Linear {
+    weight: Tensor,
+    lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, i) = x.dims3()?;
+        let flat = x.reshape((b * t, i))?;
+        let mut y = flat.matmul(&self.weight.t()?)?;
+        if let Some(l) = &self.lora {
+            let low = flat.matmul(&l.a.as_tensor().t()?)?;
+            let delta = low.matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (delta * l.scale)?)?;
+        }
+        let out = y.dim(1)?;
+        y.reshape((b, t, out))
+    }
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Composed from basic ops so that gradients flow (candle-nn's fused kernel has no backward).
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A Llama-style causal language model whose every weight is either a trainable `Var` or a frozen
+/// tensor, according to the training method.
+pub struct CausalLm {
+    pub config: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    /// Trainable parameters by checkpoint name: HF names for full training, PEFT names for LoRA.
+    trainable: Vec<(String, Var)>,
+    lora: Option<LoraSettings>,
+    device: Device,
+}
+
+/// Which weights train.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trainable {
+    /// Every weight (sft, post_pretrain).
+    All,
+    /// Base frozen; adapters only.
+    Lora(LoraSettings),
+}
+
+impl CausalLm {
+    /// Random initialisation (normal, std 0.02, like HF's `initializer_range`), reproducible by seed.
+    pub fn random_weights(
+        config: &ModelConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>> {
+        let mut rng = SplitMix64::new(seed);
+        let mut weights = HashMap::new();
+        for (name, shape) in weight_shapes(config) {
+            let tensor = if name.ends_with("norm.weight") {
+                Tensor::ones(shape.as_slice(), dtype, device)?
+            } else {
+                let n: usize = shape.iter().product();
+                let data: Vec<f32> = (0..n).map(|_| rng.normal() as f32 * 0.02).collect();
+                Tensor::from_vec(data, shape.as_slice(), device)?.to_dtype(dtype)?
+            };
+            weights.insert(name, tensor);
+        }
+        Ok(weights)
+    }
+
+    /// Builds the model from named weights (HF names). `source` names the file in errors.
+    pub fn new(
+        config: ModelConfig,
+        weights: &HashMap<String, Tensor>,
+        trainable: Trainable,
+        seed: u64,
+        device: &Device,
+        source: &str,
+    ) -> Result<Self> {
+        config.validate(source)?;
+        let dtype = weights
+            .get("model.embed_tokens.weight")
+            .map(|t| t.dtype())
+            .unwrap_or(DType::F32);
+        let train_all = trainable == Trainable::All;
+        let lora = match &trainable {
+            Trainable::Lora(s) => Some(s.clone()),
+            Trainable::All => None,
+        };
+        let mut trainable_vars = Vec::new();
+        let mut rng = SplitMix64::new(seed ^ 0x10_4a);
+        let mut take = |name: &str, expected: Vec<usize>| -> Result<Tensor> {
+            let t = weights.get(name).ok_or_else(|| ModelError::MissingTensor {
+                file: source.to_string(),
+                name: name.to_string(),
+            })?;
+            if t.dims() != expected.as_slice() {
+                return Err(ModelError::Shape {
+                    file: source.to_string(),
+                    name: name.to_string(),
+                    found: t.dims().to_vec(),
+                    expected,
+                });
+            }
+            let t = t.to_dtype(dtype)?.to_device(device)?;
+            if train_all {
+                let var = Var::from_tensor(&t)?;
+                let tensor = var.as_tensor().clone();
+                trainable_vars.push((name.to_string(), var));
+                Ok(tensor)
+            } else {
+                Ok(t)
+            }
+        };
+        let shapes: BTreeMap<String, Vec<usize>> = weight_shapes(&config).into_iter().collect();
+        let shape_of = |name: &str| shapes.get(name).cloned().unwrap_or_default();
+        let embed = take(
+            "model.embed_tokens.weight",
+            shape_of("model.embed_tokens.weight"),
+        )?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let mut adapters: Vec<(String, Var)> = Vec::new();
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut linear = |module: &str, kind: &str| -> Result<Linear> {
+                let name = format!("{p}.{kind}.{module}.weight");
+                let weight = take(&name, shape_of(&name))?;
+                let lora = match &lora {
+                    Some(s) if s.targets.iter().any(|t| t == module) => {
+                        let (out_dim, in_dim) = weight.dims2()?;
+                        // PEFT's init: A ~ kaiming-uniform (here: uniform with bound 1/sqrt(in)), B = 0,
+                        // so the adapted model starts exactly equal to the base.
+                        let bound = 1.0 / (in_dim as f64).sqrt();
+                        let data: Vec<f32> = (0..s.rank * in_dim)
+                            .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                            .collect();
+                        let a = Var::from_tensor(
+                            &Tensor::from_vec(data, (s.rank, in_dim), device)?.to_dtype(dtype)?,
+                        )?;
+                        let b = Var::zeros((out_dim, s.rank), dtype, device)?;
+                        let peft = format!("base_model.model.{p}.{kind}.{module}");
+                        adapters.push((format!("{peft}.lora_A.weight"), a.clone()));
+                        adapters.push((format!("{peft}.lora_B.weight"), b.clone()));
+                        Some(LoraAdapter {
+                            a,
+                            b,
+                            scale: s.alpha / s.rank as f64,
+                        })
+                    }
+                    _ => None,
+                };
+                Ok(Linear { weight, lora })
+            };
+            let q = linear("q_proj", "self_attn")?;
+            let k = linear("k_proj", "self_attn")?;
+            let v = linear("v_proj", "self_attn")?;
+            let o = linear("o_proj", "self_attn")?;
+            let gate = linear("gate_proj", "mlp")?;
+            let up = linear("up_proj", "mlp")?;
+            let down = linear("down_proj", "mlp")?;
+            let in_name = format!("{p}.input_layernorm.weight");
+            let post_name = format!("{p}.post_attention_layernorm.weight");
+            layers.push(Layer {
+                input_norm: RmsNorm {
+                    weight: take(&in_name, shape_of(&in_name))?,
+                    eps: config.rms_norm_eps,
+                },
+                q,
+                k,
+                v,
+                o,
+                post_norm: RmsNorm {
+                    weight: take(&post_name, shape_of(&post_name))?,
+                    eps: config.rms_norm_eps,
+                },
+                gate,
+                up,
+                down,
+            });
+        }
+        let norm = RmsNorm {
+            weight: take("model.norm.weight", shape_of("model.norm.weight"))?,
+            eps: config.rms_norm_eps,
+        };
+        let lm_head = if config.tie_word_embeddings {
+            embed.clone()
+        } else {
+            take("lm_head.weight", shape_of("lm_head.weight"))?
+        };
+        trainable_vars.extend(adapters);
+        Ok(Self {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            trainable: trainable_vars,
+            lora,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+    pub fn lora_settings(&self) -> Option<&LoraSettings> {
+        self.lora.as_ref()
+    }
+
+    /// The parameters the optimizer updates, with their checkpoint names.
+    pub fn trainable(&self) -> &[(String, Var)] {
+        &self.trainable
+    }
+
+    pub fn trainable_parameter_count(&self) -> usize {
+        self.trainable.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Logits for every position: `ids` is (batch, seq) u32, the result (batch, seq, vocab).
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.config.hidden_size;
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, h))?;
+        let (cos, sin) = self.rope_tables(t)?;
+        let mask = causal_mask(t, x.dtype(), &self.device)?;
+        for layer in &self.layers {
+            let residual = x.clone();
+            let normed = layer.input_norm.forward(&x)?;
+            let attn = self.attention(layer, &normed, &cos, &sin, &mask)?;
+            x = (residual + attn)?;
+            let residual = x.clone();
+            let normed = layer.post_norm.forward(&x)?;
+            let mlp = layer
+                .down
+                .forward(&(layer.gate.forward(&normed)?.silu()? * layer.up.forward(&normed)?)?)?;
+            x = (residual + mlp)?;
+        }
+        let x = self.norm.forward(&x)?;
+        let flat = x.reshape((b * t, h))?;
+        let logits = flat.matmul(&self.lm_head.t()?)?;
+        logits.reshape((b, t, self.config.vocab_size))
+    }
+
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let nh = self.config.num_attention_heads;
+        let nkv = self.config.kv_heads();
+        let hd = self.config.head_dim();
+        let q = layer
+            .q
+            .forward(x)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = layer
+            .k
+            .forward(x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = layer
+            .v
+            .forward(x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = apply_rope(&q, cos, sin)?;
+        let k = repeat_kv(apply_rope(&k, cos, sin)?, nh / nkv)?;
+        let v = repeat_kv(v, nh / nkv)?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        layer.o.forward(&out)
+    }
+
+    /// cos/sin tables of shape (seq, head_dim), HF's "rotate half" layout.
+    fn rope_tables(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let hd = self.config.head_dim();
+        let half = hd / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (self.config.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(t * hd);
+        let mut sin = Vec::with_capacity(t * hd);
+        for pos in 0..t {
+            for _half in 0..2 {
+                for f in &inv {
+                    let angle = pos as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let dtype = self.dtype();
+        Ok((
+            Tensor::from_vec(cos, (t, hd), &self.device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (t, hd), &self.device)?.to_dtype(dtype)?,
+        ))
+    }
+
+    /// Current trainable values by checkpoint name (for saving).
+    pub fn trainable_tensors(&self) -> Vec<(String, Tensor)> {
+        self.trainable
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// All base weights by HF name, as the model uses them now (for full checkpoints).
+    pub fn base_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_norm.weight.clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_norm.weight.clone(),
+            ));
+            for (kind, module, lin) in [
+                ("self_attn", "q_proj", &l.q),
+                ("self_attn", "k_proj", &l.k),
+                ("self_attn", "v_proj", &l.v),
+                ("self_attn", "o_proj", &l.o),
+                ("mlp", "gate_proj", &l.gate),
+                ("mlp", "up_proj", &l.up),
+                ("mlp", "down_proj", &l.down),
+            ] {
+                out.push((format!("{p}.{kind}.{module}.weight"), lin.weight.clone()));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.weight.clone()));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
+        }
+        out
+    }
+}
+
+/// Every base tensor's HF name and shape for a config.
+pub fn weight_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let h = c.hidden_size;
+    let kv = c.kv_heads() * c.head_dim();
+    let i = c.intermediate_size;
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, h],
+    )];
+    for l in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.self_attn.q_proj.weight"), vec![h, h]));
+        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+        out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !c.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
+    }
+    out
+}
+
+/// Additive mask (seq, seq): 0 on and below the diagonal, -inf above.
+fn causal_mask(t: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (t, t), device)?.to_dtype(dtype)
+}
+
+/// Rotary positions, HF "rotate half" convention, composed from differentiable ops.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
+
+/// Grouped-query attention: each key/value head serves `n_rep` query heads.
+fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, nkv, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, nkv, n_rep, t, hd))?
+        .reshape((b, nkv * n_rep, t, hd))
+}
+
+/// Loads a Hugging Face model folder's config.json and safetensors weights (single file or shards).
+pub fn load_hf_folder(
+    dir: &Path,
+    device: &Device,
+) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| ModelError::Io(format!("{}: {e}", config_path.display())))?;
+    let config: ModelConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        file: config_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    config.validate(&config_path.display().to_string())?;
+    let mut files = Vec::new();
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        files.push(single);
+    } else {
+        let index = dir.join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&index).map_err(|_| {
+            ModelError::Io(format!(
+                "{}: no model.safetensors nor model.safetensors.index.json",
+                dir.display()
+            ))
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            file: index.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut shards: Vec<String> = v["weight_map"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        files.extend(shards.into_iter().map(|s| dir.join(s)));
+    }
+    let mut weights = HashMap::new();
+    for f in files {
+        let loaded = candle_core::safetensors::load(&f, device)
+            .map_err(|e| ModelError::Io(format!("{}: {e}", f.display())))?;
+        weights.extend(loaded);
+    }
+    Ok((config, weights))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn tiny_config(vocab: usize) -> ModelConfig {
+        ModelConfig {
+            model_type: "llama".into(),
+            vocab_size: vocab,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: false,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            pad_token_id: Some(0),
+        }
+    }
+
+    #[test]
+    fn forward_shapes_and_causality() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let w = CausalLm::random_weights(&cfg, 1, DType::F32, &dev).unwrap();
+        let m = CausalLm::new(cfg, &w, Trainable::All, 1, &dev, "test").unwrap();
+        let a = Tensor::new(&[[3u32, 4, 5, 6]], &dev).unwrap();
+        let b = Tensor::new(&[[3u32, 4, 9, 9]], &dev).unwrap();
+        let la = m.forward(&a).unwrap();
+        let lb = m.forward(&b).unwrap();
+        assert_eq!(la.dims(), &[1, 4, 11]);
+        // Positions 0 and 1 cannot see the later tokens that differ.
+        let d = (la.narrow(1, 0, 2).unwrap() - lb.narrow(1, 0, 2).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "future tokens leaked into the past: {d}");
+        let d2 = (la.narrow(1, 2, 1).unwrap() - lb.narrow(1, 2, 1).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d2 > 1e-6, "position 2 should see its own token");
+    }
+
+    #[test]
+    fn missing_and_misshapen_tensors_are_named() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let mut w = CausalLm::random_weights(&cfg, 1, DType::F32, &dev).unwrap();
+        w.remove("model.layers.1.mlp.up_proj.weight");
+        let err = CausalLm::new(cfg.clone(), &w, Trainable::All, 1, &dev, "m.safetensors")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("model.layers.1.mlp.up_proj.weight"), "{err}");
+        let mut w = CausalLm::random_weights(&cfg, 1, DType::F32, &dev).unwrap();
+        w.insert(
+            "model.norm.weight".into(),
+            Tensor::ones(7, DType::F32, &dev).unwrap(),
+        );
+        let err = CausalLm::new(cfg, &w, Trainable::All, 1, &dev, "m.safetensors")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("model.norm.weight") && err.contains("[7]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lora_starts_equal_to_base_and_only_adapters_train() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let w = CausalLm::random_weights(&cfg, 3, DType::F32, &dev).unwrap();
+        let base = CausalLm::new(cfg.clone(), &w, Trainable::All, 1, &dev, "t").unwrap();
+        let lora = LoraSettings {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into(), "down_proj".into()],
+        };
+        let m = CausalLm::new(cfg, &w, Trainable::Lora(lora), 1, &dev, "t").unwrap();
+        let ids = Tensor::new(&[[1u32, 4, 5, 6]], &dev).unwrap();
+        let d = (base.forward(&ids).unwrap() - m.forward(&ids).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6);
+        // 2 layers x 2 targets x (A, B)
+        assert_eq!(m.trainable().len(), 8);
+        assert!(m
+            .trainable()
+            .iter()
+            .all(|(n, _)| n.starts_with("base_model.model.model.layers.") && n.contains(".lora_")));
+    }
+}

@@ -1,0 +1,48 @@
+//! `sweep report`: the leaderboard and, for each swept parameter, the metric's mean and max per
+//! value, computed with polars from results.csv.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::results::{by_parameter, leaderboard, read_csv};
+use crate::spec::SweepSpec;
+
+pub fn render(dir: &Path) -> Result<String> {
+    let spec_path = dir.join("spec.yaml");
+    let spec = SweepSpec::from_file(&spec_path)
+        .with_context(|| format!("{}: not a results folder", dir.display()))?;
+    let df = read_csv(dir)?;
+    // Print whole tables, however many trials.
+    std::env::set_var("POLARS_FMT_MAX_ROWS", "1000");
+    std::env::set_var("POLARS_FMT_MAX_COLS", "30");
+    std::env::set_var("POLARS_FMT_TABLE_HIDE_DATAFRAME_SHAPE_INFORMATION", "1");
+    std::env::set_var("POLARS_FMT_TABLE_HIDE_COLUMN_DATA_TYPES", "1");
+    let swept: Vec<String> = spec
+        .swept_parameters()
+        .into_iter()
+        .filter(|p| df.column(p).is_ok())
+        .collect();
+    let mut out = format!(
+        "\nleaderboard ({} {:?}):\n{}\n",
+        spec.metric.name.column(),
+        spec.metric.goal(),
+        leaderboard(&df, &spec.metric, &swept)?
+    );
+    for p in &swept {
+        out.push_str(&format!(
+            "\nby {p}:\n{}\n",
+            by_parameter(&df, &spec.metric, p)?
+        ));
+    }
+    if let Ok(best) = crate::results::read_best(dir) {
+        out.push_str(&format!(
+            "\nbest: trial {:04}, {} {:.4}, checkpoint {}\n",
+            best.trial,
+            best.metric,
+            best.value,
+            best.checkpoint.display()
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,134 @@
+//! What passes between the orchestrator and a trial process: the trial's `config.json`, the
+//! progress events it prints on stdout (one JSON object a line), and its `result.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::params::TrialParams;
+use crate::spec::MetricSpec;
+
+/// Everything a trial process needs, written to `trials/NNNN/config.json` before launch.
+/// Paths are absolute, so `sweep train DIR` works from any directory (a Slurm job, say).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrialConfig {
+    pub trial: usize,
+    pub sweep: String,
+    pub params: TrialParams,
+    pub train: PathBuf,
+    pub dev: PathBuf,
+    pub model: ModelSource,
+    pub metric: MetricSpec,
+    /// `cpu` or `cuda:N`, one per device the trial holds.
+    pub devices: Vec<String>,
+    /// CPU threads the trial may use.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSource {
+    Preset(String),
+    Path(PathBuf),
+}
+
+impl TrialConfig {
+    pub const FILE: &'static str = "config.json";
+
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(Self::FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+}
+
+/// One line of `metrics.jsonl`, and one progress event on the trial's stdout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProgressEvent {
+    Start {
+        epochs: u32,
+        steps_per_epoch: usize,
+        train_examples: usize,
+        trainable_params: usize,
+    },
+    Step {
+        epoch: u32,
+        step: usize,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+    },
+    Epoch(EpochMetrics),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    pub epoch: u32,
+    pub step: usize,
+    pub train_loss: f64,
+    pub dev_loss: f64,
+    pub accuracy: Option<f64>,
+    pub tokens_per_sec: f64,
+    pub peak_rss_mb: f64,
+    pub elapsed_s: f64,
+}
+
+/// A finished trial's outcome, `trials/NNNN/result.json`. Metrics are those of the best epoch,
+/// whose weights are in `checkpoint/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrialResult {
+    pub best_epoch: u32,
+    pub accuracy: Option<f64>,
+    pub dev_loss: f64,
+    pub train_loss: f64,
+    pub seconds: f64,
+    pub tokens_per_sec: f64,
+    pub peak_rss_mb: f64,
+    pub trainable_params: usize,
+    pub micro_batch: u32,
+    pub grad_accum: u32,
+    pub checkpoint: PathBuf,
+}
+
+impl TrialResult {
+    pub const FILE: &'static str = "result.json";
+
+    pub fn metric(&self, metric: crate::spec::Metric) -> Option<f64> {
+        match metric {
+            crate::spec::Metric::Accuracy => self.accuracy,
+            crate::spec::Metric::DevLoss => Some(self.dev_loss),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), 0 where unknown.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
