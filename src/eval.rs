@@ -1,7 +1,7 @@
 //! Honest metrics on the dev set: per-token loss, and classification accuracy by scoring every
 //! candidate label (the distinct `tgt` values of train) and taking the model's favourite.
 
-use candle_core::{Result, D};
+use candle_core::Result;
 
 use crate::batch::{make_batch, supervised, token_nll, Seq};
 use crate::model::CausalLm;
@@ -15,7 +15,10 @@ pub fn dev_loss(model: &CausalLm, seqs: &[Seq], pad: u32) -> Result<f64> {
     let mut tokens = 0usize;
     for chunk in seqs.chunks(EVAL_BATCH) {
         let refs: Vec<&Seq> = chunk.iter().collect();
-        let batch = make_batch(&refs, pad, model.dtype(), model.device())?;
+        let batch = make_batch(&refs, pad, model.device())?;
+        if batch.tokens == 0 {
+            continue;
+        }
         let nll = token_nll(model, &batch)?;
         total += nll
             .sum_all()?
@@ -53,12 +56,15 @@ pub fn candidate_scores(
     let scorable: Vec<usize> = (0..seqs.len()).filter(|i| seqs[*i].is_some()).collect();
     for chunk in scorable.chunks(EVAL_BATCH) {
         let refs: Vec<&Seq> = chunk.iter().filter_map(|i| seqs[*i].as_ref()).collect();
-        let batch = make_batch(&refs, pad, model.dtype(), model.device())?;
+        let batch = make_batch(&refs, pad, model.device())?;
         let nll = token_nll(model, &batch)?
-            .sum(D::Minus1)?
             .to_dtype(candle_core::DType::F64)?
             .to_vec1::<f64>()?;
-        for (i, v) in chunk.iter().zip(nll) {
+        let mut sums = vec![0.0f64; chunk.len()];
+        for (row, v) in batch.rows.iter().zip(nll) {
+            sums[*row] += v;
+        }
+        for (i, v) in chunk.iter().zip(sums) {
             scores[*i] = -v;
         }
     }

@@ -435,6 +435,14 @@ impl CausalLm {
     /// Logits for every position: `ids` is (batch, seq) u32, the result (batch, seq, vocab).
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        let hidden = self.hidden_states(ids)?;
+        self.logits(&hidden.reshape((b * t, self.config.hidden_size))?)?
+            .reshape((b, t, self.config.vocab_size))
+    }
+
+    /// The final-norm hidden state of every position: (batch, seq, hidden).
+    pub fn hidden_states(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
         let h = self.config.hidden_size;
         let mut x = self
             .embed
@@ -454,10 +462,13 @@ impl CausalLm {
                 .forward(&(layer.gate.forward(&normed)?.silu()? * layer.up.forward(&normed)?)?)?;
             x = (residual + mlp)?;
         }
-        let x = self.norm.forward(&x)?;
-        let flat = x.reshape((b * t, h))?;
-        let logits = flat.matmul(&self.lm_head.t()?)?;
-        logits.reshape((b, t, self.config.vocab_size))
+        self.norm.forward(&x)
+    }
+
+    /// Vocabulary logits for hidden states of shape (n, hidden): (n, vocab). Computing them only
+    /// where the loss counts saves most of the work when the vocabulary is large and answers short.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        hidden.matmul(&self.lm_head.t()?)
     }
 
     fn attention(

@@ -16,6 +16,7 @@ pub fn render(dir: &Path) -> Result<String> {
     // Print whole tables, however many trials.
     std::env::set_var("POLARS_FMT_MAX_ROWS", "1000");
     std::env::set_var("POLARS_FMT_MAX_COLS", "30");
+    std::env::set_var("POLARS_TABLE_WIDTH", "220");
     std::env::set_var("POLARS_FMT_TABLE_HIDE_DATAFRAME_SHAPE_INFORMATION", "1");
     std::env::set_var("POLARS_FMT_TABLE_HIDE_COLUMN_DATA_TYPES", "1");
     let swept: Vec<String> = spec
@@ -24,9 +25,12 @@ pub fn render(dir: &Path) -> Result<String> {
         .filter(|p| df.column(p).is_ok())
         .collect();
     let mut out = format!(
-        "\nleaderboard ({} {:?}):\n{}\n",
+        "\nleaderboard ({}, {}):\n{}\n",
         spec.metric.name.column(),
-        spec.metric.goal(),
+        match spec.metric.goal() {
+            crate::spec::Goal::Maximize => "higher is better",
+            crate::spec::Goal::Minimize => "lower is better",
+        },
         leaderboard(&df, &spec.metric, &swept)?
     );
     for p in &swept {

@@ -141,6 +141,16 @@ fn param_column(name: &str, values: Vec<Option<&Value>>) -> Column {
             .map(|v| {
                 v.map(|v| match v {
                     Value::String(s) => s.clone(),
+                    // Lists (lora_targets) as space-separated words: readable, and CSV-safe.
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|i| {
+                            i.as_str()
+                                .map(String::from)
+                                .unwrap_or_else(|| i.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     other => other.to_string(),
                 })
             })
@@ -368,6 +378,7 @@ pub fn by_parameter(df: &DataFrame, metric: &MetricSpec, param: &str) -> Result<
         .group_by([col(param)])
         .agg([
             col(m).mean().alias(format!("mean_{m}")),
+            col(m).min().alias(format!("min_{m}")),
             col(m).max().alias(format!("max_{m}")),
             len().alias("trials"),
         ])

@@ -51,8 +51,11 @@ pub fn train_step(
     let mut loss_total = 0.0;
     let mut input_tokens = 0;
     for chunk in seqs.chunks(micro.max(1)) {
-        let batch = make_batch(chunk, pad, model.dtype(), model.device())?;
+        let batch = make_batch(chunk, pad, model.device())?;
         input_tokens += batch.input_tokens;
+        if batch.tokens == 0 {
+            continue;
+        }
         let loss = (token_nll(model, &batch)?.sum_all()? / denom)?;
         loss_total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let grads = loss.backward()?;

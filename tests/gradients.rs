@@ -48,7 +48,7 @@ fn seqs() -> Vec<Seq> {
 fn loss(model: &CausalLm) -> Tensor {
     let s = seqs();
     let refs: Vec<&Seq> = s.iter().collect();
-    let batch = make_batch(&refs, 0, DType::F64, &Device::Cpu).unwrap();
+    let batch = make_batch(&refs, 0, &Device::Cpu).unwrap();
     (token_nll(model, &batch).unwrap().sum_all().unwrap() / batch.tokens as f64).unwrap()
 }
 
