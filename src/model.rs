@@ -191,6 +191,8 @@ struct LoraAdapter {
 
 struct Linear {
     weight: Tensor,
+    /// Frozen weights get no gradient (see `frozen_matmul`).
+    frozen: bool,
     lora: Option<LoraAdapter>,
 }
 
@@ -198,14 +200,84 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, i) = x.dims3()?;
         let flat = x.reshape((b * t, i))?;
-        let mut y = flat.matmul(&self.weight.t()?)?;
+        let mut y = if self.frozen {
+            frozen_matmul(&flat, &self.weight)?
+        } else {
+            flat.matmul(&self.weight.t()?)?
+        };
         if let Some(l) = &self.lora {
-            let low = flat.matmul(&l.a.as_tensor().t()?)?;
-            let delta = low.matmul(&l.b.as_tensor().t()?)?;
-            y = (y + (delta * l.scale)?)?;
+            // Scale the rank-r intermediate, not the output-sized delta: one large tensor fewer.
+            let low = (flat.matmul(&l.a.as_tensor().t()?)? * l.scale)?;
+            y = (y + low.matmul(&l.b.as_tensor().t()?)?)?;
         }
         let out = y.dim(1)?;
         y.reshape((b, t, out))
+    }
+}
+
+/// `x W^T` where `W` is frozen: the gradient flows to `x` only.
+///
+/// Why: candle's matmul backward always computes the gradient of both operands, so a frozen
+/// weight still costs a full weight-gradient matmul and a weight-sized buffer per step; for LoRA
+/// that doubled the backward work. This custom op computes the product and, backwards, only
+/// `grad W`.
+fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let custom_op_runs_here =
+        matches!(x.device(), Device::Cpu) && matches!(x.dtype(), DType::F32 | DType::F64);
+    if !x.track_op() || !custom_op_runs_here {
+        // No gradient needed at all; or another device/dtype, where candle's plain matmul is
+        // correct, only wasteful.
+        return x.matmul(&w.t()?);
+    }
+    x.contiguous()?
+        .apply_op1(FrozenMatmul { weight: w.clone() })
+}
+
+/// Forward `x W^T`; backward `grad W`, the gradient of the input only.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (m, k) = layout.shape().dims2()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: input must be contiguous");
+        };
+        // A fresh tensor outside the graph: the product below records no backward op.
+        let x = match storage {
+            candle_core::CpuStorage::F32(v) => {
+                Tensor::from_slice(&v[start..end], (m, k), &Device::Cpu)?
+            }
+            candle_core::CpuStorage::F64(v) => {
+                Tensor::from_slice(&v[start..end], (m, k), &Device::Cpu)?
+            }
+            _ => candle_core::bail!("frozen-matmul: only f32 and f64"),
+        };
+        let y = x.matmul(&self.weight.t()?)?.flatten_all()?;
+        let n = self.weight.dim(0)?;
+        let out = match storage {
+            candle_core::CpuStorage::F64(_) => candle_core::CpuStorage::F64(y.to_vec1::<f64>()?),
+            _ => candle_core::CpuStorage::F32(y.to_vec1::<f32>()?),
+        };
+        Ok((out, (m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
     }
 }
 
@@ -362,7 +434,11 @@ impl CausalLm {
                     }
                     _ => None,
                 };
-                Ok(Linear { weight, lora })
+                Ok(Linear {
+                    weight,
+                    frozen: !train_all,
+                    lora,
+                })
             };
             let q = linear("q_proj", "self_attn")?;
             let k = linear("k_proj", "self_attn")?;
@@ -468,7 +544,11 @@ impl CausalLm {
     /// Vocabulary logits for hidden states of shape (n, hidden): (n, vocab). Computing them only
     /// where the loss counts saves most of the work when the vocabulary is large and answers short.
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        hidden.matmul(&self.lm_head.t()?)
+        if self.lora.is_some() {
+            frozen_matmul(hidden, &self.lm_head)
+        } else {
+            hidden.matmul(&self.lm_head.t()?)
+        }
     }
 
     fn attention(
@@ -764,6 +844,44 @@ mod tests {
             err.contains("model.norm.weight") && err.contains("[7]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn frozen_matmul_matches_plain_matmul_forward_and_backward() {
+        let dev = Device::Cpu;
+        let mut rng = SplitMix64::new(4);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        let x = Var::from_vec(rand(15), (5, 3), &dev).unwrap();
+        let w = Tensor::from_vec(rand(12), (4, 3), &dev).unwrap();
+        let r = Tensor::from_vec(rand(20), (5, 4), &dev).unwrap();
+        let fast = (frozen_matmul(x.as_tensor(), &w).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let plain = (x.as_tensor().matmul(&w.t().unwrap()).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let close = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                < 1e-5
+        };
+        assert!(close(&fast, &plain));
+        let gf = fast.backward().unwrap();
+        let gp = plain.backward().unwrap();
+        assert!(close(
+            gf.get(x.as_tensor()).unwrap(),
+            gp.get(x.as_tensor()).unwrap()
+        ));
+        // The frozen weight gets no gradient at all.
+        assert!(gf.get(&w).is_none());
     }
 
     #[test]
