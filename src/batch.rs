@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor, D};
 
-use crate::data::{render_answer, render_prompt, Example};
+use crate::data::{render_answer, render_conversation, Example};
 use crate::model::CausalLm;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -29,10 +29,15 @@ pub enum EncodeError {
     Empty { line: usize },
 }
 
-/// Prompt ids for an example (bos, then the rendered prompt), shared by training and scoring.
+/// Prompt ids for an example (bos, then the rendered prompt with any earlier turns), shared by
+/// training, scoring and the checker's length checks.
 pub fn prompt_ids(tok: &TextTokenizer, ex: &Example) -> Result<Vec<u32>, TokenizerError> {
     let mut ids: Vec<u32> = tok.bos.into_iter().collect();
-    ids.extend(tok.encode(&render_prompt(ex.system.as_deref(), &ex.src))?);
+    ids.extend(tok.encode(&render_conversation(
+        ex.system.as_deref(),
+        &ex.history,
+        &ex.src,
+    ))?);
     Ok(ids)
 }
 

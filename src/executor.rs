@@ -30,7 +30,12 @@ pub fn launch(
 ) -> Result<u32> {
     let log = std::fs::File::create(dir.join("train.log"))
         .with_context(|| format!("creating {}", dir.join("train.log").display()))?;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    // Its own process group: the terminal's Ctrl-C reaches the orchestrator only, which then
+    // stops trials in order (see `interrupt`).
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
         .arg("train")
         .arg(dir)
         .env("RAYON_NUM_THREADS", threads.to_string())

@@ -45,6 +45,19 @@ pub enum Event {
     SweepFinished {
         seconds: f64,
     },
+    /// `sweep run --resume` picked the sweep up again.
+    SweepResumed {
+        trials_to_run: usize,
+    },
+    /// Stopped on the user's interrupt; runs again on resume.
+    TrialStopped {
+        trial: usize,
+        reason: String,
+    },
+    /// The trial's checkpoint folder was deleted under `checkpoints: {keep: N}`.
+    CheckpointDeleted {
+        trial: usize,
+    },
 }
 
 /// One journal line: the event and when it happened (seconds since the Unix epoch).

@@ -3,10 +3,12 @@
 //! See ARCHITECTURE.md for the map of modules. `main.rs` is a thin command line over this library.
 
 pub mod batch;
+pub mod check;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod executor;
+pub mod interrupt;
 pub mod journal;
 pub mod model;
 pub mod optim;
@@ -15,12 +17,14 @@ pub mod plan;
 pub mod presets;
 pub mod progress;
 pub mod report;
+pub mod resume;
 pub mod results;
 pub mod rng;
 pub mod runner;
 pub mod scheduler;
 pub mod search;
 pub mod spec;
+pub mod suggest;
 pub mod tokenizer;
 pub mod train;
 pub mod trial;

@@ -29,6 +29,13 @@ enum Command {
         /// No progress bars or per-trial lines.
         #[arg(long)]
         quiet: bool,
+        /// Continue the interrupted sweep in the results folder: finished trials are kept,
+        /// interrupted ones continue from their last finished epoch.
+        #[arg(long)]
+        resume: bool,
+        /// Results folder (instead of the spec's `output`, or results/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Print the trials that would run, their parameters and devices; nothing runs.
     Plan {
@@ -37,8 +44,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check a sweep file and its data without training.
-    Check { spec: PathBuf },
+    /// Check sweep files (.yaml/.yml, with their data and model) and data files without
+    /// training: every problem with file, line and field; exit status 2 on any error.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Leaderboard and per-parameter summaries of a results folder.
     Report {
         dir: PathBuf,
@@ -73,14 +84,39 @@ fn load(spec_path: &Path) -> Result<(SweepSpec, Plan, String)> {
 
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Run { spec, quiet } => {
-            let (spec, plan, text) = load(&spec)?;
+        Command::Run {
+            spec,
+            quiet,
+            resume,
+            out,
+        } => {
+            let spec_path = spec;
+            // Nothing starts, and nothing is written, until the same checks as `sweep check`
+            // pass; warnings are shown and do not stop the sweep.
+            let report = sweep::check::check_spec_file(&spec_path);
+            if report.has_errors() {
+                eprint!("{}", report.render());
+                return Ok(ExitCode::from(2));
+            }
+            eprint!("{}", report.render_problems());
+            let (spec, mut plan, text) = load(&spec_path)?;
+            if let Some(out) = out {
+                plan.results_dir = out;
+            }
             println!("{}", plan.render());
             let opts = sweep::runner::RunOptions {
                 program: std::env::current_exe().context("locating the sweep executable")?,
                 quiet,
+                resume,
             };
-            let summary = sweep::runner::run(&plan, &spec.metric, &text, &opts)?;
+            let summary = sweep::runner::run(&plan, &spec, &text, &opts)?;
+            if summary.interrupted {
+                eprintln!(
+                    "interrupted; continue with `sweep run {} --resume`",
+                    spec_path.display()
+                );
+                return Ok(ExitCode::from(130));
+            }
             println!(
                 "\n{} finished, {} failed, {} refused in {:.0} s; results in {}",
                 summary.finished,
@@ -90,7 +126,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 summary.dir.display()
             );
             print!("{}", sweep::report::render(&summary.dir)?);
-            Ok(if summary.finished > 0 {
+            Ok(if summary.best.is_some() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -105,19 +141,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { spec } => {
-            let (_, plan, _) = load(&spec)?;
-            let train = sweep::data::load_examples(&plan.train)?;
-            let dev = sweep::data::load_examples(&plan.dev)?;
-            println!(
-                "{}: ok: {} trials, {} train and {} dev examples, {} labels",
-                spec.display(),
-                plan.trials.len(),
-                train.len(),
-                dev.len(),
-                sweep::data::label_set(&train).len()
-            );
-            Ok(ExitCode::SUCCESS)
+        Command::Check { paths } => {
+            let report = sweep::check::check_paths(&paths);
+            print!("{}", report.render());
+            Ok(if report.has_errors() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Report { dir, csv } => {
             print!("{}", sweep::report::render(&dir)?);
@@ -140,8 +171,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             let stdout = std::io::stdout();
             let result = sweep::train::run_trial(&dir, |event| {
                 let mut out = stdout.lock();
-                let _ = writeln!(out, "{}", serde_json::to_string(event).unwrap_or_default());
-                let _ = out.flush();
+                let sent = writeln!(out, "{}", serde_json::to_string(event).unwrap_or_default())
+                    .and_then(|()| out.flush());
+                if sent.is_err() {
+                    // The orchestrator is gone (killed, crashed): stop rather than train unseen.
+                    // The last finished epoch is saved; `sweep run --resume` continues from it.
+                    eprintln!("the sweep that started this trial is gone; stopping");
+                    std::process::exit(3);
+                }
             })?;
             eprintln!(
                 "done: best epoch {}, accuracy {}, dev_loss {:.4}, {:.0} s",

@@ -39,6 +39,27 @@ impl AdamW {
         })
     }
 
+    /// The moments and step count, to save with a resumable trial.
+    pub fn state(&self) -> (usize, &[Tensor], &[Tensor]) {
+        (self.step as usize, &self.m, &self.v)
+    }
+
+    /// Restores what `state` gave; shapes must match the parameters.
+    pub fn load_state(&mut self, step: usize, m: Vec<Tensor>, v: Vec<Tensor>) -> Result<()> {
+        if m.len() != self.params.len() || v.len() != self.params.len() {
+            candle_core::bail!("optimizer state has {} tensors for {} parameters", m.len(), self.params.len());
+        }
+        for ((p, m), v) in self.params.iter().zip(&m).zip(&v) {
+            if m.dims() != p.dims() || v.dims() != p.dims() {
+                candle_core::bail!("optimizer state shape {:?} does not fit parameter {:?}", m.dims(), p.dims());
+            }
+        }
+        self.step = step as i32;
+        self.m = m;
+        self.v = v;
+        Ok(())
+    }
+
     /// One update with `grads[i]` for `params[i]`.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
         self.step += 1;

@@ -107,84 +107,210 @@ fn d_clip() -> f64 {
     1.0
 }
 
+/// Why an assignment is not a valid trial, naming the parameter at fault when there is one, so
+/// the checker can point at that parameter's line in the sweep file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamProblem {
+    pub param: Option<String>,
+    pub message: String,
+}
+
+/// Every parameter name a trial takes (the sweep file's `parameters:` keys).
+pub fn parameter_names() -> Vec<String> {
+    TrialParams::from_assignment(&BTreeMap::new(), 0)
+        .map(|p| p.to_map().into_keys().collect())
+        .unwrap_or_default()
+}
+
+/// Parameter names from other tools (Hugging Face, W&B examples) and the name sweep uses.
+pub const PARAMETER_ALIASES: [(&str, &str); 16] = [
+    ("lr", "learning_rate"),
+    ("learning-rate", "learning_rate"),
+    ("num_epochs", "epochs"),
+    ("num_train_epochs", "epochs"),
+    ("epoch", "epochs"),
+    ("per_device_train_batch_size", "batch_size"),
+    ("train_batch_size", "batch_size"),
+    ("micro_batch_size", "micro_batch"),
+    ("max_length", "max_seq_len"),
+    ("max_seq_length", "max_seq_len"),
+    ("seq_len", "max_seq_len"),
+    ("lora_r", "lora_rank"),
+    ("rank", "lora_rank"),
+    ("target_modules", "lora_targets"),
+    ("warmup_ratio", "warmup"),
+    ("max_norm", "max_grad_norm"),
+];
+
+/// Serde's type words in plain language.
+fn plain_types(message: &str) -> String {
+    message
+        .replace("expected u32", "expected a whole number >= 0")
+        .replace("expected u64", "expected a whole number >= 0")
+        .replace("expected f64", "expected a number")
+        .replace("expected a sequence", "expected a list")
+}
+
 impl TrialParams {
     /// Interprets one assignment of parameter values; errors name the parameter.
     pub fn from_assignment(
         assignment: &BTreeMap<String, Value>,
         sweep_seed: u64,
     ) -> Result<Self, String> {
-        let object: serde_json::Map<String, Value> = assignment
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut p: TrialParams = serde_json::from_value(Value::Object(object)).map_err(|e| {
-            let msg = e.to_string();
-            if msg.starts_with("unknown field") {
-                format!("{msg}; see README for the parameters a trial takes")
-            } else {
-                msg
+        Self::check_assignment(assignment, sweep_seed).map_err(|problems| {
+            problems
+                .into_iter()
+                .next()
+                .map(|p| p.message)
+                .unwrap_or_else(|| "not a valid trial".into())
+        })
+    }
+
+    /// Like `from_assignment`, but returns every problem, each with the parameter at fault.
+    pub fn check_assignment(
+        assignment: &BTreeMap<String, Value>,
+        sweep_seed: u64,
+    ) -> Result<Self, Vec<ParamProblem>> {
+        let object = |pairs: &mut dyn Iterator<Item = (&String, &Value)>| {
+            Value::Object(pairs.map(|(k, v)| (k.clone(), v.clone())).collect())
+        };
+        let mut p: TrialParams = match serde_json::from_value(object(&mut assignment.iter())) {
+            Ok(p) => p,
+            Err(whole) => {
+                // Find the culprits one parameter at a time: types do not depend on each other.
+                let mut problems: Vec<ParamProblem> = assignment
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let e = serde_json::from_value::<TrialParams>(object(&mut std::iter::once((k, v))))
+                            .err()?;
+                        let msg = e.to_string();
+                        let message = if msg.starts_with("unknown field") {
+                            let known = parameter_names();
+                            let known: Vec<&str> = known.iter().map(String::as_str).collect();
+                            let meant = PARAMETER_ALIASES
+                                .iter()
+                                .find(|(alias, _)| alias == k)
+                                .map(|(_, name)| format!(" (did you mean `{name}`?)"))
+                                .unwrap_or_else(|| crate::suggest::suffix(k, &known));
+                            format!("unknown field `{k}`{meant}; see README for the parameters a trial takes")
+                        } else {
+                            format!("{k}: {}", plain_types(&msg))
+                        };
+                        Some(ParamProblem {
+                            param: Some(k.clone()),
+                            message,
+                        })
+                    })
+                    .collect();
+                if problems.is_empty() {
+                    problems.push(ParamProblem {
+                        param: None,
+                        message: plain_types(&whole.to_string()),
+                    });
+                }
+                return Err(problems);
             }
-        })?;
+        };
         if p.seed.is_none() {
             p.seed = Some(sweep_seed);
         }
-        p.validate()?;
-        Ok(p)
+        let problems = p.problems();
+        if problems.is_empty() {
+            Ok(p)
+        } else {
+            Err(problems
+                .into_iter()
+                .map(|(param, message)| ParamProblem {
+                    param: Some(param.to_string()),
+                    message,
+                })
+                .collect())
+        }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Every range problem of the settings, each with the parameter it concerns.
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(format!(
-                "learning_rate must be positive, got {}",
-                self.learning_rate
+            out.push((
+                "learning_rate",
+                format!("learning_rate must be positive, got {}", self.learning_rate),
             ));
         }
         if self.epochs == 0 {
-            return Err("epochs must be at least 1".into());
+            out.push(("epochs", "epochs must be at least 1".into()));
         }
         if self.batch_size == 0 {
-            return Err("batch_size must be at least 1".into());
+            out.push(("batch_size", "batch_size must be at least 1".into()));
         }
         if self.gpus == 0 {
-            return Err("gpus must be at least 1".into());
+            out.push(("gpus", "gpus must be at least 1".into()));
         }
         if let Some(m) = self.micro_batch {
-            if m == 0 || self.batch_size % m != 0 {
-                return Err(format!(
-                    "micro_batch {m} must divide batch_size {}",
-                    self.batch_size
+            if m == 0 || (self.batch_size > 0 && self.batch_size % m != 0) {
+                out.push((
+                    "micro_batch",
+                    format!("micro_batch {m} must divide batch_size {}", self.batch_size),
                 ));
             }
         }
         if self.lora_rank == 0 {
-            return Err("lora_rank must be at least 1".into());
+            out.push(("lora_rank", "lora_rank must be at least 1".into()));
+        }
+        if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+            out.push((
+                "lora_alpha",
+                format!("lora_alpha must be positive, got {}", self.lora_alpha),
+            ));
         }
         if let Some(bad) = self
             .lora_targets
             .iter()
             .find(|t| !LORA_TARGETS.contains(&t.as_str()))
         {
-            return Err(format!(
-                "lora_targets: unknown projection `{bad}` (known: {})",
-                LORA_TARGETS.join(", ")
+            out.push((
+                "lora_targets",
+                format!(
+                    "lora_targets: unknown projection `{bad}`{} (known: {})",
+                    crate::suggest::suffix(bad, &LORA_TARGETS),
+                    LORA_TARGETS.join(", ")
+                ),
             ));
         }
         if self.lora_targets.is_empty() {
-            return Err("lora_targets is empty".into());
+            out.push(("lora_targets", "lora_targets is empty".into()));
         }
         if self.max_seq_len < 8 {
-            return Err("max_seq_len must be at least 8".into());
+            out.push(("max_seq_len", "max_seq_len must be at least 8".into()));
         }
         if !(0.0..1.0).contains(&self.warmup) {
-            return Err(format!(
-                "warmup is a fraction of steps in [0, 1), got {}",
-                self.warmup
+            out.push((
+                "warmup",
+                format!(
+                    "warmup is a fraction of steps in [0, 1), got {}",
+                    self.warmup
+                ),
             ));
         }
-        if self.weight_decay < 0.0 || self.max_grad_norm < 0.0 {
-            return Err("weight_decay and max_grad_norm must not be negative".into());
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            out.push((
+                "weight_decay",
+                format!(
+                    "weight_decay must not be negative, got {}",
+                    self.weight_decay
+                ),
+            ));
         }
-        Ok(())
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            out.push((
+                "max_grad_norm",
+                format!(
+                    "max_grad_norm must not be negative, got {}",
+                    self.max_grad_norm
+                ),
+            ));
+        }
+        out
     }
 
     pub fn micro_batch(&self) -> u32 {
@@ -250,5 +376,26 @@ mod tests {
         assert!(e.contains("unknown field `lerning_rate`"), "{e}");
         let e = TrialParams::from_assignment(&assign(&[("epochs", json!(1.5))]), 0).unwrap_err();
         assert!(e.contains("invalid type"), "{e}");
+        assert!(e.starts_with("epochs:"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_names_its_parameter() {
+        let problems = TrialParams::check_assignment(
+            &assign(&[
+                ("lr", json!(0.1)),
+                ("epochs", json!("two")),
+                ("warmup", json!(2.0)),
+            ]),
+            0,
+        )
+        .unwrap_err();
+        let params: Vec<_> = problems.iter().filter_map(|p| p.param.clone()).collect();
+        assert_eq!(params, vec!["epochs", "lr"]);
+        assert!(
+            problems[1].message.contains("did you mean `learning_rate`"),
+            "{problems:?}"
+        );
+        assert!(parameter_names().contains(&"max_seq_len".to_string()));
     }
 }

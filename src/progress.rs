@@ -87,6 +87,10 @@ impl SweepProgress {
                     .unwrap_or_default();
                 bar.set_message(format!("epoch {epoch} loss {loss:.3}{acc}"));
             }
+            ProgressEvent::Resumed { epoch, step } => {
+                bar.set_position(*step as u64);
+                bar.set_message(format!("resumed after epoch {epoch}"));
+            }
             ProgressEvent::Epoch(m) => {
                 let acc = m
                     .accuracy

@@ -20,6 +20,8 @@ pub enum Status {
     Running,
     Finished,
     Failed,
+    /// Interrupted by the user; runs again on resume.
+    Stopped,
 }
 
 impl Status {
@@ -30,6 +32,7 @@ impl Status {
             Status::Running => "running",
             Status::Finished => "finished",
             Status::Failed => "failed",
+            Status::Stopped => "stopped",
         }
     }
 }
@@ -41,6 +44,10 @@ pub struct TrialRow {
     pub reason: String,
     pub params: BTreeMap<String, Value>,
     pub result: Option<TrialResult>,
+    /// The process of the latest start, while the trial is running.
+    pub pid: Option<u32>,
+    /// Deleted under the checkpoint retention policy.
+    pub checkpoint_deleted: bool,
 }
 
 /// The latest state of every trial, in trial order.
@@ -57,6 +64,8 @@ pub fn rows_from_journal(entries: &[Entry]) -> Vec<TrialRow> {
                         reason: String::new(),
                         params: params.clone(),
                         result: None,
+                        pid: None,
+                        checkpoint_deleted: false,
                     },
                 );
             }
@@ -70,10 +79,22 @@ pub fn rows_from_journal(entries: &[Entry]) -> Vec<TrialRow> {
                     r.reason = reason.clone();
                 }
             }
-            Event::TrialStarted { trial, .. } => {
+            Event::TrialStarted { trial, pid, .. } => {
                 if let Some(r) = rows.get_mut(trial) {
                     r.status = Status::Running;
                     r.reason.clear();
+                    r.pid = Some(*pid);
+                }
+            }
+            Event::TrialStopped { trial, reason } => {
+                if let Some(r) = rows.get_mut(trial) {
+                    r.status = Status::Stopped;
+                    r.reason = reason.clone();
+                }
+            }
+            Event::CheckpointDeleted { trial } => {
+                if let Some(r) = rows.get_mut(trial) {
+                    r.checkpoint_deleted = true;
                 }
             }
             Event::TrialFinished { trial, result } => {
@@ -82,37 +103,46 @@ pub fn rows_from_journal(entries: &[Entry]) -> Vec<TrialRow> {
                     r.result = Some(result.clone());
                 }
             }
-            Event::SweepStarted { .. } | Event::SweepFinished { .. } => {}
+            Event::SweepStarted { .. }
+            | Event::SweepFinished { .. }
+            | Event::SweepResumed { .. } => {}
         }
     }
     rows.into_values().collect()
 }
 
-/// The best finished trial: by the metric and its goal, ties broken by lower dev loss, then by
-/// fewer seconds.
-pub fn best<'a>(rows: &'a [TrialRow], metric: &MetricSpec) -> Option<&'a TrialRow> {
-    let key = |r: &'a TrialRow| -> Option<(f64, f64, f64, &'a TrialRow)> {
+/// Orders trials best first: by the metric and its goal, ties broken by lower dev loss, then by
+/// fewer seconds. Trials without a finite metric come last.
+pub fn compare(a: &TrialRow, b: &TrialRow, metric: &MetricSpec) -> std::cmp::Ordering {
+    let key = |r: &TrialRow| -> Option<(f64, f64, f64)> {
         let res = r.result.as_ref()?;
-        let v = res.metric(metric.name)?;
-        if !v.is_finite() {
-            return None;
-        }
-        let v = if metric.goal() == Goal::Maximize {
-            -v
-        } else {
-            v
-        };
-        Some((v, res.dev_loss, res.seconds, r))
+        let v = res.metric(metric.name).filter(|v| v.is_finite())?;
+        let v = if metric.goal() == Goal::Maximize { -v } else { v };
+        Some((v, res.dev_loss, res.seconds))
     };
+    match (key(a), key(b)) {
+        (Some(x), Some(y)) => x
+            .0
+            .total_cmp(&y.0)
+            .then(x.1.total_cmp(&y.1))
+            .then(x.2.total_cmp(&y.2)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    }
+}
+
+/// The best finished trial (see `compare`).
+pub fn best<'a>(rows: &'a [TrialRow], metric: &MetricSpec) -> Option<&'a TrialRow> {
     rows.iter()
-        .filter(|r| r.status == Status::Finished)
-        .filter_map(key)
-        .min_by(|a, b| {
-            a.0.total_cmp(&b.0)
-                .then(a.1.total_cmp(&b.1))
-                .then(a.2.total_cmp(&b.2))
+        .filter(|r| {
+            r.status == Status::Finished
+                && r.result
+                    .as_ref()
+                    .and_then(|res| res.metric(metric.name))
+                    .is_some_and(f64::is_finite)
         })
-        .map(|k| k.3)
+        .min_by(|a, b| compare(a, b, metric))
 }
 
 /// A column of parameter values: numbers stay numbers, anything else becomes text.
@@ -225,10 +255,10 @@ pub fn table(rows: &[TrialRow]) -> Result<DataFrame> {
     cols.push(Column::new(
         "checkpoint".into(),
         rows.iter()
-            .map(|r| {
-                r.result
-                    .as_ref()
-                    .map(|x| x.checkpoint.display().to_string())
+            .map(|r| match (&r.result, r.checkpoint_deleted) {
+                (Some(x), false) => Some(x.checkpoint.display().to_string()),
+                (Some(_), true) => Some("deleted".to_string()),
+                (None, _) => None,
             })
             .collect::<Vec<_>>(),
     ));
@@ -415,6 +445,8 @@ mod tests {
                 grad_accum: 1,
                 checkpoint: PathBuf::from("x"),
             }),
+            pid: None,
+            checkpoint_deleted: false,
         }
     }
 
@@ -452,6 +484,8 @@ mod tests {
             reason: "exit status 101".into(),
             params: rows[0].params.clone(),
             result: None,
+            pid: None,
+            checkpoint_deleted: false,
         });
         write_csv(dir.path(), &rows).unwrap();
         let df = read_csv(dir.path()).unwrap();

@@ -1,11 +1,12 @@
 //! The orchestrator behind `sweep run`: journals the plan, starts trials on free device slots as
 //! child processes, follows their progress, records every outcome, and keeps results.csv and
-//! best/ current after each trial.
+//! best/ current after each trial. With `--resume` it picks up a sweep where it stopped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::Instant;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -13,9 +14,9 @@ use crate::executor::{failure_reason, launch, Report};
 use crate::journal::{self, Event, Journal};
 use crate::plan::{Plan, PlannedTrial};
 use crate::progress::SweepProgress;
-use crate::results::{self, BestTrial};
+use crate::results::{self, BestTrial, Status, TrialRow};
 use crate::scheduler::Scheduler;
-use crate::spec::MetricSpec;
+use crate::spec::{MetricSpec, SweepSpec};
 use crate::trial::{write_atomic, TrialConfig, TrialResult};
 
 pub struct RunOptions {
@@ -23,6 +24,8 @@ pub struct RunOptions {
     pub program: PathBuf,
     /// No progress bars or per-trial lines.
     pub quiet: bool,
+    /// Continue the sweep already in the results folder.
+    pub resume: bool,
 }
 
 #[derive(Debug)]
@@ -33,67 +36,130 @@ pub struct RunSummary {
     pub refused: usize,
     pub seconds: f64,
     pub best: Option<BestTrial>,
+    /// The user interrupted the sweep; `--resume` continues it.
+    pub interrupted: bool,
 }
 
 pub fn trial_dir(results: &Path, id: usize) -> PathBuf {
     results.join("trials").join(format!("{id:04}"))
 }
 
-/// Runs every trial of the plan and returns when all have ended.
-pub fn run(
-    plan: &Plan,
-    metric: &MetricSpec,
-    spec_text: &str,
-    opts: &RunOptions,
-) -> Result<RunSummary> {
+/// Holds the results folder for one `sweep run` at a time. The OS releases the lock when the
+/// process ends, however it ends.
+struct FolderLock {
+    _file: File,
+}
+
+impl FolderLock {
+    fn acquire(dir: &Path) -> Result<Self> {
+        let path = dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "{} is in use by another `sweep run` (pid {}); wait for it, or stop it first",
+                    dir.display(),
+                    holder.trim()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+        file.set_len(0)?;
+        std::fs::write(&path, std::process::id().to_string())?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// Runs every trial of the plan that has not run yet and returns when all have ended (or the
+/// user interrupted).
+pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
+    let metric = &spec.metric;
     let dir = &plan.results_dir;
-    if dir.join(Journal::FILE).exists() {
+    let existing = dir.join(Journal::FILE).exists();
+    if existing && !opts.resume {
         bail!(
-            "{} already holds a sweep's results; move it away or set `output:` in the sweep file to start a new one",
+            "{} already holds a sweep's results; continue it with `sweep run SPEC --resume`, or start a new one with `--out NEW_DIR`",
             dir.display()
         );
     }
     std::fs::create_dir_all(dir.join("trials"))
         .with_context(|| format!("creating {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
-    write_atomic(&dir.join("spec.yaml"), spec_text.as_bytes())?;
+    let _lock = FolderLock::acquire(&dir)?;
     let mut journal = Journal::open(&dir)?;
-    journal.append(Event::SweepStarted {
-        name: plan.name.clone(),
-        trials: plan.trials.len(),
-    })?;
-    for t in &plan.trials {
-        journal.append(Event::TrialPlanned {
-            trial: t.id,
-            params: t.params.to_map(),
-        })?;
-        if let Some(reason) = &t.refusal {
-            journal.append(Event::TrialRefused {
-                trial: t.id,
-                reason: reason.clone(),
-            })?;
-        }
-    }
-    refresh_results(&dir, metric)?;
 
-    let runnable: Vec<&PlannedTrial> = plan.trials.iter().filter(|t| t.refusal.is_none()).collect();
-    let by_id: HashMap<usize, &PlannedTrial> = runnable.iter().map(|t| (t.id, *t)).collect();
-    let mut ui = SweepProgress::new(runnable.len(), opts.quiet);
-    for t in plan.trials.iter().filter(|t| t.refusal.is_some()) {
+    let to_run: Vec<&PlannedTrial> = if existing {
+        let rows = check_resumable(&dir, plan, spec)?;
+        stop_leftover_processes(&dir, &rows);
+        let pending: HashSet<usize> = rows
+            .iter()
+            .filter(|r| matches!(r.status, Status::Planned | Status::Running | Status::Stopped))
+            .map(|r| r.trial)
+            .collect();
+        journal.append(Event::SweepResumed {
+            trials_to_run: pending.len(),
+        })?;
+        plan.trials.iter().filter(|t| pending.contains(&t.id)).collect()
+    } else {
+        write_atomic(&dir.join("spec.yaml"), spec_text.as_bytes())?;
+        journal.append(Event::SweepStarted {
+            name: plan.name.clone(),
+            trials: plan.trials.len(),
+        })?;
+        for t in &plan.trials {
+            journal.append(Event::TrialPlanned {
+                trial: t.id,
+                params: t.params.to_map(),
+            })?;
+            if let Some(reason) = &t.refusal {
+                journal.append(Event::TrialRefused {
+                    trial: t.id,
+                    reason: reason.clone(),
+                })?;
+            }
+        }
+        plan.trials.iter().filter(|t| t.refusal.is_none()).collect()
+    };
+    refresh_results(&dir, spec)?;
+
+    let by_id: HashMap<usize, &PlannedTrial> = to_run.iter().map(|t| (t.id, *t)).collect();
+    let mut ui = SweepProgress::new(to_run.len(), opts.quiet);
+    if existing {
         ui.println(&format!(
-            "trial {:04} refused: {}",
-            t.id,
-            t.refusal.as_deref().unwrap_or_default()
+            "resuming: {} of {} trials still to run",
+            to_run.len(),
+            plan.trials.len()
         ));
+    } else {
+        for t in plan.trials.iter().filter(|t| t.refusal.is_some()) {
+            ui.println(&format!(
+                "trial {:04} refused: {}",
+                t.id,
+                t.refusal.as_deref().unwrap_or_default()
+            ));
+        }
     }
     let mut scheduler = Scheduler::new(
         plan.pool.slots.len(),
         plan.pool.parallel,
-        runnable.iter().map(|t| (t.id, t.params.gpus as usize)),
+        to_run.iter().map(|t| (t.id, t.params.gpus as usize)),
     );
+    crate::interrupt::install();
+    let interrupts_before = crate::interrupt::count();
     let (tx, rx) = mpsc::channel::<(usize, Report)>();
-    let mut held: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut running: HashMap<usize, (Vec<usize>, u32)> = HashMap::new();
+    let mut stopping: Option<usize> = None;
     let (mut finished, mut failed) = (0, 0);
     loop {
         while let Some((id, slots)) = scheduler.next() {
@@ -101,20 +167,17 @@ pub fn run(
             let devices: Vec<String> = slots.iter().map(|i| plan.pool.slots[*i].clone()).collect();
             let threads = plan.pool.threads_for(slots.len());
             let tdir = trial_dir(&dir, id);
-            let launched =
-                prepare_trial(plan, t, &tdir, &devices, threads, metric).and_then(|()| {
-                    let pid = launch(&opts.program, id, &tdir, threads, tx.clone())?;
+            let launched = prepare_trial(plan, t, &tdir, &devices, threads, metric)
+                .and_then(|()| launch(&opts.program, id, &tdir, threads, tx.clone()));
+            match launched {
+                Ok(pid) => {
                     journal.append(Event::TrialStarted {
                         trial: id,
                         devices: devices.clone(),
                         threads,
                         pid,
                     })?;
-                    Ok(pid)
-                });
-            match launched {
-                Ok(_pid) => {
-                    held.insert(id, slots);
+                    running.insert(id, (slots, pid));
                     ui.trial_started(id, label(t));
                 }
                 Err(e) => {
@@ -126,18 +189,48 @@ pub fn run(
                         reason: reason.clone(),
                     })?;
                     ui.trial_ended(id, &format!("trial {id:04} failed: {reason}"));
-                    refresh_results(&dir, metric)?;
+                    refresh_results(&dir, spec)?;
                 }
             }
         }
         if scheduler.is_idle() {
             break;
         }
-        let (id, report) = rx.recv().context("all trial monitors hung up")?;
+        let interrupts = crate::interrupt::count() - interrupts_before;
+        if interrupts >= 2 {
+            // Second interrupt: stop now. Every running trial is killed and journalled as stopped.
+            for (id, (_, pid)) in running.drain() {
+                crate::interrupt::signal(pid, crate::interrupt::KILL);
+                journal.append(Event::TrialStopped {
+                    trial: id,
+                    reason: "killed on a second interrupt".into(),
+                })?;
+            }
+            refresh_results(&dir, spec)?;
+            ui.finish();
+            return Ok(summary(&dir, finished, failed, plan, &to_run, started, true));
+        }
+        if interrupts == 1 && stopping.is_none() {
+            stopping = Some(running.len());
+            let dropped = scheduler.clear_queue();
+            for (_, pid) in running.values() {
+                crate::interrupt::signal(*pid, crate::interrupt::TERMINATE);
+            }
+            ui.println(&format!(
+                "interrupted: {} queued trials will not start, {} running ones are stopping (Ctrl-C again to kill them now); continue later with --resume",
+                dropped.len(),
+                running.len()
+            ));
+        }
+        let (id, report) = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => bail!("all trial monitors hung up"),
+        };
         match report {
             Report::Progress(event) => ui.event(id, &event),
             Report::Exited(status) => {
-                if let Some(slots) = held.remove(&id) {
+                if let Some((slots, _)) = running.remove(&id) {
                     scheduler.release(&slots);
                 }
                 let tdir = trial_dir(&dir, id);
@@ -161,6 +254,13 @@ pub fn run(
                         journal.append(Event::TrialFinished { trial: id, result })?;
                         ui.trial_ended(id, &line);
                     }
+                    Err(reason) if stopping.is_some() => {
+                        journal.append(Event::TrialStopped {
+                            trial: id,
+                            reason: format!("stopped on interrupt ({reason})"),
+                        })?;
+                        ui.trial_ended(id, &format!("trial {id:04} stopped"));
+                    }
                     Err(reason) => {
                         failed += 1;
                         journal.append(Event::TrialFailed {
@@ -170,21 +270,125 @@ pub fn run(
                         ui.trial_ended(id, &format!("trial {id:04} failed: {reason}"));
                     }
                 }
-                refresh_results(&dir, metric)?;
+                enforce_retention(&dir, spec, &mut journal)?;
+                refresh_results(&dir, spec)?;
             }
         }
     }
     ui.finish();
-    let seconds = started.elapsed().as_secs_f64();
-    journal.append(Event::SweepFinished { seconds })?;
-    Ok(RunSummary {
+    let interrupted = stopping.is_some();
+    if !interrupted {
+        journal.append(Event::SweepFinished {
+            seconds: started.elapsed().as_secs_f64(),
+        })?;
+    }
+    Ok(summary(&dir, finished, failed, plan, &to_run, started, interrupted))
+}
+
+fn summary(
+    dir: &Path,
+    finished: usize,
+    failed: usize,
+    plan: &Plan,
+    to_run: &[&PlannedTrial],
+    started: Instant,
+    interrupted: bool,
+) -> RunSummary {
+    RunSummary {
         finished,
         failed,
-        refused: plan.trials.len() - runnable.len(),
-        seconds,
-        best: results::read_best(&dir).ok(),
-        dir,
-    })
+        refused: plan.trials.iter().filter(|t| t.refusal.is_some()).count(),
+        seconds: started.elapsed().as_secs_f64(),
+        best: results::read_best(dir).ok(),
+        dir: dir.to_path_buf(),
+        interrupted: interrupted || finished + failed < to_run.len(),
+    }
+}
+
+/// A sweep resumes only with the spec it started with, trial for trial.
+fn check_resumable(dir: &Path, plan: &Plan, spec: &SweepSpec) -> Result<Vec<TrialRow>> {
+    let frozen_path = dir.join("spec.yaml");
+    let frozen = SweepSpec::from_file(&frozen_path)
+        .with_context(|| format!("{}: cannot resume", dir.display()))?;
+    let comparable = |s: &SweepSpec| SweepSpec {
+        output: None,
+        ..s.clone()
+    };
+    if comparable(&frozen) != comparable(spec) {
+        bail!(
+            "the sweep file differs from the one this sweep started with ({}); resume needs the same file, or start a new sweep with `--out NEW_DIR`",
+            frozen_path.display()
+        );
+    }
+    let rows = results::rows_from_journal(&journal::read(dir)?);
+    for t in &plan.trials {
+        match rows.iter().find(|r| r.trial == t.id) {
+            Some(r) if r.params == t.params.to_map() => {}
+            _ => bail!(
+                "trial {} of {} does not match the plan of the sweep file; start a new sweep with `--out NEW_DIR`",
+                t.id,
+                dir.display()
+            ),
+        }
+    }
+    Ok(rows)
+}
+
+/// Trial processes of an orchestrator that died may still be running; they are stopped before
+/// their trials start again, so two processes never write one trial folder.
+fn stop_leftover_processes(dir: &Path, rows: &[TrialRow]) {
+    for r in rows.iter().filter(|r| r.status == Status::Running) {
+        let Some(pid) = r.pid else { continue };
+        let tdir = trial_dir(dir, r.trial);
+        if !is_trial_process(pid, &tdir) {
+            continue;
+        }
+        crate::interrupt::signal(pid, crate::interrupt::KILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_trial_process(pid, &tdir) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Whether `pid` is alive and is `sweep train` of this trial folder (not a reused pid).
+fn is_trial_process(pid: u32, trial_dir: &Path) -> bool {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
+    let zombie = std::fs::read_to_string(proc_dir.join("status"))
+        .map(|s| s.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
+        .unwrap_or(false);
+    let wanted = trial_dir.display().to_string();
+    !zombie && String::from_utf8_lossy(&cmdline).split('\0').any(|arg| arg == wanted)
+}
+
+/// Under `checkpoints: {keep: N}`, deletes the checkpoints of finished trials outside the N best.
+/// The deletion is journalled first, so a crash in between leaves a consistent record.
+fn enforce_retention(dir: &Path, spec: &SweepSpec, journal: &mut Journal) -> Result<()> {
+    let Some(policy) = &spec.checkpoints else {
+        return Ok(());
+    };
+    let rows = results::rows_from_journal(&journal::read(dir)?);
+    let mut ranked: Vec<&TrialRow> = rows
+        .iter()
+        .filter(|r| r.status == Status::Finished && r.result.is_some())
+        .collect();
+    ranked.sort_by(|a, b| results::compare(a, b, &spec.metric));
+    for row in ranked.into_iter().skip(policy.keep.max(1)) {
+        if row.checkpoint_deleted {
+            continue;
+        }
+        journal.append(Event::CheckpointDeleted { trial: row.trial })?;
+        if let Some(result) = &row.result {
+            if result.checkpoint.exists() {
+                std::fs::remove_dir_all(&result.checkpoint)
+                    .with_context(|| format!("deleting {}", result.checkpoint.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes the trial's folder and config.json before it starts.
@@ -223,11 +427,11 @@ fn read_result(dir: &Path) -> std::result::Result<TrialResult, String> {
 }
 
 /// Rebuilds results.csv and best/ from the journal.
-pub fn refresh_results(dir: &Path, metric: &MetricSpec) -> Result<()> {
+pub fn refresh_results(dir: &Path, spec: &SweepSpec) -> Result<()> {
     let rows = results::rows_from_journal(&journal::read(dir)?);
     results::write_csv(dir, &rows)?;
-    if let Some(best) = results::best(&rows, metric) {
-        results::write_best(dir, best, metric)?;
+    if let Some(best) = results::best(&rows, &spec.metric) {
+        results::write_best(dir, best, &spec.metric)?;
     }
     Ok(())
 }

@@ -30,35 +30,73 @@ pub fn assignments(spec: &SweepSpec, file: &str) -> Result<Vec<Assignment>, Spec
     }
 }
 
+/// The largest grid that runs without an explicit `run_cap`: a bigger one is almost always a
+/// mistake (a range of values where one value was meant), and its plan alone takes long.
+pub const MAX_GRID: usize = 1000;
+
+/// How many trials the full grid over these domains has (saturating), or the name of the first
+/// parameter that has no finite list of values.
+pub fn grid_size(domains: &[(String, Domain)]) -> Result<usize, String> {
+    let mut total: usize = 1;
+    for (name, d) in domains {
+        let n = match d {
+            Domain::Constant(_) => 1,
+            Domain::Categorical { values, .. } => values.len(),
+            Domain::IntUniform { min, max } if max.saturating_sub(*min) <= 1000 => {
+                (max - min + 1) as usize
+            }
+            _ => return Err(name.clone()),
+        };
+        total = total.saturating_mul(n);
+    }
+    Ok(total)
+}
+
 fn grid(
     domains: &[(String, Domain)],
     run_cap: Option<usize>,
     file: &str,
 ) -> Result<Vec<Assignment>, SpecError> {
+    let total = grid_size(domains).map_err(|name| SpecError::Param {
+        file: file.to_string(),
+        param: name,
+        message:
+            "grid search needs a finite list: use `values`, or `method: random` for a distribution"
+                .into(),
+    })?;
+    if total > MAX_GRID && run_cap.is_none() {
+        return Err(SpecError::Field {
+            file: file.to_string(),
+            field: "parameters".into(),
+            message: format!(
+                "the grid has {} trials, more than {MAX_GRID}; set `run_cap` to run only the first ones, use `method: random` with `run_cap`, or list fewer values",
+                if total == usize::MAX { "too many".to_string() } else { total.to_string() }
+            ),
+        });
+    }
     let mut lists = Vec::new();
     for (name, d) in domains {
-        let values = d.grid_values().ok_or_else(|| SpecError::Param {
-            file: file.to_string(),
-            param: name.clone(),
-            message: "grid search needs a finite list: use `values`, or `method: random` for a distribution".into(),
-        })?;
-        lists.push((name, values));
+        // grid_size succeeded, so every domain has a finite list.
+        lists.push((name, d.grid_values().unwrap_or_default()));
     }
-    let mut out: Vec<Assignment> = vec![Assignment::new()];
-    for (name, values) in &lists {
-        let mut next = Vec::with_capacity(out.len() * values.len());
-        for partial in &out {
-            for v in values {
-                let mut a = partial.clone();
-                a.insert((*name).clone(), v.clone());
-                next.push(a);
+    let count = total.min(run_cap.unwrap_or(usize::MAX));
+    // Trial k is k written in mixed radix over the list lengths, the first parameter (by name)
+    // the most significant digit: the first parameter varies slowest. Only the trials that run
+    // are built, so a capped huge grid costs nothing.
+    let out = (0..count)
+        .map(|k| {
+            let mut rest = k;
+            let mut a = Assignment::new();
+            for (name, values) in lists.iter().rev() {
+                let n = values.len().max(1);
+                if let Some(v) = values.get(rest % n) {
+                    a.insert((*name).clone(), v.clone());
+                }
+                rest /= n;
             }
-        }
-        out = next;
-    }
-    if let Some(cap) = run_cap {
-        out.truncate(cap);
-    }
+            a
+        })
+        .collect();
     Ok(out)
 }
 
@@ -97,7 +135,9 @@ fn sample(d: &Domain, rng: &mut SplitMix64) -> Value {
         },
         Domain::Uniform { min, max } => Value::from(min + rng.uniform() * (max - min)),
         Domain::IntUniform { min, max } => {
-            Value::from(min + rng.below((max - min + 1) as usize) as i64)
+            // Bounds are within ±2^53 (see Domain::from_spec), so this cannot overflow.
+            let span = max.saturating_sub(*min).saturating_add(1).max(1) as usize;
+            Value::from(min.saturating_add(rng.below(span) as i64))
         }
         Domain::LogUniformValues { min, max } => {
             Value::from((min.ln() + rng.uniform() * (max.ln() - min.ln())).exp())
@@ -149,6 +189,17 @@ mod tests {
         assert!(a.iter().all(|x| x["epochs"] == 2));
         let capped = spec("run_cap: 4\nparameters:\n  method: {values: [sft, lora]}\n  learning_rate: {values: [0.1, 0.01, 0.001]}\n");
         assert_eq!(assignments(&capped, "s.yaml").unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_huge_grid_needs_run_cap_and_a_capped_one_is_cheap() {
+        let body = "parameters:\n  epochs: {min: 1, max: 1000}\n  batch_size: {min: 1, max: 1000}\n  lora_rank: {min: 1, max: 1000}\n";
+        let e = assignments(&spec(body), "s.yaml").unwrap_err().to_string();
+        assert!(e.contains("more than 1000") && e.contains("run_cap"), "{e}");
+        let capped = assignments(&spec(&format!("run_cap: 3\n{body}")), "s.yaml").unwrap();
+        assert_eq!(capped.len(), 3);
+        assert_eq!(capped[2]["lora_rank"], 3);
+        assert_eq!(capped[2]["epochs"], 1);
     }
 
     #[test]

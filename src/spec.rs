@@ -50,6 +50,18 @@ pub struct SweepSpec {
     /// Results folder; default `results/<name>`.
     #[serde(default)]
     pub output: Option<PathBuf>,
+    /// Checkpoint retention; default: keep every trial's.
+    #[serde(default)]
+    pub checkpoints: Option<CheckpointPolicy>,
+}
+
+/// How many trials keep their checkpoint folder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointPolicy {
+    /// The N best finished trials keep theirs; the others' are deleted as trials finish. The best
+    /// trial's is never deleted.
+    pub keep: usize,
 }
 
 /// Relative paths are taken from the directory `sweep` runs in.
@@ -226,6 +238,12 @@ pub enum Domain {
     },
 }
 
+/// The most trials one sweep may have (`run_cap`): beyond it the plan alone would take minutes.
+pub const MAX_RUN_CAP: usize = 10_000;
+
+/// Bounds of `int_uniform` must be exact in an f64 and leave room for `max - min + 1`.
+const INT_BOUND: f64 = 9_007_199_254_740_992.0; // 2^53
+
 pub const DISTRIBUTIONS: [&str; 8] = [
     "constant",
     "categorical",
@@ -261,6 +279,9 @@ impl Domain {
                 (Some(min), Some(max)) if min.is_finite() && max.is_finite() && min < max => {
                     Ok((min, max))
                 }
+                (Some(min), Some(max)) if !(min.is_finite() && max.is_finite()) => Err(format!(
+                    "min ({min}) and max ({max}) must be finite numbers"
+                )),
                 (Some(min), Some(max)) => Err(format!("min ({min}) must be less than max ({max})")),
                 _ => Err(format!("distribution `{dist}` needs `min` and `max`")),
             }
@@ -314,6 +335,11 @@ impl Domain {
                         "distribution `int_uniform` needs whole-number `min` and `max`".into(),
                     );
                 }
+                if min.abs() > INT_BOUND || max.abs() > INT_BOUND {
+                    return Err(format!(
+                        "distribution `int_uniform` needs `min` and `max` within ±{INT_BOUND}"
+                    ));
+                }
                 Ok(Domain::IntUniform {
                     min: min as i64,
                     max: max as i64,
@@ -343,7 +369,8 @@ impl Domain {
                 Ok(Domain::QLogUniformValues { min, max, q: q()? })
             }
             other => Err(format!(
-                "unknown distribution `{other}` (known: {})",
+                "unknown distribution `{other}`{} (known: {})",
+                crate::suggest::suffix(other, &DISTRIBUTIONS),
                 DISTRIBUTIONS.join(", ")
             )),
         }
@@ -354,7 +381,7 @@ impl Domain {
         match self {
             Domain::Constant(v) => Some(vec![v.clone()]),
             Domain::Categorical { values, .. } => Some(values.clone()),
-            Domain::IntUniform { min, max } if max - min <= 1000 => {
+            Domain::IntUniform { min, max } if max.saturating_sub(*min) <= 1000 => {
                 Some((*min..=*max).map(Value::from).collect())
             }
             _ => None,
@@ -391,66 +418,82 @@ impl SweepSpec {
     }
 
     fn validate(&self, file: &str) -> Result<(), SpecError> {
-        let field = |field: &str, message: String| SpecError::Field {
-            file: file.to_string(),
-            field: field.to_string(),
-            message,
-        };
+        match self.field_problems().into_iter().next() {
+            None => Ok(()),
+            Some((field, message)) => Err(match field.strip_prefix("parameters.") {
+                Some(param) => SpecError::Param {
+                    file: file.to_string(),
+                    param: param.to_string(),
+                    message,
+                },
+                None => SpecError::Field {
+                    file: file.to_string(),
+                    field,
+                    message,
+                },
+            }),
+        }
+    }
+
+    /// Every value problem of a parsed spec, as (dotted field path, message). Parsing already
+    /// guaranteed the types; these are the values no sweep can run with.
+    pub fn field_problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut field = |field: &str, message: String| out.push((field.to_string(), message));
         if self.name.trim().is_empty()
             || self
                 .name
                 .chars()
                 .any(|c| !(c.is_alphanumeric() || c == '-' || c == '_' || c == '.'))
+            || self.name == "."
+            || self.name == ".."
         {
-            return Err(field(
+            field(
                 "name",
                 format!(
                     "`{}` must be a non-empty folder name (letters, digits, - _ .)",
                     self.name
                 ),
-            ));
+            );
         }
         match (&self.model.preset, &self.model.path) {
-            (Some(_), Some(_)) => {
-                return Err(field(
-                    "model",
-                    "give either `preset` or `path`, not both".into(),
-                ))
-            }
-            (Some(p), None) if crate::presets::preset(p).is_none() => {
-                return Err(field(
-                    "model.preset",
-                    format!(
-                        "unknown preset `{p}` (known: {})",
-                        crate::presets::PRESET_NAMES.join(", ")
-                    ),
-                ))
-            }
+            (Some(_), Some(_)) => field("model", "give either `preset` or `path`, not both".into()),
+            (Some(p), None) if crate::presets::preset(p).is_none() => field(
+                "model.preset",
+                format!(
+                    "unknown preset `{p}`{} (known: {})",
+                    crate::suggest::suffix(p, &crate::presets::PRESET_NAMES),
+                    crate::presets::PRESET_NAMES.join(", ")
+                ),
+            ),
             _ => {}
         }
         if self.method == SearchMethod::Random && self.run_cap.is_none() {
-            return Err(field(
+            field(
                 "run_cap",
                 "random search needs `run_cap` (how many trials)".into(),
-            ));
+            );
         }
-        if self.run_cap == Some(0) {
-            return Err(field("run_cap", "must be at least 1".into()));
+        match self.run_cap {
+            Some(0) => field("run_cap", "must be at least 1".into()),
+            Some(n) if n > MAX_RUN_CAP => field(
+                "run_cap",
+                format!("{n} trials is more than sweep runs in one sweep (at most {MAX_RUN_CAP})"),
+            ),
+            _ => {}
         }
         if self.resources.parallel == Some(0) {
-            return Err(field("resources.parallel", "must be at least 1".into()));
+            field("resources.parallel", "must be at least 1".into());
         }
         if self.resources.slots == Some(0) {
-            return Err(field("resources.slots", "must be at least 1".into()));
+            field("resources.slots", "must be at least 1".into());
         }
         for (name, p) in &self.parameters {
-            Domain::from_spec(p).map_err(|message| SpecError::Param {
-                file: file.to_string(),
-                param: name.clone(),
-                message,
-            })?;
+            if let Err(message) = Domain::from_spec(p) {
+                field(&format!("parameters.{name}"), message);
+            }
         }
-        Ok(())
+        out
     }
 
     /// Where results go: `output`, else `results/<name>`.

@@ -106,47 +106,31 @@ pub struct LoadedModel {
     pub base: String,
 }
 
-/// Builds the trial's model: a preset (random init, tokenizer from the training text) or a
-/// Hugging Face folder.
-pub fn load_model(
-    source: &ModelSource,
-    params: &TrialParams,
-    train: &[Example],
-    device: &Device,
-) -> Result<LoadedModel> {
-    let trainable = match params.method {
-        Method::Lora => Trainable::Lora(LoraSettings {
-            rank: params.lora_rank as usize,
-            alpha: params.lora_alpha,
-            targets: params.lora_targets.clone(),
-        }),
-        Method::Sft | Method::PostPretrain => Trainable::All,
-    };
-    let seed = params.seed();
+/// The tokenizer a trial uses: for a preset, a word-level vocabulary built from the training
+/// text (every turn of it); for a model folder, its `tokenizer.json` with the special ids of its
+/// config.json. Shared with the checker, which measures lengths with the very same tokenizer.
+pub fn load_tokenizer(source: &ModelSource, train: &[Example]) -> Result<TextTokenizer> {
     match source {
-        ModelSource::Preset(name) => {
-            let mut config = crate::presets::preset(name)
-                .with_context(|| format!("unknown model preset `{name}`"))?;
+        ModelSource::Preset(_) => {
             let texts = train.iter().flat_map(|e| {
-                [e.system.as_deref(), Some(e.src.as_str()), e.tgt.as_deref()]
-                    .into_iter()
-                    .flatten()
+                e.history
+                    .iter()
+                    .flat_map(|(q, a)| [q.as_str(), a.as_str()])
+                    .chain(
+                        [e.system.as_deref(), Some(e.src.as_str()), e.tgt.as_deref()]
+                            .into_iter()
+                            .flatten(),
+                    )
             });
-            let tokenizer = TextTokenizer::build_word_level(texts, 1)?;
-            config.vocab_size = tokenizer.vocab_size();
-            config.bos_token_id = tokenizer.bos;
-            config.eos_token_id = Some(tokenizer.eos);
-            config.pad_token_id = Some(tokenizer.pad);
-            let weights = CausalLm::random_weights(&config, seed, DType::F32, device)?;
-            let model = CausalLm::new(config, &weights, trainable, seed, device, name)?;
-            Ok(LoadedModel {
-                model,
-                tokenizer,
-                base: format!("sweep-preset:{name}:seed{seed}"),
-            })
+            Ok(TextTokenizer::build_word_level(texts, 1)?)
         }
         ModelSource::Path(dir) => {
-            let (config, weights) = load_hf_folder(dir, device)?;
+            // Only the special ids are needed here, so config.json is read without the weights.
+            let config_path = dir.join("config.json");
+            let text = std::fs::read_to_string(&config_path)
+                .with_context(|| format!("{}: cannot read", config_path.display()))?;
+            let config: crate::model::ModelConfig = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a model config", config_path.display()))?;
             let tok_path = dir.join("tokenizer.json");
             if !tok_path.exists() {
                 bail!("{}: no tokenizer.json in the model folder", dir.display());
@@ -165,6 +149,47 @@ pub fn load_model(
                     config.vocab_size
                 );
             }
+            Ok(tokenizer)
+        }
+    }
+}
+
+/// Builds the trial's model: a preset (random init, tokenizer from the training text) or a
+/// Hugging Face folder.
+pub fn load_model(
+    source: &ModelSource,
+    params: &TrialParams,
+    train: &[Example],
+    device: &Device,
+) -> Result<LoadedModel> {
+    let trainable = match params.method {
+        Method::Lora => Trainable::Lora(LoraSettings {
+            rank: params.lora_rank as usize,
+            alpha: params.lora_alpha,
+            targets: params.lora_targets.clone(),
+        }),
+        Method::Sft | Method::PostPretrain => Trainable::All,
+    };
+    let seed = params.seed();
+    let tokenizer = load_tokenizer(source, train)?;
+    match source {
+        ModelSource::Preset(name) => {
+            let mut config = crate::presets::preset(name)
+                .with_context(|| format!("unknown model preset `{name}`"))?;
+            config.vocab_size = tokenizer.vocab_size();
+            config.bos_token_id = tokenizer.bos;
+            config.eos_token_id = Some(tokenizer.eos);
+            config.pad_token_id = Some(tokenizer.pad);
+            let weights = CausalLm::random_weights(&config, seed, DType::F32, device)?;
+            let model = CausalLm::new(config, &weights, trainable, seed, device, name)?;
+            Ok(LoadedModel {
+                model,
+                tokenizer,
+                base: format!("sweep-preset:{name}:seed{seed}"),
+            })
+        }
+        ModelSource::Path(dir) => {
+            let (config, weights) = load_hf_folder(dir, device)?;
             let model = CausalLm::new(
                 config,
                 &weights,
@@ -267,9 +292,16 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     let vars = model.trainable().iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(vars, p.weight_decay)?;
 
+    // An interrupted trial continues from its last finished epoch.
+    let resumed = crate::resume::load(dir, p, &model, &mut opt)?;
     let metrics_path = dir.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path)
-        .with_context(|| format!("creating {}", metrics_path.display()))?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resumed.is_some())
+        .truncate(resumed.is_none())
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
     let mut record = |event: &ProgressEvent, emit: &mut dyn FnMut(&ProgressEvent)| -> Result<()> {
         writeln!(metrics, "{}", serde_json::to_string(event)?)?;
         metrics.flush()?;
@@ -302,8 +334,22 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     let mut step = 0usize;
     let mut train_seconds = 0.0f64;
     let mut train_tokens = 0usize;
-    let mut rng = SplitMix64::new(p.seed() ^ 0x5eed_da7a);
-    for epoch in 1..=p.epochs {
+    let mut first_epoch = 1;
+    let mut prior_seconds = 0.0;
+    if let Some(state) = resumed {
+        prior_seconds = state.seconds;
+        eprintln!("trial {}: resuming after epoch {}", cfg.trial, state.epoch);
+        record(&ProgressEvent::Resumed { epoch: state.epoch, step: state.step }, &mut emit)?;
+        best = state.best;
+        step = state.step;
+        train_seconds = state.train_seconds;
+        train_tokens = state.train_tokens;
+        first_epoch = state.epoch + 1;
+    }
+    for epoch in first_epoch..=p.epochs {
+        // Each epoch's order depends on the seed and the epoch alone, so a resumed trial sees
+        // the same batches as an uninterrupted one.
+        let mut rng = SplitMix64::new(p.seed() ^ 0x5eed_da7a ^ u64::from(epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut order: Vec<usize> = (0..train_seqs.len()).collect();
         rng.shuffle(&mut order);
         let mut epoch_loss = 0.0;
@@ -407,14 +453,29 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                 checkpoint: checkpoint_dir.clone(),
             });
         }
+        crate::resume::save(
+            dir,
+            &crate::resume::ResumeState {
+                epoch,
+                step,
+                train_tokens,
+                train_seconds,
+                seconds: prior_seconds + started.elapsed().as_secs_f64(),
+                best: best.clone(),
+                params: p.clone(),
+            },
+            &model,
+            &opt,
+        )?;
     }
     let mut result = best.context("no epoch ran")?;
-    result.seconds = started.elapsed().as_secs_f64();
+    result.seconds = prior_seconds + started.elapsed().as_secs_f64();
     result.tokens_per_sec = train_tokens as f64 / train_seconds.max(1e-9);
     result.peak_rss_mb = peak_rss_mb();
     write_atomic(
         &dir.join(TrialResult::FILE),
         &serde_json::to_vec_pretty(&result)?,
     )?;
+    crate::resume::clear(dir)?;
     Ok(result)
 }

@@ -62,6 +62,11 @@ pub enum ProgressEvent {
         grad_norm: f64,
     },
     Epoch(EpochMetrics),
+    /// The trial continues after an interruption from the end of `epoch`.
+    Resumed {
+        epoch: u32,
+        step: usize,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,0 +1,73 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn sweep() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sweep"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A small labelled set: the first `n_train`/`n_dev` lines of the bundled quickstart data.
+pub fn small_data(dir: &Path, n_train: usize, n_dev: usize) -> (PathBuf, PathBuf) {
+    let take = |name: &str, n: usize| {
+        let text = std::fs::read_to_string(repo().join("data/clinc150-mini").join(name)).unwrap();
+        let lines: Vec<&str> = text.lines().take(n).collect();
+        let path = dir.join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    };
+    (take("train.json", n_train), take("dev.json", n_dev))
+}
+
+pub fn write_spec(dir: &Path, body: &str) -> PathBuf {
+    let (train, dev) = small_data(dir, 48, 20);
+    let spec = format!(
+        "name: t\ndata:\n  train: {}\n  dev: {}\nmodel: {{preset: test}}\noutput: {}\nseed: 3\n{body}",
+        train.display(),
+        dev.display(),
+        dir.join("results").display()
+    );
+    let path = dir.join("sweep.yaml");
+    std::fs::write(&path, spec).unwrap();
+    path
+}
+
+pub fn run(args: &[&std::ffi::OsStr]) -> Output {
+    let out = sweep().args(args).output().unwrap();
+    eprintln!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn csv_rows(dir: &Path) -> Vec<HashMap<String, String>> {
+    let text = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    lines
+        .map(|l| {
+            // Our reasons may hold commas inside quotes; split carefully.
+            let mut fields = Vec::new();
+            let mut cur = String::new();
+            let mut quoted = false;
+            for c in l.chars() {
+                match c {
+                    '"' => quoted = !quoted,
+                    ',' if !quoted => fields.push(std::mem::take(&mut cur)),
+                    c => cur.push(c),
+                }
+            }
+            fields.push(cur);
+            header.iter().cloned().zip(fields).collect()
+        })
+        .collect()
+}
+
