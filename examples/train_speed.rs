@@ -68,6 +68,27 @@ fn main() -> Result<()> {
         last_loss = s.loss;
     }
     let secs = start.elapsed().as_secs_f64();
+    // The plan-time estimate of the same step, to compare with the measured peak.
+    let trial = sweep::params::TrialParams::from_assignment(
+        &[
+            ("method".to_string(), serde_json::json!(method)),
+            ("batch_size".to_string(), serde_json::json!(batch)),
+        ]
+        .into_iter()
+        .collect(),
+        0,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let estimate = sweep::memory::estimate(
+        &sweep::memory::Workload {
+            config: &config,
+            params: &trial,
+            longest_sequence: seq,
+            counted_per_sequence: seq - 1,
+            bytes_per_value: 4,
+        },
+        batch,
+    );
     println!(
         "{}",
         serde_json::json!({
@@ -82,6 +103,7 @@ fn main() -> Result<()> {
             "seconds_per_step": secs / steps as f64,
             "tokens_per_sec": tokens as f64 / secs,
             "peak_rss_mb": sweep::trial::peak_rss_mb(),
+            "estimate_mb": estimate.total_mb(),
             "loss": last_loss,
         })
     );

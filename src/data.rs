@@ -119,6 +119,12 @@ pub fn load_examples(path: &Path) -> Result<Vec<Example>, DataError> {
         file: path.to_path_buf(),
         message: e.to_string(),
     })?;
+    examples_from_bytes(bytes, path)
+}
+
+/// The examples of a data file's contents; `path` names it in errors. What `load_examples` does
+/// after reading (and what the fuzzer compares the checker with).
+pub fn examples_from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Vec<Example>, DataError> {
     let text = String::from_utf8(bytes).map_err(|e| {
         let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
             .iter()
@@ -202,9 +208,15 @@ pub fn parse_json_line(raw: &str) -> Result<Value, LineIssue> {
                 format!("each line must be one complete JSON object like {LINE_EXAMPLE}"),
             )
         };
+        // serde_json counts bytes; editors count characters.
+        let byte = e.column().saturating_sub(1);
+        let column = raw
+            .get(..byte)
+            .map(|before| before.chars().count() + 1)
+            .unwrap_or(e.column().max(1));
         LineIssue {
             field: None,
-            column: Some(e.column().max(1)),
+            column: Some(column),
             message,
             hint: Some(hint),
         }

@@ -6,14 +6,16 @@ use candle_core::Result;
 use crate::batch::{make_batch, supervised, token_nll, Seq};
 use crate::model::CausalLm;
 
-/// Sequences scored per forward pass during evaluation.
-const EVAL_BATCH: usize = 64;
+/// Most sequences scored per forward pass during evaluation. Callers pass the trial's
+/// micro-batch, so evaluation never needs more memory than a training step (the memory estimate
+/// relies on that).
+pub const MAX_EVAL_BATCH: usize = 64;
 
 /// Mean negative log-likelihood per counted token.
-pub fn dev_loss(model: &CausalLm, seqs: &[Seq], pad: u32) -> Result<f64> {
+pub fn dev_loss(model: &CausalLm, seqs: &[Seq], pad: u32, eval_batch: usize) -> Result<f64> {
     let mut total = 0.0f64;
     let mut tokens = 0usize;
-    for chunk in seqs.chunks(EVAL_BATCH) {
+    for chunk in seqs.chunks(eval_batch.clamp(1, MAX_EVAL_BATCH)) {
         let refs: Vec<&Seq> = chunk.iter().collect();
         let batch = make_batch(&refs, pad, model.device())?;
         if batch.tokens == 0 {
@@ -44,6 +46,7 @@ pub fn candidate_scores(
     has_bos: bool,
     max_len: usize,
     pad: u32,
+    eval_batch: usize,
 ) -> Result<Vec<Vec<f64>>> {
     let mut seqs = Vec::with_capacity(prompts.len() * candidates.answers.len());
     for p in prompts {
@@ -54,7 +57,7 @@ pub fn candidate_scores(
     }
     let mut scores = vec![f64::NEG_INFINITY; seqs.len()];
     let scorable: Vec<usize> = (0..seqs.len()).filter(|i| seqs[*i].is_some()).collect();
-    for chunk in scorable.chunks(EVAL_BATCH) {
+    for chunk in scorable.chunks(eval_batch.clamp(1, MAX_EVAL_BATCH)) {
         let refs: Vec<&Seq> = chunk.iter().filter_map(|i| seqs[*i].as_ref()).collect();
         let batch = make_batch(&refs, pad, model.device())?;
         let nll = token_nll(model, &batch)?

@@ -21,16 +21,55 @@ pub enum Report {
 
 /// Starts `program train DIR` with `threads` CPU threads; a thread forwards its reports as
 /// `(trial, report)` until it exits. Returns the child's process id.
+/// How a trial process is confined.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// CPU threads.
+    pub threads: usize,
+    /// CUDA devices it may see (physical ids, comma-separated), renumbered from 0 inside.
+    pub cuda_visible_devices: Option<String>,
+    /// Bytes of memory it may allocate (RLIMIT_DATA); beyond, allocations fail (out of memory).
+    pub memory_bytes: Option<u64>,
+}
+
 pub fn launch(
     program: &Path,
     trial: usize,
     dir: &Path,
-    threads: usize,
+    limits: &Limits,
     tx: Sender<(usize, Report)>,
 ) -> Result<u32> {
-    let log = std::fs::File::create(dir.join("train.log"))
-        .with_context(|| format!("creating {}", dir.join("train.log").display()))?;
+    // Appended, not replaced: a resumed or retried trial keeps the log of its earlier runs.
+    let log_path = dir.join("train.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let threads = limits.threads.max(1);
     let mut command = Command::new(program);
+    if let Some(ids) = &limits.cuda_visible_devices {
+        command.env("CUDA_VISIBLE_DEVICES", ids);
+    }
+    #[cfg(unix)]
+    if let Some(bytes) = limits.memory_bytes {
+        // Few malloc arenas, so the limit measures the trial's data rather than reserved arenas.
+        command.env("MALLOC_ARENA_MAX", "2");
+        let limit = libc::rlimit {
+            rlim_cur: bytes as libc::rlim_t,
+            rlim_max: bytes as libc::rlim_t,
+        };
+        // SAFETY: setrlimit is async-signal-safe and touches only the child being started.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::setrlimit(libc::RLIMIT_DATA, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
     // Its own process group: the terminal's Ctrl-C reaches the orchestrator only, which then
     // stops trials in order (see `interrupt`).
     #[cfg(unix)]

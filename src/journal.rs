@@ -21,6 +21,9 @@ pub enum Event {
     TrialPlanned {
         trial: usize,
         params: BTreeMap<String, Value>,
+        /// Predicted peak memory per device, MiB.
+        #[serde(default)]
+        estimate_mb: Option<f64>,
     },
     /// Can never run as asked (for example more devices than the pool has).
     TrialRefused {
@@ -52,6 +55,13 @@ pub enum Event {
     /// Stopped on the user's interrupt; runs again on resume.
     TrialStopped {
         trial: usize,
+        reason: String,
+    },
+    /// The trial ran out of memory; with `retry_micro_batch` it runs again with that micro-batch.
+    TrialOutOfMemory {
+        trial: usize,
+        micro_batch: u32,
+        retry_micro_batch: Option<u32>,
         reason: String,
     },
     /// The trial's checkpoint folder was deleted under `checkpoints: {keep: N}`.

@@ -36,6 +36,10 @@ enum Command {
         /// Results folder (instead of the spec's `output`, or results/<name>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Plan trials as asked even when their predicted memory exceeds the device's (a real
+        /// out-of-memory is still recovered under `on_oom`).
+        #[arg(long)]
+        no_memory_check: bool,
     },
     /// Print the trials that would run, their parameters and devices; nothing runs.
     Plan {
@@ -43,6 +47,9 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Show trials as asked even when their predicted memory exceeds the device's.
+        #[arg(long)]
+        no_memory_check: bool,
     },
     /// Check sweep files (.yaml/.yml, with their data and model) and data files without
     /// training: every problem with file, line and field; exit status 2 on any error.
@@ -74,11 +81,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(spec_path: &Path) -> Result<(SweepSpec, Plan, String)> {
+fn load(spec_path: &Path, memory_check: bool) -> Result<(SweepSpec, Plan, String)> {
     let text = std::fs::read_to_string(spec_path)
         .with_context(|| format!("{}: cannot read", spec_path.display()))?;
     let spec = SweepSpec::from_yaml(&text, &spec_path.display().to_string())?;
-    let plan = Plan::new(&spec, spec_path)?;
+    let plan = Plan::with_options(&spec, spec_path, sweep::plan::PlanOptions { memory_check })?;
     Ok((spec, plan, text))
 }
 
@@ -89,6 +96,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             quiet,
             resume,
             out,
+            no_memory_check,
         } => {
             let spec_path = spec;
             // Nothing starts, and nothing is written, until the same checks as `sweep check`
@@ -96,10 +104,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             let report = sweep::check::check_spec_file(&spec_path);
             if report.has_errors() {
                 eprint!("{}", report.render());
+                eprintln!("nothing was started: fix the errors above and run again");
                 return Ok(ExitCode::from(2));
             }
             eprint!("{}", report.render_problems());
-            let (spec, mut plan, text) = load(&spec_path)?;
+            let (spec, mut plan, text) = load(&spec_path, !no_memory_check)?;
             if let Some(out) = out {
                 plan.results_dir = out;
             }
@@ -132,8 +141,12 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Plan { spec, json } => {
-            let (_, plan, _) = load(&spec)?;
+        Command::Plan {
+            spec,
+            json,
+            no_memory_check,
+        } => {
+            let (_, plan, _) = load(&spec, !no_memory_check)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {

@@ -119,6 +119,11 @@ impl SweepProgress {
         self.println(line);
     }
 
+    /// One more trial to wait for (a retry).
+    pub fn add_pending(&self, n: u64) {
+        self.overall.inc_length(n);
+    }
+
     pub fn finish(&self) {
         self.overall.finish_and_clear();
     }

@@ -48,6 +48,12 @@ pub struct TrialRow {
     pub pid: Option<u32>,
     /// Deleted under the checkpoint retention policy.
     pub checkpoint_deleted: bool,
+    /// Predicted peak memory per device at plan time, MiB.
+    pub estimate_mb: Option<f64>,
+    /// Out-of-memory retries so far.
+    pub retries: u32,
+    /// The micro-batch the next run must use after out-of-memory retries.
+    pub retry_micro_batch: Option<u32>,
 }
 
 /// The latest state of every trial, in trial order.
@@ -55,7 +61,11 @@ pub fn rows_from_journal(entries: &[Entry]) -> Vec<TrialRow> {
     let mut rows: BTreeMap<usize, TrialRow> = BTreeMap::new();
     for e in entries {
         match &e.event {
-            Event::TrialPlanned { trial, params } => {
+            Event::TrialPlanned {
+                trial,
+                params,
+                estimate_mb,
+            } => {
                 rows.insert(
                     *trial,
                     TrialRow {
@@ -66,6 +76,9 @@ pub fn rows_from_journal(entries: &[Entry]) -> Vec<TrialRow> {
                         result: None,
                         pid: None,
                         checkpoint_deleted: false,
+                        estimate_mb: *estimate_mb,
+                        retries: 0,
+                        retry_micro_batch: None,
                     },
                 );
             }
@@ -90,6 +103,19 @@ pub fn rows_from_journal(entries: &[Entry]) -> Vec<TrialRow> {
                 if let Some(r) = rows.get_mut(trial) {
                     r.status = Status::Stopped;
                     r.reason = reason.clone();
+                }
+            }
+            Event::TrialOutOfMemory {
+                trial,
+                retry_micro_batch,
+                reason,
+                ..
+            } => {
+                if let Some(r) = rows.get_mut(trial) {
+                    r.retries += 1;
+                    r.retry_micro_batch = *retry_micro_batch;
+                    r.reason = reason.clone();
+                    r.status = Status::Planned;
                 }
             }
             Event::CheckpointDeleted { trial } => {
@@ -251,6 +277,21 @@ pub fn table(rows: &[TrialRow]) -> Result<DataFrame> {
     cols.push(Column::new(
         "grad_accum".into(),
         int(&|r| r.grad_accum as i64),
+    ));
+    cols.push(Column::new("devices".into(), int(&|r| r.devices as i64)));
+    cols.push(Column::new(
+        "per_device_batch".into(),
+        rows.iter()
+            .map(|r| r.result.as_ref()?.per_device_batch.map(i64::from))
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "retries".into(),
+        rows.iter().map(|r| r.retries as i64).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "estimated_mb".into(),
+        rows.iter().map(|r| r.estimate_mb).collect::<Vec<_>>(),
     ));
     cols.push(Column::new(
         "checkpoint".into(),
@@ -443,10 +484,15 @@ mod tests {
                 trainable_params: 10,
                 micro_batch: 4,
                 grad_accum: 1,
+                devices: 1,
+                per_device_batch: Some(4),
                 checkpoint: PathBuf::from("x"),
             }),
             pid: None,
             checkpoint_deleted: false,
+            estimate_mb: None,
+            retries: 0,
+            retry_micro_batch: None,
         }
     }
 
@@ -486,6 +532,9 @@ mod tests {
             result: None,
             pid: None,
             checkpoint_deleted: false,
+            estimate_mb: None,
+            retries: 0,
+            retry_micro_batch: None,
         });
         write_csv(dir.path(), &rows).unwrap();
         let df = read_csv(dir.path()).unwrap();

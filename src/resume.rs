@@ -84,7 +84,13 @@ pub fn load(
         &std::fs::read_to_string(dir.join(STATE)).context("reading the resume state")?,
     )
     .context("parsing the resume state")?;
-    if &state.params != params {
+    // The micro-batch may change between runs (an out-of-memory retry): it splits the same
+    // step differently and leaves the results the same.
+    let same_trial = TrialParams {
+        micro_batch: params.micro_batch,
+        ..state.params.clone()
+    } == *params;
+    if !same_trial {
         bail!(
             "{}: saved for different trial parameters; delete it to start this trial afresh",
             dir.display()

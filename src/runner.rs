@@ -16,7 +16,7 @@ use crate::plan::{Plan, PlannedTrial};
 use crate::progress::SweepProgress;
 use crate::results::{self, BestTrial, Status, TrialRow};
 use crate::scheduler::Scheduler;
-use crate::spec::{MetricSpec, SweepSpec};
+use crate::spec::{MetricSpec, OnOom, SweepSpec};
 use crate::trial::{write_atomic, TrialConfig, TrialResult};
 
 pub struct RunOptions {
@@ -86,6 +86,9 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
     let started = Instant::now();
     let metric = &spec.metric;
     let dir = &plan.results_dir;
+    if plan.pool.has_cuda() && !cfg!(feature = "cuda") {
+        bail!("the device pool has CUDA GPUs but this build of sweep has no CUDA support: rebuild with `cargo build --release --features cuda`, or set `resources.devices: cpu`");
+    }
     let existing = dir.join(Journal::FILE).exists();
     if existing && !opts.resume {
         bail!(
@@ -99,8 +102,11 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
     let _lock = FolderLock::acquire(&dir)?;
     let mut journal = Journal::open(&dir)?;
 
+    // Micro-batches lowered by out-of-memory retries, by trial.
+    let mut micro_override: HashMap<usize, u32> = HashMap::new();
     let to_run: Vec<&PlannedTrial> = if existing {
         let rows = check_resumable(&dir, plan, spec)?;
+        micro_override.extend(rows.iter().filter_map(|r| Some((r.trial, r.retry_micro_batch?))));
         stop_leftover_processes(&dir, &rows);
         let pending: HashSet<usize> = rows
             .iter()
@@ -121,6 +127,7 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
             journal.append(Event::TrialPlanned {
                 trial: t.id,
                 params: t.params.to_map(),
+                estimate_mb: t.estimate_mb,
             })?;
             if let Some(reason) = &t.refusal {
                 journal.append(Event::TrialRefused {
@@ -164,17 +171,27 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
     loop {
         while let Some((id, slots)) = scheduler.next() {
             let t = by_id[&id];
-            let devices: Vec<String> = slots.iter().map(|i| plan.pool.slots[*i].clone()).collect();
-            let threads = plan.pool.threads_for(slots.len());
+            let physical: Vec<String> = slots.iter().map(|i| plan.pool.slots[*i].name.clone()).collect();
+            let limits = limits_for(plan, &physical);
+            // A trial sees only its own GPUs, renumbered from 0 (CUDA_VISIBLE_DEVICES).
+            let devices: Vec<String> = if limits.cuda_visible_devices.is_some() {
+                (0..physical.len()).map(|i| format!("cuda:{i}")).collect()
+            } else {
+                physical.clone()
+            };
             let tdir = trial_dir(&dir, id);
-            let launched = prepare_trial(plan, t, &tdir, &devices, threads, metric)
-                .and_then(|()| launch(&opts.program, id, &tdir, threads, tx.clone()));
+            let mut params = t.params.clone();
+            if let Some(m) = micro_override.get(&id) {
+                params.micro_batch = Some(*m);
+            }
+            let launched = prepare_trial(plan, t.id, &params, &tdir, &devices, limits.threads, metric)
+                .and_then(|()| launch(&opts.program, id, &tdir, &limits, tx.clone()));
             match launched {
                 Ok(pid) => {
                     journal.append(Event::TrialStarted {
                         trial: id,
-                        devices: devices.clone(),
-                        threads,
+                        devices: physical.clone(),
+                        threads: limits.threads,
                         pid,
                     })?;
                     running.insert(id, (slots, pid));
@@ -254,6 +271,46 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
                         journal.append(Event::TrialFinished { trial: id, result })?;
                         ui.trial_ended(id, &line);
                     }
+                    Err(reason) if stopping.is_none() && is_out_of_memory(&reason) => {
+                        let micro = micro_override
+                            .get(&id)
+                            .copied()
+                            .unwrap_or_else(|| by_id[&id].params.micro_batch());
+                        let batch = by_id[&id].params.batch_size;
+                        let retry = match spec.on_oom {
+                            OnOom::HalveBatch if micro > 1 => {
+                                (1..=micro / 2).rev().find(|m| batch % m == 0)
+                            }
+                            _ => None,
+                        };
+                        journal.append(Event::TrialOutOfMemory {
+                            trial: id,
+                            micro_batch: micro,
+                            retry_micro_batch: retry,
+                            reason: reason.clone(),
+                        })?;
+                        match retry {
+                            Some(m) => {
+                                micro_override.insert(id, m);
+                                scheduler.requeue_front(id, by_id[&id].params.gpus as usize);
+                                ui.trial_ended(
+                                    id,
+                                    &format!("trial {id:04} out of memory at micro-batch {micro}; retrying with {m} (grad_accum {})", batch / m),
+                                );
+                                ui.add_pending(1);
+                            }
+                            None => {
+                                failed += 1;
+                                let why = format!("out of memory at micro-batch {micro} (on_oom: {:?}): {reason}", spec.on_oom);
+                                journal.append(Event::TrialFailed { trial: id, reason: why.clone() })?;
+                                ui.trial_ended(id, &format!("trial {id:04} failed: {why}"));
+                                if spec.on_oom == OnOom::Fail {
+                                    let dropped = scheduler.clear_queue();
+                                    ui.println(&format!("on_oom: fail: {} queued trials will not start", dropped.len()));
+                                }
+                            }
+                        }
+                    }
                     Err(reason) if stopping.is_some() => {
                         journal.append(Event::TrialStopped {
                             trial: id,
@@ -321,9 +378,16 @@ fn check_resumable(dir: &Path, plan: &Plan, spec: &SweepSpec) -> Result<Vec<Tria
         );
     }
     let rows = results::rows_from_journal(&journal::read(dir)?);
+    // The micro-batch may differ (planned for another machine's memory, or lowered after an
+    // out-of-memory retry): it changes how a step is computed, not what it computes.
+    let comparable = |m: &std::collections::BTreeMap<String, serde_json::Value>| {
+        let mut m = m.clone();
+        m.remove("micro_batch");
+        m
+    };
     for t in &plan.trials {
         match rows.iter().find(|r| r.trial == t.id) {
-            Some(r) if r.params == t.params.to_map() => {}
+            Some(r) if comparable(&r.params) == comparable(&t.params.to_map()) => {}
             _ => bail!(
                 "trial {} of {} does not match the plan of the sweep file; start a new sweep with `--out NEW_DIR`",
                 t.id,
@@ -391,10 +455,39 @@ fn enforce_retention(dir: &Path, spec: &SweepSpec, journal: &mut Journal) -> Res
     Ok(())
 }
 
+/// Messages by which a trial's end shows it ran out of memory: CUDA's and cuBLAS's, and Rust's
+/// allocation failure (what a CPU trial under its memory limit prints before aborting).
+const OUT_OF_MEMORY_MARKERS: [&str; 5] = [
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "out of memory",
+    "memory allocation of",
+    "Cannot allocate memory",
+];
+
+fn is_out_of_memory(reason: &str) -> bool {
+    OUT_OF_MEMORY_MARKERS.iter().any(|m| reason.contains(m))
+}
+
+/// Threads, visible GPUs and memory limit of a trial on these slots.
+fn limits_for(plan: &Plan, physical: &[String]) -> crate::executor::Limits {
+    let cuda: Vec<&str> = physical.iter().filter_map(|d| d.strip_prefix("cuda:")).collect();
+    crate::executor::Limits {
+        threads: plan.pool.threads_for(physical.len()),
+        cuda_visible_devices: (!cuda.is_empty()).then(|| cuda.join(",")),
+        memory_bytes: plan
+            .pool
+            .cpu_memory_limit_mb
+            .filter(|_| cuda.is_empty())
+            .map(|mb| (mb * physical.len() as f64 * 1024.0 * 1024.0) as u64),
+    }
+}
+
 /// Writes the trial's folder and config.json before it starts.
 fn prepare_trial(
     plan: &Plan,
-    t: &PlannedTrial,
+    id: usize,
+    params: &crate::params::TrialParams,
     dir: &Path,
     devices: &[String],
     threads: usize,
@@ -402,9 +495,9 @@ fn prepare_trial(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let config = TrialConfig {
-        trial: t.id,
+        trial: id,
         sweep: plan.name.clone(),
-        params: t.params.clone(),
+        params: params.clone(),
         train: plan.train.clone(),
         dev: plan.dev.clone(),
         model: plan.model.clone(),

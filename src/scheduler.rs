@@ -1,18 +1,22 @@
 //! Which queued trial starts next, and on which device slots. Pure bookkeeping, no processes.
 //!
-//! Trials start in plan order. The head of the queue is never overtaken: when it needs more free
-//! slots than there are, nothing else starts until it fits, so a large trial cannot be starved
-//! by a stream of small ones. Refused trials never enter the queue, so the head always fits in
-//! the end.
+//! Trials start in plan order. When the head of the queue needs more slots than are free, later
+//! trials that fit may start in the idle slots (packing), but only a bounded number of times
+//! (the pool's size) while that head waits; then nothing else starts until it fits, so a large
+//! trial is never starved by a stream of small ones. Refused trials never enter the queue, so the
+//! head always fits in the end.
 
 use std::collections::VecDeque;
 
 #[derive(Debug)]
 pub struct Scheduler {
     free: Vec<bool>,
+    /// (trial id, slots needed), in start order.
     queue: VecDeque<(usize, usize)>,
     running: usize,
     parallel: usize,
+    /// How often trials behind the head started before it while it waited.
+    head_overtaken: usize,
 }
 
 impl Scheduler {
@@ -27,7 +31,15 @@ impl Scheduler {
             queue: trials.into_iter().collect(),
             running: 0,
             parallel: parallel.max(1),
+            head_overtaken: 0,
         }
+    }
+
+    /// The head of the queue may be overtaken this many times while it waits for free slots;
+    /// then nothing else starts until it does. Packing small trials into idle slots keeps the
+    /// pool busy; the bound keeps a large trial from waiting forever behind a stream of small ones.
+    fn overtake_limit(&self) -> usize {
+        self.free.len()
     }
 
     /// The next trial to start now and the slot indices it gets, if one can start.
@@ -35,20 +47,28 @@ impl Scheduler {
         if self.running >= self.parallel {
             return None;
         }
-        let &(id, need) = self.queue.front()?;
-        let free: Vec<usize> = (0..self.free.len())
+        let free_count = self.free.iter().filter(|f| **f).count();
+        let &(_, head_need) = self.queue.front()?;
+        let pick = if head_need <= free_count {
+            self.head_overtaken = 0;
+            0
+        } else if self.head_overtaken < self.overtake_limit() {
+            let later = self.queue.iter().position(|(_, need)| *need <= free_count)?;
+            self.head_overtaken += 1;
+            later
+        } else {
+            return None;
+        };
+        let (id, need) = self.queue.remove(pick)?;
+        let slots: Vec<usize> = (0..self.free.len())
             .filter(|i| self.free[*i])
             .take(need)
             .collect();
-        if free.len() < need {
-            return None;
-        }
-        self.queue.pop_front();
-        for i in &free {
+        for i in &slots {
             self.free[*i] = false;
         }
         self.running += 1;
-        Some((id, free))
+        Some((id, slots))
     }
 
     /// A trial ended; its slots are free again.
@@ -57,6 +77,11 @@ impl Scheduler {
             self.free[*i] = true;
         }
         self.running = self.running.saturating_sub(1);
+    }
+
+    /// Puts a trial back at the head of the queue (a retry: it has waited its turn already).
+    pub fn requeue_front(&mut self, id: usize, need: usize) {
+        self.queue.push_front((id, need));
     }
 
     /// Drops every trial not yet started (on interrupt).
@@ -78,20 +103,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn respects_parallel_and_slots_and_never_overtakes_the_head() {
-        let mut s = Scheduler::new(4, 3, [(1, 1), (2, 1), (3, 4), (4, 1)]);
+    fn packs_small_trials_beside_a_waiting_large_one_but_never_starves_it() {
+        // Pool of 4; trial 3 needs all 4 slots, behind it a stream of 1-slot trials.
+        let mut s = Scheduler::new(4, 4, [(1, 1), (2, 1), (3, 4), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (9, 1)]);
         assert_eq!(s.next(), Some((1, vec![0])));
         assert_eq!(s.next(), Some((2, vec![1])));
-        // Trial 3 needs all four slots; trial 4 must wait behind it.
-        assert_eq!(s.next(), None);
+        // Trial 3 cannot start; small trials fill the idle slots (packing)...
+        assert_eq!(s.next(), Some((4, vec![2])));
+        assert_eq!(s.next(), Some((5, vec![3])));
+        assert_eq!(s.next(), None, "the pool is full");
+        // ...and keep overtaking as slots free up, at most 4 times in all.
+        s.release(&[0]);
+        assert_eq!(s.next(), Some((6, vec![0])));
+        s.release(&[1]);
+        assert_eq!(s.next(), Some((7, vec![1])));
+        // The bound is reached: freed slots now wait for trial 3.
         s.release(&[0]);
         assert_eq!(s.next(), None);
         s.release(&[1]);
-        assert_eq!(s.next(), Some((3, vec![0, 1, 2, 3])));
+        s.release(&[2]);
         assert_eq!(s.next(), None);
+        s.release(&[3]);
+        assert_eq!(s.next(), Some((3, vec![0, 1, 2, 3])));
         s.release(&[0, 1, 2, 3]);
-        assert_eq!(s.next(), Some((4, vec![0])));
+        assert_eq!(s.next(), Some((8, vec![0])));
+        assert_eq!(s.next(), Some((9, vec![1])));
         s.release(&[0]);
+        s.release(&[1]);
         assert!(s.is_idle());
     }
 

@@ -53,6 +53,21 @@ pub struct SweepSpec {
     /// Checkpoint retention; default: keep every trial's.
     #[serde(default)]
     pub checkpoints: Option<CheckpointPolicy>,
+    /// What to do when a trial does not fit in memory (predicted or real). Default halve_batch.
+    #[serde(default)]
+    pub on_oom: OnOom,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOom {
+    /// Halve the micro-batch and double gradient accumulation (same effective batch), down to 1.
+    #[default]
+    HalveBatch,
+    /// Record the trial as failed (out of memory) and go on with the others.
+    Skip,
+    /// Record it and start no further trials.
+    Fail,
 }
 
 /// How many trials keep their checkpoint folder.
@@ -161,6 +176,29 @@ pub struct ResourcesSpec {
     /// Most trials running at once. Default 2.
     #[serde(default)]
     pub parallel: Option<usize>,
+    /// Memory of one device slot, e.g. `4GiB` or `512` (MiB). On the CPU it is also enforced: a
+    /// trial process gets this much per slot it holds, and fails with out-of-memory beyond it.
+    /// Default: a GPU's free memory; the machine's memory divided among the CPU slots.
+    #[serde(default)]
+    pub memory_per_device: Option<MemorySize>,
+}
+
+/// A memory size as written: MiB as a number, or text with a unit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MemorySize {
+    Mb(f64),
+    Text(String),
+}
+
+impl MemorySize {
+    pub fn mb(&self) -> Result<f64, String> {
+        match self {
+            MemorySize::Mb(v) if *v > 0.0 && v.is_finite() => Ok(*v),
+            MemorySize::Mb(v) => Err(format!("{v} must be positive")),
+            MemorySize::Text(t) => crate::devices::parse_memory_mb(t),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -487,6 +525,15 @@ impl SweepSpec {
         }
         if self.resources.slots == Some(0) {
             field("resources.slots", "must be at least 1".into());
+        }
+        if let Some(Err(message)) = self.resources.memory_per_device.as_ref().map(MemorySize::mb) {
+            field("resources.memory_per_device", message);
+        }
+        if self.checkpoints.as_ref().is_some_and(|c| c.keep == 0) {
+            field(
+                "checkpoints.keep",
+                "must be at least 1 (the best trial's checkpoint is always kept)".into(),
+            );
         }
         for (name, p) in &self.parameters {
             if let Err(message) = Domain::from_spec(p) {

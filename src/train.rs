@@ -13,6 +13,7 @@ use crate::data::{label_set, load_examples, Example};
 use crate::eval::{accuracy, candidate_scores, dev_loss, Candidates};
 use crate::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
 use crate::optim::{clip_by_global_norm, learning_rate, AdamW};
+use crate::parallel::Replicas;
 use crate::params::{Method, TrialParams};
 use crate::rng::SplitMix64;
 use crate::tokenizer::TextTokenizer;
@@ -41,11 +42,50 @@ pub fn train_step(
     lr: f64,
     max_grad_norm: f64,
 ) -> Result<StepStats> {
-    let counted: usize = seqs
-        .iter()
+    let denominator = counted_tokens(seqs).max(1) as f64;
+    let ShardGradients {
+        mut grads,
+        loss,
+        input_tokens,
+    } = shard_gradients(model, seqs, micro, pad, denominator)?;
+    let grad_norm = clip_by_global_norm(&mut grads, max_grad_norm)?;
+    opt.step(&grads, lr)?;
+    Ok(StepStats {
+        loss,
+        grad_norm,
+        input_tokens,
+    })
+}
+
+/// The target tokens the loss counts in `seqs`: the denominator of the batch's mean token loss.
+pub fn counted_tokens(seqs: &[&Seq]) -> usize {
+    seqs.iter()
         .map(|s| s.ids.len().saturating_sub(s.loss_from.max(1)))
-        .sum();
-    let denom = counted.max(1) as f64;
+        .sum()
+}
+
+/// The gradients of part of a batch, before clipping.
+pub struct ShardGradients {
+    /// One per trainable tensor of the model, in `CausalLm::trainable` order (zeros where the
+    /// part gave none).
+    pub grads: Vec<Tensor>,
+    /// This part's summed token loss divided by the whole batch's `denominator`: its share of
+    /// the batch's mean token loss.
+    pub loss: f64,
+    pub input_tokens: usize,
+}
+
+/// The gradients of `seqs` (all or part of a batch) in micro-batches of `micro` sequences, each
+/// micro-batch's summed token loss divided by `denominator`, the whole batch's counted tokens.
+/// Why a shared denominator: then the gradients of any split of the batch (micro-batches,
+/// devices, uneven shares) add up to the gradient of the batch's mean token loss.
+pub fn shard_gradients(
+    model: &CausalLm,
+    seqs: &[&Seq],
+    micro: usize,
+    pad: u32,
+    denominator: f64,
+) -> candle_core::Result<ShardGradients> {
     let vars = model.trainable();
     let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut loss_total = 0.0;
@@ -56,7 +96,7 @@ pub fn train_step(
         if batch.tokens == 0 {
             continue;
         }
-        let loss = (token_nll(model, &batch)?.sum_all()? / denom)?;
+        let loss = (token_nll(model, &batch)?.sum_all()? / denominator)?;
         loss_total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let grads = loss.backward()?;
         for (slot, (_, var)) in acc.iter_mut().zip(vars) {
@@ -68,7 +108,7 @@ pub fn train_step(
             }
         }
     }
-    let mut grads: Vec<Tensor> = acc
+    let grads = acc
         .into_iter()
         .zip(vars)
         .map(|(g, (_, v))| match g {
@@ -76,16 +116,14 @@ pub fn train_step(
             None => v.as_tensor().zeros_like(),
         })
         .collect::<candle_core::Result<_>>()?;
-    let grad_norm = clip_by_global_norm(&mut grads, max_grad_norm)?;
-    opt.step(&grads, lr)?;
-    Ok(StepStats {
+    Ok(ShardGradients {
+        grads,
         loss: loss_total,
-        grad_norm,
         input_tokens,
     })
 }
 
-/// The device a trial trains on. Multi-device trials use the first (data parallelism is later).
+/// The candle device for a slot name of `TrialConfig::devices` (`cpu` or `cuda:N`).
 pub fn device_for(name: &str) -> Result<Device> {
     if name == "cpu" {
         return Ok(Device::Cpu);
@@ -246,14 +284,22 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     let started = Instant::now();
     let cfg = TrialConfig::read(dir)?;
     let p = &cfg.params;
-    let device = device_for(cfg.devices.first().map(String::as_str).unwrap_or("cpu"))?;
+    // One replica per slot the trial holds (`gpus: k`); on a CPU-only pool every slot is `cpu`.
+    let devices = if cfg.devices.is_empty() {
+        vec![Device::Cpu]
+    } else {
+        cfg.devices
+            .iter()
+            .map(|name| device_for(name))
+            .collect::<Result<Vec<_>>>()?
+    };
     let train = load_examples(&cfg.train)?;
     let dev = load_examples(&cfg.dev)?;
     let LoadedModel {
         model,
         tokenizer,
         base,
-    } = load_model(&cfg.model, p, &train, &device)?;
+    } = load_model(&cfg.model, p, &train, &devices[0])?;
     let max_len = p.max_seq_len as usize;
     let train_seqs = encode_all(&train, &tokenizer, p.method, max_len, &cfg.train)?;
     let dev_seqs = encode_all(&dev, &tokenizer, p.method, max_len, &cfg.dev)?;
@@ -289,11 +335,19 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     let steps_per_epoch = train_seqs.len().div_ceil(batch_size);
     let total_steps = steps_per_epoch * p.epochs as usize;
     let warmup_steps = (p.warmup * total_steps as f64).round() as usize;
-    let vars = model.trainable().iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = AdamW::new(vars, p.weight_decay)?;
+    // `batch_size` is the global batch: each step's examples are split over the devices, the
+    // first `batch_size % k` devices taking one more, and `micro_batch` is per forward pass on
+    // one device (at most the device's share).
+    let replica_count = devices.len();
+    let per_device_batch = crate::parallel::per_device_batch(batch_size, replica_count);
+    let micro_batch = (p.micro_batch() as usize).min(per_device_batch).max(1);
+    let grad_accum = per_device_batch.div_ceil(micro_batch);
+    let mut replicas = Replicas::new(model, &devices[1..], p.weight_decay, p.seed())
+        .context("building one model replica per device")?;
 
     // An interrupted trial continues from its last finished epoch.
-    let resumed = crate::resume::load(dir, p, &model, &mut opt)?;
+    let resumed = replicas.restore(|model, opt| crate::resume::load(dir, p, model, opt))?;
+    let model = replicas.primary();
     let metrics_path = dir.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -309,10 +363,11 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         Ok(())
     };
     eprintln!(
-        "trial {}: {} on {} ({} trainable of {} parameters), {} train / {} dev examples, {} steps",
+        "trial {}: {} on {} ({} per device per step of a batch of {batch_size}; {} trainable of {} parameters), {} train / {} dev examples, {} steps",
         cfg.trial,
         p.method.as_str(),
         cfg.devices.join(","),
+        per_device_batch,
         model.trainable_parameter_count(),
         model.config.parameter_count(),
         train_seqs.len(),
@@ -325,6 +380,8 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
             steps_per_epoch,
             train_examples: train_seqs.len(),
             trainable_params: model.trainable_parameter_count(),
+            devices: cfg.devices.clone(),
+            per_device_batch,
         },
         &mut emit,
     )?;
@@ -358,15 +415,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         for chunk in order.chunks(batch_size) {
             let seqs: Vec<&Seq> = chunk.iter().map(|i| &train_seqs[*i]).collect();
             let lr = learning_rate(p.learning_rate, step, warmup_steps, total_steps);
-            let stats = train_step(
-                &model,
-                &mut opt,
-                &seqs,
-                p.micro_batch() as usize,
-                tokenizer.pad,
-                lr,
-                p.max_grad_norm,
-            )?;
+            let stats = replicas.step(&seqs, micro_batch, tokenizer.pad, lr, p.max_grad_norm)?;
             if !stats.loss.is_finite() {
                 bail!(
                     "loss became {} at step {} (learning rate {lr:.3e} too high?)",
@@ -390,16 +439,21 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
             )?;
         }
         train_seconds += epoch_start.elapsed().as_secs_f64();
-        let dev_loss = dev_loss(&model, &dev_seqs, tokenizer.pad)?;
+        // Evaluation and checkpoints use the primary replica; the others are identical to it.
+        let model = replicas.primary();
+        // Forward-only batches of twice the micro-batch need no more memory than a training step.
+        let eval_batch = 2 * p.micro_batch() as usize;
+        let dev_loss = dev_loss(model, &dev_seqs, tokenizer.pad, eval_batch)?;
         let accuracy = match &scoring {
             Some((cands, prompts, gold)) => {
                 let scores = candidate_scores(
-                    &model,
+                    model,
                     prompts,
                     cands,
                     tokenizer.bos.is_some(),
                     max_len,
                     tokenizer.pad,
+                    eval_batch,
                 )?;
                 Some(accuracy(&scores, gold))
             }
@@ -438,7 +492,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
             }
         };
         if improves {
-            crate::checkpoint::save(&model, &tokenizer, &base, &checkpoint_dir)?;
+            crate::checkpoint::save(model, &tokenizer, &base, &checkpoint_dir)?;
             best = Some(TrialResult {
                 best_epoch: epoch,
                 accuracy: m.accuracy,
@@ -448,8 +502,10 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                 tokens_per_sec: 0.0,
                 peak_rss_mb: 0.0,
                 trainable_params: model.trainable_parameter_count(),
-                micro_batch: p.micro_batch(),
-                grad_accum: p.grad_accum(),
+                micro_batch: micro_batch as u32,
+                grad_accum: grad_accum as u32,
+                devices: replica_count as u32,
+                per_device_batch: Some(per_device_batch as u32),
                 checkpoint: checkpoint_dir.clone(),
             });
         }
@@ -464,11 +520,16 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                 best: best.clone(),
                 params: p.clone(),
             },
-            &model,
-            &opt,
+            model,
+            replicas.optimizer(),
         )?;
     }
     let mut result = best.context("no epoch ran")?;
+    // What the trial ran with, also when its best epoch was recorded before an interruption.
+    result.micro_batch = micro_batch as u32;
+    result.grad_accum = grad_accum as u32;
+    result.devices = replica_count as u32;
+    result.per_device_batch = Some(per_device_batch as u32);
     result.seconds = prior_seconds + started.elapsed().as_secs_f64();
     result.tokens_per_sec = train_tokens as f64 / train_seconds.max(1e-9);
     result.peak_rss_mb = peak_rss_mb();

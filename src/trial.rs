@@ -53,6 +53,12 @@ pub enum ProgressEvent {
         steps_per_epoch: usize,
         train_examples: usize,
         trainable_params: usize,
+        /// The devices the trial trains on, one model replica each.
+        #[serde(default)]
+        devices: Vec<String>,
+        /// The most examples one device takes per step (`batch_size` is over all devices).
+        #[serde(default)]
+        per_device_batch: usize,
     },
     Step {
         epoch: u32,
@@ -93,9 +99,23 @@ pub struct TrialResult {
     pub tokens_per_sec: f64,
     pub peak_rss_mb: f64,
     pub trainable_params: usize,
+    /// Examples per forward pass on one device.
     pub micro_batch: u32,
+    /// Forward passes per step on one device.
     pub grad_accum: u32,
+    /// Devices the trial trained on, one model replica each (results before multi-device
+    /// trials ran on one).
+    #[serde(default = "one_device")]
+    pub devices: u32,
+    /// The most examples one device took per step of the global `batch_size`; `None` in results
+    /// recorded before it was.
+    #[serde(default)]
+    pub per_device_batch: Option<u32>,
     pub checkpoint: PathBuf,
+}
+
+fn one_device() -> u32 {
+    1
 }
 
 impl TrialResult {

@@ -129,14 +129,6 @@ fn check_bytes_into(bytes: &[u8], file: &str, report: &mut CheckReport, out: &mu
         }
         None => bytes,
     };
-    if body.iter().all(u8::is_ascii_whitespace) {
-        report.push(
-            Problem::error(file, "the file is empty: no examples")
-                .hint(format!("one example per line, like {LINE_EXAMPLE}")),
-        );
-        return;
-    }
-
     let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
     let crlf: Vec<usize> = lines
         .iter()
@@ -160,6 +152,7 @@ fn check_bytes_into(bytes: &[u8], file: &str, report: &mut CheckReport, out: &mu
 
     let mut records: Vec<(usize, Value)> = Vec::new();
     let mut bad_json = Vec::new();
+    let mut bad_utf8 = 0;
     for (i, raw) in lines.iter().enumerate() {
         let line = i + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -169,6 +162,7 @@ fn check_bytes_into(bytes: &[u8], file: &str, report: &mut CheckReport, out: &mu
                 let valid = &raw[..e.valid_up_to()];
                 let column = String::from_utf8_lossy(valid).chars().count() + 1;
                 let byte = raw.get(e.valid_up_to()).copied().unwrap_or(0);
+                bad_utf8 += 1;
                 report.push(
                     Problem::error(file, format!("invalid UTF-8 (byte 0x{byte:02X})"))
                         .at(Some(line), Some(column))
@@ -184,6 +178,14 @@ fn check_bytes_into(bytes: &[u8], file: &str, report: &mut CheckReport, out: &mu
             Ok(v) => records.push((line, v)),
             Err(issue) => bad_json.push((line, issue)),
         }
+    }
+    // Blank means what the loader skips (`str::trim`), so the two agree on "empty".
+    if records.is_empty() && bad_json.is_empty() && bad_utf8 == 0 {
+        report.push(
+            Problem::error(file, "the file is empty: no examples")
+                .hint(format!("one example per line, like {LINE_EXAMPLE}")),
+        );
+        return;
     }
 
     if !bad_json.is_empty() {

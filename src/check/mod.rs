@@ -137,6 +137,11 @@ impl CheckReport {
         }
     }
 
+    /// Whether further problems of `file` would only be counted (so need no locating).
+    pub fn is_full(&self, file: &str) -> bool {
+        self.shown.get(file).is_some_and(|n| *n >= MAX_PER_FILE)
+    }
+
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
     }
@@ -195,11 +200,7 @@ impl CheckReport {
         match (self.errors(), self.warnings()) {
             (0, 0) => "check: ok".to_string(),
             (0, w) => format!("check: ok ({})", plural(w, "warning")),
-            (e, w) => format!(
-                "check: {}, {}; nothing was started",
-                plural(e, "error"),
-                plural(w, "warning")
-            ),
+            (e, w) => format!("check: {}, {}", plural(e, "error"), plural(w, "warning")),
         }
     }
 

@@ -15,7 +15,7 @@ use yaml_serde::Value as Yaml;
 use super::data::{check_data_file, DataFile};
 use super::files::{cross_check, folder_hint, missing_file_hint};
 use super::tokens::{check_lengths, Lengths};
-use super::yaml::{locate, strip_positions, Seg, Target};
+use super::yaml::{locate, strip_position, Seg, Target};
 use super::{CheckReport, Problem, Severity};
 use crate::params::{parameter_names, Method, TrialParams, PARAMETER_ALIASES};
 use crate::search::{assignments, grid_size};
@@ -67,6 +67,7 @@ const TOP: &[Key] = &[
     key("resources", Shape::Map(RESOURCES), false, false),
     key("output", Shape::Text, false, true),
     key("checkpoints", Shape::Map(CHECKPOINTS), false, true),
+    key("on_oom", Shape::OneOf(&["halve_batch", "skip", "fail"]), false, false),
 ];
 const CHECKPOINTS: &[Key] = &[key("keep", Shape::Count, true, false)];
 const DATA: &[Key] = &[
@@ -85,6 +86,7 @@ const RESOURCES: &[Key] = &[
     key("devices", Shape::Devices, false, true),
     key("slots", Shape::Count, false, true),
     key("parallel", Shape::Count, false, true),
+    key("memory_per_device", Shape::Text, false, true),
 ];
 const PARAM_KEYS: [&str; 7] = [
     "value",
@@ -197,7 +199,8 @@ impl Ctx<'_> {
         message: String,
         hint: Option<String>,
     ) {
-        let at = if path.is_empty() {
+        // Locating re-reads the document; not worth it for a problem that is only counted.
+        let at = if path.is_empty() || self.report.is_full(self.file) {
             None
         } else {
             locate(self.text, path, target)
@@ -274,10 +277,19 @@ pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> Sp
         Ok(v) => v,
         Err(e) => {
             let at = e.location();
+            let line = at.as_ref().map(|l| l.line());
+            let tab = line
+                .and_then(|n| text.lines().nth(n.saturating_sub(1)))
+                .is_some_and(|l| l.contains('\t'));
+            let hint = if tab {
+                "this line has a tab: YAML indents with spaces only"
+            } else {
+                "check the indentation and the `key: value` form near there"
+            };
             report.push(
-                Problem::error(file, format!("YAML syntax: {}", strip_positions(&e.to_string())))
-                    .at(at.as_ref().map(|l| l.line()), at.as_ref().map(|l| l.column()))
-                    .hint("check the indentation (spaces, not tabs) and the `key: value` form near there"),
+                Problem::error(file, format!("YAML syntax: {}", strip_position(&e.to_string())))
+                    .at(line, at.as_ref().map(|l| l.column()))
+                    .hint(hint),
             );
             return out;
         }
@@ -314,7 +326,7 @@ pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> Sp
             // The walk above should have said it; this is the safety net.
             let at = e.location();
             ctx.report.push(
-                Problem::error(file, strip_positions(&e.to_string()))
+                Problem::error(file, strip_position(&e.to_string()))
                     .at(at.as_ref().map(|l| l.line()), at.as_ref().map(|l| l.column())),
             );
             return out;
@@ -324,7 +336,22 @@ pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> Sp
     for (field, message) in &problems {
         let path = Seg::parse_path(field);
         let target = value_or_key(out.yaml.as_ref(), &path);
-        ctx.error(&path, target, message.clone(), None);
+        // A problem with a key that is not there (random search without run_cap) points at
+        // the key that asks for it.
+        let present = locate(text, &path, Target::Key).is_some();
+        let (at, target) = match field.as_str() {
+            "run_cap" if !present => (vec![Seg::Key("method".into())], Target::Value),
+            _ => (path.clone(), target),
+        };
+        let line = locate(text, &at, target);
+        let mut p = Problem::error(file, message.clone())
+            .at(line.map(|l| l.0), line.map(|l| l.1))
+            .field(field.clone());
+        if field == "run_cap" && !present {
+            p = p.hint("add e.g. `run_cap: 20`");
+        }
+        ctx.errors += 1;
+        ctx.report.push(p);
     }
     if problems.is_empty() {
         out.trials = check_trials(&spec, &mut ctx);
@@ -423,12 +450,18 @@ fn walk_map(v: &Yaml, keys: &[Key], path: &[Seg], ctx: &mut Ctx) {
                 "dev" => "`dev: PATH/dev.json` (the held-out set sweep measures on)",
                 _ => "",
             };
-            ctx.error(
-                path,
-                Target::Key,
-                format!("missing `{}`", key.name),
-                (!example.is_empty()).then(|| format!("add {example}")),
-            );
+            // Pointed at the mapping that lacks it (no line for the top level), named in full.
+            let at = if path.is_empty() {
+                None
+            } else {
+                locate(ctx.text, path, Target::Key)
+            };
+            let p = Problem::error(ctx.file, format!("missing `{}`", key.name))
+                .at(at.map(|a| a.0), at.map(|a| a.1))
+                .field(dotted(&with(path, Seg::Key(key.name.into()))))
+                .maybe_hint((!example.is_empty()).then(|| format!("add {example}")));
+            ctx.errors += 1;
+            ctx.report.push(p);
         }
     }
 }
@@ -981,6 +1014,20 @@ mod tests {
         let mut r = CheckReport::default();
         check_spec_source(text, "s.yaml", &mut r);
         r.render()
+    }
+
+    #[test]
+    fn the_key_walk_knows_every_field_of_sweep_spec() {
+        // Serializing a spec writes every field (None as null), at every level: a field added
+        // to SweepSpec but not to the walk above shows up here as an unknown key.
+        let spec = SweepSpec::from_yaml(
+            "name: t\ndata: {train: a, dev: b}\nparameters: {epochs: {value: 1}}\n",
+            "s.yaml",
+        )
+        .unwrap();
+        let text = yaml_serde::to_string(&spec).unwrap();
+        let out = check(&text);
+        assert!(!out.contains("error"), "{text}\n{out}");
     }
 
     #[test]

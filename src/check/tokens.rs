@@ -100,7 +100,7 @@ fn check_supervised(
                 Problem::warning(
                     &file.file,
                     format!(
-                        "{n} of {counted} example(s) are longer than max_seq_len {max} and lose tokens from the start of the prompt (the longest, here, has {tokens})"
+                        "{n} of {counted} example(s) are longer than max_seq_len {max} and lose tokens from the start of the prompt; the longest, this one, has {tokens} tokens"
                     ),
                 )
                 .at(Some(*line), None)

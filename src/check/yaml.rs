@@ -30,7 +30,7 @@ impl Seg {
                 out.push(Seg::Key(key.to_string()));
             }
             while let Some(close) = rest.find(']') {
-                if let Ok(i) = rest[1..close].parse() {
+                if let Some(Ok(i)) = rest.get(1..close).map(str::parse) {
                     out.push(Seg::Index(i));
                 }
                 rest = &rest[close + 1..];
@@ -61,26 +61,23 @@ pub fn locate(text: &str, path: &[Seg], target: Target) -> Option<(usize, usize)
     }
 }
 
-/// A yaml_serde message without its ` at line N column M` parts (we print positions ourselves).
-pub fn strip_positions(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(i) = rest.find(" at line ") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + " at line ".len()..];
+/// A yaml_serde message without its first ` at line N column M` (the position we print in
+/// front); later positions stay, as they point elsewhere (`while parsing a mapping at line 2`).
+pub fn strip_position(message: &str) -> String {
+    let mut search = 0;
+    while let Some(found) = message[search..].find(" at line ") {
+        let i = search + found;
+        let after = &message[i + " at line ".len()..];
         let digits = after.chars().take_while(char::is_ascii_digit).count();
-        let tail = &after[digits..];
-        if digits > 0 && tail.starts_with(" column ") {
-            let tail = &tail[" column ".len()..];
-            let digits = tail.chars().take_while(char::is_ascii_digit).count();
-            rest = &tail[digits..];
-        } else {
-            out.push_str(" at line ");
-            rest = after;
+        if let Some(tail) = after[digits..].strip_prefix(" column ") {
+            let digits2 = tail.chars().take_while(char::is_ascii_digit).count();
+            if digits > 0 && digits2 > 0 {
+                return format!("{}{}", &message[..i], &tail[digits2..]);
+            }
         }
+        search = i + 1;
     }
-    out.push_str(rest);
-    out
+    message.to_string()
 }
 
 /// Walks down `rest`; raises an error at the target so yaml_serde records its position.
@@ -328,14 +325,15 @@ mod tests {
         assert_eq!(at("list[1].b", Target::Key), Some((8, 5)));
         assert_eq!(at("parameters.nothing", Target::Key), None);
         assert_eq!(at("name.deeper", Target::Key), None);
+        assert_eq!(Seg::parse_path("a]]b[x].c[2]").len(), 3);
     }
 
     #[test]
     fn positions_are_stripped_from_messages() {
         assert_eq!(
-            strip_positions("did not find expected key at line 3 column 5, while parsing a block mapping at line 2 column 3"),
-            "did not find expected key, while parsing a block mapping"
+            strip_position("did not find expected key at line 3 column 5, while parsing a block mapping at line 2 column 3"),
+            "did not find expected key, while parsing a block mapping at line 2 column 3"
         );
-        assert_eq!(strip_positions("look at line one"), "look at line one");
+        assert_eq!(strip_position("look at line one"), "look at line one");
     }
 }
