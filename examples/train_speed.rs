@@ -85,6 +85,7 @@ fn main() -> Result<()> {
             params: &trial,
             longest_sequence: seq,
             counted_per_sequence: seq - 1,
+            counted_longest_first: None,
             bytes_per_value: 4,
         },
         batch,

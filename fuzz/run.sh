@@ -13,13 +13,13 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 RUSTC_WRAPPER="$PWD/rustc-sancov.sh" cargo build --release --bins
 for t in $targets; do
     case "$t" in
-    fuzz_spec) seeds="../tests/fixtures/check/spec ../sweeps" ;;
-    *) seeds="../tests/fixtures/check/data ../tests/fixtures/check/data/good" ;;
+    fuzz_spec) seeds="../tests/fixtures/check/spec ../sweeps" dict=spec.dict ;;
+    *) seeds="../tests/fixtures/check/data ../tests/fixtures/check/data/good" dict=data.dict ;;
     esac
     mkdir -p "corpus/$t" "artifacts/$t"
     # shellcheck disable=SC2086
     "$target_dir/release/$t" "corpus/$t" $seeds \
-        -artifact_prefix="artifacts/$t/" -max_total_time="$seconds" \
+        -artifact_prefix="artifacts/$t/" -max_total_time="$seconds" -dict="$dict" \
         -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 2>&1 |
         tee "artifacts/$t.log" | grep -E "^(#[0-9]+ +DONE|stat::|==|SUMMARY|artifact_prefix|Test unit written)" || true
 done

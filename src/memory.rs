@@ -21,6 +21,9 @@ pub struct Workload<'a> {
     /// Positions whose loss counts, per sequence at most: the longest answer for sft/lora, the
     /// whole sequence for post_pretrain.
     pub counted_per_sequence: usize,
+    /// When known, the counted positions of every example, longest first: the worst micro-batch
+    /// of m examples counts the sum of the first m (padding is never counted).
+    pub counted_longest_first: Option<&'a [usize]>,
     /// Bytes per parameter and activation (4 for f32).
     pub bytes_per_value: usize,
 }
@@ -122,7 +125,10 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
             + PER_TOKEN_INTERMEDIATE * c.intermediate_size as f64
             + PER_ADAPTED_OUTPUT * adapted_outputs as f64)
         + PER_SCORE * micro_batch as f64 * c.num_attention_heads as f64 * t * t;
-    let counted = micro_batch as f64 * w.counted_per_sequence.max(1) as f64;
+    let counted = match w.counted_longest_first {
+        Some(lengths) if !lengths.is_empty() => likely_counted(lengths, micro_batch),
+        _ => micro_batch as f64 * w.counted_per_sequence.max(1) as f64,
+    };
     let activations = (per_layer * c.num_hidden_layers as f64
         + PER_COUNTED_VOCAB * counted * c.vocab_size as f64
         + 2.0 * tokens * c.hidden_size as f64)
@@ -142,6 +148,32 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
     }
 }
 
+/// Counted positions of a micro-batch of `m` random examples: the mean plus two standard
+/// deviations of such a sum, never more than the `m` longest together (the worst batch, which a
+/// shuffle almost never draws).
+fn likely_counted(lengths: &[usize], m: usize) -> f64 {
+    let n = lengths.len() as f64;
+    let mean = lengths.iter().sum::<usize>() as f64 / n;
+    let var = lengths
+        .iter()
+        .map(|l| (*l as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let worst = lengths.iter().take(m).sum::<usize>() as f64;
+    (m as f64 * mean + 2.0 * (m as f64 * var).sqrt())
+        .min(worst)
+        .max(1.0)
+}
+
+/// The next micro-batch to try after `micro` did not fit: the largest divisor of `batch` at most
+/// half of `micro` (a divisor, so every step splits into equal micro-batches), at least 1.
+pub fn halved_micro_batch(micro: usize, batch: usize) -> usize {
+    (1..=micro / 2)
+        .rev()
+        .find(|m| batch.is_multiple_of(*m))
+        .unwrap_or(1)
+}
+
 /// The largest micro-batch that divides `batch` (halving from it) whose estimate fits `limit`
 /// bytes, or None when even one example does not fit.
 pub fn fitting_micro_batch(w: &Workload, batch: usize, limit: f64) -> Option<usize> {
@@ -153,8 +185,7 @@ pub fn fitting_micro_batch(w: &Workload, batch: usize, limit: f64) -> Option<usi
         if micro == 1 {
             return None;
         }
-        // Halve while keeping a divisor of the batch (so accumulation stays exact and simple).
-        micro = (1..=micro / 2).rev().find(|m| batch % m == 0).unwrap_or(1);
+        micro = halved_micro_batch(micro, batch);
     }
 }
 
@@ -184,6 +215,7 @@ mod tests {
             params: p,
             longest_sequence: 128,
             counted_per_sequence: 4,
+            counted_longest_first: None,
             bytes_per_value: 4,
         };
         let (s, l) = (estimate(&w(&sft), 8), estimate(&w(&lora), 8));
@@ -204,6 +236,7 @@ mod tests {
             params: &p,
             longest_sequence: 64,
             counted_per_sequence: 64,
+            counted_longest_first: None,
             bytes_per_value: 4,
         };
         let full = estimate(&w, 16).total;

@@ -47,11 +47,19 @@ impl AdamW {
     /// Restores what `state` gave; shapes must match the parameters.
     pub fn load_state(&mut self, step: usize, m: Vec<Tensor>, v: Vec<Tensor>) -> Result<()> {
         if m.len() != self.params.len() || v.len() != self.params.len() {
-            candle_core::bail!("optimizer state has {} tensors for {} parameters", m.len(), self.params.len());
+            candle_core::bail!(
+                "optimizer state has {} tensors for {} parameters",
+                m.len(),
+                self.params.len()
+            );
         }
         for ((p, m), v) in self.params.iter().zip(&m).zip(&v) {
             if m.dims() != p.dims() || v.dims() != p.dims() {
-                candle_core::bail!("optimizer state shape {:?} does not fit parameter {:?}", m.dims(), p.dims());
+                candle_core::bail!(
+                    "optimizer state shape {:?} does not fit parameter {:?}",
+                    m.dims(),
+                    p.dims()
+                );
             }
         }
         self.step = step as i32;

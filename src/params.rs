@@ -247,7 +247,7 @@ impl TrialParams {
             out.push(("gpus", "gpus must be at least 1".into()));
         }
         if let Some(m) = self.micro_batch {
-            if m == 0 || (self.batch_size > 0 && self.batch_size % m != 0) {
+            if m == 0 || !self.batch_size.is_multiple_of(m) {
                 out.push((
                     "micro_batch",
                     format!("micro_batch {m} must divide batch_size {}", self.batch_size),

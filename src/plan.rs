@@ -46,7 +46,10 @@ impl Pool {
     pub fn from_spec(spec: &SweepSpec, cores: usize) -> Result<Self> {
         let parallel = spec.resources.parallel.unwrap_or(2);
         let per_device = match &spec.resources.memory_per_device {
-            Some(m) => Some(m.mb().map_err(|e| anyhow::anyhow!("resources.memory_per_device: {e}"))?),
+            Some(m) => Some(
+                m.mb()
+                    .map_err(|e| anyhow::anyhow!("resources.memory_per_device: {e}"))?,
+            ),
             None => None,
         };
         let cpu_pool = |n: usize| -> Self {
@@ -143,8 +146,15 @@ impl Pool {
     fn describe(&self) -> String {
         let mut names: Vec<String> = Vec::new();
         for s in &self.slots {
-            let mem = s.memory_mb.map(|m| format!(" {:.0} MiB", m)).unwrap_or_default();
-            names.push(if s.name == "cpu" { format!("cpu{mem}") } else { format!("{} ({}){mem}", s.name, s.label) });
+            let mem = s
+                .memory_mb
+                .map(|m| format!(" {:.0} MiB", m))
+                .unwrap_or_default();
+            names.push(if s.name == "cpu" {
+                format!("cpu{mem}")
+            } else {
+                format!("{} ({}){mem}", s.name, s.label)
+            });
         }
         names.join(", ")
     }
@@ -196,6 +206,9 @@ struct Lengths {
     supervised: Vec<(usize, usize)>,
     /// Tokens of each example as unlabelled text.
     text: Vec<usize>,
+    /// Counted positions per example, longest first: answers (sft/lora) and texts.
+    answers_desc: Vec<usize>,
+    texts_desc: Vec<usize>,
 }
 
 impl Lengths {
@@ -203,27 +216,43 @@ impl Lengths {
         let tokenizer = crate::train::load_tokenizer(model, train)?;
         let config = match model {
             ModelSource::Preset(name) => {
-                let mut c = crate::presets::preset(name).with_context(|| format!("unknown preset `{name}`"))?;
+                let mut c = crate::presets::preset(name)
+                    .with_context(|| format!("unknown preset `{name}`"))?;
                 c.vocab_size = tokenizer.vocab_size();
                 c
             }
             ModelSource::Path(dir) => {
                 let path = dir.join("config.json");
-                let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("{}: not a model config", path.display()))?
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a model config", path.display()))?
             }
         };
         let mut supervised = Vec::new();
         let mut text = Vec::new();
         for ex in train {
             if let Some(tgt) = &ex.tgt {
-                supervised.push((prompt_ids(&tokenizer, ex)?.len(), answer_ids(&tokenizer, tgt)?.len()));
+                supervised.push((
+                    prompt_ids(&tokenizer, ex)?.len(),
+                    answer_ids(&tokenizer, tgt)?.len(),
+                ));
             }
             if let Ok(seq) = unsupervised(&tokenizer, &ex.src, usize::MAX, ex.line) {
                 text.push(seq.ids.len());
             }
         }
-        Ok(Self { config, supervised, text })
+        let mut answers_desc: Vec<usize> = supervised.iter().map(|(_, a)| *a).collect();
+        answers_desc.sort_unstable_by(|a, b| b.cmp(a));
+        let mut texts_desc: Vec<usize> = text.iter().map(|n| n.saturating_sub(1)).collect();
+        texts_desc.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(Self {
+            config,
+            supervised,
+            text,
+            answers_desc,
+            texts_desc,
+        })
     }
 
     fn workload<'a>(&'a self, params: &'a TrialParams) -> Workload<'a> {
@@ -234,15 +263,25 @@ impl Lengths {
                 (longest, longest.saturating_sub(1))
             }
             Method::Sft | Method::Lora => (
-                self.supervised.iter().map(|(p, a)| (p + a).min(max)).max().unwrap_or(2),
+                self.supervised
+                    .iter()
+                    .map(|(p, a)| (p + a).min(max))
+                    .max()
+                    .unwrap_or(2),
                 self.supervised.iter().map(|(_, a)| *a).max().unwrap_or(1),
             ),
+        };
+        // Truncation to max_seq_len only shortens texts; the sorted lengths stay an upper bound.
+        let counted_longest_first = match params.method {
+            Method::PostPretrain => &self.texts_desc,
+            Method::Sft | Method::Lora => &self.answers_desc,
         };
         Workload {
             config: &self.config,
             params,
             longest_sequence,
             counted_per_sequence,
+            counted_longest_first: Some(counted_longest_first),
             bytes_per_value: 4,
         }
     }
@@ -305,7 +344,9 @@ impl Plan {
                 if estimate_mb.unwrap_or(0.0) > limit {
                     let at_one = estimate(&workload, 1).total_mb();
                     let fit = match spec.on_oom {
-                        OnOom::HalveBatch => fitting_micro_batch(&workload, params.batch_size as usize, limit * MB),
+                        OnOom::HalveBatch => {
+                            fitting_micro_batch(&workload, params.batch_size as usize, limit * MB)
+                        }
                         OnOom::Skip | OnOom::Fail => None,
                     };
                     match fit {
@@ -380,7 +421,16 @@ impl Plan {
             .unwrap_or_else(|| "?".into());
         out.push_str(&format!(
             "{:>5}  {:<13} {:>10} {:>6} {:>6} {:>5} {:>5} {:>7} {:>14}  {}\n",
-            "trial", "method", "lr", "epochs", "batch", "micro", "gpus", "threads", "memory MiB", "status"
+            "trial",
+            "method",
+            "lr",
+            "epochs",
+            "batch",
+            "micro",
+            "gpus",
+            "threads",
+            "memory MiB",
+            "status"
         ));
         for t in &self.trials {
             let p = &t.params;
@@ -467,7 +517,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("d.json");
         let lines: String = (0..20)
-            .map(|i| format!("{{\"src\":\"query number {i} about things\",\"tgt\":\"label{}\"}}\n", i % 3))
+            .map(|i| {
+                format!(
+                    "{{\"src\":\"query number {i} about things\",\"tgt\":\"label{}\"}}\n",
+                    i % 3
+                )
+            })
             .collect();
         std::fs::write(&data, lines).unwrap();
         let yaml = format!(
@@ -511,8 +566,19 @@ mod tests {
         );
         spec.on_oom = OnOom::Skip;
         let plan = Plan::new(&spec, Path::new("s.yaml")).unwrap();
-        assert!(plan.trials[0].refusal.as_deref().unwrap().contains("on_oom: Skip"));
-        let unchecked = Plan::with_options(&spec, Path::new("s.yaml"), PlanOptions { memory_check: false }).unwrap();
+        assert!(plan.trials[0]
+            .refusal
+            .as_deref()
+            .unwrap()
+            .contains("on_oom: Skip"));
+        let unchecked = Plan::with_options(
+            &spec,
+            Path::new("s.yaml"),
+            PlanOptions {
+                memory_check: false,
+            },
+        )
+        .unwrap();
         assert!(unchecked.trials[0].refusal.is_none());
         assert_eq!(unchecked.trials[0].params.micro_batch(), 512);
     }

@@ -14,6 +14,7 @@ pub struct SweepProgress {
     overall: ProgressBar,
     trials: HashMap<usize, (ProgressBar, String)>,
     tty: bool,
+    quiet: bool,
 }
 
 impl SweepProgress {
@@ -40,6 +41,7 @@ impl SweepProgress {
             overall,
             trials: HashMap::new(),
             tty,
+            quiet,
         }
     }
 
@@ -47,7 +49,7 @@ impl SweepProgress {
     pub fn println(&self, line: &str) {
         if self.tty {
             let _ = self.multi.println(line);
-        } else {
+        } else if !self.quiet {
             eprintln!("{line}");
         }
     }
@@ -59,7 +61,7 @@ impl SweepProgress {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(format!("trial {trial:04} {label:<34}"));
-        if !self.tty {
+        if !self.tty && !self.quiet {
             eprintln!("trial {trial:04} started: {label}");
         }
         self.trials.insert(trial, (bar, label));
@@ -100,7 +102,7 @@ impl SweepProgress {
                     "epoch {} loss {:.3} acc {acc}",
                     m.epoch, m.train_loss
                 ));
-                if !self.tty {
+                if !self.tty && !self.quiet {
                     eprintln!(
                         "trial {trial:04} epoch {}: train_loss {:.4} dev_loss {:.4} accuracy {acc}",
                         m.epoch, m.train_loss, m.dev_loss

@@ -143,15 +143,19 @@ pub fn compare(a: &TrialRow, b: &TrialRow, metric: &MetricSpec) -> std::cmp::Ord
     let key = |r: &TrialRow| -> Option<(f64, f64, f64)> {
         let res = r.result.as_ref()?;
         let v = res.metric(metric.name).filter(|v| v.is_finite())?;
-        let v = if metric.goal() == Goal::Maximize { -v } else { v };
+        let v = if metric.goal() == Goal::Maximize {
+            -v
+        } else {
+            v
+        };
         Some((v, res.dev_loss, res.seconds))
     };
     match (key(a), key(b)) {
-        (Some(x), Some(y)) => x
-            .0
-            .total_cmp(&y.0)
-            .then(x.1.total_cmp(&y.1))
-            .then(x.2.total_cmp(&y.2)),
+        (Some(x), Some(y)) => {
+            x.0.total_cmp(&y.0)
+                .then(x.1.total_cmp(&y.1))
+                .then(x.2.total_cmp(&y.2))
+        }
         (Some(_), None) => std::cmp::Ordering::Less,
         (None, Some(_)) => std::cmp::Ordering::Greater,
         (None, None) => std::cmp::Ordering::Equal,

@@ -106,7 +106,12 @@ pub fn load(
     for (name, var) in model.trainable() {
         let value = take(format!("param.{name}"))?.to_dtype(var.dtype())?;
         if value.dims() != var.dims() {
-            bail!("{}: `{name}` has shape {:?}, the model {:?}", dir.display(), value.dims(), var.dims());
+            bail!(
+                "{}: `{name}` has shape {:?}, the model {:?}",
+                dir.display(),
+                value.dims(),
+                var.dims()
+            );
         }
         var.set(&value)?;
         m.push(take(format!("m.{name}"))?.to_dtype(var.dtype())?);

@@ -82,7 +82,12 @@ impl FolderLock {
 
 /// Runs every trial of the plan that has not run yet and returns when all have ended (or the
 /// user interrupted).
-pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) -> Result<RunSummary> {
+pub fn run(
+    plan: &Plan,
+    spec: &SweepSpec,
+    spec_text: &str,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
     let started = Instant::now();
     let metric = &spec.metric;
     let dir = &plan.results_dir;
@@ -106,17 +111,28 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
     let mut micro_override: HashMap<usize, u32> = HashMap::new();
     let to_run: Vec<&PlannedTrial> = if existing {
         let rows = check_resumable(&dir, plan, spec)?;
-        micro_override.extend(rows.iter().filter_map(|r| Some((r.trial, r.retry_micro_batch?))));
+        micro_override.extend(
+            rows.iter()
+                .filter_map(|r| Some((r.trial, r.retry_micro_batch?))),
+        );
         stop_leftover_processes(&dir, &rows);
         let pending: HashSet<usize> = rows
             .iter()
-            .filter(|r| matches!(r.status, Status::Planned | Status::Running | Status::Stopped))
+            .filter(|r| {
+                matches!(
+                    r.status,
+                    Status::Planned | Status::Running | Status::Stopped
+                )
+            })
             .map(|r| r.trial)
             .collect();
         journal.append(Event::SweepResumed {
             trials_to_run: pending.len(),
         })?;
-        plan.trials.iter().filter(|t| pending.contains(&t.id)).collect()
+        plan.trials
+            .iter()
+            .filter(|t| pending.contains(&t.id))
+            .collect()
     } else {
         write_atomic(&dir.join("spec.yaml"), spec_text.as_bytes())?;
         journal.append(Event::SweepStarted {
@@ -169,9 +185,12 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
     let mut stopping: Option<usize> = None;
     let (mut finished, mut failed) = (0, 0);
     loop {
-        while let Some((id, slots)) = scheduler.next() {
+        while let Some((id, slots)) = scheduler.next_to_start() {
             let t = by_id[&id];
-            let physical: Vec<String> = slots.iter().map(|i| plan.pool.slots[*i].name.clone()).collect();
+            let physical: Vec<String> = slots
+                .iter()
+                .map(|i| plan.pool.slots[*i].name.clone())
+                .collect();
             let limits = limits_for(plan, &physical);
             // A trial sees only its own GPUs, renumbered from 0 (CUDA_VISIBLE_DEVICES).
             let devices: Vec<String> = if limits.cuda_visible_devices.is_some() {
@@ -184,8 +203,9 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
             if let Some(m) = micro_override.get(&id) {
                 params.micro_batch = Some(*m);
             }
-            let launched = prepare_trial(plan, t.id, &params, &tdir, &devices, limits.threads, metric)
-                .and_then(|()| launch(&opts.program, id, &tdir, &limits, tx.clone()));
+            let launched =
+                prepare_trial(plan, t.id, &params, &tdir, &devices, limits.threads, metric)
+                    .and_then(|()| launch(&opts.program, id, &tdir, &limits, tx.clone()));
             match launched {
                 Ok(pid) => {
                     journal.append(Event::TrialStarted {
@@ -225,7 +245,9 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
             }
             refresh_results(&dir, spec)?;
             ui.finish();
-            return Ok(summary(&dir, finished, failed, plan, &to_run, started, true));
+            return Ok(summary(
+                &dir, finished, failed, plan, &to_run, started, true,
+            ));
         }
         if interrupts == 1 && stopping.is_none() {
             stopping = Some(running.len());
@@ -278,9 +300,9 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
                             .unwrap_or_else(|| by_id[&id].params.micro_batch());
                         let batch = by_id[&id].params.batch_size;
                         let retry = match spec.on_oom {
-                            OnOom::HalveBatch if micro > 1 => {
-                                (1..=micro / 2).rev().find(|m| batch % m == 0)
-                            }
+                            OnOom::HalveBatch if micro > 1 => Some(
+                                crate::memory::halved_micro_batch(micro as usize, batch as usize) as u32,
+                            ),
                             _ => None,
                         };
                         journal.append(Event::TrialOutOfMemory {
@@ -301,12 +323,21 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
                             }
                             None => {
                                 failed += 1;
-                                let why = format!("out of memory at micro-batch {micro} (on_oom: {:?}): {reason}", spec.on_oom);
-                                journal.append(Event::TrialFailed { trial: id, reason: why.clone() })?;
+                                let why = format!(
+                                    "out of memory at micro-batch {micro} (on_oom: {:?}): {reason}",
+                                    spec.on_oom
+                                );
+                                journal.append(Event::TrialFailed {
+                                    trial: id,
+                                    reason: why.clone(),
+                                })?;
                                 ui.trial_ended(id, &format!("trial {id:04} failed: {why}"));
                                 if spec.on_oom == OnOom::Fail {
                                     let dropped = scheduler.clear_queue();
-                                    ui.println(&format!("on_oom: fail: {} queued trials will not start", dropped.len()));
+                                    ui.println(&format!(
+                                        "on_oom: fail: {} queued trials will not start",
+                                        dropped.len()
+                                    ));
                                 }
                             }
                         }
@@ -339,7 +370,15 @@ pub fn run(plan: &Plan, spec: &SweepSpec, spec_text: &str, opts: &RunOptions) ->
             seconds: started.elapsed().as_secs_f64(),
         })?;
     }
-    Ok(summary(&dir, finished, failed, plan, &to_run, started, interrupted))
+    Ok(summary(
+        &dir,
+        finished,
+        failed,
+        plan,
+        &to_run,
+        started,
+        interrupted,
+    ))
 }
 
 fn summary(
@@ -422,10 +461,16 @@ fn is_trial_process(pid: u32, trial_dir: &Path) -> bool {
         return false;
     };
     let zombie = std::fs::read_to_string(proc_dir.join("status"))
-        .map(|s| s.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
         .unwrap_or(false);
     let wanted = trial_dir.display().to_string();
-    !zombie && String::from_utf8_lossy(&cmdline).split('\0').any(|arg| arg == wanted)
+    !zombie
+        && String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .any(|arg| arg == wanted)
 }
 
 /// Under `checkpoints: {keep: N}`, deletes the checkpoints of finished trials outside the N best.
@@ -471,7 +516,10 @@ fn is_out_of_memory(reason: &str) -> bool {
 
 /// Threads, visible GPUs and memory limit of a trial on these slots.
 fn limits_for(plan: &Plan, physical: &[String]) -> crate::executor::Limits {
-    let cuda: Vec<&str> = physical.iter().filter_map(|d| d.strip_prefix("cuda:")).collect();
+    let cuda: Vec<&str> = physical
+        .iter()
+        .filter_map(|d| d.strip_prefix("cuda:"))
+        .collect();
     crate::executor::Limits {
         threads: plan.pool.threads_for(physical.len()),
         cuda_visible_devices: (!cuda.is_empty()).then(|| cuda.join(",")),

@@ -43,7 +43,7 @@ impl Scheduler {
     }
 
     /// The next trial to start now and the slot indices it gets, if one can start.
-    pub fn next(&mut self) -> Option<(usize, Vec<usize>)> {
+    pub fn next_to_start(&mut self) -> Option<(usize, Vec<usize>)> {
         if self.running >= self.parallel {
             return None;
         }
@@ -53,7 +53,10 @@ impl Scheduler {
             self.head_overtaken = 0;
             0
         } else if self.head_overtaken < self.overtake_limit() {
-            let later = self.queue.iter().position(|(_, need)| *need <= free_count)?;
+            let later = self
+                .queue
+                .iter()
+                .position(|(_, need)| *need <= free_count)?;
             self.head_overtaken += 1;
             later
         } else {
@@ -105,29 +108,43 @@ mod tests {
     #[test]
     fn packs_small_trials_beside_a_waiting_large_one_but_never_starves_it() {
         // Pool of 4; trial 3 needs all 4 slots, behind it a stream of 1-slot trials.
-        let mut s = Scheduler::new(4, 4, [(1, 1), (2, 1), (3, 4), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (9, 1)]);
-        assert_eq!(s.next(), Some((1, vec![0])));
-        assert_eq!(s.next(), Some((2, vec![1])));
+        let mut s = Scheduler::new(
+            4,
+            4,
+            [
+                (1, 1),
+                (2, 1),
+                (3, 4),
+                (4, 1),
+                (5, 1),
+                (6, 1),
+                (7, 1),
+                (8, 1),
+                (9, 1),
+            ],
+        );
+        assert_eq!(s.next_to_start(), Some((1, vec![0])));
+        assert_eq!(s.next_to_start(), Some((2, vec![1])));
         // Trial 3 cannot start; small trials fill the idle slots (packing)...
-        assert_eq!(s.next(), Some((4, vec![2])));
-        assert_eq!(s.next(), Some((5, vec![3])));
-        assert_eq!(s.next(), None, "the pool is full");
+        assert_eq!(s.next_to_start(), Some((4, vec![2])));
+        assert_eq!(s.next_to_start(), Some((5, vec![3])));
+        assert_eq!(s.next_to_start(), None, "the pool is full");
         // ...and keep overtaking as slots free up, at most 4 times in all.
         s.release(&[0]);
-        assert_eq!(s.next(), Some((6, vec![0])));
+        assert_eq!(s.next_to_start(), Some((6, vec![0])));
         s.release(&[1]);
-        assert_eq!(s.next(), Some((7, vec![1])));
+        assert_eq!(s.next_to_start(), Some((7, vec![1])));
         // The bound is reached: freed slots now wait for trial 3.
         s.release(&[0]);
-        assert_eq!(s.next(), None);
+        assert_eq!(s.next_to_start(), None);
         s.release(&[1]);
         s.release(&[2]);
-        assert_eq!(s.next(), None);
+        assert_eq!(s.next_to_start(), None);
         s.release(&[3]);
-        assert_eq!(s.next(), Some((3, vec![0, 1, 2, 3])));
+        assert_eq!(s.next_to_start(), Some((3, vec![0, 1, 2, 3])));
         s.release(&[0, 1, 2, 3]);
-        assert_eq!(s.next(), Some((8, vec![0])));
-        assert_eq!(s.next(), Some((9, vec![1])));
+        assert_eq!(s.next_to_start(), Some((8, vec![0])));
+        assert_eq!(s.next_to_start(), Some((9, vec![1])));
         s.release(&[0]);
         s.release(&[1]);
         assert!(s.is_idle());
@@ -136,9 +153,9 @@ mod tests {
     #[test]
     fn parallel_caps_running_trials() {
         let mut s = Scheduler::new(8, 2, (1..=5).map(|i| (i, 1)));
-        assert!(s.next().is_some());
-        assert!(s.next().is_some());
-        assert_eq!(s.next(), None);
+        assert!(s.next_to_start().is_some());
+        assert!(s.next_to_start().is_some());
+        assert_eq!(s.next_to_start(), None);
         assert_eq!(s.queued(), 3);
     }
 }

@@ -526,7 +526,12 @@ impl SweepSpec {
         if self.resources.slots == Some(0) {
             field("resources.slots", "must be at least 1".into());
         }
-        if let Some(Err(message)) = self.resources.memory_per_device.as_ref().map(MemorySize::mb) {
+        if let Some(Err(message)) = self
+            .resources
+            .memory_per_device
+            .as_ref()
+            .map(MemorySize::mb)
+        {
             field("resources.memory_per_device", message);
         }
         if self.checkpoints.as_ref().is_some_and(|c| c.keep == 0) {

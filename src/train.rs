@@ -396,7 +396,13 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     if let Some(state) = resumed {
         prior_seconds = state.seconds;
         eprintln!("trial {}: resuming after epoch {}", cfg.trial, state.epoch);
-        record(&ProgressEvent::Resumed { epoch: state.epoch, step: state.step }, &mut emit)?;
+        record(
+            &ProgressEvent::Resumed {
+                epoch: state.epoch,
+                step: state.step,
+            },
+            &mut emit,
+        )?;
         best = state.best;
         step = state.step;
         train_seconds = state.train_seconds;
@@ -406,7 +412,9 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     for epoch in first_epoch..=p.epochs {
         // Each epoch's order depends on the seed and the epoch alone, so a resumed trial sees
         // the same batches as an uninterrupted one.
-        let mut rng = SplitMix64::new(p.seed() ^ 0x5eed_da7a ^ u64::from(epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = SplitMix64::new(
+            p.seed() ^ 0x5eed_da7a ^ u64::from(epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let mut order: Vec<usize> = (0..train_seqs.len()).collect();
         rng.shuffle(&mut order);
         let mut epoch_loss = 0.0;
@@ -441,8 +449,9 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         train_seconds += epoch_start.elapsed().as_secs_f64();
         // Evaluation and checkpoints use the primary replica; the others are identical to it.
         let model = replicas.primary();
-        // Forward-only batches of twice the micro-batch need no more memory than a training step.
-        let eval_batch = 2 * p.micro_batch() as usize;
+        // Evaluation batches are micro-batches: forward-only, they need less memory than a
+        // training step, which is what the plan-time estimate predicts.
+        let eval_batch = p.micro_batch() as usize;
         let dev_loss = dev_loss(model, &dev_seqs, tokenizer.pad, eval_batch)?;
         let accuracy = match &scoring {
             Some((cands, prompts, gold)) => {

@@ -162,10 +162,7 @@ fn the_bundled_data_and_quickstart_pass() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("check: ok"), "{all}");
-    assert!(
-        all.contains("sweeps/quickstart.yaml: 16 trial(s)"),
-        "{all}"
-    );
+    assert!(all.contains("sweeps/quickstart.yaml: 16 trial(s)"), "{all}");
     assert!(
         all.contains("class counts (train/dev): alarm 60/20"),
         "{all}"
@@ -205,6 +202,9 @@ fn run_refuses_a_bad_spec_or_bad_data_and_creates_nothing() {
         assert_eq!(out.status.code(), Some(2), "{all}");
         assert!(all.contains(": error: "), "{all}");
         assert!(all.contains("nothing was started"), "{all}");
-        assert!(!results.exists(), "{name}: a refused sweep wrote {results:?}");
+        assert!(
+            !results.exists(),
+            "{name}: a refused sweep wrote {results:?}"
+        );
     }
 }

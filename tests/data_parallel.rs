@@ -151,15 +151,12 @@ fn k_devices(
     )
     .unwrap();
     let before = values(&primary);
-    let mut replicas =
-        Replicas::new(primary, &vec![Device::Cpu; k - 1], WEIGHT_DECAY, 5).unwrap();
+    let mut replicas = Replicas::new(primary, &vec![Device::Cpu; k - 1], WEIGHT_DECAY, 5).unwrap();
     assert_eq!(replicas.count(), k);
     let steps = (0..STEPS)
         .map(|i| {
             let refs: Vec<&Seq> = batches[i % batches.len()].iter().collect();
-            let s = replicas
-                .step(&refs, micro, 0, LR, MAX_GRAD_NORM)
-                .unwrap();
+            let s = replicas.step(&refs, micro, 0, LR, MAX_GRAD_NORM).unwrap();
             (s.loss, s.grad_norm, s.input_tokens)
         })
         .collect();
@@ -234,7 +231,11 @@ fn an_odd_batch_splits_three_and_two_and_stays_exact() {
     // The shards' token counts are not 3:2, so a mean of per-device means would be wrong here.
     let first = counted_tokens(&refs[ranges[0].clone()]);
     let second = counted_tokens(&refs[ranges[1].clone()]);
-    assert_ne!(first * 2, second * 3, "the test batch should be uneven in tokens");
+    assert_ne!(
+        first * 2,
+        second * 3,
+        "the test batch should be uneven in tokens"
+    );
     // And a last batch of one example on two devices: the second sits the step out.
     let batches = vec![batch.clone(), seqs(1, 4)];
     for dtype in [DType::F32, DType::F64] {
@@ -265,8 +266,8 @@ fn lora_on_two_devices_matches_one_device_and_leaves_the_base_alone() {
         assert_same_training(&single, &parallel, tolerance);
     }
     // The frozen base of every replica is the untouched initial weights.
-    let primary = CausalLm::new(config(), &weights(DType::F32), lora(), 5, &Device::Cpu, "t")
-        .unwrap();
+    let primary =
+        CausalLm::new(config(), &weights(DType::F32), lora(), 5, &Device::Cpu, "t").unwrap();
     let mut replicas = Replicas::new(primary, &[Device::Cpu], 0.0, 5).unwrap();
     let batch = seqs(6, 9);
     let refs: Vec<&Seq> = batch.iter().collect();
@@ -289,9 +290,15 @@ fn lora_on_two_devices_matches_one_device_and_leaves_the_base_alone() {
 
 #[test]
 fn restoring_the_primary_reaches_every_replica() {
-    let primary =
-        CausalLm::new(config(), &weights(DType::F32), Trainable::All, 5, &Device::Cpu, "t")
-            .unwrap();
+    let primary = CausalLm::new(
+        config(),
+        &weights(DType::F32),
+        Trainable::All,
+        5,
+        &Device::Cpu,
+        "t",
+    )
+    .unwrap();
     let mut replicas = Replicas::new(primary, &[Device::Cpu, Device::Cpu], 0.0, 5).unwrap();
     // As a resume point does: new values into the primary only.
     replicas
@@ -303,8 +310,15 @@ fn restoring_the_primary_reaches_every_replica() {
         })
         .unwrap();
     let primary = values(replicas.primary());
-    let initial = CausalLm::new(config(), &weights(DType::F32), Trainable::All, 5, &Device::Cpu, "t")
-        .unwrap();
+    let initial = CausalLm::new(
+        config(),
+        &weights(DType::F32),
+        Trainable::All,
+        5,
+        &Device::Cpu,
+        "t",
+    )
+    .unwrap();
     assert!(max_abs_diff(&primary, &values(&initial)) > 0.4);
     for model in &replicas.models()[1..] {
         assert_eq!(values(model), primary);
@@ -338,7 +352,9 @@ fn a_sweep_with_gpus_2_trains_on_two_cpu_slots_and_reports_it() {
     assert!(rel < 1e-4, "dev loss {} vs {}", loss(&one), loss(&two));
 
     let events = |trial: &str| -> Vec<serde_json::Value> {
-        let dir = results.join("trials").join(format!("{:04}", trial.parse::<usize>().unwrap()));
+        let dir = results
+            .join("trials")
+            .join(format!("{:04}", trial.parse::<usize>().unwrap()));
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .unwrap()
             .lines()

@@ -79,7 +79,10 @@ fn plan_shrinks_the_micro_batch_of_a_predicted_misfit_and_refuses_what_never_fit
     );
     let out = run(&["plan".as_ref(), tight.as_os_str()]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("refused: needs about") && text.contains("even at micro-batch 1"), "{text}");
+    assert!(
+        text.contains("refused: needs about") && text.contains("even at micro-batch 1"),
+        "{text}"
+    );
 }
 
 /// A stand-in for nvidia-smi that lists four 16 GiB GPUs.
@@ -104,20 +107,29 @@ fn fake_nvidia_smi(dir: &Path) -> PathBuf {
 fn gpus_come_from_nvidia_smi_and_a_request_for_too_many_is_refused_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let bin = fake_nvidia_smi(tmp.path());
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let spec = spec_file(
         tmp.path(),
         "parameters:\n  gpus: {values: [1, 4, 8]}\nresources: {devices: auto, parallel: 4}\n",
     );
     let plan = |visible: Option<&str>| -> serde_json::Value {
         let mut cmd = sweep();
-        cmd.args(["plan".as_ref(), spec.as_os_str(), "--json".as_ref()]).env("PATH", &path);
+        cmd.args(["plan".as_ref(), spec.as_os_str(), "--json".as_ref()])
+            .env("PATH", &path);
         match visible {
             Some(v) => cmd.env("CUDA_VISIBLE_DEVICES", v),
             None => cmd.env_remove("CUDA_VISIBLE_DEVICES"),
         };
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let all = plan(None);

@@ -27,7 +27,10 @@ fn start_run(spec: &Path, resume: bool) -> Child {
     if resume {
         cmd.arg("--resume");
     }
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
@@ -76,14 +79,20 @@ fn killed_ten_times_at_random_the_sweep_resumes_and_runs_each_trial_once() {
         let t = e["trial"].as_u64().unwrap_or(0);
         match e["event"].as_str().unwrap() {
             "trial_finished" => *done.entry(t).or_default() += 1,
-            "trial_started" => assert!(!done.contains_key(&t), "trial {t} started again after finishing"),
+            "trial_started" => assert!(
+                !done.contains_key(&t),
+                "trial {t} started again after finishing"
+            ),
             _ => {}
         }
     }
     assert_eq!(done.len(), 12);
     assert!(done.values().all(|n| *n == 1), "{done:?}");
     // Most kills hit a sweep that had started (a kill during the checks leaves no journal line).
-    let resumed = events.iter().filter(|e| e["event"] == "sweep_resumed").count();
+    let resumed = events
+        .iter()
+        .filter(|e| e["event"] == "sweep_resumed")
+        .count();
     assert!(resumed >= 5, "only {resumed} resumes were journalled");
 }
 
@@ -102,7 +111,11 @@ fn trial_folder(root: &Path, name: &str, epochs: u32) -> std::path::PathBuf {
         "metric": {"name": "accuracy"},
         "devices": ["cpu"], "threads": 1
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&config).unwrap(),
+    )
+    .unwrap();
     dir
 }
 
@@ -154,7 +167,10 @@ fn an_interrupted_trial_continues_from_its_last_epoch_and_ends_as_if_never_stopp
     for key in ["accuracy", "dev_loss", "train_loss", "best_epoch"] {
         assert_eq!(a[key], b[key], "{key} differs after resuming");
     }
-    assert!(!broken.join("resume").exists(), "a finished trial keeps no resume point");
+    assert!(
+        !broken.join("resume").exists(),
+        "a finished trial keeps no resume point"
+    );
 }
 
 #[test]
@@ -167,9 +183,16 @@ fn ctrl_c_stops_running_trials_cleanly_and_only_the_same_spec_resumes() {
     let results = tmp.path().join("results");
     let mut child = start_run(&spec, false);
     wait_until("two trials to start", || {
-        journal_events(&results).iter().filter(|e| e["event"] == "trial_started").count() == 2
+        journal_events(&results)
+            .iter()
+            .filter(|e| e["event"] == "trial_started")
+            .count()
+            == 2
     });
-    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
@@ -185,10 +208,17 @@ fn ctrl_c_stops_running_trials_cleanly_and_only_the_same_spec_resumes() {
     let changed = tmp.path().join("changed.yaml");
     std::fs::write(
         &changed,
-        std::fs::read_to_string(&spec).unwrap().replace("epochs: {value: 200}", "epochs: {value: 1}"),
+        std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("epochs: {value: 200}", "epochs: {value: 1}"),
     )
     .unwrap();
-    let out = run(&["run".as_ref(), changed.as_os_str(), "--quiet".as_ref(), "--resume".as_ref()]);
+    let out = run(&[
+        "run".as_ref(),
+        changed.as_os_str(),
+        "--quiet".as_ref(),
+        "--resume".as_ref(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("differs"));
 }
@@ -203,9 +233,16 @@ fn a_folder_in_use_is_refused() {
     let results = tmp.path().join("results");
     let mut first = start_run(&spec, false);
     wait_until("the trial to start", || {
-        journal_events(&results).iter().any(|e| e["event"] == "trial_started")
+        journal_events(&results)
+            .iter()
+            .any(|e| e["event"] == "trial_started")
     });
-    let second = run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref(), "--resume".as_ref()]);
+    let second = run(&[
+        "run".as_ref(),
+        spec.as_os_str(),
+        "--quiet".as_ref(),
+        "--resume".as_ref(),
+    ]);
     assert_eq!(second.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&second.stderr).contains("in use"));
     first.kill().unwrap();
@@ -219,10 +256,13 @@ fn checkpoint_retention_keeps_the_best_and_deletes_the_rest() {
         tmp.path(),
         "checkpoints: {keep: 1}\nparameters:\n  learning_rate: {values: [1.0e-2, 3.0e-3, 1.0e-4]}\n  epochs: {value: 2}\n  batch_size: {value: 8}\nresources: {devices: cpu, slots: 1, parallel: 1}\n",
     );
-    assert!(run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]).status.success());
+    assert!(run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()])
+        .status
+        .success());
     let results = tmp.path().join("results");
     let best: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(results.join("best/best.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(results.join("best/best.json")).unwrap())
+            .unwrap();
     let best_trial = best["trial"].as_u64().unwrap();
     for r in csv_rows(&results) {
         let t: u64 = r["trial"].parse().unwrap();

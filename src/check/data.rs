@@ -7,7 +7,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{CheckReport, Problem};
-use crate::data::{example_from_value, field_meant, parse_json_line, Example, FIELDS, LINE_EXAMPLE};
+use crate::data::{
+    example_from_value, field_meant, parse_json_line, Example, FIELDS, LINE_EXAMPLE,
+};
 
 /// Data files larger than this are not read by the checker (nor sensibly by the trainer, which
 /// holds all examples in memory); also what keeps a path like /proc/kcore from reading forever.
@@ -191,18 +193,30 @@ fn check_bytes_into(bytes: &[u8], file: &str, report: &mut CheckReport, out: &mu
     if !bad_json.is_empty() {
         if let Some(documents) = std::str::from_utf8(body).ok().and_then(json_documents) {
             report_layout(file, &documents, report);
-            records = documents
-                .into_iter()
-                .flat_map(|d| d.records)
-                .collect();
+            records = documents.into_iter().flat_map(|d| d.records).collect();
             bad_json.clear();
         }
     }
-    for (line, issue) in bad_json {
+    // A file that is not JSON lines at all (CSV, plain text) fails on every line: the first few
+    // say why, one more line counts the rest, so other problems still get shown.
+    const SHOWN_BAD_LINES: usize = 5;
+    let more_bad = bad_json.len().saturating_sub(SHOWN_BAD_LINES);
+    let first_more = bad_json.get(SHOWN_BAD_LINES).map(|(line, _)| *line);
+    for (line, issue) in bad_json.into_iter().take(SHOWN_BAD_LINES) {
         report.push(
             Problem::error(file, issue.message)
                 .at(Some(line), issue.column)
                 .maybe_hint(issue.hint),
+        );
+    }
+    if more_bad > 0 {
+        report.push(
+            Problem::error(
+                file,
+                format!("{more_bad} more line(s) are not JSON objects either, from here on"),
+            )
+            .at(first_more, None)
+            .hint(format!("every line must be one JSON object like {LINE_EXAMPLE}")),
         );
     }
 
@@ -458,7 +472,9 @@ fn check_examples(file: &str, examples: &[Example], report: &mut CheckReport) {
                 format!("{labelled} example(s) have a tgt and {unlabelled} do not"),
             )
             .at(minority.map(|e| e.line), None)
-            .hint("sft and lora need a tgt on every line; only post_pretrain takes unlabelled text"),
+            .hint(
+                "sft and lora need a tgt on every line; only post_pretrain takes unlabelled text",
+            ),
         );
     }
     if !examples.is_empty() {
@@ -490,32 +506,62 @@ mod tests {
     fn pretty_printed_and_array_files_are_named_as_such() {
         let (r, d) = check(b"{\n  \"src\": \"a\",\n  \"tgt\": \"x\"\n}\n{\"src\": [\"b\"], \"tgt\": [\"y\", \"z\"]}\n");
         let text = r.render();
-        assert!(text.contains("f.json:1:1: error: a JSON document spread over lines 1-4"), "{text}");
-        assert!(text.contains("f.json:5: error: tgt: has 2 turn(s) but src has 1"), "{text}");
+        assert!(
+            text.contains("f.json:1:1: error: a JSON document spread over lines 1-4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f.json:5: error: tgt: has 2 turn(s) but src has 1"),
+            "{text}"
+        );
         assert_eq!(d.examples.len(), 1);
 
-        let (r, d) = check(b"[\n {\"src\": \"a\", \"tgt\": \"x\"},\n {\"src\": \"\", \"tgt\": \"y\"}\n]\n");
+        let (r, d) =
+            check(b"[\n {\"src\": \"a\", \"tgt\": \"x\"},\n {\"src\": \"\", \"tgt\": \"y\"}\n]\n");
         let text = r.render();
-        assert!(text.contains("f.json:1:1: error: the file holds a top-level JSON array"), "{text}");
+        assert!(
+            text.contains("f.json:1:1: error: the file holds a top-level JSON array"),
+            "{text}"
+        );
         assert!(text.contains("f.json:3: error: src: is empty"), "{text}");
         assert_eq!(d.examples.len(), 1);
     }
 
     #[test]
     fn encoding_and_line_end_problems() {
-        let (r, _) = check(b"\xEF\xBB\xBF{\"src\":\"a\",\"tgt\":\"x\"}\r\n{\"src\":\"caf\xE9\",\"tgt\":\"x\"}\n");
+        let (r, _) = check(
+            b"\xEF\xBB\xBF{\"src\":\"a\",\"tgt\":\"x\"}\r\n{\"src\":\"caf\xE9\",\"tgt\":\"x\"}\n",
+        );
         let text = r.render();
-        assert!(text.contains("f.json:1:1: warning: the file starts with a UTF-8 byte-order mark"), "{text}");
-        assert!(text.contains("f.json:1: warning: 1 line(s) end in CRLF"), "{text}");
-        assert!(text.contains("f.json:2:12: error: invalid UTF-8 (byte 0xE9)"), "{text}");
+        assert!(
+            text.contains("f.json:1:1: warning: the file starts with a UTF-8 byte-order mark"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f.json:1: warning: 1 line(s) end in CRLF"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f.json:2:12: error: invalid UTF-8 (byte 0xE9)"),
+            "{text}"
+        );
     }
 
     #[test]
     fn duplicates_conflicts_and_unknown_fields() {
         let (r, _) = check(b"{\"src\":\"a\",\"tgt\":\"x\"}\n{\"src\":\"a\",\"tgt\":\"x\"}\n{\"src\":\"a\",\"tgt\":\"y\",\"id\":3}\n");
         let text = r.render();
-        assert!(text.contains("f.json:2: warning: duplicate example: the same as line 1"), "{text}");
-        assert!(text.contains("f.json:3: error: tgt: conflicting labels"), "{text}");
-        assert!(text.contains("f.json:3: warning: id: field `id` is not read"), "{text}");
+        assert!(
+            text.contains("f.json:2: warning: duplicate example: the same as line 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f.json:3: error: tgt: conflicting labels"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f.json:3: warning: id: field `id` is not read"),
+            "{text}"
+        );
     }
 }

@@ -50,7 +50,10 @@ pub fn check_data_files(paths: &[PathBuf]) -> CheckReport {
     }
     naming_hints(paths, &mut report);
     let find = |roles: &[Role]| loaded.iter().position(|(p, _)| roles.contains(&role_of(p)));
-    let pair = match (find(&[Role::Train]), find(&[Role::Dev]).or(find(&[Role::Test]))) {
+    let pair = match (
+        find(&[Role::Train]),
+        find(&[Role::Dev]).or(find(&[Role::Test])),
+    ) {
         (Some(t), Some(d)) if t != d => Some((t, d)),
         _ if loaded.len() == 2 => {
             report.note(format!(
@@ -88,8 +91,10 @@ fn naming_hints(paths: &[PathBuf], report: &mut CheckReport) {
             .find(|p| role_of(p) == role)
             .map(|p| p.parent().unwrap_or(Path::new("")).to_path_buf())
     };
-    if let (Some(train), Some(dev)) = (folder(Role::Train), folder(Role::Dev).or(folder(Role::Test)))
-    {
+    if let (Some(train), Some(dev)) = (
+        folder(Role::Train),
+        folder(Role::Dev).or(folder(Role::Test)),
+    ) {
         if train != dev {
             let dev_file = paths
                 .iter()
@@ -278,7 +283,10 @@ pub fn missing_file_hint(path: &Path, field: Option<&str>) -> Option<String> {
         _ => role_of(path).into_known(),
     };
     if wanted == Some(Role::Dev) {
-        if let Some(test) = there.iter().find(|p| matches!(role_of(p), Role::Test | Role::Dev)) {
+        if let Some(test) = there
+            .iter()
+            .find(|p| matches!(role_of(p), Role::Test | Role::Dev))
+        {
             return Some(format!(
                 "found `{}` there: sweep's held-out set is dev; point {} at it, or rename it to dev.json (the seed's platform wanted train.json and dev.json side by side)",
                 test.display(),
@@ -288,7 +296,10 @@ pub fn missing_file_hint(path: &Path, field: Option<&str>) -> Option<String> {
     }
     if let Some(role) = wanted {
         if let Some(same) = there.iter().find(|p| role_of(p) == role) {
-            return Some(format!("found `{}` there; did you mean it?", same.display()));
+            return Some(format!(
+                "found `{}` there; did you mean it?",
+                same.display()
+            ));
         }
     }
     // The two-folders mistake: the file sits in a sibling folder.

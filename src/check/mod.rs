@@ -164,7 +164,12 @@ impl CheckReport {
             .values()
             .map(|(e, w)| if severity == Severity::Error { *e } else { *w })
             .sum();
-        hidden + self.problems.iter().filter(|p| p.severity == severity).count()
+        hidden
+            + self
+                .problems
+                .iter()
+                .filter(|p| p.severity == severity)
+                .count()
     }
 
     pub fn errors(&self) -> usize {
@@ -219,7 +224,10 @@ impl CheckReport {
 /// Whether a path names a sweep file (by its extension) rather than a data file.
 pub fn is_spec_path(path: &Path) -> bool {
     matches!(
-        path.extension().and_then(|e| e.to_str()).map(str::to_lowercase).as_deref(),
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_lowercase)
+            .as_deref(),
         Some("yaml" | "yml")
     )
 }

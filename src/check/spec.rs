@@ -67,7 +67,12 @@ const TOP: &[Key] = &[
     key("resources", Shape::Map(RESOURCES), false, false),
     key("output", Shape::Text, false, true),
     key("checkpoints", Shape::Map(CHECKPOINTS), false, true),
-    key("on_oom", Shape::OneOf(&["halve_batch", "skip", "fail"]), false, false),
+    key(
+        "on_oom",
+        Shape::OneOf(&["halve_batch", "skip", "fail"]),
+        false,
+        false,
+    ),
 ];
 const CHECKPOINTS: &[Key] = &[key("keep", Shape::Count, true, false)];
 const DATA: &[Key] = &[
@@ -75,7 +80,12 @@ const DATA: &[Key] = &[
     key("dev", Shape::Text, true, false),
 ];
 const MODEL: &[Key] = &[
-    key("preset", Shape::OneOf(&crate::presets::PRESET_NAMES), false, true),
+    key(
+        "preset",
+        Shape::OneOf(&crate::presets::PRESET_NAMES),
+        false,
+        true,
+    ),
     key("path", Shape::Text, false, true),
 ];
 const METRIC: &[Key] = &[
@@ -109,14 +119,16 @@ fn foreign_key_hint(path: &[Seg], key: &str) -> Option<String> {
         .collect();
     match (parent.as_slice(), key) {
         ([], "program" | "command" | "project" | "entity" | "early_terminate" | "description") => {
-            Some(format!("`{key}` is a W&B sweep key that sweep does not use; remove it"))
+            Some(format!(
+                "`{key}` is a W&B sweep key that sweep does not use; remove it"
+            ))
         }
         (["data"], "test" | "valid" | "validation" | "eval" | "val") => Some(format!(
             "sweep's held-out set is called `dev`: write `dev: PATH` instead of `{key}: PATH`"
         )),
-        ([], "train" | "dev") => Some(format!(
-            "data files go under `data:`, e.g. `data: {{train: PATH, dev: PATH}}`"
-        )),
+        ([], "train" | "dev") => {
+            Some("data files go under `data:`, e.g. `data: {train: PATH, dev: PATH}`".to_string())
+        }
         ([], "lr" | "learning_rate" | "epochs" | "batch_size") => Some(format!(
             "trial parameters go under `parameters:`, e.g. `parameters: {{{key}: {{value: ...}}}}`"
         )),
@@ -156,7 +168,9 @@ fn read_spec(path: &Path) -> Result<String, Box<Problem>> {
     let fail = |m: String| Box::new(Problem::error(&file, m));
     let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     if !meta.is_file() {
-        return Err(fail("is not a regular file; give a sweep file (.yaml)".into()));
+        return Err(fail(
+            "is not a regular file; give a sweep file (.yaml)".into(),
+        ));
     }
     if meta.len() > MAX_SPEC_BYTES {
         return Err(fail(format!(
@@ -173,7 +187,10 @@ fn read_spec(path: &Path) -> Result<String, Box<Problem>> {
             .rposition(|b| *b == b'\n')
             .map(|i| i + 1)
             .unwrap_or(0);
-        let column = String::from_utf8_lossy(&valid[line_start..]).chars().count() + 1;
+        let column = String::from_utf8_lossy(&valid[line_start..])
+            .chars()
+            .count()
+            + 1;
         Box::new(
             Problem::error(&file, "invalid UTF-8")
                 .at(Some(line), Some(column))
@@ -287,9 +304,12 @@ pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> Sp
                 "check the indentation and the `key: value` form near there"
             };
             report.push(
-                Problem::error(file, format!("YAML syntax: {}", strip_position(&e.to_string())))
-                    .at(line, at.as_ref().map(|l| l.column()))
-                    .hint(hint),
+                Problem::error(
+                    file,
+                    format!("YAML syntax: {}", strip_position(&e.to_string())),
+                )
+                .at(line, at.as_ref().map(|l| l.column()))
+                .hint(hint),
             );
             return out;
         }
@@ -311,7 +331,10 @@ pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> Sp
         other => ctx.error(
             &[],
             Target::Value,
-            format!("expected a mapping of keys (name, data, parameters, ...), got {}", kind(other)),
+            format!(
+                "expected a mapping of keys (name, data, parameters, ...), got {}",
+                kind(other)
+            ),
             Some("see README, section \"A sweep file\"".into()),
         ),
     }
@@ -325,10 +348,11 @@ pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> Sp
         Err(e) => {
             // The walk above should have said it; this is the safety net.
             let at = e.location();
-            ctx.report.push(
-                Problem::error(file, strip_position(&e.to_string()))
-                    .at(at.as_ref().map(|l| l.line()), at.as_ref().map(|l| l.column())),
-            );
+            ctx.report
+                .push(Problem::error(file, strip_position(&e.to_string())).at(
+                    at.as_ref().map(|l| l.line()),
+                    at.as_ref().map(|l| l.column()),
+                ));
             return out;
         }
     };
@@ -424,16 +448,15 @@ fn walk_map(v: &Yaml, keys: &[Key], path: &[Seg], ctx: &mut Ctx) {
         let here = with(path, Seg::Key(name.to_string()));
         match keys.iter().find(|key| key.name == name) {
             None => {
-                let hint = foreign_key_hint(path, name).or_else(|| {
-                    Some(format!(
-                        "known keys here: {}",
-                        names.join(", ")
-                    ))
-                });
+                let hint = foreign_key_hint(path, name)
+                    .or_else(|| Some(format!("known keys here: {}", names.join(", "))));
                 ctx.error(
                     &here,
                     Target::Key,
-                    format!("unknown key `{name}`{}", crate::suggest::suffix(name, &names)),
+                    format!(
+                        "unknown key `{name}`{}",
+                        crate::suggest::suffix(name, &names)
+                    ),
                     hint,
                 );
             }
@@ -585,7 +608,12 @@ fn walk_parameters(v: &Yaml, path: &[Seg], ctx: &mut Ctx) {
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
     for (k, spec) in map {
         let Some(name) = k.as_str() else {
-            ctx.error(path, Target::Key, format!("parameter names must be names, got {}", kind(k)), None);
+            ctx.error(
+                path,
+                Target::Key,
+                format!("parameter names must be names, got {}", kind(k)),
+                None,
+            );
             continue;
         };
         let here = with(path, Seg::Key(name.to_string()));
@@ -611,14 +639,22 @@ fn walk_parameters(v: &Yaml, path: &[Seg], ctx: &mut Ctx) {
             ctx.error(
                 &here,
                 Target::Value,
-                format!("expected a search space like {{value: ...}} or {{values: [...]}}, got {}", kind(spec)),
+                format!(
+                    "expected a search space like {{value: ...}} or {{values: [...]}}, got {}",
+                    kind(spec)
+                ),
                 Some(format!("write {shown} (W&B sweep syntax)")),
             );
             continue;
         };
         for (fk, fv) in fields {
             let Some(field) = fk.as_str() else {
-                ctx.error(&here, Target::Key, format!("keys must be names, got {}", kind(fk)), None);
+                ctx.error(
+                    &here,
+                    Target::Key,
+                    format!("keys must be names, got {}", kind(fk)),
+                    None,
+                );
                 continue;
             };
             let at = with(&here, Seg::Key(field.to_string()));
@@ -644,15 +680,27 @@ fn check_param_field(field: &str, v: &Yaml, path: &[Seg], ctx: &mut Ctx) {
     match field {
         "values" | "probabilities" => {
             let Yaml::Sequence(items) = v else {
-                let hint = (field == "values")
-                    .then(|| "write a list, e.g. `values: [1, 2]`; for a single value use `value: X`".to_string());
-                ctx.error(path, Target::Value, format!("expected a list, got {}", kind(v)), hint);
+                let hint = (field == "values").then(|| {
+                    "write a list, e.g. `values: [1, 2]`; for a single value use `value: X`"
+                        .to_string()
+                });
+                ctx.error(
+                    path,
+                    Target::Value,
+                    format!("expected a list, got {}", kind(v)),
+                    hint,
+                );
                 return;
             };
             for (i, item) in items.iter().enumerate() {
                 let at = with(path, Seg::Index(i));
                 if field == "probabilities" && !number(item) {
-                    ctx.error(&at, Target::Value, format!("expected a number, got {}", kind(item)), None);
+                    ctx.error(
+                        &at,
+                        Target::Value,
+                        format!("expected a number, got {}", kind(item)),
+                        None,
+                    );
                 } else {
                     check_json_like(item, &at, ctx);
                 }
@@ -660,7 +708,12 @@ fn check_param_field(field: &str, v: &Yaml, path: &[Seg], ctx: &mut Ctx) {
         }
         "min" | "max" | "q" => {
             if !number(v) {
-                ctx.error(path, Target::Value, format!("expected a number, got {}", kind(v)), None);
+                ctx.error(
+                    path,
+                    Target::Value,
+                    format!("expected a number, got {}", kind(v)),
+                    None,
+                );
             }
         }
         "distribution" => {
@@ -695,12 +748,25 @@ fn check_json_like(v: &Yaml, path: &[Seg], ctx: &mut Ctx) {
             for (k, item) in m {
                 match k.as_str() {
                     Some(name) => check_json_like(item, &with(path, Seg::Key(name.into())), ctx),
-                    None => ctx.error(path, Target::Key, format!("keys must be names, got {}", kind(k)), None),
+                    None => ctx.error(
+                        path,
+                        Target::Key,
+                        format!("keys must be names, got {}", kind(k)),
+                        None,
+                    ),
                 }
             }
         }
         _ => {}
     }
+}
+
+/// One distinct trial problem: the first trial that has it, how many do, and the value of the
+/// parameter at fault there (to point at it in the file).
+struct Seen {
+    first: usize,
+    count: usize,
+    value: Option<serde_json::Value>,
 }
 
 /// Every trial the sweep would run, through the same code `sweep plan` uses; each distinct
@@ -710,9 +776,10 @@ fn check_trials(spec: &SweepSpec, ctx: &mut Ctx) -> Vec<TrialParams> {
         Ok(list) => list,
         Err(e) => {
             let (path, message) = match e {
-                SpecError::Param { param, message, .. } => {
-                    (vec![Seg::Key("parameters".into()), Seg::Key(param)], message)
-                }
+                SpecError::Param { param, message, .. } => (
+                    vec![Seg::Key("parameters".into()), Seg::Key(param)],
+                    message,
+                ),
                 SpecError::Field { field, message, .. } => (Seg::parse_path(&field), message),
                 other => (Vec::new(), other.to_string()),
             };
@@ -751,9 +818,7 @@ fn check_trials(spec: &SweepSpec, ctx: &mut Ctx) -> Vec<TrialParams> {
             }
         }
     }
-    // (param, message) -> (first trial, count)
-    let mut seen: BTreeMap<(Option<String>, String), (usize, usize, Option<serde_json::Value>)> =
-        BTreeMap::new();
+    let mut seen: BTreeMap<(Option<String>, String), Seen> = BTreeMap::new();
     let mut trials = Vec::new();
     for (i, a) in list.iter().enumerate() {
         match TrialParams::check_assignment(a, spec.seed) {
@@ -761,17 +826,33 @@ fn check_trials(spec: &SweepSpec, ctx: &mut Ctx) -> Vec<TrialParams> {
             Err(problems) => {
                 for p in problems {
                     let value = p.param.as_ref().and_then(|n| a.get(n).cloned());
-                    let entry = seen.entry((p.param, p.message)).or_insert((i + 1, 0, value));
-                    entry.1 += 1;
+                    let entry = seen.entry((p.param, p.message)).or_insert(Seen {
+                        first: i + 1,
+                        count: 0,
+                        value,
+                    });
+                    entry.count += 1;
                 }
             }
         }
     }
-    for ((param, message), (first, count, value)) in seen {
+    for (
+        (param, message),
+        Seen {
+            first,
+            count,
+            value,
+        },
+    ) in seen
+    {
         let path = match &param {
             Some(name) if spec.parameters.contains_key(name) => {
                 let base = vec![Seg::Key("parameters".into()), Seg::Key(name.clone())];
-                match spec.parameters.get(name).and_then(|p| Domain::from_spec(p).ok()) {
+                match spec
+                    .parameters
+                    .get(name)
+                    .and_then(|p| Domain::from_spec(p).ok())
+                {
                     Some(Domain::Categorical { values, .. }) => {
                         match values.iter().position(|v| Some(v) == value.as_ref()) {
                             Some(i) => with(&with(&base, Seg::Key("values".into())), Seg::Index(i)),
@@ -874,12 +955,17 @@ fn check_named_files(checked: &SpecCheck, text: &str, file: &str, report: &mut C
         data.push(loaded);
     }
     if let [a, b] = paths.as_slice() {
-        if a == b || std::fs::canonicalize(a).ok().is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a)) {
+        if a == b
+            || std::fs::canonicalize(a)
+                .ok()
+                .is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
+        {
             ctx.push(
                 Severity::Warning,
                 &[Seg::Key("data".into()), Seg::Key("dev".into())],
                 Target::Value,
-                "train and dev are the same file: dev then measures memorisation, not learning".into(),
+                "train and dev are the same file: dev then measures memorisation, not learning"
+                    .into(),
                 Some("hold out part of the data as dev.json".into()),
             );
         }
@@ -905,7 +991,12 @@ fn check_named_files(checked: &SpecCheck, text: &str, file: &str, report: &mut C
     let loaded: Vec<&DataFile> = [train, dev].into_iter().flatten().collect();
     if !supervised.is_empty() {
         for d in &loaded {
-            let missing: Vec<usize> = d.examples.iter().filter(|e| e.tgt.is_none()).map(|e| e.line).collect();
+            let missing: Vec<usize> = d
+                .examples
+                .iter()
+                .filter(|e| e.tgt.is_none())
+                .map(|e| e.line)
+                .collect();
             if let Some(first) = missing.first() {
                 ctx.report.push(
                     Problem::error(
@@ -931,14 +1022,22 @@ fn check_named_files(checked: &SpecCheck, text: &str, file: &str, report: &mut C
             Method::Sft | Method::Lora => lengths.supervised.insert(p.max_seq_len as usize),
         };
     }
-    let methods: std::collections::BTreeSet<&str> = trials.iter().map(|p| p.method.as_str()).collect();
-    let all_lengths: std::collections::BTreeSet<usize> =
-        lengths.supervised.union(&lengths.unsupervised).copied().collect();
+    let methods: std::collections::BTreeSet<&str> =
+        trials.iter().map(|p| p.method.as_str()).collect();
+    let all_lengths: std::collections::BTreeSet<usize> = lengths
+        .supervised
+        .union(&lengths.unsupervised)
+        .copied()
+        .collect();
     ctx.report.note(format!(
         "{file}: {} trial(s) ({}), max_seq_len {}",
         trials.len(),
         methods.into_iter().collect::<Vec<_>>().join(", "),
-        all_lengths.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+        all_lengths
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     let Some(train) = train else { return };
     if train.examples.is_empty() {
@@ -994,7 +1093,9 @@ fn check_model(yaml: &Yaml, ctx: &mut Ctx) -> Option<ModelSource> {
             ok = false;
         }
     }
-    if !dir.join("model.safetensors").is_file() && !dir.join("model.safetensors.index.json").is_file() {
+    if !dir.join("model.safetensors").is_file()
+        && !dir.join("model.safetensors.index.json").is_file()
+    {
         ctx.error(
             &seg,
             Target::Value,
@@ -1059,11 +1160,21 @@ mod tests {
         let out = check(
             "name: t\ndata: {train: a, dev: b}\nparameters:\n  learning_rate: {values: [1.0e-3, 0]}\n  batch_size: {value: 0}\n  warmup: {distribution: uniform, min: 0.5, max: 0.1}\n",
         );
-        assert!(out.contains("s.yaml:6:3: error: parameters.warmup: min (0.5) must be less than max (0.1)"), "{out}");
+        assert!(
+            out.contains(
+                "s.yaml:6:3: error: parameters.warmup: min (0.5) must be less than max (0.1)"
+            ),
+            "{out}"
+        );
         let out = check(
             "name: t\ndata: {train: a, dev: b}\nparameters:\n  learning_rate: {values: [1.0e-3, 0]}\n  batch_size: {value: 0}\n",
         );
         assert!(out.contains("s.yaml:4:36: error: parameters.learning_rate.values[1]: learning_rate must be positive, got 0 (in trial 2)"), "{out}");
-        assert!(out.contains("s.yaml:5:23: error: parameters.batch_size.value: batch_size must be at least 1"), "{out}");
+        assert!(
+            out.contains(
+                "s.yaml:5:23: error: parameters.batch_size.value: batch_size must be at least 1"
+            ),
+            "{out}"
+        );
     }
 }

@@ -53,7 +53,8 @@ fn check_supervised(
             Ok(ids) => ids,
             Err(e) => {
                 report.push(
-                    Problem::error(&file.file, format!("cannot tokenize: {e}")).at(Some(ex.line), None),
+                    Problem::error(&file.file, format!("cannot tokenize: {e}"))
+                        .at(Some(ex.line), None),
                 );
                 continue;
             }
@@ -64,9 +65,9 @@ fn check_supervised(
         for (i, &max) in maxes.iter().enumerate() {
             match supervised(&prompt, &answer, tok.bos.is_some(), max, ex.line) {
                 Err(EncodeError::AnswerTooLong { .. }) => too_short.push(max),
-                Err(e) => report.push(
-                    Problem::error(&file.file, e.to_string()).at(Some(ex.line), None),
-                ),
+                Err(e) => {
+                    report.push(Problem::error(&file.file, e.to_string()).at(Some(ex.line), None))
+                }
                 Ok(_) if total > max => {
                     truncated[i].1 += 1;
                     if total > longest[i].1 {
@@ -124,7 +125,8 @@ fn check_unsupervised(
             Ok(ids) => ids.len() + usize::from(tok.bos.is_some()) + 1,
             Err(e) => {
                 report.push(
-                    Problem::error(&file.file, format!("cannot tokenize: {e}")).at(Some(ex.line), None),
+                    Problem::error(&file.file, format!("cannot tokenize: {e}"))
+                        .at(Some(ex.line), None),
                 );
                 continue;
             }

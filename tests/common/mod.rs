@@ -70,4 +70,3 @@ pub fn csv_rows(dir: &Path) -> Vec<HashMap<String, String>> {
         })
         .collect()
 }
-
