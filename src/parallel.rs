@@ -249,15 +249,6 @@ impl Replicas {
                 shard_gradients(model, shard, micro, pad, denominator).map(Some)
             }
         };
-        if std::env::var_os("TMP_SEQUENTIAL_REPLICAS").is_some() {
-            return self
-                .models
-                .iter()
-                .zip(ranges)
-                .map(|(m, r)| work(m, r))
-                .collect::<candle_core::Result<Vec<_>>>()
-                .map_err(ParallelError::from);
-        }
         std::thread::scope(|scope| {
             let others: Vec<_> = self
                 .models

@@ -151,6 +151,33 @@ fn plain_types(message: &str) -> String {
         .replace("expected a sequence", "expected a list")
 }
 
+fn to_object<'a>(pairs: impl Iterator<Item = (&'a String, &'a Value)>) -> Value {
+    Value::Object(pairs.map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// Why the single parameter `name: value` does not read as a trial setting, if it does not.
+fn type_problem(name: &String, value: &Value) -> Option<ParamProblem> {
+    let e =
+        serde_json::from_value::<TrialParams>(to_object(std::iter::once((name, value)))).err()?;
+    let msg = e.to_string();
+    let message = if msg.starts_with("unknown field") {
+        let known = parameter_names();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        let meant = PARAMETER_ALIASES
+            .iter()
+            .find(|(alias, _)| alias == name)
+            .map(|(_, meant)| format!(" (did you mean `{meant}`?)"))
+            .unwrap_or_else(|| crate::suggest::suffix(name, &known));
+        format!("unknown field `{name}`{meant}; see README for the parameters a trial takes")
+    } else {
+        format!("{name}: {}", plain_types(&msg))
+    };
+    Some(ParamProblem {
+        param: Some(name.clone()),
+        message,
+    })
+}
+
 impl TrialParams {
     /// Interprets one assignment of parameter values; errors name the parameter.
     pub fn from_assignment(
@@ -171,36 +198,13 @@ impl TrialParams {
         assignment: &BTreeMap<String, Value>,
         sweep_seed: u64,
     ) -> Result<Self, Vec<ParamProblem>> {
-        let object = |pairs: &mut dyn Iterator<Item = (&String, &Value)>| {
-            Value::Object(pairs.map(|(k, v)| (k.clone(), v.clone())).collect())
-        };
-        let mut p: TrialParams = match serde_json::from_value(object(&mut assignment.iter())) {
+        let mut p: TrialParams = match serde_json::from_value(to_object(assignment.iter())) {
             Ok(p) => p,
             Err(whole) => {
                 // Find the culprits one parameter at a time: types do not depend on each other.
                 let mut problems: Vec<ParamProblem> = assignment
                     .iter()
-                    .filter_map(|(k, v)| {
-                        let e = serde_json::from_value::<TrialParams>(object(&mut std::iter::once((k, v))))
-                            .err()?;
-                        let msg = e.to_string();
-                        let message = if msg.starts_with("unknown field") {
-                            let known = parameter_names();
-                            let known: Vec<&str> = known.iter().map(String::as_str).collect();
-                            let meant = PARAMETER_ALIASES
-                                .iter()
-                                .find(|(alias, _)| alias == k)
-                                .map(|(_, name)| format!(" (did you mean `{name}`?)"))
-                                .unwrap_or_else(|| crate::suggest::suffix(k, &known));
-                            format!("unknown field `{k}`{meant}; see README for the parameters a trial takes")
-                        } else {
-                            format!("{k}: {}", plain_types(&msg))
-                        };
-                        Some(ParamProblem {
-                            param: Some(k.clone()),
-                            message,
-                        })
-                    })
+                    .filter_map(|(k, v)| type_problem(k, v))
                     .collect();
                 if problems.is_empty() {
                     problems.push(ParamProblem {

@@ -301,7 +301,8 @@ pub fn run(
                         let batch = by_id[&id].params.batch_size;
                         let retry = match spec.on_oom {
                             OnOom::HalveBatch if micro > 1 => Some(
-                                crate::memory::halved_micro_batch(micro as usize, batch as usize) as u32,
+                                crate::memory::halved_micro_batch(micro as usize, batch as usize)
+                                    as u32,
                             ),
                             _ => None,
                         };

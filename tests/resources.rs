@@ -60,7 +60,7 @@ fn plan_shrinks_the_micro_batch_of_a_predicted_misfit_and_refuses_what_never_fit
     let tmp = tempfile::tempdir().unwrap();
     let spec = spec_file(
         tmp.path(),
-        "parameters:\n  method: {value: post_pretrain}\n  batch_size: {values: [64, 4096]}\nresources: {devices: cpu, slots: 1, memory_per_device: 60}\n",
+        "parameters:\n  method: {value: post_pretrain}\n  batch_size: {values: [512, 4096]}\nresources: {devices: cpu, slots: 1, memory_per_device: 60}\n",
     );
     let out = run(&["plan".as_ref(), spec.as_os_str(), "--json".as_ref()]);
     assert!(out.status.success());

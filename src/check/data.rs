@@ -216,7 +216,9 @@ fn check_bytes_into(bytes: &[u8], file: &str, report: &mut CheckReport, out: &mu
                 format!("{more_bad} more line(s) are not JSON objects either, from here on"),
             )
             .at(first_more, None)
-            .hint(format!("every line must be one JSON object like {LINE_EXAMPLE}")),
+            .hint(format!(
+                "every line must be one JSON object like {LINE_EXAMPLE}"
+            )),
         );
     }
 
