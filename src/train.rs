@@ -450,8 +450,9 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         // Evaluation and checkpoints use the primary replica; the others are identical to it.
         let model = replicas.primary();
         // Evaluation batches are micro-batches: forward-only, they need less memory than a
-        // training step, which is what the plan-time estimate predicts.
-        let eval_batch = p.micro_batch() as usize;
+        // training step, which is what the plan-time estimate predicts. With k devices that is
+        // the per-device micro-batch, as the first device also trains with.
+        let eval_batch = micro_batch;
         let dev_loss = dev_loss(model, &dev_seqs, tokenizer.pad, eval_batch)?;
         let accuracy = match &scoring {
             Some((cands, prompts, gold)) => {
