@@ -245,9 +245,7 @@ pub fn run(
             }
             refresh_results(&dir, spec)?;
             ui.finish();
-            return Ok(summary(
-                &dir, finished, failed, plan, &to_run, started, true,
-            ));
+            return Ok(summary(&dir, finished, failed, plan, started, true));
         }
         if interrupts == 1 && stopping.is_none() {
             stopping = Some(running.len());
@@ -371,15 +369,7 @@ pub fn run(
             seconds: started.elapsed().as_secs_f64(),
         })?;
     }
-    Ok(summary(
-        &dir,
-        finished,
-        failed,
-        plan,
-        &to_run,
-        started,
-        interrupted,
-    ))
+    Ok(summary(&dir, finished, failed, plan, started, interrupted))
 }
 
 fn summary(
@@ -387,7 +377,6 @@ fn summary(
     finished: usize,
     failed: usize,
     plan: &Plan,
-    to_run: &[&PlannedTrial],
     started: Instant,
     interrupted: bool,
 ) -> RunSummary {
@@ -398,7 +387,7 @@ fn summary(
         seconds: started.elapsed().as_secs_f64(),
         best: results::read_best(dir).ok(),
         dir: dir.to_path_buf(),
-        interrupted: interrupted || finished + failed < to_run.len(),
+        interrupted,
     }
 }
 
