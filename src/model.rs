@@ -61,6 +61,15 @@ pub struct ModelConfig {
     pub eos_token_id: Option<u32>,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    /// Llama's switch for biases on q/k/v/o (Qwen2 always has q/k/v biases).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// transformers 5.x moved `rope_theta` here.
+    #[serde(default, skip_serializing)]
+    pub rope_parameters: Option<serde_json::Value>,
+    /// Scaled rotary positions (Llama 3's, YaRN...) are not implemented; refused, not ignored.
+    #[serde(default, skip_serializing)]
+    pub rope_scaling: Option<serde_json::Value>,
 }
 
 fn default_model_type() -> String {
@@ -77,6 +86,48 @@ fn default_max_pos() -> usize {
 }
 
 impl ModelConfig {
+    /// Whether `module` (q_proj, ...) has a bias in this architecture.
+    pub fn has_bias(&self, module: &str) -> bool {
+        match self.model_type.as_str() {
+            "qwen2" => matches!(module, "q_proj" | "k_proj" | "v_proj"),
+            _ => self.attention_bias && matches!(module, "q_proj" | "k_proj" | "v_proj" | "o_proj"),
+        }
+    }
+
+    /// Reconciles the ways transformers 4.x and 5.x write rotary settings: `rope_parameters`
+    /// (5.x) wins over a top-level `rope_theta`. Rotary scaling is refused with the file named.
+    pub fn normalize_rope(&mut self, file: &str) -> Result<()> {
+        let rope_type = |v: &serde_json::Value| {
+            v.get("rope_type")
+                .or_else(|| v.get("type"))
+                .and_then(|t| t.as_str())
+                .unwrap_or("default")
+                .to_string()
+        };
+        let refuse = |what: String| {
+            Err(ModelError::Config {
+                file: file.to_string(),
+                message: format!("{what}: scaled rotary positions are not supported yet"),
+            })
+        };
+        if let Some(params) = &self.rope_parameters {
+            if let Some(theta) = params.get("rope_theta").and_then(|t| t.as_f64()) {
+                self.rope_theta = theta;
+            }
+            let kind = rope_type(params);
+            if kind != "default" {
+                return refuse(format!("rope_parameters.rope_type `{kind}`"));
+            }
+        }
+        if let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            let kind = rope_type(scaling);
+            if kind != "default" {
+                return refuse(format!("rope_scaling `{kind}`"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -92,9 +143,9 @@ impl ModelConfig {
                 message,
             })
         };
-        if self.model_type != "llama" {
+        if !matches!(self.model_type.as_str(), "llama" | "qwen2") {
             return fail(format!(
-                "model_type `{}` is not supported (supported: llama)",
+                "model_type `{}` is not supported (supported: llama, qwen2)",
                 self.model_type
             ));
         }
@@ -136,13 +187,17 @@ impl ModelConfig {
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
-            obj.insert(
-                "architectures".into(),
-                serde_json::json!(["LlamaForCausalLM"]),
-            );
+            let architecture = match self.model_type.as_str() {
+                "qwen2" => "Qwen2ForCausalLM",
+                _ => "LlamaForCausalLM",
+            };
+            obj.insert("architectures".into(), serde_json::json!([architecture]));
             obj.insert("torch_dtype".into(), serde_json::json!("float32"));
             obj.insert("hidden_act".into(), serde_json::json!("silu"));
-            obj.insert("attention_bias".into(), serde_json::json!(false));
+            obj.insert(
+                "attention_bias".into(),
+                serde_json::json!(self.attention_bias),
+            );
             obj.insert("mlp_bias".into(), serde_json::json!(false));
             obj.insert(
                 "num_key_value_heads".into(),
@@ -191,6 +246,7 @@ struct LoraAdapter {
 
 struct Linear {
     weight: Tensor,
+    bias: Option<Tensor>,
     /// Frozen weights get no gradient (see `frozen_matmul`).
     frozen: bool,
     lora: Option<LoraAdapter>,
@@ -205,6 +261,9 @@ impl Linear {
         } else {
             flat.matmul(&self.weight.t()?)?
         };
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
         if let Some(l) = &self.lora {
             // Scale the rank-r intermediate, not the output-sized delta: one large tensor fewer.
             let low = (flat.matmul(&l.a.as_tensor().t()?)? * l.scale)?;
@@ -363,10 +422,12 @@ impl CausalLm {
         source: &str,
     ) -> Result<Self> {
         config.validate(source)?;
-        let dtype = weights
-            .get("model.embed_tokens.weight")
-            .map(|t| t.dtype())
-            .unwrap_or(DType::F32);
+        // Half-precision weights (bf16/f16 folders) are computed in f32 on the CPU.
+        let dtype = match weights.get("model.embed_tokens.weight").map(|t| t.dtype()) {
+            Some(DType::BF16 | DType::F16) if matches!(device, Device::Cpu) => DType::F32,
+            Some(d) => d,
+            None => DType::F32,
+        };
         let train_all = trainable == Trainable::All;
         let lora = match &trainable {
             Trainable::Lora(s) => Some(s.clone()),
@@ -434,8 +495,15 @@ impl CausalLm {
                     }
                     _ => None,
                 };
+                let bias = if config.has_bias(module) {
+                    let bias_name = format!("{p}.{kind}.{module}.bias");
+                    Some(take(&bias_name, shape_of(&bias_name))?)
+                } else {
+                    None
+                };
                 Ok(Linear {
                     weight,
+                    bias,
                     frozen: !train_all,
                     lora,
                 })
@@ -649,6 +717,9 @@ impl CausalLm {
                 ("mlp", "down_proj", &l.down),
             ] {
                 out.push((format!("{p}.{kind}.{module}.weight"), lin.weight.clone()));
+                if let Some(bias) = &lin.bias {
+                    out.push((format!("{p}.{kind}.{module}.bias"), bias.clone()));
+                }
             }
         }
         out.push(("model.norm.weight".to_string(), self.norm.weight.clone()));
@@ -675,6 +746,11 @@ pub fn weight_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
         out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
         out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h]));
+        for (module, size) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv), ("o_proj", h)] {
+            if c.has_bias(module) {
+                out.push((format!("{p}.self_attn.{module}.bias"), vec![size]));
+            }
+        }
         out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
         out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
         out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
@@ -727,6 +803,8 @@ pub fn load_hf_folder(
         file: config_path.display().to_string(),
         message: e.to_string(),
     })?;
+    let mut config = config;
+    config.normalize_rope(&config_path.display().to_string())?;
     config.validate(&config_path.display().to_string())?;
     let mut files = Vec::new();
     let single = dir.join("model.safetensors");
@@ -785,6 +863,9 @@ mod tests {
             bos_token_id: Some(1),
             eos_token_id: Some(2),
             pad_token_id: Some(0),
+            attention_bias: false,
+            rope_parameters: None,
+            rope_scaling: None,
         }
     }
 
@@ -818,6 +899,52 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d2 > 1e-6, "position 2 should see its own token");
+    }
+
+    #[test]
+    fn loads_a_bf16_folder_with_transformers5_rope_parameters_and_refuses_rope_scaling() {
+        let dev = Device::Cpu;
+        let mut cfg = tiny_config(11);
+        cfg.model_type = "qwen2".into();
+        let weights = CausalLm::random_weights(&cfg, 5, DType::F32, &dev).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bf16: HashMap<String, Tensor> = weights
+            .iter()
+            .map(|(n, t)| (n.clone(), t.to_dtype(DType::BF16).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&bf16, dir.path().join("model.safetensors")).unwrap();
+        let mut json = serde_json::to_value(&cfg).unwrap();
+        json.as_object_mut().unwrap().remove("rope_theta");
+        json["rope_parameters"] =
+            serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"});
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+        let (loaded, w) = load_hf_folder(dir.path(), &dev).unwrap();
+        assert_eq!(loaded.rope_theta, 500000.0);
+        let m = CausalLm::new(loaded, &w, Trainable::All, 1, &dev, "t").unwrap();
+        assert_eq!(
+            m.dtype(),
+            DType::F32,
+            "half precision is computed in f32 on the CPU"
+        );
+        let ids = Tensor::new(&[[1u32, 4, 5]], &dev).unwrap();
+        assert_eq!(m.forward(&ids).unwrap().dims(), &[1, 3, 11]);
+
+        json["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+        let err = load_hf_folder(dir.path(), &dev).err().unwrap().to_string();
+        assert!(
+            err.contains("config.json") && err.contains("rope_scaling `llama3`"),
+            "{err}"
+        );
+
+        json["model_type"] = serde_json::json!("mistral");
+        json["rope_scaling"] = serde_json::Value::Null;
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+        let err = load_hf_folder(dir.path(), &dev).err().unwrap().to_string();
+        assert!(
+            err.contains("model_type `mistral` is not supported"),
+            "{err}"
+        );
     }
 
     #[test]

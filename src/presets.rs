@@ -31,5 +31,8 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         bos_token_id: None,
         eos_token_id: None,
         pad_token_id: None,
+        attention_bias: false,
+        rope_parameters: None,
+        rope_scaling: None,
     })
 }

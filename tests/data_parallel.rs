@@ -39,6 +39,9 @@ fn config() -> ModelConfig {
         bos_token_id: Some(1),
         eos_token_id: Some(2),
         pad_token_id: Some(0),
+        attention_bias: false,
+        rope_parameters: None,
+        rope_scaling: None,
     }
 }
 

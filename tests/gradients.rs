@@ -24,6 +24,9 @@ fn config() -> ModelConfig {
         bos_token_id: Some(1),
         eos_token_id: Some(2),
         pad_token_id: Some(0),
+        attention_bias: false,
+        rope_parameters: None,
+        rope_scaling: None,
     }
 }
 
@@ -149,6 +152,24 @@ fn full_model_gradients_match_finite_differences() {
     let mut w = w;
     w.remove("lm_head.weight");
     let model = CausalLm::new(tied, &w, Trainable::All, 1, &Device::Cpu, "t").unwrap();
+    check(&model);
+}
+
+#[test]
+fn qwen2_biases_train_and_match_finite_differences() {
+    let mut cfg = config();
+    cfg.model_type = "qwen2".into();
+    let w: std::collections::HashMap<String, Tensor> =
+        CausalLm::random_weights(&cfg, 13, DType::F64, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, (t * 20.0).unwrap()))
+            .collect();
+    assert!(w.contains_key("model.layers.1.self_attn.k_proj.bias"));
+    assert!(!w.contains_key("model.layers.1.self_attn.o_proj.bias"));
+    let model = CausalLm::new(cfg, &w, Trainable::All, 1, &Device::Cpu, "t").unwrap();
+    let names: Vec<&str> = model.trainable().iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"model.layers.0.self_attn.q_proj.bias"));
     check(&model);
 }
 
