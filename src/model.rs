@@ -70,6 +70,9 @@ pub struct ModelConfig {
     /// Scaled rotary positions (Llama 3's, YaRN...) are not implemented; refused, not ignored.
     #[serde(default, skip_serializing)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// Qwen2's sliding-window attention is not implemented; refused, not ignored.
+    #[serde(default, skip_serializing)]
+    pub use_sliding_window: bool,
 }
 
 fn default_model_type() -> String {
@@ -143,6 +146,11 @@ impl ModelConfig {
                 message,
             })
         };
+        if self.use_sliding_window {
+            return fail(
+                "use_sliding_window: sliding-window attention is not supported yet".into(),
+            );
+        }
         if !matches!(self.model_type.as_str(), "llama" | "qwen2") {
             return fail(format!(
                 "model_type `{}` is not supported (supported: llama, qwen2)",
@@ -866,6 +874,7 @@ mod tests {
             attention_bias: false,
             rope_parameters: None,
             rope_scaling: None,
+            use_sliding_window: false,
         }
     }
 

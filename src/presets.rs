@@ -34,5 +34,6 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         attention_bias: false,
         rope_parameters: None,
         rope_scaling: None,
+        use_sliding_window: false,
     })
 }

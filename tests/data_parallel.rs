@@ -42,6 +42,7 @@ fn config() -> ModelConfig {
         attention_bias: false,
         rope_parameters: None,
         rope_scaling: None,
+        use_sliding_window: false,
     }
 }
 
