@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::model::CausalLm;
 use crate::tokenizer::TextTokenizer;
@@ -53,5 +53,93 @@ pub fn save(model: &CausalLm, tokenizer: &TextTokenizer, base: &str, dir: &Path)
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     std::fs::rename(&tmp, dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    Ok(())
+}
+
+/// What a PEFT `adapter_config.json` says that merging needs.
+#[derive(Debug, serde::Deserialize)]
+struct AdapterConfig {
+    r: usize,
+    lora_alpha: f64,
+    target_modules: Vec<String>,
+    base_model_name_or_path: String,
+}
+
+/// Merges a LoRA checkpoint (PEFT layout) into its base: `W + (alpha / r) B A` for every adapted
+/// projection, written to `out` as an ordinary Hugging Face model folder.
+pub fn export_merged(adapter_dir: &Path, out: &Path) -> Result<()> {
+    let config_path = adapter_dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "{}: not a LoRA checkpoint (no adapter_config.json)",
+            adapter_dir.display()
+        )
+    })?;
+    let adapter: AdapterConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{}: unreadable", config_path.display()))?;
+    let base = Path::new(&adapter.base_model_name_or_path);
+    if !base.join("config.json").exists() {
+        anyhow::bail!(
+            "{}: base_model_name_or_path `{}` is not a model folder here (a preset base cannot be merged; post-pretrain a base first)",
+            config_path.display(),
+            adapter.base_model_name_or_path
+        );
+    }
+    let device = candle_core::Device::Cpu;
+    let (config, mut weights) = crate::model::load_hf_folder(base, &device)?;
+    let adapters_path = adapter_dir.join("adapter_model.safetensors");
+    let adapters = candle_core::safetensors::load(&adapters_path, &device)
+        .with_context(|| format!("reading {}", adapters_path.display()))?;
+    let scale = adapter.lora_alpha / adapter.r as f64;
+    let mut merged = 0;
+    for (name, weight) in weights.iter_mut() {
+        let Some(prefix) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        if !adapter
+            .target_modules
+            .iter()
+            .any(|m| prefix.ends_with(&format!(".{m}")))
+        {
+            continue;
+        }
+        let a = adapters.get(&format!("base_model.model.{prefix}.lora_A.weight"));
+        let b = adapters.get(&format!("base_model.model.{prefix}.lora_B.weight"));
+        let (Some(a), Some(b)) = (a, b) else {
+            anyhow::bail!("{}: no adapter for `{name}`", adapters_path.display());
+        };
+        let dtype = weight.dtype();
+        let delta = (b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)? * scale)?;
+        *weight = (weight.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?;
+        merged += 1;
+    }
+    if merged == 0 {
+        anyhow::bail!(
+            "{}: no projection matched the adapter's target_modules",
+            adapters_path.display()
+        );
+    }
+    let tmp = out.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
+    std::fs::write(
+        tmp.join("config.json"),
+        serde_json::to_vec_pretty(&config.to_hf_json())?,
+    )?;
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        let from = [adapter_dir.join(file), base.join(file)]
+            .into_iter()
+            .find(|p| p.exists());
+        if let Some(from) = from {
+            std::fs::copy(from, tmp.join(file))?;
+        }
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out)?;
+    }
+    std::fs::rename(&tmp, out)?;
     Ok(())
 }

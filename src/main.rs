@@ -66,6 +66,13 @@ enum Command {
     },
     /// The best trial of a results folder: parameters, metric, checkpoint path.
     Best { dir: PathBuf },
+    /// Export a checkpoint; `--merge OUT` folds a LoRA checkpoint's adapters into its base and
+    /// writes an ordinary Hugging Face model folder.
+    Export {
+        checkpoint: PathBuf,
+        #[arg(long, value_name = "OUT")]
+        merge: PathBuf,
+    },
     /// Train one trial from its folder (what the orchestrator and Slurm jobs call).
     Train { dir: PathBuf },
 }
@@ -169,6 +176,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 std::fs::copy(dir.join(sweep::results::CSV), &out)
                     .with_context(|| format!("writing {}", out.display()))?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { checkpoint, merge } => {
+            sweep::checkpoint::export_merged(&checkpoint, &merge)?;
+            println!("merged model written to {}", merge.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Best { dir } => {

@@ -1,0 +1,110 @@
+//! LoRA checkpoints in PEFT's layout merge into an ordinary model folder that computes what the
+//! adapted model computes.
+
+use candle_core::{DType, Device, Tensor};
+use sweep::model::{load_hf_folder, CausalLm, LoraSettings, Trainable, LORA_TARGETS};
+use sweep::tokenizer::TextTokenizer;
+
+#[test]
+fn a_merged_lora_checkpoint_gives_the_adapted_models_logits() {
+    let base =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/tiny-llama");
+    let dev = Device::Cpu;
+    let (config, weights) = load_hf_folder(&base, &dev).unwrap();
+    let lora = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        targets: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
+    };
+    let model = CausalLm::new(config, &weights, Trainable::Lora(lora), 3, &dev, "base").unwrap();
+    // Trained adapters are not zero: give B values so the merge has something to fold in.
+    let mut rng = sweep::rng::SplitMix64::new(9);
+    for (name, var) in model.trainable() {
+        if name.contains("lora_B") {
+            let n = var.elem_count();
+            let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32 * 0.3).collect();
+            var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
+                .unwrap();
+        }
+    }
+    let ids = Tensor::new(&[[1u32, 5, 9, 3, 7, 2, 11, 4]], &dev).unwrap();
+    let adapted = model.forward(&ids).unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let checkpoint = tmp.path().join("checkpoint");
+    let tokenizer = TextTokenizer::build_word_level(["a b c"], 1).unwrap();
+    sweep::checkpoint::save(&model, &tokenizer, &base.display().to_string(), &checkpoint).unwrap();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(checkpoint.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["task_type"], "CAUSAL_LM");
+
+    let merged_dir = tmp.path().join("merged");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .args([
+            "export".as_ref(),
+            checkpoint.as_os_str(),
+            "--merge".as_ref(),
+            merged_dir.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (merged_config, merged_weights) = load_hf_folder(&merged_dir, &dev).unwrap();
+    let plain = CausalLm::new(
+        merged_config,
+        &merged_weights,
+        Trainable::All,
+        0,
+        &dev,
+        "merged",
+    )
+    .unwrap();
+    let merged = plain.forward(&ids).unwrap();
+    let diff = (adapted - &merged)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = merged
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff / scale < 1e-5,
+        "merged logits differ by {diff} (largest {scale})"
+    );
+    // And the merge really changed the base: the adapters were not zero.
+    let base_model = CausalLm::new(
+        load_hf_folder(&base, &dev).unwrap().0,
+        &load_hf_folder(&base, &dev).unwrap().1,
+        Trainable::All,
+        0,
+        &dev,
+        "base",
+    )
+    .unwrap();
+    let moved = (base_model.forward(&ids).unwrap() - merged)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(moved > 1e-3);
+    assert!(merged_dir.join("tokenizer.json").exists());
+    let _ = DType::F32;
+}
