@@ -2,6 +2,7 @@
 
 use candle_core::{Device, Tensor, D};
 
+use crate::chat::Turn;
 use crate::data::{render_answer, render_conversation, Example};
 use crate::model::CausalLm;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
@@ -32,6 +33,34 @@ pub enum EncodeError {
 /// Prompt ids for an example (bos, then the rendered prompt with any earlier turns), shared by
 /// training, scoring and the checker's length checks.
 pub fn prompt_ids(tok: &TextTokenizer, ex: &Example) -> Result<Vec<u32>, TokenizerError> {
+    if let Some(chat) = &tok.chat {
+        // The template places bos and every special token itself.
+        let mut turns = Vec::new();
+        if let Some(system) = ex.system.as_deref().filter(|s| !s.is_empty()) {
+            turns.push(Turn {
+                role: "system",
+                content: system,
+            });
+        }
+        for (query, answer) in &ex.history {
+            turns.push(Turn {
+                role: "user",
+                content: query,
+            });
+            turns.push(Turn {
+                role: "assistant",
+                content: answer,
+            });
+        }
+        turns.push(Turn {
+            role: "user",
+            content: &ex.src,
+        });
+        let prompt = chat
+            .render(&turns, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        return tok.encode(&prompt);
+    }
     let mut ids: Vec<u32> = tok.bos.into_iter().collect();
     ids.extend(tok.encode(&render_conversation(
         ex.system.as_deref(),
@@ -43,6 +72,20 @@ pub fn prompt_ids(tok: &TextTokenizer, ex: &Example) -> Result<Vec<u32>, Tokeniz
 
 /// Answer ids: the answer text, then end-of-sequence.
 pub fn answer_ids(tok: &TextTokenizer, tgt: &str) -> Result<Vec<u32>, TokenizerError> {
+    if let Some(chat) = &tok.chat {
+        // The assistant turn as the template writes it (its end-of-turn token included). Chat
+        // templates render it the same whatever came before, so any short prompt serves.
+        let (_, answer) = chat
+            .split(
+                &[Turn {
+                    role: "user",
+                    content: "?",
+                }],
+                tgt,
+            )
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        return tok.encode(&answer);
+    }
     let mut ids = tok.encode(&render_answer(tgt))?;
     ids.push(tok.eos);
     Ok(ids)
@@ -170,6 +213,37 @@ mod tests {
             supervised(&prompt, &answer, true, 3, 9),
             Err(EncodeError::AnswerTooLong { line: 9, .. })
         ));
+    }
+
+    #[test]
+    fn a_chat_template_renders_prompt_and_answer_that_join_into_the_conversation() {
+        let mut tok = TextTokenizer::build_word_level(
+            ["system user assistant end classify the query book a flight book_flight"],
+            1,
+        )
+        .unwrap();
+        let template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} end {% endfor %}{% if add_generation_prompt %}assistant {% endif %}";
+        tok.chat = Some(crate::chat::ChatTemplate::new(template, "", "", "t").unwrap());
+        let ex = Example {
+            system: Some("classify the query".into()),
+            src: "book a flight".into(),
+            tgt: Some("book_flight".into()),
+            history: Vec::new(),
+            line: 1,
+        };
+        let prompt = prompt_ids(&tok, &ex).unwrap();
+        let answer = answer_ids(&tok, "book_flight").unwrap();
+        let whole = tok
+            .encode(
+                "system classify the query end user book a flight end assistant book_flight end",
+            )
+            .unwrap();
+        assert_eq!([prompt.clone(), answer.clone()].concat(), whole);
+        assert_eq!(tok.decode(&answer), "book _ flight end");
+        assert!(
+            !prompt.contains(&tok.bos.unwrap()),
+            "the template, not sweep, places bos"
+        );
     }
 
     #[test]

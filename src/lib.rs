@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map of modules. `main.rs` is a thin command line over this library.
 
 pub mod batch;
+pub mod chat;
 pub mod check;
 pub mod checkpoint;
 pub mod data;

@@ -29,6 +29,8 @@ pub struct TextTokenizer {
     pub bos: Option<u32>,
     pub eos: u32,
     pub pad: u32,
+    /// The model folder's chat template, which then renders prompts and answers.
+    pub chat: Option<crate::chat::ChatTemplate>,
 }
 
 impl TextTokenizer {
@@ -52,11 +54,21 @@ impl TextTokenizer {
             })?;
         let bos = bos.or_else(|| lookup(&[BOS, "<s>"]));
         let pad = pad.or_else(|| lookup(&[PAD, "<|padding|>"])).unwrap_or(eos);
+        let chat = match path.parent() {
+            Some(dir) => {
+                crate::chat::ChatTemplate::from_folder(dir).map_err(|e| TokenizerError::Load {
+                    file: dir.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => None,
+        };
         Ok(Self {
             inner,
             bos,
             eos,
             pad,
+            chat,
         })
     }
 
@@ -120,6 +132,7 @@ impl TextTokenizer {
             bos: Some(2),
             eos: 3,
             pad: 0,
+            chat: None,
         })
     }
 

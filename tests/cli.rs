@@ -253,3 +253,43 @@ fn post_pretrain_checkpoint_is_the_base_of_the_next_sweep() {
         .unwrap()
         .ends_with("best/checkpoint"));
 }
+
+#[test]
+fn a_model_folder_with_a_chat_template_trains_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(
+            common::repo().join("models/tiny-base").join(f),
+            model.join(f),
+        )
+        .unwrap();
+    }
+    let template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        serde_json::json!({"chat_template": template, "eos_token": "<eos>"}).to_string(),
+    )
+    .unwrap();
+    let (train, dev) = small_data(tmp.path(), 48, 20);
+    let spec = tmp.path().join("chat.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: chat\ndata: {{train: {}, dev: {}}}\nmodel: {{path: {}}}\noutput: {}\nparameters:\n  method: {{values: [sft, lora]}}\n  epochs: {{value: 1}}\n",
+            train.display(),
+            dev.display(),
+            model.display(),
+            tmp.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    assert!(run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()])
+        .status
+        .success());
+    let rows = csv_rows(&tmp.path().join("out"));
+    assert!(rows.iter().all(|r| r["status"] == "finished"), "{rows:?}");
+    let acc: f64 = rows[0]["accuracy"].parse().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+}
