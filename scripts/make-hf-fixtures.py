@@ -3,9 +3,14 @@
 saved by Python transformers itself (config.json + model.safetensors), and the logits transformers
 computes for fixed token ids. tests/hf_reference.rs loads the folders with sweep and compares.
 
-Needs: pip install torch transformers   (run once; the outputs are committed)
-Usage: python3 scripts/make-hf-fixtures.py
+With --peft: the logits PEFT computes with the LoRA checkpoint sweep wrote into
+tests/fixtures/hf/tiny-llama-lora (`cargo run --release --example write_lora_fixture`), which
+tests/export.rs compares with sweep's adapted and merged models.
+
+Needs: pip install torch transformers peft   (run once; the outputs are committed)
+Usage: python3 scripts/make-hf-fixtures.py [--peft]
 """
+import sys
 import json
 import os
 
@@ -50,5 +55,23 @@ def write(name, model_cls, config):
     print(name, tuple(logits.shape), "max |logit|", float(logits.abs().max()))
 
 
-write("tiny-llama", LlamaForCausalLM, LlamaConfig(rope_theta=10000.0, tie_word_embeddings=False, **COMMON))
-write("tiny-qwen2", Qwen2ForCausalLM, Qwen2Config(rope_theta=1000000.0, tie_word_embeddings=True, **COMMON))
+
+
+def write_peft_logits():
+    from peft import PeftModel
+    import peft
+    adapter = os.path.join(OUT, "tiny-llama-lora")
+    with torch.no_grad():
+        base = LlamaForCausalLM.from_pretrained(os.path.join(OUT, "tiny-llama"), dtype=torch.float32).eval()
+        logits = PeftModel.from_pretrained(base, adapter).eval()(torch.tensor(IDS)).logits
+    with open(os.path.join(adapter, "expected_logits.json"), "w") as f:
+        json.dump({"ids": IDS, "logits": logits.tolist(), "peft": peft.__version__,
+                   "transformers": transformers.__version__}, f)
+    print("tiny-llama-lora", tuple(logits.shape), "max |logit|", float(logits.abs().max()))
+
+
+if "--peft" in sys.argv:
+    write_peft_logits()
+else:
+    write("tiny-llama", LlamaForCausalLM, LlamaConfig(rope_theta=10000.0, tie_word_embeddings=False, **COMMON))
+    write("tiny-qwen2", Qwen2ForCausalLM, Qwen2Config(rope_theta=1000000.0, tie_word_embeddings=True, **COMMON))

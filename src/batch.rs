@@ -192,7 +192,15 @@ pub fn token_nll(model: &CausalLm, batch: &Batch) -> candle_core::Result<Tensor>
     let counted = hidden
         .reshape((b * t, h))?
         .index_select(&batch.positions, 0)?;
-    let logp = candle_nn::ops::log_softmax(&model.logits(&counted)?, D::Minus1)?;
+    let logits = model.logits(&counted)?;
+    // Half-precision logits are normalised in f32: bf16's 8 bits of mantissa would blur the loss.
+    let logits = match logits.dtype() {
+        candle_core::DType::BF16 | candle_core::DType::F16 => {
+            logits.to_dtype(candle_core::DType::F32)?
+        }
+        _ => logits,
+    };
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     logp.gather(&batch.targets.unsqueeze(1)?, 1)?
         .squeeze(1)?
         .neg()

@@ -273,9 +273,12 @@ impl Linear {
             y = y.broadcast_add(bias)?;
         }
         if let Some(l) = &self.lora {
+            // Adapters may be f32 under a half-precision base: compute them in their own dtype.
+            let x_a = flat.to_dtype(l.a.dtype())?;
             // Scale the rank-r intermediate, not the output-sized delta: one large tensor fewer.
-            let low = (flat.matmul(&l.a.as_tensor().t()?)? * l.scale)?;
-            y = (y + low.matmul(&l.b.as_tensor().t()?)?)?;
+            let low = (x_a.matmul(&l.a.as_tensor().t()?)? * l.scale)?;
+            let delta = low.matmul(&l.b.as_tensor().t()?)?.to_dtype(y.dtype())?;
+            y = (y + delta)?;
         }
         let out = y.dim(1)?;
         y.reshape((b, t, out))
@@ -355,9 +358,18 @@ struct RmsNorm {
 
 impl RmsNorm {
     /// Composed from basic ops so that gradients flow (candle-nn's fused kernel has no backward).
+    /// Half precision is normalised in f32, as transformers does.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = x.dtype();
+        let x = if is_half(dtype) {
+            x.to_dtype(DType::F32)?
+        } else {
+            x.clone()
+        };
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let normed = x
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .to_dtype(dtype)?;
         normed.broadcast_mul(&self.weight)
     }
 }
@@ -429,13 +441,29 @@ impl CausalLm {
         device: &Device,
         source: &str,
     ) -> Result<Self> {
-        config.validate(source)?;
-        // Half-precision weights (bf16/f16 folders) are computed in f32 on the CPU.
+        // Half-precision weights (bf16/f16 folders) are computed in f32 on the CPU, in their own
+        // precision on a GPU.
         let dtype = match weights.get("model.embed_tokens.weight").map(|t| t.dtype()) {
             Some(DType::BF16 | DType::F16) if matches!(device, Device::Cpu) => DType::F32,
             Some(d) => d,
             None => DType::F32,
         };
+        Self::with_compute_dtype(config, weights, trainable, seed, device, source, dtype)
+    }
+
+    /// As `new`, computing in `dtype`. LoRA adapters (and so their optimizer state) stay f32
+    /// when the base is half precision: their small updates would vanish in bf16.
+    pub fn with_compute_dtype(
+        config: ModelConfig,
+        weights: &HashMap<String, Tensor>,
+        trainable: Trainable,
+        seed: u64,
+        device: &Device,
+        source: &str,
+        dtype: DType,
+    ) -> Result<Self> {
+        config.validate(source)?;
+        let adapter_dtype = if is_half(dtype) { DType::F32 } else { dtype };
         let train_all = trainable == Trainable::All;
         let lora = match &trainable {
             Trainable::Lora(s) => Some(s.clone()),
@@ -489,9 +517,10 @@ impl CausalLm {
                             .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
                             .collect();
                         let a = Var::from_tensor(
-                            &Tensor::from_vec(data, (s.rank, in_dim), device)?.to_dtype(dtype)?,
+                            &Tensor::from_vec(data, (s.rank, in_dim), device)?
+                                .to_dtype(adapter_dtype)?,
                         )?;
-                        let b = Var::zeros((out_dim, s.rank), dtype, device)?;
+                        let b = Var::zeros((out_dim, s.rank), adapter_dtype, device)?;
                         let peft = format!("base_model.model.{p}.{kind}.{module}");
                         adapters.push((format!("{peft}.lora_A.weight"), a.clone()));
                         adapters.push((format!("{peft}.lora_B.weight"), b.clone()));
@@ -694,6 +723,32 @@ impl CausalLm {
         ))
     }
 
+    /// Sets the LoRA adapters from tensors with PEFT's names (an `adapter_model.safetensors`).
+    pub fn load_adapters(&self, tensors: &HashMap<String, Tensor>, source: &str) -> Result<()> {
+        if self.lora.is_none() {
+            return Err(ModelError::Config {
+                file: source.to_string(),
+                message: "adapters can only be loaded into a LoRA model".into(),
+            });
+        }
+        for (name, var) in &self.trainable {
+            let t = tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+                file: source.to_string(),
+                name: name.clone(),
+            })?;
+            if t.dims() != var.dims() {
+                return Err(ModelError::Shape {
+                    file: source.to_string(),
+                    name: name.clone(),
+                    found: t.dims().to_vec(),
+                    expected: var.dims().to_vec(),
+                });
+            }
+            var.set(&t.to_dtype(var.dtype())?.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
     /// Current trainable values by checkpoint name (for saving).
     pub fn trainable_tensors(&self) -> Vec<(String, Tensor)> {
         self.trainable
@@ -736,6 +791,10 @@ impl CausalLm {
         }
         out
     }
+}
+
+fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
 }
 
 /// Every base tensor's HF name and shape for a config.
@@ -842,11 +901,20 @@ pub fn load_hf_folder(
         shards.dedup();
         files.extend(shards.into_iter().map(|s| dir.join(s)));
     }
+    // Memory-mapped: each tensor is built straight from the mapped file, never from a copy of
+    // the whole file in memory (candle's CPU tensors own their data, so one copy remains).
     let mut weights = HashMap::new();
     for f in files {
-        let loaded = candle_core::safetensors::load(&f, device)
+        // SAFETY: the file is mapped read-only; sweep never writes a model folder it reads from,
+        // and a model folder must not change while a trial loads it.
+        let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::new(&f) }
             .map_err(|e| ModelError::Io(format!("{}: {e}", f.display())))?;
-        weights.extend(loaded);
+        for (name, _) in mapped.tensors() {
+            let tensor = mapped
+                .load(&name, device)
+                .map_err(|e| ModelError::Io(format!("{}: tensor `{name}`: {e}", f.display())))?;
+            weights.insert(name, tensor);
+        }
     }
     Ok((config, weights))
 }
@@ -954,6 +1022,102 @@ mod tests {
             err.contains("model_type `mistral` is not supported"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_bf16_base_trains_f32_adapters() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let w = CausalLm::random_weights(&cfg, 4, DType::BF16, &dev).unwrap();
+        let lora = LoraSettings {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into(), "up_proj".into()],
+        };
+        let m =
+            CausalLm::with_compute_dtype(cfg, &w, Trainable::Lora(lora), 1, &dev, "t", DType::BF16)
+                .unwrap();
+        assert_eq!(m.dtype(), DType::BF16);
+        assert!(m.trainable().iter().all(|(_, v)| v.dtype() == DType::F32));
+        for (name, var) in m.trainable() {
+            if name.contains("lora_B") {
+                var.set(&Tensor::ones(var.shape(), DType::F32, &dev).unwrap())
+                    .unwrap();
+            }
+        }
+        let ids = Tensor::new(&[[1u32, 4, 5, 6]], &dev).unwrap();
+        let loss = m
+            .forward(&ids)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in m.trainable() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            assert_eq!(g.dtype(), DType::F32);
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm.is_finite() && norm > 0.0, "{name}: {norm}");
+        }
+    }
+
+    #[test]
+    fn loads_sharded_safetensors_through_their_index() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let weights = CausalLm::random_weights(&cfg, 8, DType::F32, &dev).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut names: Vec<&String> = weights.keys().collect();
+        names.sort();
+        let (first, second) = names.split_at(names.len() / 2);
+        let mut map = serde_json::Map::new();
+        for (file, part) in [
+            ("model-00001-of-00002.safetensors", first),
+            ("model-00002-of-00002.safetensors", second),
+        ] {
+            let shard: HashMap<String, Tensor> = part
+                .iter()
+                .map(|n| ((*n).clone(), weights[*n].clone()))
+                .collect();
+            candle_core::safetensors::save(&shard, dir.path().join(file)).unwrap();
+            for n in part.iter() {
+                map.insert((*n).clone(), serde_json::json!(file));
+            }
+        }
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_string(&cfg).unwrap(),
+        )
+        .unwrap();
+        let (_, loaded) = load_hf_folder(dir.path(), &dev).unwrap();
+        assert_eq!(loaded.len(), weights.len());
+        for (n, t) in &weights {
+            let d = (t - &loaded[n])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{n}");
+        }
     }
 
     #[test]

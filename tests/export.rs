@@ -108,3 +108,71 @@ fn a_merged_lora_checkpoint_gives_the_adapted_models_logits() {
     assert!(merged_dir.join("tokenizer.json").exists());
     let _ = DType::F32;
 }
+
+fn logits_close(got: &Tensor, want: &[Vec<Vec<f32>>]) -> f32 {
+    let got = got.to_vec3::<f32>().unwrap();
+    let mut worst = 0.0f32;
+    let mut largest = 0.0f32;
+    for (g, w) in got
+        .iter()
+        .flatten()
+        .flatten()
+        .zip(want.iter().flatten().flatten())
+    {
+        worst = worst.max((g - w).abs());
+        largest = largest.max(w.abs());
+    }
+    worst / largest
+}
+
+#[test]
+fn peft_computes_with_our_adapter_what_we_do_and_what_our_merged_export_does() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let adapter = root.join("tiny-llama-lora");
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("expected_logits.json")).unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<Vec<u32>> = serde_json::from_value(expected["ids"].clone()).unwrap();
+    let peft: Vec<Vec<Vec<f32>>> = serde_json::from_value(expected["logits"].clone()).unwrap();
+    let dev = Device::Cpu;
+    let ids = Tensor::new(ids, &dev).unwrap();
+
+    // Ours, adapters loaded from the PEFT-layout folder.
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let lora = LoraSettings {
+        rank: config["r"].as_u64().unwrap() as usize,
+        alpha: config["lora_alpha"].as_f64().unwrap(),
+        targets: serde_json::from_value(config["target_modules"].clone()).unwrap(),
+    };
+    let (base_config, base_weights) = load_hf_folder(&root.join("tiny-llama"), &dev).unwrap();
+    let model = CausalLm::new(
+        base_config,
+        &base_weights,
+        Trainable::Lora(lora),
+        0,
+        &dev,
+        "base",
+    )
+    .unwrap();
+    let tensors =
+        candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &dev).unwrap();
+    model
+        .load_adapters(&tensors, "adapter_model.safetensors")
+        .unwrap();
+    let ours = logits_close(&model.forward(&ids).unwrap(), &peft);
+    assert!(ours < 1e-4, "our LoRA model vs PEFT: relative {ours}");
+
+    // The merged export, loaded as a plain model.
+    let tmp = tempfile::tempdir().unwrap();
+    let merged_dir = tmp.path().join("merged");
+    sweep::checkpoint::export_merged(&adapter, &merged_dir).unwrap();
+    let (c, w) = load_hf_folder(&merged_dir, &dev).unwrap();
+    let merged = CausalLm::new(c, &w, Trainable::All, 0, &dev, "merged").unwrap();
+    let rel = logits_close(&merged.forward(&ids).unwrap(), &peft);
+    assert!(rel < 1e-4, "merged export vs PEFT: relative {rel}");
+    eprintln!("relative difference to PEFT: adapted {ours:e}, merged {rel:e}");
+}

@@ -1,0 +1,48 @@
+//! Writes tests/fixtures/hf/tiny-llama-lora: a LoRA checkpoint saved by sweep (PEFT layout) on the
+//! tiny Llama fixture, with seeded non-zero adapters, and its merged export. Then
+//! `scripts/make-hf-fixtures.py --peft` records what PEFT and transformers compute with them.
+//!
+//!     cargo run --release --example write_lora_fixture
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use sweep::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
+
+fn main() -> Result<()> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let base = root.join("tiny-llama");
+    let (config, weights) = load_hf_folder(&base, &Device::Cpu)?;
+    let lora = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec![
+            "q_proj".into(),
+            "v_proj".into(),
+            "o_proj".into(),
+            "down_proj".into(),
+        ],
+    };
+    let model = CausalLm::new(
+        config,
+        &weights,
+        Trainable::Lora(lora),
+        7,
+        &Device::Cpu,
+        "base",
+    )?;
+    let mut rng = sweep::rng::SplitMix64::new(21);
+    for (name, var) in model.trainable() {
+        if name.contains("lora_B") {
+            let v: Vec<f32> = (0..var.elem_count())
+                .map(|_| rng.normal() as f32 * 0.3)
+                .collect();
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu)?)?;
+        }
+    }
+    let tokenizer = sweep::tokenizer::TextTokenizer::build_word_level(["fixture"], 1)?;
+    let adapter = root.join("tiny-llama-lora");
+    // The base is named relative to the adapter, as it would be inside a copied project.
+    sweep::checkpoint::save(&model, &tokenizer, "tests/fixtures/hf/tiny-llama", &adapter)?;
+    println!("wrote {}", adapter.display());
+    Ok(())
+}
