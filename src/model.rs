@@ -472,18 +472,7 @@ impl CausalLm {
         let mut trainable_vars = Vec::new();
         let mut rng = SplitMix64::new(seed ^ 0x10_4a);
         let mut take = |name: &str, expected: Vec<usize>| -> Result<Tensor> {
-            let t = weights.get(name).ok_or_else(|| ModelError::MissingTensor {
-                file: source.to_string(),
-                name: name.to_string(),
-            })?;
-            if t.dims() != expected.as_slice() {
-                return Err(ModelError::Shape {
-                    file: source.to_string(),
-                    name: name.to_string(),
-                    found: t.dims().to_vec(),
-                    expected,
-                });
-            }
+            let t = checked_tensor(weights, name, &expected, source)?;
             let t = t.to_dtype(dtype)?.to_device(device)?;
             if train_all {
                 let var = Var::from_tensor(&t)?;
@@ -732,18 +721,7 @@ impl CausalLm {
             });
         }
         for (name, var) in &self.trainable {
-            let t = tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-                file: source.to_string(),
-                name: name.clone(),
-            })?;
-            if t.dims() != var.dims() {
-                return Err(ModelError::Shape {
-                    file: source.to_string(),
-                    name: name.clone(),
-                    found: t.dims().to_vec(),
-                    expected: var.dims().to_vec(),
-                });
-            }
+            let t = checked_tensor(tensors, name, var.dims(), source)?;
             var.set(&t.to_dtype(var.dtype())?.to_device(&self.device)?)?;
         }
         Ok(())
@@ -791,6 +769,29 @@ impl CausalLm {
         }
         out
     }
+}
+
+/// The tensor `name` of `tensors`, or an error naming the file and tensor when it is missing or
+/// not of the `expected` shape.
+fn checked_tensor<'a>(
+    tensors: &'a HashMap<String, Tensor>,
+    name: &str,
+    expected: &[usize],
+    source: &str,
+) -> Result<&'a Tensor> {
+    let t = tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+        file: source.to_string(),
+        name: name.to_string(),
+    })?;
+    if t.dims() != expected {
+        return Err(ModelError::Shape {
+            file: source.to_string(),
+            name: name.to_string(),
+            found: t.dims().to_vec(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(t)
 }
 
 fn is_half(dtype: DType) -> bool {
@@ -923,6 +924,18 @@ pub fn load_hf_folder(
 mod tests {
     use super::*;
 
+    /// Largest absolute difference between two f32 tensors of one shape.
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     pub(crate) fn tiny_config(vocab: usize) -> ModelConfig {
         ModelConfig {
             model_type: "llama".into(),
@@ -958,23 +971,9 @@ mod tests {
         let lb = m.forward(&b).unwrap();
         assert_eq!(la.dims(), &[1, 4, 11]);
         // Positions 0 and 1 cannot see the later tokens that differ.
-        let d = (la.narrow(1, 0, 2).unwrap() - lb.narrow(1, 0, 2).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&la.narrow(1, 0, 2).unwrap(), &lb.narrow(1, 0, 2).unwrap());
         assert!(d < 1e-6, "future tokens leaked into the past: {d}");
-        let d2 = (la.narrow(1, 2, 1).unwrap() - lb.narrow(1, 2, 1).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d2 = max_abs_diff(&la.narrow(1, 2, 1).unwrap(), &lb.narrow(1, 2, 1).unwrap());
         assert!(d2 > 1e-6, "position 2 should see its own token");
     }
 
@@ -1108,15 +1107,7 @@ mod tests {
         let (_, loaded) = load_hf_folder(dir.path(), &dev).unwrap();
         assert_eq!(loaded.len(), weights.len());
         for (n, t) in &weights {
-            let d = (t - &loaded[n])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert_eq!(d, 0.0, "{n}");
+            assert_eq!(max_abs_diff(t, &loaded[n]), 0.0, "{n}");
         }
     }
 
@@ -1162,17 +1153,7 @@ mod tests {
             .unwrap()
             .sum_all()
             .unwrap();
-        let close = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                < 1e-5
-        };
+        let close = |a: &Tensor, b: &Tensor| max_abs_diff(a, b) < 1e-5;
         assert!(close(&fast, &plain));
         let gf = fast.backward().unwrap();
         let gp = plain.backward().unwrap();
@@ -1197,14 +1178,7 @@ mod tests {
         };
         let m = CausalLm::new(cfg, &w, Trainable::Lora(lora), 1, &dev, "t").unwrap();
         let ids = Tensor::new(&[[1u32, 4, 5, 6]], &dev).unwrap();
-        let d = (base.forward(&ids).unwrap() - m.forward(&ids).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&base.forward(&ids).unwrap(), &m.forward(&ids).unwrap());
         assert!(d < 1e-6);
         // 2 layers x 2 targets x (A, B)
         assert_eq!(m.trainable().len(), 8);
