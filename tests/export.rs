@@ -1,22 +1,33 @@
 //! LoRA checkpoints in PEFT's layout merge into an ordinary model folder that computes what the
 //! adapted model computes.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use sweep::model::{load_hf_folder, CausalLm, LoraSettings, Trainable, LORA_TARGETS};
 use sweep::tokenizer::TextTokenizer;
+
+mod common;
+use common::max_abs_diff;
 
 #[test]
 fn a_merged_lora_checkpoint_gives_the_adapted_models_logits() {
     let base =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/tiny-llama");
     let dev = Device::Cpu;
-    let (config, weights) = load_hf_folder(&base, &dev).unwrap();
+    let (base_config, weights) = load_hf_folder(&base, &dev).unwrap();
     let lora = LoraSettings {
         rank: 4,
         alpha: 8.0,
         targets: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
     };
-    let model = CausalLm::new(config, &weights, Trainable::Lora(lora), 3, &dev, "base").unwrap();
+    let model = CausalLm::new(
+        base_config.clone(),
+        &weights,
+        Trainable::Lora(lora),
+        3,
+        &dev,
+        "base",
+    )
+    .unwrap();
     // Trained adapters are not zero: give B values so the merge has something to fold in.
     let mut rng = sweep::rng::SplitMix64::new(9);
     for (name, var) in model.trainable() {
@@ -67,14 +78,7 @@ fn a_merged_lora_checkpoint_gives_the_adapted_models_logits() {
     )
     .unwrap();
     let merged = plain.forward(&ids).unwrap();
-    let diff = (adapted - &merged)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&adapted, &merged);
     let scale = merged
         .abs()
         .unwrap()
@@ -87,26 +91,10 @@ fn a_merged_lora_checkpoint_gives_the_adapted_models_logits() {
         "merged logits differ by {diff} (largest {scale})"
     );
     // And the merge really changed the base: the adapters were not zero.
-    let base_model = CausalLm::new(
-        load_hf_folder(&base, &dev).unwrap().0,
-        &load_hf_folder(&base, &dev).unwrap().1,
-        Trainable::All,
-        0,
-        &dev,
-        "base",
-    )
-    .unwrap();
-    let moved = (base_model.forward(&ids).unwrap() - merged)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let base_model = CausalLm::new(base_config, &weights, Trainable::All, 0, &dev, "base").unwrap();
+    let moved = max_abs_diff(&base_model.forward(&ids).unwrap(), &merged);
     assert!(moved > 1e-3);
     assert!(merged_dir.join("tokenizer.json").exists());
-    let _ = DType::F32;
 }
 
 fn logits_close(got: &Tensor, want: &[Vec<Vec<f32>>]) -> f32 {

@@ -70,3 +70,15 @@ pub fn csv_rows(dir: &Path) -> Vec<HashMap<String, String>> {
         })
         .collect()
 }
+
+/// Largest absolute difference between two f32 tensors of one shape.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
