@@ -13,14 +13,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use sweep::batch::Seq;
-use sweep::model::{CausalLm, LoraSettings, ModelConfig, Trainable, LORA_TARGETS};
-use sweep::parallel::Replicas;
-use sweep::rng::SplitMix64;
+use sweep::spec::shape::{ModelConfig, LORA_TARGETS};
+use sweep::text::encode::Seq;
+use sweep::trainer::model::{CausalLm, LoraSettings, Trainable};
+use sweep::trainer::parallel::Replicas;
+use sweep::util::rng::SplitMix64;
 
 /// A preset's shape, or HIDDENxLAYERS.
 fn model_config(name: &str) -> Result<ModelConfig> {
-    if let Some(config) = sweep::presets::preset(name) {
+    if let Some(config) = sweep::spec::shape::preset(name) {
         return Ok(config);
     }
     let (hidden, layers) = name
@@ -28,7 +29,7 @@ fn model_config(name: &str) -> Result<ModelConfig> {
         .with_context(|| format!("MODEL `{name}`: neither a preset nor HIDDENxLAYERS"))?;
     let hidden: usize = hidden.parse().context("MODEL: HIDDEN")?;
     let layers: usize = layers.parse().context("MODEL: LAYERS")?;
-    let mut config = sweep::presets::preset("tiny").context("the tiny preset")?;
+    let mut config = sweep::spec::shape::preset("tiny").context("the tiny preset")?;
     config.hidden_size = hidden;
     config.intermediate_size = 2 * hidden;
     config.num_hidden_layers = layers;
@@ -108,13 +109,13 @@ fn main() -> Result<()> {
             "params": config.parameter_count(),
             "devices": devices,
             "global_batch": batch,
-            "per_device_batch": sweep::parallel::per_device_batch(batch, devices),
+            "per_device_batch": sweep::trainer::parallel::per_device_batch(batch, devices),
             "seq": seq,
             "steps": steps,
             "threads": candle_core::utils::get_num_threads(),
             "seconds_per_step_mean": mean,
             "seconds_per_step_median": median,
-            "peak_rss_mb": sweep::trial::peak_rss_mb(),
+            "peak_rss_mb": sweep::protocol::trial::peak_rss_mb(),
             "loss": last_loss,
         })
     );

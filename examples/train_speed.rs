@@ -10,11 +10,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Var};
-use sweep::batch::Seq;
-use sweep::model::{CausalLm, LoraSettings, Trainable, LORA_TARGETS};
-use sweep::optim::AdamW;
-use sweep::rng::SplitMix64;
-use sweep::train::train_step;
+use sweep::spec::shape::LORA_TARGETS;
+use sweep::text::encode::Seq;
+use sweep::trainer::model::{CausalLm, LoraSettings, Trainable};
+use sweep::trainer::optim::AdamW;
+use sweep::trainer::step::train_step;
+use sweep::util::rng::SplitMix64;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,7 +27,7 @@ fn main() -> Result<()> {
     let batch: usize = args[2].parse().context("BATCH")?;
     let seq: usize = args[3].parse().context("SEQ")?;
     let steps: usize = args[4].parse().context("STEPS")?;
-    let mut config = sweep::presets::preset(preset).context("unknown preset")?;
+    let mut config = sweep::spec::shape::preset(preset).context("unknown preset")?;
     config.vocab_size = match args.get(5) {
         Some(v) => v.parse().context("VOCAB")?,
         None if preset == "llama-135m" => 49152,
@@ -69,7 +70,7 @@ fn main() -> Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     // The plan-time estimate of the same step, to compare with the measured peak.
-    let trial = sweep::params::TrialParams::from_assignment(
+    let trial = sweep::spec::params::TrialParams::from_assignment(
         &[
             ("method".to_string(), serde_json::json!(method)),
             ("batch_size".to_string(), serde_json::json!(batch)),
@@ -79,8 +80,8 @@ fn main() -> Result<()> {
         0,
     )
     .map_err(anyhow::Error::msg)?;
-    let estimate = sweep::memory::estimate(
-        &sweep::memory::Workload {
+    let estimate = sweep::spec::memory::estimate(
+        &sweep::spec::memory::Workload {
             config: &config,
             params: &trial,
             longest_sequence: seq,
@@ -103,7 +104,7 @@ fn main() -> Result<()> {
             "threads": candle_core::utils::get_num_threads(),
             "seconds_per_step": secs / steps as f64,
             "tokens_per_sec": tokens as f64 / secs,
-            "peak_rss_mb": sweep::trial::peak_rss_mb(),
+            "peak_rss_mb": sweep::protocol::trial::peak_rss_mb(),
             "estimate_mb": estimate.total_mb(),
             "loss": last_loss,
         })

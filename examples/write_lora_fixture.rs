@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use sweep::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
+use sweep::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
 
 fn main() -> Result<()> {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
@@ -30,7 +30,7 @@ fn main() -> Result<()> {
         &Device::Cpu,
         "base",
     )?;
-    let mut rng = sweep::rng::SplitMix64::new(21);
+    let mut rng = sweep::util::rng::SplitMix64::new(21);
     for (name, var) in model.trainable() {
         if name.contains("lora_B") {
             let v: Vec<f32> = (0..var.elem_count())
@@ -39,10 +39,10 @@ fn main() -> Result<()> {
             var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu)?)?;
         }
     }
-    let tokenizer = sweep::tokenizer::TextTokenizer::build_word_level(["fixture"], 1)?;
+    let tokenizer = sweep::text::tokenizer::TextTokenizer::build_word_level(["fixture"], 1)?;
     let adapter = root.join("tiny-llama-lora");
     // The base is named relative to the adapter, as it would be inside a copied project.
-    sweep::checkpoint::save(&model, &tokenizer, "tests/fixtures/hf/tiny-llama", &adapter)?;
+    sweep::trainer::checkpoint::save(&model, &tokenizer, "tests/fixtures/hf/tiny-llama", &adapter)?;
     println!("wrote {}", adapter.display());
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use sweep::plan::Plan;
+use sweep::plan::{Plan, PlanOptions};
 use sweep::spec::SweepSpec;
 
 #[derive(Parser)]
@@ -78,6 +78,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: the only sound moment to set the environment.
+    for (key, value) in sweep::results::report::TABLE_FORMAT {
+        std::env::set_var(key, value);
+    }
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -88,12 +92,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(spec_path: &Path, memory_check: bool) -> Result<(SweepSpec, Plan, String)> {
+/// The plan of a sweep file, unchecked (what `sweep plan` shows).
+fn plan_of(spec_path: &Path, memory_check: bool) -> Result<Plan> {
     let text = std::fs::read_to_string(spec_path)
         .with_context(|| format!("{}: cannot read", spec_path.display()))?;
     let spec = SweepSpec::from_yaml(&text, &spec_path.display().to_string())?;
-    let plan = Plan::with_options(&spec, spec_path, sweep::plan::PlanOptions { memory_check })?;
-    Ok((spec, plan, text))
+    Ok(Plan::with_options(
+        &spec,
+        spec_path,
+        PlanOptions { memory_check },
+    )?)
 }
 
 fn dispatch(command: Command) -> Result<ExitCode> {
@@ -108,24 +116,28 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             let spec_path = spec;
             // Nothing starts, and nothing is written, until the same checks as `sweep check`
             // pass; warnings are shown and do not stop the sweep.
-            let report = sweep::check::check_spec_file(&spec_path);
-            if report.has_errors() {
-                eprint!("{}", report.render());
-                eprintln!("nothing was started: fix the errors above and run again");
-                return Ok(ExitCode::from(2));
-            }
-            eprint!("{}", report.render_problems());
-            let (spec, mut plan, text) = load(&spec_path, !no_memory_check)?;
+            let checked = match sweep::check::gate(&spec_path) {
+                Ok(checked) => checked,
+                Err(report) => {
+                    eprint!("{}", report.render());
+                    eprintln!("nothing was started: fix the errors above and run again");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            eprint!("{}", checked.report().render_problems());
+            let mut plan = checked.plan(PlanOptions {
+                memory_check: !no_memory_check,
+            })?;
             if let Some(out) = out {
                 plan.results_dir = out;
             }
             println!("{}", plan.render());
-            let opts = sweep::runner::RunOptions {
+            let opts = sweep::orchestrator::runner::RunOptions {
                 program: std::env::current_exe().context("locating the sweep executable")?,
                 quiet,
                 resume,
             };
-            let summary = sweep::runner::run(&plan, &spec, &text, &opts)?;
+            let summary = sweep::orchestrator::runner::run(&checked, &plan, &opts)?;
             if summary.interrupted {
                 eprintln!(
                     "interrupted; continue with `sweep run {} --resume`",
@@ -141,7 +153,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 summary.seconds,
                 summary.dir.display()
             );
-            print!("{}", sweep::report::render(&summary.dir)?);
+            print!("{}", sweep::results::report::render(&summary.dir)?);
             Ok(if summary.best.is_some() {
                 ExitCode::SUCCESS
             } else {
@@ -153,7 +165,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             json,
             no_memory_check,
         } => {
-            let (_, plan, _) = load(&spec, !no_memory_check)?;
+            let plan = plan_of(&spec, !no_memory_check)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
@@ -171,7 +183,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Report { dir, csv } => {
-            print!("{}", sweep::report::render(&dir)?);
+            print!("{}", sweep::results::report::render(&dir)?);
             if let Some(out) = csv {
                 std::fs::copy(dir.join(sweep::results::CSV), &out)
                     .with_context(|| format!("writing {}", out.display()))?;
@@ -179,7 +191,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { checkpoint, merge } => {
-            sweep::checkpoint::export_merged(&checkpoint, &merge)?;
+            sweep::trainer::checkpoint::export_merged(&checkpoint, &merge)?;
             println!("merged model written to {}", merge.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -194,7 +206,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Train { dir } => {
             let stdout = std::io::stdout();
-            let result = sweep::train::run_trial(&dir, |event| {
+            let result = sweep::trainer::train::run_trial(&dir, |event| {
                 let mut out = stdout.lock();
                 let sent = writeln!(out, "{}", serde_json::to_string(event).unwrap_or_default())
                     .and_then(|()| out.flush());

@@ -20,10 +20,10 @@ fuzz_target!(|bytes: &[u8]| {
             Err(e) => panic!("check passed but the parser refused: {e}"),
         };
         assert!(checked.spec.is_some());
-        let trials = sweep::search::assignments(&spec, "fuzz.yaml")
+        let trials = sweep::spec::search::assignments(&spec, "fuzz.yaml")
             .unwrap_or_else(|e| panic!("check passed but planning refused: {e}"));
         for a in &trials {
-            if let Err(e) = sweep::params::TrialParams::from_assignment(a, spec.seed) {
+            if let Err(e) = sweep::spec::params::TrialParams::from_assignment(a, spec.seed) {
                 panic!("check passed but a trial is invalid: {e}");
             }
         }

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{CheckReport, Problem};
-use crate::data::{
+use crate::text::data::{
     example_from_value, field_meant, parse_json_line, Example, FIELDS, LINE_EXAMPLE,
 };
 
@@ -34,7 +34,7 @@ pub fn check_data_file(path: &Path, report: &mut CheckReport) -> Option<DataFile
         Err(e) => {
             report.push(
                 Problem::error(&file, format!("cannot read: {e}"))
-                    .maybe_hint(super::files::missing_file_hint(path, None)),
+                    .maybe_hint(super::paths::missing_file_hint(path, None)),
             );
             return None;
         }
@@ -42,7 +42,7 @@ pub fn check_data_file(path: &Path, report: &mut CheckReport) -> Option<DataFile
     if meta.is_dir() {
         report.push(
             Problem::error(&file, "is a folder, not a data file")
-                .maybe_hint(super::files::folder_hint(path)),
+                .maybe_hint(super::paths::folder_hint(path)),
         );
         return None;
     }
@@ -481,7 +481,7 @@ fn check_examples(file: &str, examples: &[Example], report: &mut CheckReport) {
     }
     if !examples.is_empty() {
         let turns = examples.iter().filter(|e| !e.history.is_empty()).count();
-        let labels = crate::data::label_set(examples).len();
+        let labels = crate::text::data::label_set(examples).len();
         report.note(format!(
             "{file}: {} example(s){}, {labels} distinct tgt value(s)",
             examples.len(),

@@ -13,6 +13,7 @@
 
 pub mod data;
 pub mod files;
+pub mod paths;
 pub mod spec;
 pub mod tokens;
 pub mod yaml;
@@ -20,6 +21,10 @@ pub mod yaml;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use crate::plan::{Plan, PlanError, PlanOptions};
+use crate::spec::SweepSpec;
+use crate::text::encode::TokenCounts;
 
 /// Problems shown per file; the rest are counted.
 pub const MAX_PER_FILE: usize = 50;
@@ -251,6 +256,61 @@ pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
 /// the model folder, and every example's length under every `max_seq_len` the trials use.
 pub fn check_spec_file(path: &Path) -> CheckReport {
     spec::check_spec_file(path)
+}
+
+/// A sweep file that passed every check. `gate` is the only way to make one, and the run loop
+/// (`orchestrator::runner::run`) takes nothing else, so no caller can start a sweep that did not
+/// pass check. The file is read once: the checks and the run see the same text.
+#[derive(Debug)]
+pub struct CheckedSpec {
+    path: PathBuf,
+    text: String,
+    spec: SweepSpec,
+    report: CheckReport,
+    train_tokens: Option<TokenCounts>,
+}
+
+impl CheckedSpec {
+    pub fn spec(&self) -> &SweepSpec {
+        &self.spec
+    }
+    /// The sweep file's text, as checked (frozen into the results folder).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The warnings found (there are no errors).
+    pub fn report(&self) -> &CheckReport {
+        &self.report
+    }
+    /// Plans the checked sweep, with the training set's token counts the checks measured.
+    pub fn plan(&self, options: PlanOptions) -> Result<Plan, PlanError> {
+        Plan::measured(&self.spec, &self.path, options, self.train_tokens.as_ref())
+    }
+}
+
+/// Every check of `check_spec_file`; the checked spec when none failed, else the report.
+pub fn gate(path: &Path) -> Result<CheckedSpec, CheckReport> {
+    let (mut report, text, train_tokens) = spec::read_and_check_spec_file(path);
+    let Some(text) = text.filter(|_| !report.has_errors()) else {
+        return Err(report);
+    };
+    match SweepSpec::from_yaml(&text, &path.display().to_string()) {
+        Ok(spec) => Ok(CheckedSpec {
+            path: path.to_path_buf(),
+            text,
+            spec,
+            report,
+            train_tokens,
+        }),
+        // The checks accept only what parses; this guards that promise.
+        Err(e) => {
+            report.push(Problem::error(path.display().to_string(), e.to_string()));
+            Err(report)
+        }
+    }
 }
 
 /// Data files given on the command line: each on its own, then train against dev.

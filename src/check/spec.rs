@@ -13,14 +13,16 @@ use std::path::{Path, PathBuf};
 use yaml_serde::Value as Yaml;
 
 use super::data::{check_data_file, DataFile};
-use super::files::{cross_check, folder_hint, missing_file_hint};
+use super::files::cross_check;
+use super::paths::{folder_hint, missing_file_hint};
 use super::tokens::{check_lengths, Lengths};
 use super::yaml::{locate, strip_position, Seg, Target};
 use super::{CheckReport, Problem, Severity};
-use crate::params::{parameter_names, Method, TrialParams, PARAMETER_ALIASES};
-use crate::search::{assignments, grid_size};
+use crate::spec::params::{parameter_names, Method, TrialParams, PARAMETER_ALIASES};
+use crate::spec::search::{assignments, grid_size};
+use crate::spec::ModelSource;
 use crate::spec::{Domain, SearchMethod, SpecError, SweepSpec};
-use crate::trial::ModelSource;
+use crate::text::encode::TokenCounts;
 
 /// Sweep files larger than this are not sweep files (and are not read).
 const MAX_SPEC_BYTES: u64 = 1 << 20;
@@ -82,7 +84,7 @@ const DATA: &[Key] = &[
 const MODEL: &[Key] = &[
     key(
         "preset",
-        Shape::OneOf(&crate::presets::PRESET_NAMES),
+        Shape::OneOf(&crate::spec::shape::PRESET_NAMES),
         false,
         true,
     ),
@@ -149,18 +151,25 @@ pub struct SpecCheck {
 
 /// Reads and checks a sweep file and everything it names.
 pub fn check_spec_file(path: &Path) -> CheckReport {
+    read_and_check_spec_file(path).0
+}
+
+/// `check_spec_file`, and what the run needs of its work: the file's text when it could be read
+/// (so it is read once) and the training set's token counts when they were measured (so it is
+/// tokenized once).
+pub fn read_and_check_spec_file(path: &Path) -> (CheckReport, Option<String>, Option<TokenCounts>) {
     let file = path.display().to_string();
     let mut report = CheckReport::default();
     let text = match read_spec(path) {
         Ok(text) => text,
         Err(problem) => {
             report.push(*problem);
-            return report;
+            return (report, None, None);
         }
     };
     let checked = check_spec_source(&text, &file, &mut report);
-    check_named_files(&checked, &text, &file, &mut report);
-    report
+    let train_tokens = check_named_files(&checked, &text, &file, &mut report);
+    (report, Some(text), train_tokens)
 }
 
 fn read_spec(path: &Path) -> Result<String, Box<Problem>> {
@@ -455,7 +464,7 @@ fn walk_map(v: &Yaml, keys: &[Key], path: &[Seg], ctx: &mut Ctx) {
                     Target::Key,
                     format!(
                         "unknown key `{name}`{}",
-                        crate::suggest::suffix(name, &names)
+                        crate::util::suggest::suffix(name, &names)
                     ),
                     hint,
                 );
@@ -533,7 +542,7 @@ fn walk_value(v: &Yaml, key: &Key, path: &[Seg], ctx: &mut Ctx) {
             };
             if !word.is_some_and(|w| options.contains(&w)) {
                 let meant = word
-                    .map(|w| crate::suggest::suffix(w, options))
+                    .map(|w| crate::util::suggest::suffix(w, options))
                     .unwrap_or_default();
                 ctx.error(
                     path,
@@ -564,7 +573,7 @@ fn walk_value(v: &Yaml, key: &Key, path: &[Seg], ctx: &mut Ctx) {
                     kind(other),
                     other
                         .as_str()
-                        .map(|s| crate::suggest::suffix(s, &["auto", "cpu", "cuda"]))
+                        .map(|s| crate::util::suggest::suffix(s, &["auto", "cpu", "cuda"]))
                         .unwrap_or_default()
                 ),
                 None,
@@ -622,7 +631,7 @@ fn walk_parameters(v: &Yaml, path: &[Seg], ctx: &mut Ctx) {
                 .iter()
                 .find(|(alias, _)| *alias == name)
                 .map(|(_, n)| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_else(|| crate::suggest::suffix(name, &known));
+                .unwrap_or_else(|| crate::util::suggest::suffix(name, &known));
             ctx.error(
                 &here,
                 Target::Key,
@@ -664,7 +673,7 @@ fn walk_parameters(v: &Yaml, path: &[Seg], ctx: &mut Ctx) {
                     Target::Key,
                     format!(
                         "unknown key `{field}`{}",
-                        crate::suggest::suffix(field, &PARAM_KEYS)
+                        crate::util::suggest::suffix(field, &PARAM_KEYS)
                     ),
                     Some(format!("a search space takes: {}", PARAM_KEYS.join(", "))),
                 );
@@ -885,17 +894,8 @@ fn check_trials(spec: &SweepSpec, ctx: &mut Ctx) -> Vec<TrialParams> {
         return Vec::new();
     }
     if let Err(e) = crate::plan::Pool::from_spec(spec, 1) {
-        let message = format!("{e:#}");
-        let message = message
-            .strip_prefix("resources.devices: ")
-            .unwrap_or(&message)
-            .to_string();
-        ctx.error(
-            &[Seg::Key("resources".into()), Seg::Key("devices".into())],
-            Target::Value,
-            message,
-            None,
-        );
+        let path: Vec<Seg> = e.field.split('.').map(|k| Seg::Key(k.into())).collect();
+        ctx.error(&path, Target::Value, e.message, None);
     }
     trials
 }
@@ -916,8 +916,13 @@ fn text_at(yaml: &Yaml, path: &[&str]) -> Option<String> {
 
 /// The files a sweep names: data (alone, as a pair, labelled enough for the methods), the model
 /// folder, and token lengths with the model's tokenizer.
-fn check_named_files(checked: &SpecCheck, text: &str, file: &str, report: &mut CheckReport) {
-    let Some(yaml) = &checked.yaml else { return };
+fn check_named_files(
+    checked: &SpecCheck,
+    text: &str,
+    file: &str,
+    report: &mut CheckReport,
+) -> Option<TokenCounts> {
+    let yaml = checked.yaml.as_ref()?;
     let mut ctx = Ctx {
         text,
         file,
@@ -981,7 +986,7 @@ fn check_named_files(checked: &SpecCheck, text: &str, file: &str, report: &mut C
 
     let model = check_model(yaml, &mut ctx);
     let (true, Some(model)) = (checked.spec.is_some(), model) else {
-        return;
+        return None;
     };
     let trials = &checked.trials;
     let supervised: Vec<&TrialParams> = trials
@@ -1039,11 +1044,11 @@ fn check_named_files(checked: &SpecCheck, text: &str, file: &str, report: &mut C
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let Some(train) = train else { return };
+    let train = train?;
     if train.examples.is_empty() {
-        return;
+        return None;
     }
-    let tokenizer = match crate::train::load_tokenizer(&model, &train.examples) {
+    let tokenizer = match crate::text::tokenizer::load_tokenizer(&model, &train.examples) {
         Ok(t) => t,
         Err(e) => {
             ctx.error(
@@ -1052,10 +1057,17 @@ fn check_named_files(checked: &SpecCheck, text: &str, file: &str, report: &mut C
                 format!("cannot load the tokenizer: {e:#}"),
                 None,
             );
-            return;
+            return None;
         }
     };
-    check_lengths(&tokenizer, &loaded, &lengths, ctx.report);
+    let counts: Vec<TokenCounts> = loaded
+        .iter()
+        .map(|d| TokenCounts::measure(&tokenizer, &d.examples))
+        .collect();
+    let files: Vec<(&DataFile, &TokenCounts)> = loaded.iter().copied().zip(&counts).collect();
+    check_lengths(&files, &lengths, ctx.report);
+    // The first file is train: the planner sizes memory with its counts.
+    counts.into_iter().next()
 }
 
 /// The model folder named by `model.path` (config.json, tokenizer.json), or the preset.

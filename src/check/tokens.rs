@@ -1,5 +1,5 @@
-//! Lengths in tokens, measured exactly as training measures them (`batch::prompt_ids`,
-//! `answer_ids`, `supervised`, with the trial's own tokenizer), against every `max_seq_len` the
+//! Lengths in tokens, measured exactly as training measures them (`text::encode::TokenCounts`
+//! and `fit`, with the trial's own tokenizer), against every `max_seq_len` the
 //! sweep uses. An answer that cannot fit is an error (it would be cut off and the trial would
 //! fail); a prompt that loses tokens from its start is a warning with a count.
 
@@ -7,8 +7,7 @@ use std::collections::BTreeSet;
 
 use super::data::DataFile;
 use super::{CheckReport, Problem};
-use crate::batch::{answer_ids, prompt_ids, supervised, EncodeError};
-use crate::tokenizer::TextTokenizer;
+use crate::text::encode::{fit, Fit, TokenCounts};
 
 /// The `max_seq_len` values the sweep's trials use, by kind of training sequence.
 #[derive(Debug, Default, Clone)]
@@ -19,26 +18,25 @@ pub struct Lengths {
     pub unsupervised: BTreeSet<usize>,
 }
 
-/// Checks every example of `files` against `lengths` with `tok`.
+/// Checks every example of each file (its token counts beside it) against `lengths`.
 pub fn check_lengths(
-    tok: &TextTokenizer,
-    files: &[&DataFile],
+    files: &[(&DataFile, &TokenCounts)],
     lengths: &Lengths,
     report: &mut CheckReport,
 ) {
-    for file in files {
+    for (file, counts) in files {
         if !lengths.supervised.is_empty() {
-            check_supervised(tok, file, &lengths.supervised, report);
+            check_supervised(file, counts, &lengths.supervised, report);
         }
         if !lengths.unsupervised.is_empty() {
-            check_unsupervised(tok, file, &lengths.unsupervised, report);
+            check_unsupervised(file, counts, &lengths.unsupervised, report);
         }
     }
 }
 
 fn check_supervised(
-    tok: &TextTokenizer,
     file: &DataFile,
+    counts: &TokenCounts,
     maxes: &BTreeSet<usize>,
     report: &mut CheckReport,
 ) {
@@ -46,11 +44,12 @@ fn check_supervised(
     let mut truncated: Vec<(usize, usize, usize)> = maxes.iter().map(|m| (*m, 0, 0)).collect();
     let mut longest: Vec<(usize, usize)> = vec![(0, 0); maxes.len()];
     let mut counted = 0;
-    for ex in &file.examples {
-        let Some(tgt) = &ex.tgt else { continue };
-        let ids = prompt_ids(tok, ex).and_then(|p| Ok((p, answer_ids(tok, tgt)?)));
-        let (prompt, answer) = match ids {
-            Ok(ids) => ids,
+    for ex in &counts.examples {
+        let Some(labelled) = &ex.labelled else {
+            continue;
+        };
+        let (prompt, answer) = match labelled {
+            Ok(lengths) => *lengths,
             Err(e) => {
                 report.push(
                     Problem::error(&file.file, format!("cannot tokenize: {e}"))
@@ -60,32 +59,28 @@ fn check_supervised(
             }
         };
         counted += 1;
-        let total = prompt.len() + answer.len();
+        let total = prompt + answer;
         let mut too_short = Vec::new();
         for (i, &max) in maxes.iter().enumerate() {
-            match supervised(&prompt, &answer, tok.bos.is_some(), max, ex.line) {
-                Err(EncodeError::AnswerTooLong { .. }) => too_short.push(max),
-                Err(e) => {
-                    report.push(Problem::error(&file.file, e.to_string()).at(Some(ex.line), None))
-                }
-                Ok(_) if total > max => {
+            match fit(prompt, answer, counts.has_bos, max) {
+                Fit::AnswerTooLong => too_short.push(max),
+                Fit::PromptCut(_) => {
                     truncated[i].1 += 1;
                     if total > longest[i].1 {
                         longest[i] = (ex.line, total);
                     }
                 }
-                Ok(_) => {}
+                Fit::Whole => {}
             }
         }
         if !too_short.is_empty() {
-            let needed = answer.len() + usize::from(tok.bos.is_some()) + 1;
+            let needed = answer + usize::from(counts.has_bos) + 1;
             let list: Vec<String> = too_short.iter().map(usize::to_string).collect();
             report.push(
                 Problem::error(
                     &file.file,
                     format!(
-                        "the answer takes {} tokens (with end-of-sequence); with bos and one prompt token it needs max_seq_len >= {needed}, but the sweep uses max_seq_len {}: the answer would be cut off",
-                        answer.len(),
+                        "the answer takes {answer} tokens (with end-of-sequence); with bos and one prompt token it needs max_seq_len >= {needed}, but the sweep uses max_seq_len {}: the answer would be cut off",
                         list.join(", ")
                     ),
                 )
@@ -114,15 +109,15 @@ fn check_supervised(
 }
 
 fn check_unsupervised(
-    tok: &TextTokenizer,
     file: &DataFile,
+    counts: &TokenCounts,
     maxes: &BTreeSet<usize>,
     report: &mut CheckReport,
 ) {
     let mut cut = vec![0usize; maxes.len()];
-    for ex in &file.examples {
-        let tokens = match tok.encode(&ex.src) {
-            Ok(ids) => ids.len() + usize::from(tok.bos.is_some()) + 1,
+    for ex in &counts.examples {
+        let tokens = match &ex.text {
+            Ok(n) => *n,
             Err(e) => {
                 report.push(
                     Problem::error(&file.file, format!("cannot tokenize: {e}"))

@@ -1,0 +1,311 @@
+//! The run loop's decisions, as pure functions: what a trial's end means (finished, retried with a
+//! smaller micro-batch, failed, stopped), what an interrupt does, which checkpoints retention
+//! deletes, which devices and limits a trial gets. No I/O here: `runner` does what these say.
+
+use crate::plan::Plan;
+use crate::protocol::trial::TrialResult;
+use crate::results::state::{Status, TrialRow};
+use crate::spec::memory::halved_micro_batch;
+use crate::spec::{MetricSpec, OnOom};
+
+/// How a trial ended, as the executor saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// It exited successfully and its result.json was read.
+    Finished(Box<TrialResult>),
+    /// It failed, with the reason (exit status and the last lines of its log).
+    Failed(String),
+}
+
+/// What the run loop does about a trial that ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterExit {
+    Finished(Box<TrialResult>),
+    /// Out of memory and retried at the queue's head with `retry` as its micro-batch.
+    Retry {
+        micro: u32,
+        retry: u32,
+        reason: String,
+    },
+    /// Out of memory and not retried; under `on_oom: fail` the queue is dropped as well.
+    OutOfMemory {
+        micro: u32,
+        reason: String,
+        why: String,
+        stop_sweep: bool,
+    },
+    /// Ended while the sweep was being interrupted: it runs again on resume.
+    Stopped {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+/// The trial that ran at micro-batch `micro` of a batch of `batch` ended with `outcome`.
+pub fn after_exit(
+    outcome: Outcome,
+    interrupted: bool,
+    on_oom: OnOom,
+    micro: u32,
+    batch: u32,
+) -> AfterExit {
+    let reason = match outcome {
+        Outcome::Finished(result) => return AfterExit::Finished(result),
+        Outcome::Failed(reason) => reason,
+    };
+    if interrupted {
+        return AfterExit::Stopped {
+            reason: format!("stopped on interrupt ({reason})"),
+        };
+    }
+    if !is_out_of_memory(&reason) {
+        return AfterExit::Failed { reason };
+    }
+    match on_oom {
+        OnOom::HalveBatch if micro > 1 => AfterExit::Retry {
+            micro,
+            retry: halved_micro_batch(micro as usize, batch as usize) as u32,
+            reason,
+        },
+        _ => AfterExit::OutOfMemory {
+            micro,
+            why: format!("out of memory at micro-batch {micro} (on_oom: {on_oom:?}): {reason}"),
+            reason,
+            stop_sweep: on_oom == OnOom::Fail,
+        },
+    }
+}
+
+/// Messages by which a trial's end shows it ran out of memory: CUDA's and cuBLAS's, and Rust's
+/// allocation failure (what a CPU trial under its memory limit prints before aborting).
+const OUT_OF_MEMORY_MARKERS: [&str; 5] = [
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "out of memory",
+    "memory allocation of",
+    "Cannot allocate memory",
+];
+
+pub fn is_out_of_memory(reason: &str) -> bool {
+    OUT_OF_MEMORY_MARKERS.iter().any(|m| reason.contains(m))
+}
+
+/// What the run loop does about the interrupts (Ctrl-C, SIGTERM) counted so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInterrupt {
+    Continue,
+    /// The first: start no more trials and ask the running ones to stop (they save and exit).
+    StopGracefully,
+    /// The second: kill the running trials now and end the sweep.
+    KillNow,
+}
+
+pub fn on_interrupt(interrupts: usize, already_stopping: bool) -> OnInterrupt {
+    match interrupts {
+        0 => OnInterrupt::Continue,
+        1 if already_stopping => OnInterrupt::Continue,
+        1 => OnInterrupt::StopGracefully,
+        _ => OnInterrupt::KillNow,
+    }
+}
+
+/// Under `checkpoints: {keep: N}`: the finished trials whose checkpoints go, every one outside the
+/// N best (at least one is kept) that is not deleted yet. Ranked by `MetricSpec::rank`.
+pub fn checkpoints_to_delete<'a>(
+    rows: impl IntoIterator<Item = &'a TrialRow>,
+    metric: &MetricSpec,
+    keep: usize,
+) -> Vec<usize> {
+    let mut ranked: Vec<&TrialRow> = rows
+        .into_iter()
+        .filter(|r| r.status == Status::Finished && r.result.is_some())
+        .collect();
+    ranked.sort_by(|a, b| crate::results::compare(a, b, metric));
+    ranked
+        .into_iter()
+        .skip(keep.max(1))
+        .filter(|r| !r.checkpoint_deleted)
+        .map(|r| r.trial)
+        .collect()
+}
+
+/// Where a trial runs and how it is confined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// The pool's slot names (`cpu`, `cuda:N` with N the physical index), for the journal.
+    pub physical: Vec<String>,
+    /// The devices as the trial names them: its GPUs renumbered from 0 (it sees only its own
+    /// through CUDA_VISIBLE_DEVICES), else the slot names.
+    pub devices: Vec<String>,
+    pub threads: usize,
+    /// Physical CUDA ids, comma-separated.
+    pub cuda_visible_devices: Option<String>,
+    /// Bytes of memory a CPU trial may allocate (`resources.memory_per_device` x slots).
+    pub memory_bytes: Option<u64>,
+}
+
+pub fn placement(plan: &Plan, slots: &[usize]) -> Placement {
+    let physical: Vec<String> = slots
+        .iter()
+        .map(|i| plan.pool.slots[*i].name.clone())
+        .collect();
+    let cuda: Vec<&str> = physical
+        .iter()
+        .filter_map(|d| d.strip_prefix("cuda:"))
+        .collect();
+    let devices = if cuda.is_empty() {
+        physical.clone()
+    } else {
+        (0..physical.len()).map(|i| format!("cuda:{i}")).collect()
+    };
+    Placement {
+        threads: plan.pool.threads_for(physical.len()),
+        cuda_visible_devices: (!cuda.is_empty()).then(|| cuda.join(",")),
+        memory_bytes: plan
+            .pool
+            .cpu_memory_limit_mb
+            .filter(|_| cuda.is_empty())
+            .map(|mb| (mb * physical.len() as f64 * 1024.0 * 1024.0) as u64),
+        devices,
+        physical,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result() -> Box<TrialResult> {
+        Box::new(
+            serde_json::from_value(serde_json::json!({
+                "best_epoch": 1, "accuracy": 0.5, "dev_loss": 1.0, "train_loss": 1.0,
+                "seconds": 1.0, "tokens_per_sec": 1.0, "peak_rss_mb": 1.0,
+                "trainable_params": 1, "micro_batch": 8, "grad_accum": 1, "checkpoint": "/c"
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn an_exit_is_finished_retried_failed_or_stopped() {
+        let oom = || Outcome::Failed("exit status 1: CUDA_ERROR_OUT_OF_MEMORY".into());
+        assert!(matches!(
+            after_exit(Outcome::Finished(result()), false, OnOom::HalveBatch, 8, 16),
+            AfterExit::Finished(_)
+        ));
+        assert_eq!(
+            after_exit(oom(), false, OnOom::HalveBatch, 8, 16),
+            AfterExit::Retry {
+                micro: 8,
+                retry: 4,
+                reason: "exit status 1: CUDA_ERROR_OUT_OF_MEMORY".into()
+            }
+        );
+        // Halving keeps a divisor of the batch: 12 -> 6 -> 3 -> 1.
+        assert!(matches!(
+            after_exit(oom(), false, OnOom::HalveBatch, 3, 12),
+            AfterExit::Retry { retry: 1, .. }
+        ));
+        // Nothing left to halve.
+        assert!(matches!(
+            after_exit(oom(), false, OnOom::HalveBatch, 1, 12),
+            AfterExit::OutOfMemory {
+                stop_sweep: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            after_exit(oom(), false, OnOom::Skip, 8, 16),
+            AfterExit::OutOfMemory {
+                stop_sweep: false,
+                ..
+            }
+        ));
+        match after_exit(oom(), false, OnOom::Fail, 8, 16) {
+            AfterExit::OutOfMemory {
+                stop_sweep, why, ..
+            } => {
+                assert!(stop_sweep);
+                assert!(
+                    why.starts_with("out of memory at micro-batch 8 (on_oom: Fail)"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // While interrupted, any failure is a stop (the trial runs again on resume).
+        assert!(matches!(
+            after_exit(oom(), true, OnOom::HalveBatch, 8, 16),
+            AfterExit::Stopped { .. }
+        ));
+        assert_eq!(
+            after_exit(
+                Outcome::Failed("killed by signal 9".into()),
+                false,
+                OnOom::HalveBatch,
+                8,
+                16
+            ),
+            AfterExit::Failed {
+                reason: "killed by signal 9".into()
+            }
+        );
+    }
+
+    #[test]
+    fn out_of_memory_is_recognised_from_cuda_cublas_and_rust_messages() {
+        for m in [
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "CUBLAS_STATUS_ALLOC_FAILED",
+            "memory allocation of 1048576 bytes failed",
+            "Cannot allocate memory (os error 12)",
+        ] {
+            assert!(is_out_of_memory(m), "{m}");
+        }
+        assert!(!is_out_of_memory("exit status 2: loss became NaN"));
+    }
+
+    #[test]
+    fn a_first_interrupt_stops_gracefully_a_second_kills() {
+        assert_eq!(on_interrupt(0, false), OnInterrupt::Continue);
+        assert_eq!(on_interrupt(1, false), OnInterrupt::StopGracefully);
+        assert_eq!(on_interrupt(1, true), OnInterrupt::Continue);
+        assert_eq!(on_interrupt(2, true), OnInterrupt::KillNow);
+        assert_eq!(on_interrupt(5, false), OnInterrupt::KillNow);
+    }
+
+    #[test]
+    fn retention_keeps_the_best_and_deletes_each_checkpoint_once() {
+        let row = |trial: usize, acc: f64, deleted: bool| {
+            let mut result = result();
+            result.accuracy = Some(acc);
+            TrialRow {
+                trial,
+                status: Status::Finished,
+                reason: String::new(),
+                params: Default::default(),
+                result: Some(*result),
+                pid: None,
+                checkpoint_deleted: deleted,
+                estimate_mb: None,
+                retries: 0,
+                retry_micro_batch: None,
+            }
+        };
+        let mut failed = row(5, 0.99, false);
+        failed.status = Status::Failed;
+        let rows = [
+            row(1, 0.5, false),
+            row(2, 0.9, false),
+            row(3, 0.7, true),
+            row(4, 0.6, false),
+            failed,
+        ];
+        let metric = MetricSpec::default();
+        assert_eq!(checkpoints_to_delete(&rows, &metric, 2), vec![4, 1]);
+        assert_eq!(checkpoints_to_delete(&rows, &metric, 0), vec![4, 1]);
+        assert!(checkpoints_to_delete(&rows, &metric, 10).is_empty());
+    }
+}

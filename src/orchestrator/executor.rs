@@ -1,0 +1,267 @@
+//! Starting trials and following them. `Executor` is what the run loop needs of any way to run a
+//! trial (start it on given devices, receive its progress and its end, stop it); `LocalExecutor`
+//! runs each as a child process (`sweep train TRIAL_DIR`), so a crash or abort in one trial never
+//! takes the sweep down. The child's stdout carries progress events (JSON lines); its stderr goes
+//! to the trial's `train.log`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use crate::orchestrator::decide::Placement;
+use crate::orchestrator::interrupt;
+use crate::protocol::trial::ProgressEvent;
+
+/// What a trial reports to the orchestrator.
+#[derive(Debug)]
+pub enum Report {
+    Progress(ProgressEvent),
+    /// The trial ended: `Ok` when it says it succeeded (its result.json is then the truth), else
+    /// why it failed.
+    Exited(Result<(), String>),
+}
+
+/// How to stop a running trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Ask it to stop; it saves nothing more and exits (its last finished epoch is kept).
+    Gracefully,
+    /// Now.
+    Kill,
+}
+
+/// A trial that could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct StartError {
+    what: String,
+    source: std::io::Error,
+}
+
+/// A way to run trials. Reports arrive as `(trial, report)` on the receiver the executor was
+/// made with; each started trial sends exactly one `Exited`.
+pub trait Executor {
+    /// Starts trial `trial` from its folder `dir` (config.json written) on `placement`. Returns
+    /// the handle to journal (a process id).
+    fn start(&mut self, trial: usize, dir: &Path, placement: &Placement)
+        -> Result<u32, StartError>;
+    /// Stops a trial this executor started.
+    fn stop(&mut self, trial: usize, how: Stop);
+    /// Before a resumed sweep runs `trial` again: a run of it that an earlier orchestrator
+    /// started under `handle` must not still be writing its folder `dir`.
+    fn reclaim(&mut self, trial: usize, handle: u32, dir: &Path);
+}
+
+/// Trials as child processes of this one.
+pub struct LocalExecutor {
+    program: PathBuf,
+    tx: Sender<(usize, Report)>,
+    pids: HashMap<usize, u32>,
+}
+
+impl LocalExecutor {
+    /// `program` is the `sweep` executable that trials run as (`PROGRAM train DIR`).
+    pub fn new(program: PathBuf) -> (Self, Receiver<(usize, Report)>) {
+        let (tx, rx) = mpsc::channel();
+        (
+            Self {
+                program,
+                tx,
+                pids: HashMap::new(),
+            },
+            rx,
+        )
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn start(
+        &mut self,
+        trial: usize,
+        dir: &Path,
+        placement: &Placement,
+    ) -> Result<u32, StartError> {
+        let pid = launch(&self.program, trial, dir, placement, self.tx.clone())?;
+        self.pids.insert(trial, pid);
+        Ok(pid)
+    }
+
+    fn stop(&mut self, trial: usize, how: Stop) {
+        if let Some(pid) = self.pids.get(&trial) {
+            interrupt::signal(
+                *pid,
+                match how {
+                    Stop::Gracefully => interrupt::TERMINATE,
+                    Stop::Kill => interrupt::KILL,
+                },
+            );
+        }
+    }
+
+    fn reclaim(&mut self, _trial: usize, pid: u32, dir: &Path) {
+        if !is_trial_process(pid, dir) {
+            return;
+        }
+        interrupt::signal(pid, interrupt::KILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_trial_process(pid, dir) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Whether `pid` is alive and is `sweep train` of this trial folder (not a reused pid).
+fn is_trial_process(pid: u32, trial_dir: &Path) -> bool {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
+    let zombie = std::fs::read_to_string(proc_dir.join("status"))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+        .unwrap_or(false);
+    let wanted = trial_dir.display().to_string();
+    !zombie
+        && String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .any(|arg| arg == wanted)
+}
+
+/// Starts `program train DIR` confined as `placement` says; a thread forwards its reports as
+/// `(trial, report)` until it exits. Returns the child's process id.
+fn launch(
+    program: &Path,
+    trial: usize,
+    dir: &Path,
+    placement: &Placement,
+    tx: Sender<(usize, Report)>,
+) -> Result<u32, StartError> {
+    // Appended, not replaced: a resumed or retried trial keeps the log of its earlier runs.
+    let log_path = dir.join("train.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| StartError {
+            what: format!("opening {}", log_path.display()),
+            source,
+        })?;
+    let threads = placement.threads.max(1);
+    let mut command = Command::new(program);
+    if let Some(ids) = &placement.cuda_visible_devices {
+        command.env("CUDA_VISIBLE_DEVICES", ids);
+    }
+    #[cfg(unix)]
+    if let Some(bytes) = placement.memory_bytes {
+        // Few malloc arenas, so the limit measures the trial's data rather than reserved arenas.
+        command.env("MALLOC_ARENA_MAX", "2");
+        let limit = libc::rlimit {
+            rlim_cur: bytes as libc::rlim_t,
+            rlim_max: bytes as libc::rlim_t,
+        };
+        // SAFETY: setrlimit is async-signal-safe and touches only the child being started.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::setrlimit(libc::RLIMIT_DATA, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    // Its own process group: the terminal's Ctrl-C reaches the orchestrator only, which then
+    // stops trials in order (see `interrupt`).
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
+        .arg("train")
+        .arg(dir)
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("CANDLE_NUM_THREADS", threads.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|source| StartError {
+            what: format!("starting {} train {}", program.display(), dir.display()),
+            source,
+        })?;
+    let pid = child.id();
+    let stdout = child.stdout.take();
+    let log_path = dir.join("train.log");
+    std::thread::spawn(move || {
+        if let Some(out) = stdout {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(event) = serde_json::from_str::<ProgressEvent>(&line) {
+                    if tx.send((trial, Report::Progress(event))).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let status = child.wait();
+        let outcome = match &status {
+            Ok(s) if s.success() => Ok(()),
+            _ => Err(failure_reason(&status, &log_path)),
+        };
+        let _ = tx.send((trial, Report::Exited(outcome)));
+    });
+    Ok(pid)
+}
+
+/// A failed trial's reason: how it ended, and the last lines of its log.
+fn failure_reason(status: &std::io::Result<ExitStatus>, log: &Path) -> String {
+    let how = match status {
+        Ok(s) => match (s.code(), signal_of(s)) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "ended abnormally".to_string(),
+        },
+        Err(e) => format!("could not be waited for: {e}"),
+    };
+    let tail: Vec<String> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .take(3)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let mut reason = how;
+    if !tail.is_empty() {
+        reason.push_str(": ");
+        reason.push_str(&tail.join(" | "));
+    }
+    if reason.len() > 600 {
+        let mut cut = 600;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    reason
+}
+
+#[cfg(unix)]
+fn signal_of(s: &ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    s.signal()
+}
+
+#[cfg(not(unix))]
+fn signal_of(_: &ExitStatus) -> Option<i32> {
+    None
+}

@@ -1,0 +1,132 @@
+//! What the user watches: one overall bar with ETA, one bar per running trial (epoch, loss,
+//! accuracy). Without a terminal (CI, a log file) the same news comes as plain lines.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::protocol::trial::ProgressEvent;
+
+pub struct SweepProgress {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    trials: HashMap<usize, (ProgressBar, String)>,
+    tty: bool,
+    quiet: bool,
+}
+
+impl SweepProgress {
+    pub fn new(total: usize, quiet: bool) -> Self {
+        let tty = !quiet && std::io::stderr().is_terminal();
+        let multi = if tty {
+            MultiProgress::new()
+        } else {
+            MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+        };
+        let overall = multi.add(ProgressBar::new(total as u64));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "{prefix:.bold} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} trials, ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        overall.set_prefix("sweep");
+        if tty {
+            overall.enable_steady_tick(Duration::from_millis(500));
+        }
+        Self {
+            multi,
+            overall,
+            trials: HashMap::new(),
+            tty,
+            quiet,
+        }
+    }
+
+    /// Prints a line above the bars (or plainly, without a terminal).
+    pub fn println(&self, line: &str) {
+        if self.tty {
+            let _ = self.multi.println(line);
+        } else if !self.quiet {
+            eprintln!("{line}");
+        }
+    }
+
+    pub fn trial_started(&mut self, trial: usize, label: String) {
+        let bar = self.multi.add(ProgressBar::new(1));
+        bar.set_style(
+            ProgressStyle::with_template("  {prefix} {bar:25.green/white} {pos}/{len} steps {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("trial {trial:04} {label:<34}"));
+        if !self.tty && !self.quiet {
+            eprintln!("trial {trial:04} started: {label}");
+        }
+        self.trials.insert(trial, (bar, label));
+    }
+
+    pub fn event(&mut self, trial: usize, event: &ProgressEvent) {
+        let Some((bar, _)) = self.trials.get(&trial) else {
+            return;
+        };
+        match event {
+            ProgressEvent::Start {
+                epochs,
+                steps_per_epoch,
+                ..
+            } => bar.set_length((*epochs as usize * steps_per_epoch) as u64),
+            ProgressEvent::Step {
+                epoch, step, loss, ..
+            } => {
+                bar.set_position(*step as u64);
+                let acc = bar.message();
+                let acc = acc
+                    .split(" acc ")
+                    .nth(1)
+                    .map(|a| format!(" acc {a}"))
+                    .unwrap_or_default();
+                bar.set_message(format!("epoch {epoch} loss {loss:.3}{acc}"));
+            }
+            ProgressEvent::Resumed { epoch, step } => {
+                bar.set_position(*step as u64);
+                bar.set_message(format!("resumed after epoch {epoch}"));
+            }
+            ProgressEvent::Epoch(m) => {
+                let acc = m
+                    .accuracy
+                    .map(|a| format!("{a:.3}"))
+                    .unwrap_or_else(|| "-".into());
+                bar.set_message(format!(
+                    "epoch {} loss {:.3} acc {acc}",
+                    m.epoch, m.train_loss
+                ));
+                if !self.tty && !self.quiet {
+                    eprintln!(
+                        "trial {trial:04} epoch {}: train_loss {:.4} dev_loss {:.4} accuracy {acc}",
+                        m.epoch, m.train_loss, m.dev_loss
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn trial_ended(&mut self, trial: usize, line: &str) {
+        if let Some((bar, _)) = self.trials.remove(&trial) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+        self.overall.inc(1);
+        self.println(line);
+    }
+
+    /// One more trial to wait for (a retry).
+    pub fn add_pending(&self, n: u64) {
+        self.overall.inc_length(n);
+    }
+
+    pub fn finish(&self) {
+        self.overall.finish_and_clear();
+    }
+}

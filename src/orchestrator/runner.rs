@@ -1,0 +1,543 @@
+//! The run loop behind `sweep run`: journals the plan, starts trials on free device slots through
+//! the executor, follows their progress, records every outcome, and keeps results.csv and best/
+//! current after each trial. With `--resume` it picks up a sweep where it stopped.
+//!
+//! Only I/O and bookkeeping: what to do is decided in `decide` and `scheduler`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::check::CheckedSpec;
+use crate::orchestrator::decide::{self, AfterExit, OnInterrupt, Outcome};
+use crate::orchestrator::executor::{Executor, LocalExecutor, Report, Stop};
+use crate::orchestrator::lock::FolderLock;
+use crate::orchestrator::progress::SweepProgress;
+use crate::orchestrator::scheduler::Scheduler;
+use crate::plan::{Plan, PlannedTrial};
+use crate::protocol::journal::{self, Event, Journal};
+use crate::protocol::trial::{trial_dir, TrialConfig, TrialResult};
+use crate::results::state::{Status, Trials};
+use crate::results::{self, BestTrial};
+use crate::spec::params::TrialParams;
+use crate::spec::SweepSpec;
+use crate::util::fs::write_atomic;
+
+/// Why a sweep could not run (or go on), naming the folder or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the device pool has CUDA GPUs but this build of sweep has no CUDA support: rebuild with `cargo build --release --features cuda`, or set `resources.devices: cpu`")]
+    NoCudaSupport,
+    #[error("{} already holds a sweep's results; continue it with `sweep run SPEC --resume`, or start a new one with `--out NEW_DIR`", dir.display())]
+    ResultsExist { dir: PathBuf },
+    #[error("{message}")]
+    NotResumable { message: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] crate::orchestrator::lock::LockError),
+    #[error(transparent)]
+    Results(#[from] crate::results::ResultsError),
+    #[error("all trial monitors hung up")]
+    MonitorsGone,
+}
+
+pub type Result<T> = std::result::Result<T, RunError>;
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub struct RunOptions {
+    /// The `sweep` executable that trials run as (`PROGRAM train DIR`).
+    pub program: PathBuf,
+    /// No progress bars or per-trial lines.
+    pub quiet: bool,
+    /// Continue the sweep already in the results folder.
+    pub resume: bool,
+}
+
+#[derive(Debug)]
+pub struct RunSummary {
+    pub dir: PathBuf,
+    pub finished: usize,
+    pub failed: usize,
+    pub refused: usize,
+    pub seconds: f64,
+    pub best: Option<BestTrial>,
+    /// The user interrupted the sweep; `--resume` continues it.
+    pub interrupted: bool,
+}
+
+/// The journal and the trial rows it leads to, kept together: every event is journalled
+/// (synced) and then applied to the rows in memory, so they never need re-reading.
+struct Record {
+    journal: Journal,
+    trials: Trials,
+    dir: PathBuf,
+}
+
+impl Record {
+    fn log(&mut self, event: Event) -> Result<()> {
+        self.journal
+            .append(event.clone())
+            .map_err(io_at(self.journal.path()))?;
+        self.trials.apply(&event);
+        Ok(())
+    }
+
+    /// Rebuilds results.csv and best/ from the rows.
+    fn refresh(&self, spec: &SweepSpec) -> Result<()> {
+        Ok(results::refresh(
+            &self.dir,
+            &self.trials.to_vec(),
+            &spec.metric,
+        )?)
+    }
+}
+
+/// Runs every trial of the plan that has not run yet on local child processes and returns when
+/// all have ended (or the user interrupted). Only a spec that passed check can run.
+pub fn run(checked: &CheckedSpec, plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
+    let (mut executor, reports) = LocalExecutor::new(opts.program.clone());
+    run_with(checked, plan, opts, &mut executor, &reports)
+}
+
+/// `run`, with trials started by `executor`, whose reports arrive on `reports`.
+pub fn run_with(
+    checked: &CheckedSpec,
+    plan: &Plan,
+    opts: &RunOptions,
+    executor: &mut dyn Executor,
+    reports: &Receiver<(usize, Report)>,
+) -> Result<RunSummary> {
+    let started = Instant::now();
+    let spec = checked.spec();
+    let dir = &plan.results_dir;
+    if plan.pool.has_cuda() && !cfg!(feature = "cuda") {
+        return Err(RunError::NoCudaSupport);
+    }
+    let existing = dir.join(Journal::FILE).exists();
+    if existing && !opts.resume {
+        return Err(RunError::ResultsExist { dir: dir.clone() });
+    }
+    std::fs::create_dir_all(dir.join("trials")).map_err(io_at(dir))?;
+    let dir = std::fs::canonicalize(dir).map_err(io_at(dir))?;
+    let _lock = FolderLock::acquire(&dir)?;
+    let mut record = Record {
+        trials: if existing {
+            check_resumable(&dir, plan, spec)?
+        } else {
+            Trials::default()
+        },
+        journal: Journal::open(&dir).map_err(io_at(&dir.join(Journal::FILE)))?,
+        dir: dir.clone(),
+    };
+
+    let to_run: Vec<&PlannedTrial> = if existing {
+        for r in record.trials.rows().filter(|r| r.status == Status::Running) {
+            if let Some(pid) = r.pid {
+                executor.reclaim(r.trial, pid, &trial_dir(&dir, r.trial));
+            }
+        }
+        let pending: Vec<&PlannedTrial> = plan
+            .trials
+            .iter()
+            .filter(|t| {
+                record
+                    .trials
+                    .get(t.id)
+                    .is_some_and(|r| r.status.runs_on_resume())
+            })
+            .collect();
+        record.log(Event::SweepResumed {
+            trials_to_run: pending.len(),
+        })?;
+        pending
+    } else {
+        let frozen = dir.join("spec.yaml");
+        write_atomic(&frozen, checked.text().as_bytes()).map_err(io_at(&frozen))?;
+        record.log(Event::SweepStarted {
+            name: plan.name.clone(),
+            trials: plan.trials.len(),
+        })?;
+        for t in &plan.trials {
+            record.log(Event::TrialPlanned {
+                trial: t.id,
+                params: t.params.to_map(),
+                estimate_mb: t.estimate_mb,
+            })?;
+            if let Some(reason) = &t.refusal {
+                record.log(Event::TrialRefused {
+                    trial: t.id,
+                    reason: reason.clone(),
+                })?;
+            }
+        }
+        plan.trials.iter().filter(|t| t.refusal.is_none()).collect()
+    };
+    record.refresh(spec)?;
+
+    let by_id: HashMap<usize, &PlannedTrial> = to_run.iter().map(|t| (t.id, *t)).collect();
+    let mut ui = SweepProgress::new(to_run.len(), opts.quiet);
+    if existing {
+        ui.println(&format!(
+            "resuming: {} of {} trials still to run",
+            to_run.len(),
+            plan.trials.len()
+        ));
+    } else {
+        for t in plan.trials.iter().filter(|t| t.refusal.is_some()) {
+            ui.println(&format!(
+                "trial {:04} refused: {}",
+                t.id,
+                t.refusal.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    let mut scheduler = Scheduler::new(
+        plan.pool.slots.len(),
+        plan.pool.parallel,
+        to_run.iter().map(|t| (t.id, t.params.gpus as usize)),
+    );
+    crate::orchestrator::interrupt::install();
+    let interrupts_before = crate::orchestrator::interrupt::count();
+    // The slots each running trial holds.
+    let mut running: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut stopping = false;
+    let (mut finished, mut failed) = (0, 0);
+    loop {
+        while let Some((id, slots)) = scheduler.next_to_start() {
+            let t = by_id[&id];
+            let placement = decide::placement(plan, &slots);
+            let tdir = trial_dir(&dir, id);
+            let params = params_to_run(t, &record.trials);
+            let launched = prepare_trial(
+                checked,
+                plan,
+                t.id,
+                &params,
+                &tdir,
+                &placement.devices,
+                placement.threads,
+            )
+            .and_then(|()| {
+                executor
+                    .start(id, &tdir, &placement)
+                    .map_err(|e| e.to_string())
+            });
+            match launched {
+                Ok(pid) => {
+                    record.log(Event::TrialStarted {
+                        trial: id,
+                        devices: placement.physical.clone(),
+                        threads: placement.threads,
+                        pid,
+                    })?;
+                    running.insert(id, slots);
+                    ui.trial_started(id, label(t));
+                }
+                Err(e) => {
+                    scheduler.release(&slots);
+                    failed += 1;
+                    let reason = format!("could not start: {e}");
+                    record.log(Event::TrialFailed {
+                        trial: id,
+                        reason: reason.clone(),
+                    })?;
+                    ui.trial_ended(id, &format!("trial {id:04} failed: {reason}"));
+                    record.refresh(spec)?;
+                }
+            }
+        }
+        if scheduler.is_idle() {
+            break;
+        }
+        let interrupts = crate::orchestrator::interrupt::count() - interrupts_before;
+        match decide::on_interrupt(interrupts, stopping) {
+            OnInterrupt::Continue => {}
+            OnInterrupt::KillNow => {
+                // Every running trial is killed and journalled as stopped.
+                for (id, _) in running.drain() {
+                    executor.stop(id, Stop::Kill);
+                    record.log(Event::TrialStopped {
+                        trial: id,
+                        reason: "killed on a second interrupt".into(),
+                    })?;
+                }
+                record.refresh(spec)?;
+                ui.finish();
+                return Ok(summary(&dir, finished, failed, plan, started, true));
+            }
+            OnInterrupt::StopGracefully => {
+                stopping = true;
+                let dropped = scheduler.clear_queue();
+                for id in running.keys() {
+                    executor.stop(*id, Stop::Gracefully);
+                }
+                ui.println(&format!(
+                    "interrupted: {} queued trials will not start, {} running ones are stopping (Ctrl-C again to kill them now); continue later with --resume",
+                    dropped.len(),
+                    running.len()
+                ));
+            }
+        }
+        let (id, report) = match reports.recv_timeout(Duration::from_millis(200)) {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Err(RunError::MonitorsGone),
+        };
+        let exit = match report {
+            Report::Progress(event) => {
+                ui.event(id, &event);
+                continue;
+            }
+            Report::Exited(exit) => exit,
+        };
+        if let Some(slots) = running.remove(&id) {
+            scheduler.release(&slots);
+        }
+        // The trial folder's result.json is the truth for success.
+        let outcome = match exit {
+            Ok(()) => match read_result(&trial_dir(&dir, id)) {
+                Ok(result) => Outcome::Finished(Box::new(result)),
+                Err(reason) => Outcome::Failed(reason),
+            },
+            Err(reason) => Outcome::Failed(reason),
+        };
+        let t = by_id[&id];
+        let micro = params_to_run(t, &record.trials).micro_batch();
+        match decide::after_exit(outcome, stopping, spec.on_oom, micro, t.params.batch_size) {
+            AfterExit::Finished(result) => {
+                finished += 1;
+                let line = format!(
+                    "trial {id:04} finished: {} accuracy {} dev_loss {:.4} ({:.0} s)",
+                    label(t),
+                    result
+                        .accuracy
+                        .map(|a| format!("{a:.4}"))
+                        .unwrap_or_else(|| "-".into()),
+                    result.dev_loss,
+                    result.seconds
+                );
+                record.log(Event::TrialFinished {
+                    trial: id,
+                    result: *result,
+                })?;
+                ui.trial_ended(id, &line);
+            }
+            AfterExit::Retry {
+                micro,
+                retry,
+                reason,
+            } => {
+                record.log(Event::TrialOutOfMemory {
+                    trial: id,
+                    micro_batch: micro,
+                    retry_micro_batch: Some(retry),
+                    reason,
+                })?;
+                scheduler.requeue_front(id, t.params.gpus as usize);
+                ui.trial_ended(
+                    id,
+                    &format!(
+                        "trial {id:04} out of memory at micro-batch {micro}; retrying with {retry} (grad_accum {})",
+                        t.params.batch_size / retry
+                    ),
+                );
+                ui.add_pending(1);
+            }
+            AfterExit::OutOfMemory {
+                micro,
+                reason,
+                why,
+                stop_sweep,
+            } => {
+                record.log(Event::TrialOutOfMemory {
+                    trial: id,
+                    micro_batch: micro,
+                    retry_micro_batch: None,
+                    reason,
+                })?;
+                failed += 1;
+                record.log(Event::TrialFailed {
+                    trial: id,
+                    reason: why.clone(),
+                })?;
+                ui.trial_ended(id, &format!("trial {id:04} failed: {why}"));
+                if stop_sweep {
+                    let dropped = scheduler.clear_queue();
+                    ui.println(&format!(
+                        "on_oom: fail: {} queued trials will not start",
+                        dropped.len()
+                    ));
+                }
+            }
+            AfterExit::Stopped { reason } => {
+                record.log(Event::TrialStopped { trial: id, reason })?;
+                ui.trial_ended(id, &format!("trial {id:04} stopped"));
+            }
+            AfterExit::Failed { reason } => {
+                failed += 1;
+                record.log(Event::TrialFailed {
+                    trial: id,
+                    reason: reason.clone(),
+                })?;
+                ui.trial_ended(id, &format!("trial {id:04} failed: {reason}"));
+            }
+        }
+        enforce_retention(&mut record, spec)?;
+        record.refresh(spec)?;
+    }
+    ui.finish();
+    if !stopping {
+        record.log(Event::SweepFinished {
+            seconds: started.elapsed().as_secs_f64(),
+        })?;
+    }
+    Ok(summary(&dir, finished, failed, plan, started, stopping))
+}
+
+/// The trial's parameters for its next run: as planned, with the micro-batch that out-of-memory
+/// retries left it.
+fn params_to_run(t: &PlannedTrial, trials: &Trials) -> TrialParams {
+    let mut params = t.params.clone();
+    if let Some(m) = trials.get(t.id).and_then(|r| r.retry_micro_batch) {
+        params.micro_batch = Some(m);
+    }
+    params
+}
+
+fn summary(
+    dir: &Path,
+    finished: usize,
+    failed: usize,
+    plan: &Plan,
+    started: Instant,
+    interrupted: bool,
+) -> RunSummary {
+    RunSummary {
+        finished,
+        failed,
+        refused: plan.trials.iter().filter(|t| t.refusal.is_some()).count(),
+        seconds: started.elapsed().as_secs_f64(),
+        best: results::read_best(dir).ok(),
+        dir: dir.to_path_buf(),
+        interrupted,
+    }
+}
+
+/// A sweep resumes only with the spec it started with, trial for trial. Returns the trials'
+/// states from the journal.
+fn check_resumable(dir: &Path, plan: &Plan, spec: &SweepSpec) -> Result<Trials> {
+    let frozen_path = dir.join("spec.yaml");
+    let frozen = SweepSpec::from_file(&frozen_path).map_err(|e| RunError::NotResumable {
+        message: format!("{}: cannot resume: {e}", dir.display()),
+    })?;
+    let comparable = |s: &SweepSpec| SweepSpec {
+        output: None,
+        ..s.clone()
+    };
+    if comparable(&frozen) != comparable(spec) {
+        return Err(RunError::NotResumable {
+            message: format!(
+                "the sweep file differs from the one this sweep started with ({}); resume needs the same file, or start a new sweep with `--out NEW_DIR`",
+                frozen_path.display()
+            ),
+        });
+    }
+    let trials = Trials::from_entries(&journal::read(dir).map_err(io_at(dir))?);
+    for t in &plan.trials {
+        let journalled = trials
+            .get(t.id)
+            .and_then(|r| TrialParams::from_map(&r.params).ok());
+        if !journalled.is_some_and(|p| p.same_trial_as(&t.params)) {
+            return Err(RunError::NotResumable {
+                message: format!(
+                    "trial {} of {} does not match the plan of the sweep file; start a new sweep with `--out NEW_DIR`",
+                    t.id,
+                    dir.display()
+                ),
+            });
+        }
+    }
+    Ok(trials)
+}
+
+/// Under `checkpoints: {keep: N}`, deletes the checkpoints `decide::checkpoints_to_delete`
+/// names. The deletion is journalled first, so a crash in between leaves a consistent record.
+fn enforce_retention(record: &mut Record, spec: &SweepSpec) -> Result<()> {
+    let Some(policy) = &spec.checkpoints else {
+        return Ok(());
+    };
+    for trial in decide::checkpoints_to_delete(record.trials.rows(), &spec.metric, policy.keep) {
+        record.log(Event::CheckpointDeleted { trial })?;
+        let checkpoint = record
+            .trials
+            .get(trial)
+            .and_then(|r| r.result.as_ref())
+            .map(|r| r.checkpoint.clone());
+        if let Some(checkpoint) = checkpoint.filter(|c| c.exists()) {
+            std::fs::remove_dir_all(&checkpoint).map_err(io_at(&checkpoint))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the trial's folder and config.json before it starts.
+fn prepare_trial(
+    checked: &CheckedSpec,
+    plan: &Plan,
+    id: usize,
+    params: &TrialParams,
+    dir: &Path,
+    devices: &[String],
+    threads: usize,
+) -> std::result::Result<(), String> {
+    let config = TrialConfig {
+        trial: id,
+        sweep: plan.name.clone(),
+        params: params.clone(),
+        train: plan.train.clone(),
+        dev: plan.dev.clone(),
+        model: plan.model.clone(),
+        metric: checked.spec().metric.clone(),
+        devices: devices.to_vec(),
+        threads,
+    };
+    let path = dir.join(TrialConfig::FILE);
+    let bytes = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| write_atomic(&path, &bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn read_result(dir: &Path) -> std::result::Result<TrialResult, String> {
+    let path = dir.join(TrialResult::FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("exited 0 but {} is unreadable: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn label(t: &PlannedTrial) -> String {
+    let p = &t.params;
+    format!(
+        "{} lr={:.0e} ep={} bs={}{}",
+        p.method.as_str(),
+        p.learning_rate,
+        p.epochs,
+        p.batch_size,
+        if p.gpus > 1 {
+            format!(" gpus={}", p.gpus)
+        } else {
+            String::new()
+        }
+    )
+}

@@ -1,0 +1,704 @@
+//! Planning: from a sweep file to the list of trials, each with typed parameters, the devices it
+//! needs, its predicted memory, and a refusal when it can never run. Nothing trains here;
+//! `sweep plan` prints this.
+
+pub mod devices;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::plan::devices::{discover_gpus, machine_memory_mb};
+use crate::spec::memory::{estimate, fitting_micro_batch, Workload, MB};
+use crate::spec::params::{Method, TrialParams};
+use crate::spec::search::{assignments, Assignment};
+use crate::spec::shape::ModelConfig;
+use crate::spec::{DeviceKind, DevicesSpec, ModelSource, OnOom, SpecError, SweepSpec};
+use crate::text::data::{DataError, Example};
+use crate::text::encode::TokenCounts;
+use crate::text::model_folder::{read_config, ModelFolderError};
+use crate::text::tokenizer::{load_tokenizer, TokenizerError};
+
+/// Why a sweep cannot be planned; every message names the sweep file or the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{file}: {field}: `{}` not found", path.display())]
+    NotFound {
+        file: String,
+        field: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: model.path: `{}` has no config.json (a Hugging Face model folder is expected)", path.display())]
+    NotAModelFolder { file: String, path: PathBuf },
+    #[error("{file}: {source}")]
+    Pool { file: String, source: PoolError },
+    #[error("{file}: trial {trial} ({assignment}): {message}")]
+    Trial {
+        file: String,
+        trial: usize,
+        assignment: String,
+        message: String,
+    },
+    #[error("{file}: the sweep has no trials")]
+    NoTrials { file: String },
+    #[error("unknown preset `{0}`")]
+    UnknownPreset(String),
+    #[error("{}:{line}: cannot tokenize: {message}", file.display())]
+    Tokens {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    ModelFolder(#[from] ModelFolderError),
+}
+
+/// One place a trial can run: the CPU, or one CUDA device.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Slot {
+    /// `cpu` or `cuda:N` (N the physical index).
+    pub name: String,
+    /// Memory a trial may use on it, in MiB, when known.
+    pub memory_mb: Option<f64>,
+    /// What it is, for people (`cpu`, or the GPU's name).
+    pub label: String,
+}
+
+/// A `resources` setting the pool cannot be made from.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PoolError {
+    /// The spec field at fault (`resources.devices`, ...).
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl PoolError {
+    fn devices(message: String) -> Self {
+        Self {
+            field: "resources.devices",
+            message,
+        }
+    }
+}
+
+/// The devices trials are placed on. On a CPU-only machine every slot is the CPU; a trial with
+/// `gpus: k` holds k slots (and so a larger share of the cores).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Pool {
+    pub slots: Vec<Slot>,
+    /// Most trials running at once.
+    pub parallel: usize,
+    /// CPU cores shared among running trials.
+    pub cores: usize,
+    /// Enforced memory per CPU slot in MiB (`resources.memory_per_device`), if any.
+    pub cpu_memory_limit_mb: Option<f64>,
+}
+
+impl Pool {
+    /// The pool a spec asks for: `auto` finds CUDA GPUs with nvidia-smi and falls back to CPU slots.
+    pub fn from_spec(spec: &SweepSpec, cores: usize) -> Result<Self, PoolError> {
+        let parallel = spec.resources.parallel.unwrap_or(2);
+        let per_device = match &spec.resources.memory_per_device {
+            Some(m) => Some(m.mb().map_err(|e| PoolError {
+                field: "resources.memory_per_device",
+                message: e.0,
+            })?),
+            None => None,
+        };
+        let cpu_pool = |n: usize| -> Self {
+            let memory = per_device.or_else(|| machine_memory_mb().map(|m| m / n as f64));
+            Self {
+                slots: (0..n)
+                    .map(|_| Slot {
+                        name: "cpu".into(),
+                        memory_mb: memory,
+                        label: "cpu".into(),
+                    })
+                    .collect(),
+                parallel,
+                cores: cores.max(1),
+                cpu_memory_limit_mb: per_device,
+            }
+        };
+        let gpu_pool = |gpus: Vec<crate::plan::devices::Gpu>| -> Self {
+            Self {
+                slots: gpus
+                    .into_iter()
+                    .map(|g| Slot {
+                        name: format!("cuda:{}", g.index),
+                        memory_mb: Some(per_device.unwrap_or(g.free_mb)),
+                        label: g.name,
+                    })
+                    .collect(),
+                parallel,
+                cores: cores.max(1),
+                cpu_memory_limit_mb: None,
+            }
+        };
+        let cpu_slots = spec.resources.slots.unwrap_or(parallel);
+        Ok(match &spec.resources.devices {
+            None | Some(DevicesSpec::Named(DeviceKind::Auto)) => match discover_gpus() {
+                Some(Ok(gpus)) if !gpus.is_empty() => gpu_pool(gpus),
+                _ => cpu_pool(cpu_slots),
+            },
+            Some(DevicesSpec::Named(DeviceKind::Cpu)) => cpu_pool(cpu_slots),
+            Some(DevicesSpec::Named(DeviceKind::Cuda)) => match discover_gpus() {
+                Some(Ok(gpus)) if !gpus.is_empty() => gpu_pool(gpus),
+                Some(Ok(_)) => return Err(PoolError::devices("`cuda`, but nvidia-smi lists no GPU this process may use (CUDA_VISIBLE_DEVICES?)".into())),
+                Some(Err(e)) => return Err(PoolError::devices(format!("`cuda`, but {e}"))),
+                None => return Err(PoolError::devices("`cuda`, but nvidia-smi is not installed here; use `devices: cpu`".into())),
+            },
+            Some(DevicesSpec::Ids(ids)) => {
+                if ids.is_empty() {
+                    return Err(PoolError::devices("the list of device ids is empty".into()));
+                }
+                match discover_gpus() {
+                    Some(Ok(gpus)) => {
+                        let missing: Vec<String> = ids
+                            .iter()
+                            .filter(|i| !gpus.iter().any(|g| g.index == **i))
+                            .map(|i| i.to_string())
+                            .collect();
+                        if !missing.is_empty() {
+                            return Err(PoolError::devices(format!(
+                                "GPU {} not found; nvidia-smi lists {}",
+                                missing.join(", "),
+                                if gpus.is_empty() { "none".to_string() } else {
+                                    gpus.iter().map(|g| g.index.to_string()).collect::<Vec<_>>().join(", ")
+                                }
+                            )));
+                        }
+                        gpu_pool(gpus.into_iter().filter(|g| ids.contains(&g.index)).collect())
+                    }
+                    Some(Err(e)) => return Err(PoolError::devices(e)),
+                    None => return Err(PoolError::devices("GPU ids given, but nvidia-smi is not installed here".into())),
+                }
+            }
+        })
+    }
+
+    /// CPU threads for a trial holding `held` slots: the cores split between the trials that can
+    /// run at once.
+    pub fn threads_for(&self, held: usize) -> usize {
+        let concurrent = self.parallel.min(self.slots.len()).max(1);
+        (self.cores * held / concurrent).clamp(1, self.cores)
+    }
+
+    pub fn has_cuda(&self) -> bool {
+        self.slots.iter().any(|s| s.name.starts_with("cuda:"))
+    }
+
+    /// The smallest memory among the slots, which a trial must fit on whichever it gets.
+    fn device_memory_mb(&self) -> Option<f64> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.memory_mb)
+            .min_by(f64::total_cmp)
+    }
+
+    fn describe(&self) -> String {
+        let mut names: Vec<String> = Vec::new();
+        for s in &self.slots {
+            let mem = s
+                .memory_mb
+                .map(|m| format!(" {:.0} MiB", m))
+                .unwrap_or_default();
+            names.push(if s.name == "cpu" {
+                format!("cpu{mem}")
+            } else {
+                format!("{} ({}){mem}", s.name, s.label)
+            });
+        }
+        names.join(", ")
+    }
+}
+
+/// How planning treats memory.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    /// Refuse or shrink trials whose predicted memory does not fit their device.
+    pub memory_check: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self { memory_check: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedTrial {
+    /// 1-based; the trial folder is `trials/{id:04}`.
+    pub id: usize,
+    pub assignment: Assignment,
+    pub params: TrialParams,
+    /// Predicted peak memory per device, in MiB, at the planned micro-batch.
+    pub estimate_mb: Option<f64>,
+    /// What planning changed, e.g. a smaller micro-batch to fit.
+    pub note: Option<String>,
+    /// Why the trial can never run, if so.
+    pub refusal: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub name: String,
+    pub results_dir: PathBuf,
+    pub train: PathBuf,
+    pub dev: PathBuf,
+    pub model: ModelSource,
+    pub pool: Pool,
+    pub swept: Vec<String>,
+    pub trials: Vec<PlannedTrial>,
+}
+
+/// Token lengths of the training data under the model's tokenizer, for memory estimates.
+struct Lengths {
+    config: ModelConfig,
+    /// (prompt, answer) tokens of each labelled example.
+    supervised: Vec<(usize, usize)>,
+    /// Tokens of each example as unlabelled text.
+    text: Vec<usize>,
+    /// Counted positions per example, longest first: answers (sft/lora) and texts.
+    answers_desc: Vec<usize>,
+    texts_desc: Vec<usize>,
+}
+
+impl Lengths {
+    /// From the training set's token counts: those the checks measured, or measured here.
+    fn measure(
+        model: &ModelSource,
+        train_file: &Path,
+        train: &[Example],
+        counted: Option<&TokenCounts>,
+    ) -> Result<Self, PlanError> {
+        let measured;
+        let counts = match counted {
+            Some(c) => c,
+            None => {
+                measured = TokenCounts::measure(&load_tokenizer(model, train)?, train);
+                &measured
+            }
+        };
+        if let Some((line, e)) = counts.first_error() {
+            return Err(PlanError::Tokens {
+                file: train_file.to_path_buf(),
+                line,
+                message: e.to_string(),
+            });
+        }
+        let config = match model {
+            ModelSource::Preset(name) => {
+                let mut c = crate::spec::shape::preset(name)
+                    .ok_or_else(|| PlanError::UnknownPreset(name.clone()))?;
+                c.vocab_size = counts.vocab_size;
+                c
+            }
+            ModelSource::Path(dir) => read_config(dir)?,
+        };
+        let supervised: Vec<(usize, usize)> = counts
+            .examples
+            .iter()
+            .filter_map(|e| e.labelled.as_ref()?.as_ref().ok().copied())
+            .collect();
+        // Texts that give fewer than two tokens train nothing (and fail the checks).
+        let text: Vec<usize> = counts
+            .examples
+            .iter()
+            .filter_map(|e| e.text.as_ref().ok().copied())
+            .filter(|n| *n >= 2)
+            .collect();
+        let mut answers_desc: Vec<usize> = supervised.iter().map(|(_, a)| *a).collect();
+        answers_desc.sort_unstable_by(|a, b| b.cmp(a));
+        let mut texts_desc: Vec<usize> = text.iter().map(|n| n.saturating_sub(1)).collect();
+        texts_desc.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(Self {
+            config,
+            supervised,
+            text,
+            answers_desc,
+            texts_desc,
+        })
+    }
+
+    fn workload<'a>(&'a self, params: &'a TrialParams) -> Workload<'a> {
+        let max = params.max_seq_len as usize;
+        let (longest_sequence, counted_per_sequence) = match params.method {
+            Method::PostPretrain => {
+                let longest = self.text.iter().map(|n| (*n).min(max)).max().unwrap_or(2);
+                (longest, longest.saturating_sub(1))
+            }
+            Method::Sft | Method::Lora => (
+                self.supervised
+                    .iter()
+                    .map(|(p, a)| (p + a).min(max))
+                    .max()
+                    .unwrap_or(2),
+                self.supervised.iter().map(|(_, a)| *a).max().unwrap_or(1),
+            ),
+        };
+        // Truncation to max_seq_len only shortens texts; the sorted lengths stay an upper bound.
+        let counted_longest_first = match params.method {
+            Method::PostPretrain => &self.texts_desc,
+            Method::Sft | Method::Lora => &self.answers_desc,
+        };
+        Workload {
+            config: &self.config,
+            params,
+            longest_sequence,
+            counted_per_sequence,
+            counted_longest_first: Some(counted_longest_first),
+            bytes_per_value: 4,
+        }
+    }
+}
+
+impl Plan {
+    /// Plans a parsed spec; `file` names the sweep file in messages.
+    pub fn new(spec: &SweepSpec, file: &Path) -> Result<Self, PlanError> {
+        Self::with_options(spec, file, PlanOptions::default())
+    }
+
+    pub fn with_options(
+        spec: &SweepSpec,
+        file: &Path,
+        options: PlanOptions,
+    ) -> Result<Self, PlanError> {
+        Self::measured(spec, file, options, None)
+    }
+
+    /// `with_options`, with the training set's token counts when the checks already measured
+    /// them (`check::CheckedSpec::plan`), so a run tokenizes its data once.
+    pub fn measured(
+        spec: &SweepSpec,
+        file: &Path,
+        options: PlanOptions,
+        train_tokens: Option<&TokenCounts>,
+    ) -> Result<Self, PlanError> {
+        let fname = file.display().to_string();
+        let absolute = |field: &'static str, p: &Path| -> Result<PathBuf, PlanError> {
+            std::fs::canonicalize(p).map_err(|source| PlanError::NotFound {
+                file: fname.clone(),
+                field,
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let train = absolute("data.train", &spec.data.train)?;
+        let dev = absolute("data.dev", &spec.data.dev)?;
+        let model = match (&spec.model.path, &spec.model.preset) {
+            (Some(p), _) => {
+                let dir = absolute("model.path", p)?;
+                if !dir.join("config.json").exists() {
+                    return Err(PlanError::NotAModelFolder {
+                        file: fname,
+                        path: p.clone(),
+                    });
+                }
+                ModelSource::Path(dir)
+            }
+            (None, Some(name)) => ModelSource::Preset(name.clone()),
+            (None, None) => ModelSource::Preset("tiny".into()),
+        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let pool = Pool::from_spec(spec, cores).map_err(|source| PlanError::Pool {
+            file: fname.clone(),
+            source,
+        })?;
+        let examples = crate::text::data::load_examples(&train)?;
+        let lengths = Lengths::measure(&model, &train, &examples, train_tokens)?;
+        let device_mb = pool.device_memory_mb();
+        let mut trials = Vec::new();
+        for (i, assignment) in assignments(spec, &fname)?.into_iter().enumerate() {
+            let id = i + 1;
+            let mut params =
+                TrialParams::from_assignment(&assignment, spec.seed).map_err(|problem| {
+                    PlanError::Trial {
+                        file: fname.clone(),
+                        trial: id,
+                        assignment: describe(&assignment),
+                        message: problem.message,
+                    }
+                })?;
+            let mut refusal = None;
+            let mut note = None;
+            if params.gpus as usize > pool.slots.len() {
+                refusal = Some(format!(
+                    "asks for {} devices but the pool has {} ({}); it could never start",
+                    params.gpus,
+                    pool.slots.len(),
+                    pool.describe()
+                ));
+            }
+            // Each device holds the model and its share of the micro-batch.
+            let per_device = |micro: usize| micro.div_ceil(params.gpus.max(1) as usize);
+            let workload = lengths.workload(&params);
+            let planned_micro = params.micro_batch() as usize;
+            let mut estimate_mb = Some(estimate(&workload, per_device(planned_micro)).total_mb());
+            if let (Some(limit), true, None) = (device_mb, options.memory_check, &refusal) {
+                if estimate_mb.unwrap_or(0.0) > limit {
+                    let at_one = estimate(&workload, 1).total_mb();
+                    let fit = match spec.on_oom {
+                        OnOom::HalveBatch => {
+                            fitting_micro_batch(&workload, params.batch_size as usize, limit * MB)
+                        }
+                        OnOom::Skip | OnOom::Fail => None,
+                    };
+                    match fit {
+                        Some(micro) => {
+                            note = Some(format!(
+                                "micro-batch {planned_micro} -> {micro} (grad_accum {}) to fit {limit:.0} MiB",
+                                params.batch_size as usize / micro
+                            ));
+                            estimate_mb = Some(estimate(&workload, per_device(micro)).total_mb());
+                            params.micro_batch = Some(micro as u32);
+                        }
+                        None if at_one > limit => {
+                            refusal = Some(format!(
+                                "needs about {at_one:.0} MiB even at micro-batch 1, more than the {limit:.0} MiB of a device; it could never fit"
+                            ))
+                        }
+                        None => {
+                            refusal = Some(format!(
+                                "needs about {:.0} MiB at micro-batch {planned_micro}, more than the {limit:.0} MiB of a device (on_oom: {:?})",
+                                estimate_mb.unwrap_or(0.0),
+                                spec.on_oom
+                            ))
+                        }
+                    }
+                }
+            }
+            if refusal.is_some() {
+                estimate_mb = estimate_mb.filter(|_| params.gpus as usize <= pool.slots.len());
+            }
+            trials.push(PlannedTrial {
+                id,
+                assignment,
+                params,
+                estimate_mb,
+                note,
+                refusal,
+            });
+        }
+        if trials.is_empty() {
+            return Err(PlanError::NoTrials { file: fname });
+        }
+        Ok(Self {
+            name: spec.name.clone(),
+            results_dir: spec.results_dir(),
+            train,
+            dev,
+            model,
+            pool,
+            swept: spec.swept_parameters(),
+            trials,
+        })
+    }
+
+    /// A human-readable table of the trials.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "sweep `{}`: {} trials ({} refused), swept: {}\npool: {} slot(s) [{}], at most {} at once, {} cores\nresults: {}\n\n",
+            self.name,
+            self.trials.len(),
+            self.trials.iter().filter(|t| t.refusal.is_some()).count(),
+            if self.swept.is_empty() { "nothing".to_string() } else { self.swept.join(", ") },
+            self.pool.slots.len(),
+            self.pool.describe(),
+            self.pool.parallel,
+            self.pool.cores,
+            self.results_dir.display()
+        );
+        let device_mb = self
+            .pool
+            .device_memory_mb()
+            .map(|m| format!("{m:.0}"))
+            .unwrap_or_else(|| "?".into());
+        out.push_str(&format!(
+            "{:>5}  {:<13} {:>10} {:>6} {:>6} {:>5} {:>5} {:>7} {:>14}  {}\n",
+            "trial",
+            "method",
+            "lr",
+            "epochs",
+            "batch",
+            "micro",
+            "gpus",
+            "threads",
+            "memory MiB",
+            "status"
+        ));
+        for t in &self.trials {
+            let p = &t.params;
+            let memory = t
+                .estimate_mb
+                .map(|e| format!("{e:.0}/{device_mb}"))
+                .unwrap_or_else(|| "-".into());
+            let status = match (&t.refusal, &t.note) {
+                (Some(r), _) => format!("refused: {r}"),
+                (None, Some(n)) => format!("ok: {n}"),
+                (None, None) => "ok".into(),
+            };
+            out.push_str(&format!(
+                "{:>5}  {:<13} {:>10.3e} {:>6} {:>6} {:>5} {:>5} {:>7} {:>14}  {}\n",
+                t.id,
+                p.method.as_str(),
+                p.learning_rate,
+                p.epochs,
+                p.batch_size,
+                p.micro_batch(),
+                p.gpus,
+                self.pool.threads_for(p.gpus as usize),
+                memory,
+                status
+            ));
+        }
+        out
+    }
+}
+
+fn describe(a: &Assignment) -> String {
+    a.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_trials_larger_than_the_pool_and_splits_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d.json");
+        std::fs::write(&data, "{\"src\":\"a\",\"tgt\":\"b\"}\n").unwrap();
+        let yaml = format!(
+            "name: p\ndata: {{train: {0}, dev: {0}}}\nparameters:\n  gpus: {{values: [1, 2, 8]}}\nresources: {{devices: cpu, slots: 4, parallel: 2}}\n",
+            data.display()
+        );
+        let spec = SweepSpec::from_yaml(&yaml, "s.yaml").unwrap();
+        let plan = Plan::new(&spec, Path::new("s.yaml")).unwrap();
+        assert_eq!(plan.trials.len(), 3);
+        assert!(plan.trials[0].refusal.is_none() && plan.trials[1].refusal.is_none());
+        let r = plan.trials[2].refusal.as_deref().unwrap();
+        assert!(r.contains("8 devices") && r.contains("has 4"), "{r}");
+        let cpu = |n: usize| -> Vec<Slot> {
+            (0..n)
+                .map(|_| Slot {
+                    name: "cpu".into(),
+                    memory_mb: None,
+                    label: "cpu".into(),
+                })
+                .collect()
+        };
+        let pool = Pool {
+            slots: cpu(4),
+            parallel: 2,
+            cores: 2,
+            cpu_memory_limit_mb: None,
+        };
+        assert_eq!(pool.threads_for(1), 1);
+        assert_eq!(pool.threads_for(2), 2);
+        let pool = Pool {
+            slots: cpu(2),
+            parallel: 1,
+            cores: 2,
+            cpu_memory_limit_mb: None,
+        };
+        assert_eq!(pool.threads_for(1), 2);
+    }
+
+    fn spec_with(resources: &str, parameters: &str) -> (tempfile::TempDir, SweepSpec) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d.json");
+        let lines: String = (0..20)
+            .map(|i| {
+                format!(
+                    "{{\"src\":\"query number {i} about things\",\"tgt\":\"label{}\"}}\n",
+                    i % 3
+                )
+            })
+            .collect();
+        std::fs::write(&data, lines).unwrap();
+        let yaml = format!(
+            "name: p\ndata: {{train: {0}, dev: {0}}}\nmodel: {{preset: tiny}}\nparameters:\n{parameters}\nresources: {resources}\n",
+            data.display()
+        );
+        let spec = SweepSpec::from_yaml(&yaml, "s.yaml").unwrap();
+        (dir, spec)
+    }
+
+    #[test]
+    fn a_trial_predicted_too_large_gets_a_smaller_micro_batch_or_is_refused() {
+        // 60 MiB per device: the tiny model fits at small micro-batches only.
+        let (_d, spec) = spec_with(
+            "{devices: cpu, slots: 2, memory_per_device: 60}",
+            "  method: {value: post_pretrain}\n  batch_size: {values: [4, 512]}",
+        );
+        let plan = Plan::new(&spec, Path::new("s.yaml")).unwrap();
+        let small = &plan.trials[0];
+        assert!(small.refusal.is_none() && small.note.is_none(), "{small:?}");
+        let big = &plan.trials[1];
+        assert!(big.refusal.is_none(), "{big:?}");
+        let micro = big.params.micro_batch();
+        assert!(micro < 512 && 512 % micro == 0, "micro {micro}");
+        assert!(big.estimate_mb.unwrap() <= 60.0);
+        assert!(big.note.as_deref().unwrap().contains("to fit 60 MiB"));
+
+        // 10 MiB cannot hold even one example.
+        let (_d, spec) = spec_with(
+            "{devices: cpu, slots: 2, memory_per_device: 10}",
+            "  method: {value: sft}",
+        );
+        let plan = Plan::new(&spec, Path::new("s.yaml")).unwrap();
+        let r = plan.trials[0].refusal.as_deref().unwrap();
+        assert!(r.contains("even at micro-batch 1"), "{r}");
+
+        // on_oom: skip refuses instead of shrinking; --no-memory-check plans it as asked.
+        let (_d, mut spec) = spec_with(
+            "{devices: cpu, slots: 2, memory_per_device: 60}",
+            "  method: {value: post_pretrain}\n  batch_size: {value: 512}",
+        );
+        spec.on_oom = OnOom::Skip;
+        let plan = Plan::new(&spec, Path::new("s.yaml")).unwrap();
+        assert!(plan.trials[0]
+            .refusal
+            .as_deref()
+            .unwrap()
+            .contains("on_oom: Skip"));
+        let unchecked = Plan::with_options(
+            &spec,
+            Path::new("s.yaml"),
+            PlanOptions {
+                memory_check: false,
+            },
+        )
+        .unwrap();
+        assert!(unchecked.trials[0].refusal.is_none());
+        assert_eq!(unchecked.trials[0].params.micro_batch(), 512);
+    }
+
+    #[test]
+    fn missing_data_file_names_the_field() {
+        let spec = SweepSpec::from_yaml(
+            "name: p\ndata: {train: /nonexistent/t.json, dev: /nonexistent/d.json}\nparameters: {}\n",
+            "s.yaml",
+        )
+        .unwrap();
+        let e = format!("{:#}", Plan::new(&spec, Path::new("s.yaml")).unwrap_err());
+        assert!(
+            e.contains("data.train") && e.contains("/nonexistent/t.json"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The append-only journal, `journal.jsonl`: every state change of the sweep is one line, flushed
+//! to disk before anything depends on it. results.csv and best/ are derived from it.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::protocol::trial::TrialResult;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    SweepStarted {
+        name: String,
+        trials: usize,
+    },
+    TrialPlanned {
+        trial: usize,
+        params: BTreeMap<String, Value>,
+        /// Predicted peak memory per device, MiB.
+        #[serde(default)]
+        estimate_mb: Option<f64>,
+    },
+    /// Can never run as asked (for example more devices than the pool has).
+    TrialRefused {
+        trial: usize,
+        reason: String,
+    },
+    TrialStarted {
+        trial: usize,
+        devices: Vec<String>,
+        threads: usize,
+        /// The trial process, so a later run (or a person) can find it.
+        pid: u32,
+    },
+    TrialFinished {
+        trial: usize,
+        result: TrialResult,
+    },
+    TrialFailed {
+        trial: usize,
+        reason: String,
+    },
+    SweepFinished {
+        seconds: f64,
+    },
+    /// `sweep run --resume` picked the sweep up again.
+    SweepResumed {
+        trials_to_run: usize,
+    },
+    /// Stopped on the user's interrupt; runs again on resume.
+    TrialStopped {
+        trial: usize,
+        reason: String,
+    },
+    /// The trial ran out of memory; with `retry_micro_batch` it runs again with that micro-batch.
+    TrialOutOfMemory {
+        trial: usize,
+        micro_batch: u32,
+        retry_micro_batch: Option<u32>,
+        reason: String,
+    },
+    /// The trial's checkpoint folder was deleted under `checkpoints: {keep: N}`.
+    CheckpointDeleted {
+        trial: usize,
+    },
+}
+
+impl Event {
+    /// The trial an event is about, if any.
+    pub fn trial(&self) -> Option<usize> {
+        match self {
+            Event::TrialPlanned { trial, .. }
+            | Event::TrialRefused { trial, .. }
+            | Event::TrialStarted { trial, .. }
+            | Event::TrialFinished { trial, .. }
+            | Event::TrialFailed { trial, .. }
+            | Event::TrialStopped { trial, .. }
+            | Event::TrialOutOfMemory { trial, .. }
+            | Event::CheckpointDeleted { trial } => Some(*trial),
+            Event::SweepStarted { .. }
+            | Event::SweepFinished { .. }
+            | Event::SweepResumed { .. } => None,
+        }
+    }
+}
+
+/// One journal line: the event and when it happened (seconds since the Unix epoch).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub time: f64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+}
+
+impl Journal {
+    pub const FILE: &'static str = "journal.jsonl";
+
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        let path = dir.join(Self::FILE);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Self { file, path })
+    }
+
+    /// Appends one event and syncs it to disk.
+    pub fn append(&mut self, event: Event) -> std::io::Result<()> {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let line = serde_json::to_string(&Entry { time, event })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.file.write_all(format!("{line}\n").as_bytes())?;
+        self.file.sync_data()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads every complete entry. A torn last line (a crash mid-write) is skipped, not an error.
+pub fn read(dir: &Path) -> std::io::Result<Vec<Entry>> {
+    let text = std::fs::read_to_string(dir.join(Journal::FILE))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Entry>(line) {
+            Ok(e) => out.push(e),
+            Err(_) if i + 1 == lines.len() => {}
+            Err(e) => {
+                return Err(std::io::Error::other(format!(
+                    "{}:{}: {e}",
+                    dir.join(Journal::FILE).display(),
+                    i + 1
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.append(Event::SweepStarted {
+            name: "x".into(),
+            trials: 2,
+        })
+        .unwrap();
+        j.append(Event::TrialFailed {
+            trial: 1,
+            reason: "boom".into(),
+        })
+        .unwrap();
+        drop(j);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(Journal::FILE))
+            .unwrap();
+        f.write_all(b"{\"time\": 1.0, \"event\": \"trial_fin")
+            .unwrap();
+        let entries = read(dir.path()).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries[1].event,
+            Event::TrialFailed {
+                trial: 1,
+                reason: "boom".into()
+            }
+        );
+    }
+}

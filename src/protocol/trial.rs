@@ -1,0 +1,174 @@
+//! What passes between the orchestrator and a trial process: the trial's `config.json`, the
+//! progress events it prints on stdout (one JSON object a line), and its `result.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::params::TrialParams;
+use crate::spec::{MetricSpec, ModelSource};
+
+/// A trial's folder in a results folder: `trials/NNNN`.
+pub fn trial_dir(results: &Path, id: usize) -> PathBuf {
+    results.join("trials").join(format!("{id:04}"))
+}
+
+/// A protocol file that cannot be read or is not what it should be.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct ReadError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Everything a trial process needs, written to `trials/NNNN/config.json` before launch.
+/// Paths are absolute, so `sweep train DIR` works from any directory (a Slurm job, say).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrialConfig {
+    pub trial: usize,
+    pub sweep: String,
+    pub params: TrialParams,
+    pub train: PathBuf,
+    pub dev: PathBuf,
+    pub model: ModelSource,
+    pub metric: MetricSpec,
+    /// `cpu` or `cuda:N`, one per device the trial holds.
+    pub devices: Vec<String>,
+    /// CPU threads the trial may use.
+    pub threads: usize,
+}
+
+impl TrialConfig {
+    pub const FILE: &'static str = "config.json";
+
+    pub fn read(dir: &Path) -> Result<Self, ReadError> {
+        let path = dir.join(Self::FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| ReadError {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        serde_json::from_str(&text).map_err(|e| ReadError {
+            path,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// One line of `metrics.jsonl`, and one progress event on the trial's stdout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProgressEvent {
+    Start {
+        epochs: u32,
+        steps_per_epoch: usize,
+        train_examples: usize,
+        trainable_params: usize,
+        /// The devices the trial trains on, one model replica each.
+        #[serde(default)]
+        devices: Vec<String>,
+        /// The most examples one device takes per step (`batch_size` is over all devices).
+        #[serde(default)]
+        per_device_batch: usize,
+    },
+    Step {
+        epoch: u32,
+        step: usize,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+    },
+    Epoch(EpochMetrics),
+    /// The trial continues after an interruption from the end of `epoch`.
+    Resumed {
+        epoch: u32,
+        step: usize,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    pub epoch: u32,
+    pub step: usize,
+    pub train_loss: f64,
+    pub dev_loss: f64,
+    pub accuracy: Option<f64>,
+    pub tokens_per_sec: f64,
+    pub peak_rss_mb: f64,
+    pub elapsed_s: f64,
+}
+
+impl EpochMetrics {
+    /// The sweep's metric at this evaluation.
+    pub fn metric(&self, metric: crate::spec::Metric) -> Option<f64> {
+        match metric {
+            crate::spec::Metric::Accuracy => self.accuracy,
+            crate::spec::Metric::DevLoss => Some(self.dev_loss),
+        }
+    }
+}
+
+/// A finished trial's outcome, `trials/NNNN/result.json`. Metrics are those of the best epoch,
+/// whose weights are in `checkpoint/`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrialResult {
+    pub best_epoch: u32,
+    pub accuracy: Option<f64>,
+    pub dev_loss: f64,
+    pub train_loss: f64,
+    pub seconds: f64,
+    pub tokens_per_sec: f64,
+    pub peak_rss_mb: f64,
+    pub trainable_params: usize,
+    /// Examples per forward pass on one device.
+    pub micro_batch: u32,
+    /// Forward passes per step on one device.
+    pub grad_accum: u32,
+    /// Devices the trial trained on, one model replica each (results before multi-device
+    /// trials ran on one).
+    #[serde(default = "one_device")]
+    pub devices: u32,
+    /// The most examples one device took per step of the global `batch_size`; `None` in results
+    /// recorded before it was.
+    #[serde(default)]
+    pub per_device_batch: Option<u32>,
+    pub checkpoint: PathBuf,
+}
+
+fn one_device() -> u32 {
+    1
+}
+
+impl TrialResult {
+    pub const FILE: &'static str = "result.json";
+
+    pub fn metric(&self, metric: crate::spec::Metric) -> Option<f64> {
+        match metric {
+            crate::spec::Metric::Accuracy => self.accuracy,
+            crate::spec::Metric::DevLoss => Some(self.dev_loss),
+        }
+    }
+
+    /// What the trial is ranked by among others (`MetricSpec::rank`).
+    pub fn score(&self, metric: crate::spec::Metric) -> crate::spec::Score {
+        crate::spec::Score {
+            value: self.metric(metric),
+            dev_loss: self.dev_loss,
+            seconds: self.seconds,
+        }
+    }
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), 0 where unknown.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,248 @@
+//! Memory estimate of a trial before it runs: weights, gradients, optimizer state, activations.
+//!
+//! Why: the seed's full-SFT job ran out of memory after 30 minutes. Every trial's peak is
+//! predicted at plan time from the model's shape and the data's longest sequence, so a trial that
+//! can never fit is refused at once and one that fits only with a smaller micro-batch gets it.
+//! The activation coefficients count the tensors our forward pass keeps for the backward pass
+//! (see `model.rs`), and were checked against measured peaks (`scripts/validate-memory.sh`).
+
+use serde::Serialize;
+
+use crate::spec::params::{Method, TrialParams};
+use crate::spec::shape::ModelConfig;
+
+/// What the estimate needs to know about a trial.
+#[derive(Debug, Clone)]
+pub struct Workload<'a> {
+    pub config: &'a ModelConfig,
+    pub params: &'a TrialParams,
+    /// Tokens in the longest training sequence (after truncation to max_seq_len).
+    pub longest_sequence: usize,
+    /// Positions whose loss counts, per sequence at most: the longest answer for sft/lora, the
+    /// whole sequence for post_pretrain.
+    pub counted_per_sequence: usize,
+    /// When known, the counted positions of every example, longest first: the worst micro-batch
+    /// of m examples counts the sum of the first m (padding is never counted).
+    pub counted_longest_first: Option<&'a [usize]>,
+    /// Bytes per parameter and activation (4 for f32).
+    pub bytes_per_value: usize,
+}
+
+/// The parts of a trial's predicted peak, in bytes.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Estimate {
+    pub weights: f64,
+    pub gradients: f64,
+    pub optimizer: f64,
+    pub activations: f64,
+    /// The process itself: runtime, data, tokenizer.
+    pub overhead: f64,
+    /// The peak: the larger of loading (sft copies weights into trainable variables) and a
+    /// training step.
+    pub total: f64,
+}
+
+impl Estimate {
+    pub fn total_mb(&self) -> f64 {
+        self.total / MB
+    }
+}
+
+pub const MB: f64 = 1024.0 * 1024.0;
+
+/// Resident memory of a trial process before the model (measured: runtime, rayon, data).
+const PROCESS_OVERHEAD: f64 = 24.0 * MB;
+
+/// Values (not bytes) alive at the peak of a step, per token and layer, as multiples of the
+/// hidden and intermediate sizes, and per attention score. Counted from `CausalLm::hidden_states`
+/// (norms keep about 5 hidden-sized tensors each, projections and reshapes 10, rotary positions 8,
+/// residuals 2; the MLP 4 intermediate-sized; attention 4 score-sized), then fitted, with the
+/// gradients alive during backward, to peaks measured with examples/train_speed.rs.
+const PER_TOKEN_HIDDEN: f64 = 38.0;
+const PER_TOKEN_INTERMEDIATE: f64 = 5.0;
+const PER_SCORE: f64 = 5.0;
+/// LoRA keeps two more output-sized tensors per adapted projection (its delta and the sum).
+const PER_ADAPTED_OUTPUT: f64 = 2.0;
+/// Vocabulary-sized values per counted position: logits, log-softmax intermediates, their grads.
+const PER_COUNTED_VOCAB: f64 = 9.0;
+
+/// Trainable parameter count for the method.
+pub fn trainable_parameters(config: &ModelConfig, params: &TrialParams) -> usize {
+    match params.method {
+        Method::Sft | Method::PostPretrain => config.parameter_count(),
+        Method::Lora => {
+            let r = params.lora_rank as usize;
+            let per_layer: usize = params
+                .lora_targets
+                .iter()
+                .map(|t| {
+                    let (fan_in, fan_out) = projection_shape(config, t);
+                    r * (fan_in + fan_out)
+                })
+                .sum();
+            per_layer * config.num_hidden_layers
+        }
+    }
+}
+
+/// (fan_in, fan_out) of a projection by its HF module name; (0, 0) for an unknown name.
+fn projection_shape(c: &ModelConfig, module: &str) -> (usize, usize) {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let kv = c.kv_heads() * c.head_dim();
+    match module {
+        "q_proj" | "o_proj" => (h, h),
+        "k_proj" | "v_proj" => (h, kv),
+        "gate_proj" | "up_proj" => (h, i),
+        "down_proj" => (i, h),
+        _ => (0, 0),
+    }
+}
+
+/// Predicts the peak memory of a trial on one device at the given micro-batch.
+pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
+    let c = w.config;
+    let b = w.bytes_per_value as f64;
+    let params = c.parameter_count() as f64;
+    let trainable = trainable_parameters(c, w.params) as f64;
+    let weights = params * b;
+    // Gradients: one buffer per trainable tensor, and a running sum when accumulating.
+    let accumulating = w.params.grad_accum() > 1;
+    let gradients = trainable * b * if accumulating { 2.0 } else { 1.0 };
+    let optimizer = 2.0 * trainable * b;
+    let t = w.longest_sequence.max(2) as f64;
+    let tokens = micro_batch as f64 * t;
+    let adapted_outputs: usize = match w.params.method {
+        Method::Lora => w
+            .params
+            .lora_targets
+            .iter()
+            .map(|t| projection_shape(c, t).1)
+            .sum(),
+        Method::Sft | Method::PostPretrain => 0,
+    };
+    let per_layer = tokens
+        * (PER_TOKEN_HIDDEN * c.hidden_size as f64
+            + PER_TOKEN_INTERMEDIATE * c.intermediate_size as f64
+            + PER_ADAPTED_OUTPUT * adapted_outputs as f64)
+        + PER_SCORE * micro_batch as f64 * c.num_attention_heads as f64 * t * t;
+    let counted = match w.counted_longest_first {
+        Some(lengths) if !lengths.is_empty() => likely_counted(lengths, micro_batch),
+        _ => micro_batch as f64 * w.counted_per_sequence.max(1) as f64,
+    };
+    let activations = (per_layer * c.num_hidden_layers as f64
+        + PER_COUNTED_VOCAB * counted * c.vocab_size as f64
+        + 2.0 * tokens * c.hidden_size as f64)
+        * b;
+    let training = weights + gradients + optimizer + activations + PROCESS_OVERHEAD;
+    let loading = match w.params.method {
+        Method::Sft | Method::PostPretrain => 2.0 * weights + PROCESS_OVERHEAD,
+        Method::Lora => weights + PROCESS_OVERHEAD,
+    };
+    Estimate {
+        weights,
+        gradients,
+        optimizer,
+        activations,
+        overhead: PROCESS_OVERHEAD,
+        total: training.max(loading),
+    }
+}
+
+/// Counted positions of a micro-batch of `m` random examples: the mean plus two standard
+/// deviations of such a sum, never more than the `m` longest together (the worst batch, which a
+/// shuffle almost never draws).
+fn likely_counted(lengths: &[usize], m: usize) -> f64 {
+    let n = lengths.len() as f64;
+    let mean = lengths.iter().sum::<usize>() as f64 / n;
+    let var = lengths
+        .iter()
+        .map(|l| (*l as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let worst = lengths.iter().take(m).sum::<usize>() as f64;
+    (m as f64 * mean + 2.0 * (m as f64 * var).sqrt())
+        .min(worst)
+        .max(1.0)
+}
+
+/// The next micro-batch to try after `micro` did not fit: the largest divisor of `batch` at most
+/// half of `micro` (a divisor, so every step splits into equal micro-batches), at least 1.
+pub fn halved_micro_batch(micro: usize, batch: usize) -> usize {
+    (1..=micro / 2)
+        .rev()
+        .find(|m| batch.is_multiple_of(*m))
+        .unwrap_or(1)
+}
+
+/// The largest micro-batch that divides `batch` (halving from it) whose estimate fits `limit`
+/// bytes, or None when even one example does not fit.
+pub fn fitting_micro_batch(w: &Workload, batch: usize, limit: f64) -> Option<usize> {
+    let mut micro = w.params.micro_batch().max(1) as usize;
+    loop {
+        if estimate(w, micro).total <= limit {
+            return Some(micro);
+        }
+        if micro == 1 {
+            return None;
+        }
+        micro = halved_micro_batch(micro, batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn params(method: &str, batch: u32) -> TrialParams {
+        let a: BTreeMap<String, serde_json::Value> = [
+            ("method".to_string(), serde_json::json!(method)),
+            ("batch_size".to_string(), serde_json::json!(batch)),
+        ]
+        .into_iter()
+        .collect();
+        TrialParams::from_assignment(&a, 0).unwrap()
+    }
+
+    #[test]
+    fn lora_needs_less_than_sft_and_memory_grows_with_the_batch() {
+        let mut cfg = crate::spec::shape::preset("llama-135m").unwrap();
+        cfg.vocab_size = 49152;
+        let sft = params("sft", 8);
+        let lora = params("lora", 8);
+        let w = |p| Workload {
+            config: &cfg,
+            params: p,
+            longest_sequence: 128,
+            counted_per_sequence: 4,
+            counted_longest_first: None,
+            bytes_per_value: 4,
+        };
+        let (s, l) = (estimate(&w(&sft), 8), estimate(&w(&lora), 8));
+        assert!(l.total < s.total);
+        assert!(l.optimizer < s.optimizer / 20.0);
+        assert!(estimate(&w(&sft), 4).total < s.total);
+        // 135M parameters in f32 are about 513 MiB.
+        assert!((s.weights / MB - 513.0).abs() < 10.0, "{}", s.weights / MB);
+    }
+
+    #[test]
+    fn fitting_halves_down_to_one_or_gives_up() {
+        let mut cfg = crate::spec::shape::preset("tiny").unwrap();
+        cfg.vocab_size = 5000;
+        let p = params("post_pretrain", 16);
+        let w = Workload {
+            config: &cfg,
+            params: &p,
+            longest_sequence: 64,
+            counted_per_sequence: 64,
+            counted_longest_first: None,
+            bytes_per_value: 4,
+        };
+        let full = estimate(&w, 16).total;
+        let quarter = estimate(&w, 4).total;
+        assert_eq!(fitting_micro_batch(&w, 16, full + 1.0), Some(16));
+        assert_eq!(fitting_micro_batch(&w, 16, quarter + 1.0), Some(4));
+        assert_eq!(fitting_micro_batch(&w, 16, 1.0), None);
+    }
+}

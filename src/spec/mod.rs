@@ -1,0 +1,783 @@
+//! The sweep file: what to train on, which model, which parameters to search, with what resources.
+//!
+//! Parameter syntax follows W&B sweeps (`value`, `values`, `distribution`, `min`, `max`, `q`,
+//! `probabilities`) so users can bring the sweep files they already have.
+
+pub mod memory;
+pub mod params;
+pub mod search;
+pub mod shape;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{file}: cannot read: {message}")]
+    Read { file: String, message: String },
+    #[error("{file}: {message}")]
+    Yaml { file: String, message: String },
+    #[error("{file}: parameters.{param}: {message}")]
+    Param {
+        file: String,
+        param: String,
+        message: String,
+    },
+    #[error("{file}: {field}: {message}")]
+    Field {
+        file: String,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    pub name: String,
+    pub data: DataSpec,
+    #[serde(default)]
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub method: SearchMethod,
+    #[serde(default)]
+    pub run_cap: Option<usize>,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub metric: MetricSpec,
+    pub parameters: BTreeMap<String, ParamSpec>,
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    /// Results folder; default `results/<name>`.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    /// Checkpoint retention; default: keep every trial's.
+    #[serde(default)]
+    pub checkpoints: Option<CheckpointPolicy>,
+    /// What to do when a trial does not fit in memory (predicted or real). Default halve_batch.
+    #[serde(default)]
+    pub on_oom: OnOom,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOom {
+    /// Halve the micro-batch and double gradient accumulation (same effective batch), down to 1.
+    #[default]
+    HalveBatch,
+    /// Record the trial as failed (out of memory) and go on with the others.
+    Skip,
+    /// Record it and start no further trials.
+    Fail,
+}
+
+/// How many trials keep their checkpoint folder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointPolicy {
+    /// The N best finished trials keep theirs; the others' are deleted as trials finish. The best
+    /// trial's is never deleted.
+    pub keep: usize,
+}
+
+/// Relative paths are taken from the directory `sweep` runs in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub train: PathBuf,
+    pub dev: PathBuf,
+}
+
+/// Either a built-in preset (random init, tokenizer built from the training data) or a Hugging
+/// Face model folder (config.json, model.safetensors, tokenizer.json).
+/// Where a trial's model comes from: a built-in preset (random init) or a Hugging Face folder
+/// (an absolute path once planned).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSource {
+    Preset(String),
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default)]
+    pub preset: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMethod {
+    #[default]
+    Grid,
+    Random,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSpec {
+    pub name: Metric,
+    #[serde(default)]
+    pub goal: Option<Goal>,
+}
+
+impl Default for MetricSpec {
+    fn default() -> Self {
+        Self {
+            name: Metric::Accuracy,
+            goal: None,
+        }
+    }
+}
+
+impl MetricSpec {
+    pub fn goal(&self) -> Goal {
+        self.goal.unwrap_or(match self.name {
+            Metric::Accuracy => Goal::Maximize,
+            Metric::DevLoss => Goal::Minimize,
+        })
+    }
+    /// The one ranking of sweep, used for the leaderboard, `best/` and a trial's best epoch:
+    /// the metric by its goal, ties broken by lower dev loss, then by fewer seconds. A score
+    /// without a finite metric ranks after every score with one. `Less` means `a` is better.
+    pub fn rank(&self, a: &Score, b: &Score) -> std::cmp::Ordering {
+        let key = |s: &Score| -> Option<(f64, f64, f64)> {
+            let v = s.value.filter(|v| v.is_finite())?;
+            let v = if self.goal() == Goal::Maximize { -v } else { v };
+            Some((v, s.dev_loss, s.seconds))
+        };
+        match (key(a), key(b)) {
+            (Some(x), Some(y)) => {
+                x.0.total_cmp(&y.0)
+                    .then(x.1.total_cmp(&y.1))
+                    .then(x.2.total_cmp(&y.2))
+            }
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        }
+    }
+}
+
+/// What a trial, or one evaluation of it, is ranked by (see `MetricSpec::rank`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// The sweep's metric; `None` when it was not measured.
+    pub value: Option<f64>,
+    pub dev_loss: f64,
+    /// Time taken to reach this score.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Fraction of dev examples whose best-scoring candidate label is the true one.
+    Accuracy,
+    /// Mean per-token loss on dev (answer tokens; all tokens for post_pretrain).
+    DevLoss,
+}
+
+impl Metric {
+    pub fn column(&self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::DevLoss => "dev_loss",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Goal {
+    Maximize,
+    Minimize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    /// Default `auto`.
+    #[serde(default)]
+    pub devices: Option<DevicesSpec>,
+    /// CPU device slots in the pool (a `gpus: k` trial holds k of them). Default: `parallel`.
+    #[serde(default)]
+    pub slots: Option<usize>,
+    /// Most trials running at once. Default 2.
+    #[serde(default)]
+    pub parallel: Option<usize>,
+    /// Memory of one device slot, e.g. `4GiB` or `512` (MiB). On the CPU it is also enforced: a
+    /// trial process gets this much per slot it holds, and fails with out-of-memory beyond it.
+    /// Default: a GPU's free memory; the machine's memory divided among the CPU slots.
+    #[serde(default)]
+    pub memory_per_device: Option<MemorySize>,
+}
+
+/// A memory size as written: MiB as a number, or text with a unit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MemorySize {
+    Mb(f64),
+    Text(String),
+}
+
+impl MemorySize {
+    pub fn mb(&self) -> Result<f64, Invalid> {
+        match self {
+            MemorySize::Mb(v) if *v > 0.0 && v.is_finite() => Ok(*v),
+            MemorySize::Mb(v) => Err(Invalid(format!("{v} must be positive"))),
+            MemorySize::Text(t) => parse_memory_mb(t),
+        }
+    }
+}
+
+/// Reads a memory size: a number of MiB, or a number with a unit (`512MiB`, `2GiB`, `2GB`,
+/// `1.5G`). Decimal units count as binary ones: nobody sizes memory in 10^9 bytes on purpose.
+pub fn parse_memory_mb(text: &str) -> Result<f64, Invalid> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| Invalid(format!("`{text}` is not a memory size (e.g. 2GiB, 512MiB)")))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 1.0,
+        "g" | "gb" | "gib" => 1024.0,
+        "t" | "tb" | "tib" => 1024.0 * 1024.0,
+        "k" | "kb" | "kib" => 1.0 / 1024.0,
+        _ => {
+            return Err(Invalid(format!(
+                "`{text}`: unknown unit `{unit}` (use MiB or GiB)"
+            )))
+        }
+    };
+    if value <= 0.0 || !value.is_finite() {
+        return Err(Invalid(format!("`{text}` must be positive")));
+    }
+    Ok(value * scale)
+}
+
+/// Why a value of the sweep definition is not allowed, in words for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum DevicesSpec {
+    /// `auto`, `cpu` or `cuda`.
+    Named(DeviceKind),
+    /// CUDA device ids.
+    Ids(Vec<usize>),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// One parameter's search space, as written in the file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<Vec<f64>>,
+}
+
+/// A parameter's search space once understood.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Domain {
+    Constant(Value),
+    Categorical {
+        values: Vec<Value>,
+        probabilities: Option<Vec<f64>>,
+    },
+    Uniform {
+        min: f64,
+        max: f64,
+    },
+    IntUniform {
+        min: i64,
+        max: i64,
+    },
+    /// Log-uniform between the values `min` and `max`.
+    LogUniformValues {
+        min: f64,
+        max: f64,
+    },
+    /// Log-uniform with `min` and `max` given as natural-log exponents (W&B's `log_uniform`).
+    LogUniform {
+        min: f64,
+        max: f64,
+    },
+    QUniform {
+        min: f64,
+        max: f64,
+        q: f64,
+    },
+    QLogUniformValues {
+        min: f64,
+        max: f64,
+        q: f64,
+    },
+}
+
+/// The most trials one sweep may have (`run_cap`): beyond it the plan alone would take minutes.
+pub const MAX_RUN_CAP: usize = 10_000;
+
+/// Bounds of `int_uniform` must be exact in an f64 and leave room for `max - min + 1`.
+const INT_BOUND: f64 = 9_007_199_254_740_992.0; // 2^53
+
+pub const DISTRIBUTIONS: [&str; 8] = [
+    "constant",
+    "categorical",
+    "uniform",
+    "int_uniform",
+    "log_uniform_values",
+    "log_uniform",
+    "q_uniform",
+    "q_log_uniform_values",
+];
+
+impl Domain {
+    /// Interprets a parameter spec; the error message says what is wrong and how to write it.
+    pub fn from_spec(p: &ParamSpec) -> Result<Domain, Invalid> {
+        Self::interpret(p).map_err(Invalid)
+    }
+
+    fn interpret(p: &ParamSpec) -> Result<Domain, String> {
+        let dist = match (&p.distribution, &p.value, &p.values, p.min, p.max) {
+            (Some(d), ..) => d.as_str(),
+            (None, Some(_), None, None, None) => "constant",
+            (None, None, Some(_), None, None) => "categorical",
+            (None, None, None, Some(min), Some(max)) => {
+                if min.fract() == 0.0 && max.fract() == 0.0 {
+                    "int_uniform"
+                } else {
+                    "uniform"
+                }
+            }
+            (None, None, None, None, None) => {
+                return Err("empty: give `value`, `values`, or `distribution` with `min` and `max`".into())
+            }
+            _ => return Err("give exactly one of `value`, `values`, or `min`/`max` (with an optional `distribution`)".into()),
+        };
+        let bounds = || -> Result<(f64, f64), String> {
+            match (p.min, p.max) {
+                (Some(min), Some(max)) if min.is_finite() && max.is_finite() && min < max => {
+                    Ok((min, max))
+                }
+                (Some(min), Some(max)) if !(min.is_finite() && max.is_finite()) => Err(format!(
+                    "min ({min}) and max ({max}) must be finite numbers"
+                )),
+                (Some(min), Some(max)) => Err(format!("min ({min}) must be less than max ({max})")),
+                _ => Err(format!("distribution `{dist}` needs `min` and `max`")),
+            }
+        };
+        let q = || -> Result<f64, String> {
+            match p.q {
+                Some(q) if q > 0.0 && q.is_finite() => Ok(q),
+                Some(q) => Err(format!("q must be positive, got {q}")),
+                None => Ok(1.0),
+            }
+        };
+        match dist {
+            "constant" => p
+                .value
+                .clone()
+                .map(Domain::Constant)
+                .ok_or_else(|| "distribution `constant` needs `value`".to_string()),
+            "categorical" => {
+                let values = p
+                    .values
+                    .clone()
+                    .ok_or_else(|| "distribution `categorical` needs `values`".to_string())?;
+                if values.is_empty() {
+                    return Err("`values` is empty: list at least one value".into());
+                }
+                if let Some(probs) = &p.probabilities {
+                    if probs.len() != values.len() {
+                        return Err(format!(
+                            "`probabilities` has {} entries for {} values",
+                            probs.len(),
+                            values.len()
+                        ));
+                    }
+                    let sum: f64 = probs.iter().sum();
+                    if probs.iter().any(|x| *x < 0.0) || (sum - 1.0).abs() > 1e-6 {
+                        return Err(format!(
+                            "`probabilities` must be non-negative and sum to 1 (sum is {sum})"
+                        ));
+                    }
+                }
+                Ok(Domain::Categorical {
+                    values,
+                    probabilities: p.probabilities.clone(),
+                })
+            }
+            "uniform" => bounds().map(|(min, max)| Domain::Uniform { min, max }),
+            "int_uniform" => {
+                let (min, max) = bounds()?;
+                if min.fract() != 0.0 || max.fract() != 0.0 {
+                    return Err(
+                        "distribution `int_uniform` needs whole-number `min` and `max`".into(),
+                    );
+                }
+                if min.abs() > INT_BOUND || max.abs() > INT_BOUND {
+                    return Err(format!(
+                        "distribution `int_uniform` needs `min` and `max` within ±{INT_BOUND}"
+                    ));
+                }
+                Ok(Domain::IntUniform {
+                    min: min as i64,
+                    max: max as i64,
+                })
+            }
+            "log_uniform_values" => {
+                let (min, max) = bounds()?;
+                if min <= 0.0 {
+                    return Err(format!(
+                        "distribution `log_uniform_values` needs min > 0, got {min}"
+                    ));
+                }
+                Ok(Domain::LogUniformValues { min, max })
+            }
+            "log_uniform" => bounds().map(|(min, max)| Domain::LogUniform { min, max }),
+            "q_uniform" => {
+                let (min, max) = bounds()?;
+                Ok(Domain::QUniform { min, max, q: q()? })
+            }
+            "q_log_uniform_values" => {
+                let (min, max) = bounds()?;
+                if min <= 0.0 {
+                    return Err(format!(
+                        "distribution `q_log_uniform_values` needs min > 0, got {min}"
+                    ));
+                }
+                Ok(Domain::QLogUniformValues { min, max, q: q()? })
+            }
+            other => Err(format!(
+                "unknown distribution `{other}`{} (known: {})",
+                crate::util::suggest::suffix(other, &DISTRIBUTIONS),
+                DISTRIBUTIONS.join(", ")
+            )),
+        }
+    }
+
+    /// The finite list of values a grid search takes, or None for a continuous distribution.
+    pub fn grid_values(&self) -> Option<Vec<Value>> {
+        match self {
+            Domain::Constant(v) => Some(vec![v.clone()]),
+            Domain::Categorical { values, .. } => Some(values.clone()),
+            Domain::IntUniform { min, max } if max.saturating_sub(*min) <= 1000 => {
+                Some((*min..=*max).map(Value::from).collect())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the parameter varies across trials (a "swept" parameter).
+    pub fn is_swept(&self) -> bool {
+        match self {
+            Domain::Constant(_) => false,
+            Domain::Categorical { values, .. } => values.len() > 1,
+            _ => true,
+        }
+    }
+}
+
+impl SweepSpec {
+    /// Reads and parses a sweep file. Interpretation of parameters happens in `search`.
+    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
+            file: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    pub fn from_yaml(text: &str, file: &str) -> Result<Self, SpecError> {
+        let spec: SweepSpec = yaml_serde::from_str(text).map_err(|e| SpecError::Yaml {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        spec.validate(file)?;
+        Ok(spec)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), SpecError> {
+        match self.field_problems().into_iter().next() {
+            None => Ok(()),
+            Some((field, message)) => Err(match field.strip_prefix("parameters.") {
+                Some(param) => SpecError::Param {
+                    file: file.to_string(),
+                    param: param.to_string(),
+                    message,
+                },
+                None => SpecError::Field {
+                    file: file.to_string(),
+                    field,
+                    message,
+                },
+            }),
+        }
+    }
+
+    /// Every value problem of a parsed spec, as (dotted field path, message). Parsing already
+    /// guaranteed the types; these are the values no sweep can run with.
+    pub fn field_problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut field = |field: &str, message: String| out.push((field.to_string(), message));
+        if self.name.trim().is_empty()
+            || self
+                .name
+                .chars()
+                .any(|c| !(c.is_alphanumeric() || c == '-' || c == '_' || c == '.'))
+            || self.name == "."
+            || self.name == ".."
+        {
+            field(
+                "name",
+                format!(
+                    "`{}` must be a non-empty folder name (letters, digits, - _ .)",
+                    self.name
+                ),
+            );
+        }
+        match (&self.model.preset, &self.model.path) {
+            (Some(_), Some(_)) => field("model", "give either `preset` or `path`, not both".into()),
+            (Some(p), None) if crate::spec::shape::preset(p).is_none() => field(
+                "model.preset",
+                format!(
+                    "unknown preset `{p}`{} (known: {})",
+                    crate::util::suggest::suffix(p, &crate::spec::shape::PRESET_NAMES),
+                    crate::spec::shape::PRESET_NAMES.join(", ")
+                ),
+            ),
+            _ => {}
+        }
+        if self.method == SearchMethod::Random && self.run_cap.is_none() {
+            field(
+                "run_cap",
+                "random search needs `run_cap` (how many trials)".into(),
+            );
+        }
+        match self.run_cap {
+            Some(0) => field("run_cap", "must be at least 1".into()),
+            Some(n) if n > MAX_RUN_CAP => field(
+                "run_cap",
+                format!("{n} trials is more than sweep runs in one sweep (at most {MAX_RUN_CAP})"),
+            ),
+            _ => {}
+        }
+        if self.resources.parallel == Some(0) {
+            field("resources.parallel", "must be at least 1".into());
+        }
+        if self.resources.slots == Some(0) {
+            field("resources.slots", "must be at least 1".into());
+        }
+        if let Some(Err(message)) = self
+            .resources
+            .memory_per_device
+            .as_ref()
+            .map(MemorySize::mb)
+        {
+            field("resources.memory_per_device", message.0);
+        }
+        if self.checkpoints.as_ref().is_some_and(|c| c.keep == 0) {
+            field(
+                "checkpoints.keep",
+                "must be at least 1 (the best trial's checkpoint is always kept)".into(),
+            );
+        }
+        for (name, p) in &self.parameters {
+            if let Err(e) = Domain::from_spec(p) {
+                field(&format!("parameters.{name}"), e.0);
+            }
+        }
+        out
+    }
+
+    /// Where results go: `output`, else `results/<name>`.
+    pub fn results_dir(&self) -> PathBuf {
+        self.output
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results").join(&self.name))
+    }
+
+    /// Names of the parameters that vary across trials.
+    pub fn swept_parameters(&self) -> Vec<String> {
+        self.parameters
+            .iter()
+            .filter(|(_, p)| Domain::from_spec(p).map(|d| d.is_swept()).unwrap_or(false))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_mb("512").unwrap(), 512.0);
+        assert_eq!(parse_memory_mb("2GiB").unwrap(), 2048.0);
+        assert_eq!(parse_memory_mb("1.5 GB").unwrap(), 1536.0);
+        assert!(parse_memory_mb("2 bananas").is_err());
+        assert!(parse_memory_mb("-1G").is_err());
+    }
+
+    #[test]
+    fn ranking_uses_the_goal_then_dev_loss_then_seconds_and_puts_unmeasured_last() {
+        let score = |value: Option<f64>, dev_loss: f64, seconds: f64| Score {
+            value,
+            dev_loss,
+            seconds,
+        };
+        let acc = MetricSpec::default();
+        let loss = MetricSpec {
+            name: Metric::DevLoss,
+            goal: None,
+        };
+        use std::cmp::Ordering::*;
+        assert_eq!(
+            acc.rank(&score(Some(0.9), 2.0, 9.0), &score(Some(0.8), 1.0, 1.0)),
+            Less
+        );
+        assert_eq!(
+            loss.rank(&score(Some(0.9), 0.9, 9.0), &score(Some(0.8), 0.8, 1.0)),
+            Greater
+        );
+        assert_eq!(
+            acc.rank(&score(Some(0.9), 1.0, 9.0), &score(Some(0.9), 1.5, 1.0)),
+            Less
+        );
+        assert_eq!(
+            acc.rank(&score(Some(0.9), 1.0, 2.0), &score(Some(0.9), 1.0, 3.0)),
+            Less
+        );
+        assert_eq!(
+            acc.rank(&score(Some(0.9), 1.0, 2.0), &score(Some(0.9), 1.0, 2.0)),
+            Equal
+        );
+        assert_eq!(
+            acc.rank(&score(None, 0.1, 1.0), &score(Some(0.1), 9.0, 9.0)),
+            Greater
+        );
+        assert_eq!(
+            acc.rank(
+                &score(Some(f64::NAN), 0.1, 1.0),
+                &score(Some(0.1), 9.0, 9.0)
+            ),
+            Greater
+        );
+        assert_eq!(
+            acc.rank(&score(None, 0.1, 1.0), &score(None, 9.0, 9.0)),
+            Equal
+        );
+    }
+
+    const SPEC: &str = r#"
+name: t
+data: {train: a.json, dev: b.json}
+method: grid
+metric: {name: accuracy, goal: maximize}
+parameters:
+  method: {values: [sft, lora]}
+  learning_rate: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}
+  epochs: {value: 2}
+resources: {devices: cpu, slots: 2, parallel: 2}
+"#;
+
+    #[test]
+    fn parses_w_and_b_style_parameters() {
+        let s = SweepSpec::from_yaml(SPEC, "s.yaml").unwrap();
+        assert_eq!(
+            s.resources.devices,
+            Some(DevicesSpec::Named(DeviceKind::Cpu))
+        );
+        assert_eq!(
+            Domain::from_spec(&s.parameters["learning_rate"]).unwrap(),
+            Domain::LogUniformValues {
+                min: 1e-4,
+                max: 1e-2
+            }
+        );
+        assert_eq!(s.swept_parameters(), vec!["learning_rate", "method"]);
+        assert_eq!(s.results_dir(), PathBuf::from("results/t"));
+    }
+
+    #[test]
+    fn inferred_distributions_follow_w_and_b() {
+        let p = ParamSpec {
+            min: Some(1.0),
+            max: Some(4.0),
+            ..Default::default()
+        };
+        assert_eq!(
+            Domain::from_spec(&p).unwrap(),
+            Domain::IntUniform { min: 1, max: 4 }
+        );
+        let p = ParamSpec {
+            min: Some(0.1),
+            max: Some(0.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            Domain::from_spec(&p).unwrap(),
+            Domain::Uniform { min: 0.1, max: 0.5 }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_parameter_and_the_fix() {
+        let bad = SPEC.replace("min: 1.0e-4, max: 1.0e-2", "min: 1.0e-2, max: 1.0e-4");
+        let e = SweepSpec::from_yaml(&bad, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("parameters.learning_rate") && e.contains("less than max"),
+            "{e}"
+        );
+        let bad = SPEC.replace("log_uniform_values", "log_normalish");
+        let e = SweepSpec::from_yaml(&bad, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown distribution `log_normalish`"), "{e}");
+        let bad = SPEC.replace("method: grid", "method: random");
+        let e = SweepSpec::from_yaml(&bad, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run_cap"), "{e}");
+        let bad = SPEC.replace("metric:", "metrics:");
+        let e = SweepSpec::from_yaml(&bad, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `metrics`"), "{e}");
+    }
+}

@@ -1,0 +1,132 @@
+//! Checkpoints in Hugging Face layouts: a full model folder (config.json, model.safetensors,
+//! tokenizer.json) for sft and post_pretrain, PEFT's adapter folder for LoRA.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+
+use crate::text::tokenizer::TextTokenizer;
+use crate::trainer::error::{bad_file, AtPath, Result};
+use crate::trainer::model::CausalLm;
+use crate::util::fs::{replace_dir, staging_dir};
+
+/// Writes the model's checkpoint into `dir`, replacing what was there only once the new one is
+/// complete (written beside it, then renamed).
+pub fn save(model: &CausalLm, tokenizer: &TextTokenizer, base: &str, dir: &Path) -> Result<()> {
+    let tmp = staging_dir(dir).at(dir)?;
+    match model.lora_settings() {
+        None => {
+            let tensors: HashMap<String, Tensor> = model.base_tensors().into_iter().collect();
+            candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))?;
+            let path = tmp.join("config.json");
+            let config = serde_json::to_vec_pretty(&model.config.to_hf_json()).at(&path)?;
+            std::fs::write(&path, config).at(&path)?;
+        }
+        Some(lora) => {
+            let tensors: HashMap<String, Tensor> = model.trainable_tensors().into_iter().collect();
+            candle_core::safetensors::save(&tensors, tmp.join("adapter_model.safetensors"))?;
+            let config = serde_json::json!({
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": base,
+                "r": lora.rank,
+                "lora_alpha": lora.alpha,
+                "lora_dropout": 0.0,
+                "target_modules": lora.targets,
+                "bias": "none",
+                "fan_in_fan_out": false,
+                "inference_mode": true,
+            });
+            let path = tmp.join("adapter_config.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&config).at(&path)?).at(&path)?;
+        }
+    }
+    tokenizer.save(&tmp.join("tokenizer.json"))?;
+    replace_dir(&tmp, dir).at(dir)?;
+    Ok(())
+}
+
+/// What a PEFT `adapter_config.json` says that merging needs.
+#[derive(Debug, serde::Deserialize)]
+struct AdapterConfig {
+    r: usize,
+    lora_alpha: f64,
+    target_modules: Vec<String>,
+    base_model_name_or_path: String,
+}
+
+/// Merges a LoRA checkpoint (PEFT layout) into its base: `W + (alpha / r) B A` for every adapted
+/// projection, written to `out` as an ordinary Hugging Face model folder.
+pub fn export_merged(adapter_dir: &Path, out: &Path) -> Result<()> {
+    let config_path = adapter_dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|_| {
+        bad_file(
+            adapter_dir,
+            "not a LoRA checkpoint (no adapter_config.json)",
+        )
+    })?;
+    let adapter: AdapterConfig = serde_json::from_str(&text).at(&config_path)?;
+    let base = Path::new(&adapter.base_model_name_or_path);
+    if !base.join("config.json").exists() {
+        return Err(bad_file(
+            &config_path,
+            format!(
+                "base_model_name_or_path `{}` is not a model folder here (a preset base cannot be merged; post-pretrain a base first)",
+                adapter.base_model_name_or_path
+            ),
+        ));
+    }
+    let device = candle_core::Device::Cpu;
+    let (config, mut weights) = crate::trainer::model::load_hf_folder(base, &device)?;
+    let adapters_path = adapter_dir.join("adapter_model.safetensors");
+    let adapters = candle_core::safetensors::load(&adapters_path, &device)
+        .map_err(|e| bad_file(&adapters_path, e.to_string()))?;
+    let scale = adapter.lora_alpha / adapter.r as f64;
+    let mut merged = 0;
+    for (name, weight) in weights.iter_mut() {
+        let Some(prefix) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        if !adapter
+            .target_modules
+            .iter()
+            .any(|m| prefix.ends_with(&format!(".{m}")))
+        {
+            continue;
+        }
+        let a = adapters.get(&format!("base_model.model.{prefix}.lora_A.weight"));
+        let b = adapters.get(&format!("base_model.model.{prefix}.lora_B.weight"));
+        let (Some(a), Some(b)) = (a, b) else {
+            return Err(bad_file(&adapters_path, format!("no adapter for `{name}`")));
+        };
+        let dtype = weight.dtype();
+        let delta = (b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)? * scale)?;
+        *weight = (weight.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?;
+        merged += 1;
+    }
+    if merged == 0 {
+        return Err(bad_file(
+            &adapters_path,
+            "no projection matched the adapter's target_modules",
+        ));
+    }
+    let tmp = staging_dir(out).at(out)?;
+    candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
+    let config_out = tmp.join("config.json");
+    std::fs::write(
+        &config_out,
+        serde_json::to_vec_pretty(&config.to_hf_json()).at(&config_out)?,
+    )
+    .at(&config_out)?;
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        let from = [adapter_dir.join(file), base.join(file)]
+            .into_iter()
+            .find(|p| p.exists());
+        if let Some(from) = from {
+            std::fs::copy(&from, tmp.join(file)).at(&from)?;
+        }
+    }
+    replace_dir(&tmp, out).at(out)?;
+    Ok(())
+}

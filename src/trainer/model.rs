@@ -1,0 +1,951 @@
+//! The trainable decoder-only transformer (Llama-style) and its LoRA adapters.
+//!
+//! Why our own model and not candle-transformers': those keep KV caches and return only the last
+//! token's logits, and candle-nn's fast `rms_norm`/`softmax_last_dim`/`rope` kernels have no
+//! backward pass. Everything here is built from differentiable tensor ops, and tensor names follow
+//! Hugging Face's `LlamaForCausalLM`, so checkpoints load in `transformers` and HF folders load here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use crate::spec::shape::{weight_shapes, ModelConfig, ShapeError};
+use crate::text::model_folder::read_checked_config;
+use crate::util::rng::SplitMix64;
+
+/// Errors from building or loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{file}: {message}")]
+    Config { file: String, message: String },
+    #[error("{file}: tensor `{name}` is missing")]
+    MissingTensor { file: String, name: String },
+    #[error("{file}: tensor `{name}` has shape {found:?}, the config implies {expected:?}")]
+    Shape {
+        file: String,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error(transparent)]
+    InvalidShape(#[from] ShapeError),
+    #[error(transparent)]
+    Folder(#[from] crate::text::model_folder::ModelFolderError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// LoRA settings for a model whose base weights are frozen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSettings {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+}
+
+/// A low-rank adapter on one projection: `y = x W^T + scale * (x A^T) B^T`.
+struct LoraAdapter {
+    a: Var,
+    b: Var,
+    scale: f64,
+}
+
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    /// Frozen weights get no gradient (see `frozen_matmul`).
+    frozen: bool,
+    lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, i) = x.dims3()?;
+        let flat = x.reshape((b * t, i))?;
+        let mut y = if self.frozen {
+            frozen_matmul(&flat, &self.weight)?
+        } else {
+            flat.matmul(&self.weight.t()?)?
+        };
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        if let Some(l) = &self.lora {
+            // Adapters may be f32 under a half-precision base: compute them in their own dtype.
+            let x_a = flat.to_dtype(l.a.dtype())?;
+            // Scale the rank-r intermediate, not the output-sized delta: one large tensor fewer.
+            let low = (x_a.matmul(&l.a.as_tensor().t()?)? * l.scale)?;
+            let delta = low.matmul(&l.b.as_tensor().t()?)?.to_dtype(y.dtype())?;
+            y = (y + delta)?;
+        }
+        let out = y.dim(1)?;
+        y.reshape((b, t, out))
+    }
+}
+
+/// `x W^T` where `W` is frozen: the gradient flows to `x` only.
+///
+/// Why: candle's matmul backward always computes the gradient of both operands, so a frozen
+/// weight still costs a full weight-gradient matmul and a weight-sized buffer per step; for LoRA
+/// that doubled the backward work. This custom op computes the product and, backwards, only
+/// `grad W`.
+fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let custom_op_runs_here =
+        matches!(x.device(), Device::Cpu) && matches!(x.dtype(), DType::F32 | DType::F64);
+    if !x.track_op() || !custom_op_runs_here {
+        // No gradient needed at all; or another device/dtype, where candle's plain matmul is
+        // correct, only wasteful.
+        return x.matmul(&w.t()?);
+    }
+    x.contiguous()?
+        .apply_op1(FrozenMatmul { weight: w.clone() })
+}
+
+/// Forward `x W^T`; backward `grad W`, the gradient of the input only.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (m, k) = layout.shape().dims2()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: input must be contiguous");
+        };
+        // A fresh tensor outside the graph: the product below records no backward op.
+        let x = match storage {
+            candle_core::CpuStorage::F32(v) => {
+                Tensor::from_slice(&v[start..end], (m, k), &Device::Cpu)?
+            }
+            candle_core::CpuStorage::F64(v) => {
+                Tensor::from_slice(&v[start..end], (m, k), &Device::Cpu)?
+            }
+            _ => candle_core::bail!("frozen-matmul: only f32 and f64"),
+        };
+        let y = x.matmul(&self.weight.t()?)?.flatten_all()?;
+        let n = self.weight.dim(0)?;
+        let out = match storage {
+            candle_core::CpuStorage::F64(_) => candle_core::CpuStorage::F64(y.to_vec1::<f64>()?),
+            _ => candle_core::CpuStorage::F32(y.to_vec1::<f32>()?),
+        };
+        Ok((out, (m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Composed from basic ops so that gradients flow (candle-nn's fused kernel has no backward).
+    /// Half precision is normalised in f32, as transformers does.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = x.dtype();
+        let x = if is_half(dtype) {
+            x.to_dtype(DType::F32)?
+        } else {
+            x.clone()
+        };
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .to_dtype(dtype)?;
+        normed.broadcast_mul(&self.weight)
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A Llama-style causal language model whose every weight is either a trainable `Var` or a frozen
+/// tensor, according to the training method.
+pub struct CausalLm {
+    pub config: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    /// Trainable parameters by checkpoint name: HF names for full training, PEFT names for LoRA.
+    trainable: Vec<(String, Var)>,
+    lora: Option<LoraSettings>,
+    device: Device,
+}
+
+/// Which weights train.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trainable {
+    /// Every weight (sft, post_pretrain).
+    All,
+    /// Base frozen; adapters only.
+    Lora(LoraSettings),
+}
+
+impl CausalLm {
+    /// Random initialisation (normal, std 0.02, like HF's `initializer_range`), reproducible by seed.
+    pub fn random_weights(
+        config: &ModelConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>> {
+        let mut rng = SplitMix64::new(seed);
+        let mut weights = HashMap::new();
+        for (name, shape) in weight_shapes(config) {
+            let tensor = if name.ends_with("norm.weight") {
+                Tensor::ones(shape.as_slice(), dtype, device)?
+            } else {
+                let n: usize = shape.iter().product();
+                let data: Vec<f32> = (0..n).map(|_| rng.normal() as f32 * 0.02).collect();
+                Tensor::from_vec(data, shape.as_slice(), device)?.to_dtype(dtype)?
+            };
+            weights.insert(name, tensor);
+        }
+        Ok(weights)
+    }
+
+    /// Builds the model from named weights (HF names). `source` names the file in errors.
+    pub fn new(
+        config: ModelConfig,
+        weights: &HashMap<String, Tensor>,
+        trainable: Trainable,
+        seed: u64,
+        device: &Device,
+        source: &str,
+    ) -> Result<Self> {
+        // Half-precision weights (bf16/f16 folders) are computed in f32 on the CPU, in their own
+        // precision on a GPU.
+        let dtype = match weights.get("model.embed_tokens.weight").map(|t| t.dtype()) {
+            Some(DType::BF16 | DType::F16) if matches!(device, Device::Cpu) => DType::F32,
+            Some(d) => d,
+            None => DType::F32,
+        };
+        Self::with_compute_dtype(config, weights, trainable, seed, device, source, dtype)
+    }
+
+    /// As `new`, computing in `dtype`. LoRA adapters (and so their optimizer state) stay f32
+    /// when the base is half precision: their small updates would vanish in bf16.
+    pub fn with_compute_dtype(
+        config: ModelConfig,
+        weights: &HashMap<String, Tensor>,
+        trainable: Trainable,
+        seed: u64,
+        device: &Device,
+        source: &str,
+        dtype: DType,
+    ) -> Result<Self> {
+        config.validate(source)?;
+        let adapter_dtype = if is_half(dtype) { DType::F32 } else { dtype };
+        let train_all = trainable == Trainable::All;
+        let lora = match &trainable {
+            Trainable::Lora(s) => Some(s.clone()),
+            Trainable::All => None,
+        };
+        let mut trainable_vars = Vec::new();
+        let mut rng = SplitMix64::new(seed ^ 0x10_4a);
+        let mut take = |name: &str, expected: Vec<usize>| -> Result<Tensor> {
+            let t = checked_tensor(weights, name, &expected, source)?;
+            let t = t.to_dtype(dtype)?.to_device(device)?;
+            if train_all {
+                let var = Var::from_tensor(&t)?;
+                let tensor = var.as_tensor().clone();
+                trainable_vars.push((name.to_string(), var));
+                Ok(tensor)
+            } else {
+                Ok(t)
+            }
+        };
+        let shapes: BTreeMap<String, Vec<usize>> = weight_shapes(&config).into_iter().collect();
+        let shape_of = |name: &str| shapes.get(name).cloned().unwrap_or_default();
+        let embed = take(
+            "model.embed_tokens.weight",
+            shape_of("model.embed_tokens.weight"),
+        )?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let mut adapters: Vec<(String, Var)> = Vec::new();
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut linear = |module: &str, kind: &str| -> Result<Linear> {
+                let name = format!("{p}.{kind}.{module}.weight");
+                let weight = take(&name, shape_of(&name))?;
+                let lora = match &lora {
+                    Some(s) if s.targets.iter().any(|t| t == module) => {
+                        let (out_dim, in_dim) = weight.dims2()?;
+                        // PEFT's init: A ~ kaiming-uniform (here: uniform with bound 1/sqrt(in)), B = 0,
+                        // so the adapted model starts exactly equal to the base.
+                        let bound = 1.0 / (in_dim as f64).sqrt();
+                        let data: Vec<f32> = (0..s.rank * in_dim)
+                            .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                            .collect();
+                        let a = Var::from_tensor(
+                            &Tensor::from_vec(data, (s.rank, in_dim), device)?
+                                .to_dtype(adapter_dtype)?,
+                        )?;
+                        let b = Var::zeros((out_dim, s.rank), adapter_dtype, device)?;
+                        let peft = format!("base_model.model.{p}.{kind}.{module}");
+                        adapters.push((format!("{peft}.lora_A.weight"), a.clone()));
+                        adapters.push((format!("{peft}.lora_B.weight"), b.clone()));
+                        Some(LoraAdapter {
+                            a,
+                            b,
+                            scale: s.alpha / s.rank as f64,
+                        })
+                    }
+                    _ => None,
+                };
+                let bias = if config.has_bias(module) {
+                    let bias_name = format!("{p}.{kind}.{module}.bias");
+                    Some(take(&bias_name, shape_of(&bias_name))?)
+                } else {
+                    None
+                };
+                Ok(Linear {
+                    weight,
+                    bias,
+                    frozen: !train_all,
+                    lora,
+                })
+            };
+            let q = linear("q_proj", "self_attn")?;
+            let k = linear("k_proj", "self_attn")?;
+            let v = linear("v_proj", "self_attn")?;
+            let o = linear("o_proj", "self_attn")?;
+            let gate = linear("gate_proj", "mlp")?;
+            let up = linear("up_proj", "mlp")?;
+            let down = linear("down_proj", "mlp")?;
+            let in_name = format!("{p}.input_layernorm.weight");
+            let post_name = format!("{p}.post_attention_layernorm.weight");
+            layers.push(Layer {
+                input_norm: RmsNorm {
+                    weight: take(&in_name, shape_of(&in_name))?,
+                    eps: config.rms_norm_eps,
+                },
+                q,
+                k,
+                v,
+                o,
+                post_norm: RmsNorm {
+                    weight: take(&post_name, shape_of(&post_name))?,
+                    eps: config.rms_norm_eps,
+                },
+                gate,
+                up,
+                down,
+            });
+        }
+        let norm = RmsNorm {
+            weight: take("model.norm.weight", shape_of("model.norm.weight"))?,
+            eps: config.rms_norm_eps,
+        };
+        let lm_head = if config.tie_word_embeddings {
+            embed.clone()
+        } else {
+            take("lm_head.weight", shape_of("lm_head.weight"))?
+        };
+        trainable_vars.extend(adapters);
+        Ok(Self {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            trainable: trainable_vars,
+            lora,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+    pub fn lora_settings(&self) -> Option<&LoraSettings> {
+        self.lora.as_ref()
+    }
+
+    /// The parameters the optimizer updates, with their checkpoint names.
+    pub fn trainable(&self) -> &[(String, Var)] {
+        &self.trainable
+    }
+
+    pub fn trainable_parameter_count(&self) -> usize {
+        self.trainable.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Logits for every position: `ids` is (batch, seq) u32, the result (batch, seq, vocab).
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let hidden = self.hidden_states(ids)?;
+        self.logits(&hidden.reshape((b * t, self.config.hidden_size))?)?
+            .reshape((b, t, self.config.vocab_size))
+    }
+
+    /// The final-norm hidden state of every position: (batch, seq, hidden).
+    pub fn hidden_states(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.config.hidden_size;
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, h))?;
+        let (cos, sin) = self.rope_tables(t)?;
+        let mask = causal_mask(t, x.dtype(), &self.device)?;
+        for layer in &self.layers {
+            let residual = x.clone();
+            let normed = layer.input_norm.forward(&x)?;
+            let attn = self.attention(layer, &normed, &cos, &sin, &mask)?;
+            x = (residual + attn)?;
+            let residual = x.clone();
+            let normed = layer.post_norm.forward(&x)?;
+            let mlp = layer
+                .down
+                .forward(&(layer.gate.forward(&normed)?.silu()? * layer.up.forward(&normed)?)?)?;
+            x = (residual + mlp)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Vocabulary logits for hidden states of shape (n, hidden): (n, vocab). Computing them only
+    /// where the loss counts saves most of the work when the vocabulary is large and answers short.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        if self.lora.is_some() {
+            frozen_matmul(hidden, &self.lm_head)
+        } else {
+            hidden.matmul(&self.lm_head.t()?)
+        }
+    }
+
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let nh = self.config.num_attention_heads;
+        let nkv = self.config.kv_heads();
+        let hd = self.config.head_dim();
+        let q = layer
+            .q
+            .forward(x)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = layer
+            .k
+            .forward(x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = layer
+            .v
+            .forward(x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = apply_rope(&q, cos, sin)?;
+        let k = repeat_kv(apply_rope(&k, cos, sin)?, nh / nkv)?;
+        let v = repeat_kv(v, nh / nkv)?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        layer.o.forward(&out)
+    }
+
+    /// cos/sin tables of shape (seq, head_dim), HF's "rotate half" layout.
+    fn rope_tables(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let hd = self.config.head_dim();
+        let half = hd / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (self.config.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(t * hd);
+        let mut sin = Vec::with_capacity(t * hd);
+        for pos in 0..t {
+            for _half in 0..2 {
+                for f in &inv {
+                    let angle = pos as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let dtype = self.dtype();
+        Ok((
+            Tensor::from_vec(cos, (t, hd), &self.device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (t, hd), &self.device)?.to_dtype(dtype)?,
+        ))
+    }
+
+    /// Sets the LoRA adapters from tensors with PEFT's names (an `adapter_model.safetensors`).
+    pub fn load_adapters(&self, tensors: &HashMap<String, Tensor>, source: &str) -> Result<()> {
+        if self.lora.is_none() {
+            return Err(ModelError::Config {
+                file: source.to_string(),
+                message: "adapters can only be loaded into a LoRA model".into(),
+            });
+        }
+        for (name, var) in &self.trainable {
+            let t = checked_tensor(tensors, name, var.dims(), source)?;
+            var.set(&t.to_dtype(var.dtype())?.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
+    /// Current trainable values by checkpoint name (for saving).
+    pub fn trainable_tensors(&self) -> Vec<(String, Tensor)> {
+        self.trainable
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// All base weights by HF name, as the model uses them now (for full checkpoints).
+    pub fn base_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_norm.weight.clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_norm.weight.clone(),
+            ));
+            for (kind, module, lin) in [
+                ("self_attn", "q_proj", &l.q),
+                ("self_attn", "k_proj", &l.k),
+                ("self_attn", "v_proj", &l.v),
+                ("self_attn", "o_proj", &l.o),
+                ("mlp", "gate_proj", &l.gate),
+                ("mlp", "up_proj", &l.up),
+                ("mlp", "down_proj", &l.down),
+            ] {
+                out.push((format!("{p}.{kind}.{module}.weight"), lin.weight.clone()));
+                if let Some(bias) = &lin.bias {
+                    out.push((format!("{p}.{kind}.{module}.bias"), bias.clone()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.weight.clone()));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
+        }
+        out
+    }
+}
+
+/// The tensor `name` of `tensors`, or an error naming the file and tensor when it is missing or
+/// not of the `expected` shape.
+fn checked_tensor<'a>(
+    tensors: &'a HashMap<String, Tensor>,
+    name: &str,
+    expected: &[usize],
+    source: &str,
+) -> Result<&'a Tensor> {
+    let t = tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+        file: source.to_string(),
+        name: name.to_string(),
+    })?;
+    if t.dims() != expected {
+        return Err(ModelError::Shape {
+            file: source.to_string(),
+            name: name.to_string(),
+            found: t.dims().to_vec(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(t)
+}
+
+fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
+/// Additive mask (seq, seq): 0 on and below the diagonal, -inf above.
+fn causal_mask(t: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (t, t), device)?.to_dtype(dtype)
+}
+
+/// Rotary positions, HF "rotate half" convention, composed from differentiable ops.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
+
+/// Grouped-query attention: each key/value head serves `n_rep` query heads.
+fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, nkv, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, nkv, n_rep, t, hd))?
+        .reshape((b, nkv * n_rep, t, hd))
+}
+
+/// Loads a Hugging Face model folder's config.json and safetensors weights (single file or shards).
+pub fn load_hf_folder(
+    dir: &Path,
+    device: &Device,
+) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
+    let config = read_checked_config(dir)?;
+    let mut files = Vec::new();
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        files.push(single);
+    } else {
+        let index = dir.join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&index).map_err(|_| {
+            ModelError::Io(format!(
+                "{}: no model.safetensors nor model.safetensors.index.json",
+                dir.display()
+            ))
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            file: index.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut shards: Vec<String> = v["weight_map"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        files.extend(shards.into_iter().map(|s| dir.join(s)));
+    }
+    // Memory-mapped: each tensor is built straight from the mapped file, never from a copy of
+    // the whole file in memory (candle's CPU tensors own their data, so one copy remains).
+    let mut weights = HashMap::new();
+    for f in files {
+        // SAFETY: the file is mapped read-only; sweep never writes a model folder it reads from,
+        // and a model folder must not change while a trial loads it.
+        let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::new(&f) }
+            .map_err(|e| ModelError::Io(format!("{}: {e}", f.display())))?;
+        for (name, _) in mapped.tensors() {
+            let tensor = mapped
+                .load(&name, device)
+                .map_err(|e| ModelError::Io(format!("{}: tensor `{name}`: {e}", f.display())))?;
+            weights.insert(name, tensor);
+        }
+    }
+    Ok((config, weights))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Largest absolute difference between two f32 tensors of one shape.
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    pub(crate) fn tiny_config(vocab: usize) -> ModelConfig {
+        ModelConfig {
+            model_type: "llama".into(),
+            vocab_size: vocab,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: false,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            pad_token_id: Some(0),
+            attention_bias: false,
+            rope_parameters: None,
+            rope_scaling: None,
+            use_sliding_window: false,
+        }
+    }
+
+    #[test]
+    fn forward_shapes_and_causality() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let w = CausalLm::random_weights(&cfg, 1, DType::F32, &dev).unwrap();
+        let m = CausalLm::new(cfg, &w, Trainable::All, 1, &dev, "test").unwrap();
+        let a = Tensor::new(&[[3u32, 4, 5, 6]], &dev).unwrap();
+        let b = Tensor::new(&[[3u32, 4, 9, 9]], &dev).unwrap();
+        let la = m.forward(&a).unwrap();
+        let lb = m.forward(&b).unwrap();
+        assert_eq!(la.dims(), &[1, 4, 11]);
+        // Positions 0 and 1 cannot see the later tokens that differ.
+        let d = max_abs_diff(&la.narrow(1, 0, 2).unwrap(), &lb.narrow(1, 0, 2).unwrap());
+        assert!(d < 1e-6, "future tokens leaked into the past: {d}");
+        let d2 = max_abs_diff(&la.narrow(1, 2, 1).unwrap(), &lb.narrow(1, 2, 1).unwrap());
+        assert!(d2 > 1e-6, "position 2 should see its own token");
+    }
+
+    #[test]
+    fn loads_a_bf16_folder_with_transformers5_rope_parameters_and_refuses_rope_scaling() {
+        let dev = Device::Cpu;
+        let mut cfg = tiny_config(11);
+        cfg.model_type = "qwen2".into();
+        let weights = CausalLm::random_weights(&cfg, 5, DType::F32, &dev).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bf16: HashMap<String, Tensor> = weights
+            .iter()
+            .map(|(n, t)| (n.clone(), t.to_dtype(DType::BF16).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&bf16, dir.path().join("model.safetensors")).unwrap();
+        let mut json = serde_json::to_value(&cfg).unwrap();
+        json.as_object_mut().unwrap().remove("rope_theta");
+        json["rope_parameters"] =
+            serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"});
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+        let (loaded, w) = load_hf_folder(dir.path(), &dev).unwrap();
+        assert_eq!(loaded.rope_theta, 500000.0);
+        let m = CausalLm::new(loaded, &w, Trainable::All, 1, &dev, "t").unwrap();
+        assert_eq!(
+            m.dtype(),
+            DType::F32,
+            "half precision is computed in f32 on the CPU"
+        );
+        let ids = Tensor::new(&[[1u32, 4, 5]], &dev).unwrap();
+        assert_eq!(m.forward(&ids).unwrap().dims(), &[1, 3, 11]);
+
+        json["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+        let err = load_hf_folder(dir.path(), &dev).err().unwrap().to_string();
+        assert!(
+            err.contains("config.json") && err.contains("rope_scaling `llama3`"),
+            "{err}"
+        );
+
+        json["model_type"] = serde_json::json!("mistral");
+        json["rope_scaling"] = serde_json::Value::Null;
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+        let err = load_hf_folder(dir.path(), &dev).err().unwrap().to_string();
+        assert!(
+            err.contains("model_type `mistral` is not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bf16_base_trains_f32_adapters() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let w = CausalLm::random_weights(&cfg, 4, DType::BF16, &dev).unwrap();
+        let lora = LoraSettings {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into(), "up_proj".into()],
+        };
+        let m =
+            CausalLm::with_compute_dtype(cfg, &w, Trainable::Lora(lora), 1, &dev, "t", DType::BF16)
+                .unwrap();
+        assert_eq!(m.dtype(), DType::BF16);
+        assert!(m.trainable().iter().all(|(_, v)| v.dtype() == DType::F32));
+        for (name, var) in m.trainable() {
+            if name.contains("lora_B") {
+                var.set(&Tensor::ones(var.shape(), DType::F32, &dev).unwrap())
+                    .unwrap();
+            }
+        }
+        let ids = Tensor::new(&[[1u32, 4, 5, 6]], &dev).unwrap();
+        let loss = m
+            .forward(&ids)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in m.trainable() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            assert_eq!(g.dtype(), DType::F32);
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm.is_finite() && norm > 0.0, "{name}: {norm}");
+        }
+    }
+
+    #[test]
+    fn loads_sharded_safetensors_through_their_index() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let weights = CausalLm::random_weights(&cfg, 8, DType::F32, &dev).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut names: Vec<&String> = weights.keys().collect();
+        names.sort();
+        let (first, second) = names.split_at(names.len() / 2);
+        let mut map = serde_json::Map::new();
+        for (file, part) in [
+            ("model-00001-of-00002.safetensors", first),
+            ("model-00002-of-00002.safetensors", second),
+        ] {
+            let shard: HashMap<String, Tensor> = part
+                .iter()
+                .map(|n| ((*n).clone(), weights[*n].clone()))
+                .collect();
+            candle_core::safetensors::save(&shard, dir.path().join(file)).unwrap();
+            for n in part.iter() {
+                map.insert((*n).clone(), serde_json::json!(file));
+            }
+        }
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_string(&cfg).unwrap(),
+        )
+        .unwrap();
+        let (_, loaded) = load_hf_folder(dir.path(), &dev).unwrap();
+        assert_eq!(loaded.len(), weights.len());
+        for (n, t) in &weights {
+            assert_eq!(max_abs_diff(t, &loaded[n]), 0.0, "{n}");
+        }
+    }
+
+    #[test]
+    fn missing_and_misshapen_tensors_are_named() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let mut w = CausalLm::random_weights(&cfg, 1, DType::F32, &dev).unwrap();
+        w.remove("model.layers.1.mlp.up_proj.weight");
+        let err = CausalLm::new(cfg.clone(), &w, Trainable::All, 1, &dev, "m.safetensors")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("model.layers.1.mlp.up_proj.weight"), "{err}");
+        let mut w = CausalLm::random_weights(&cfg, 1, DType::F32, &dev).unwrap();
+        w.insert(
+            "model.norm.weight".into(),
+            Tensor::ones(7, DType::F32, &dev).unwrap(),
+        );
+        let err = CausalLm::new(cfg, &w, Trainable::All, 1, &dev, "m.safetensors")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("model.norm.weight") && err.contains("[7]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn frozen_matmul_matches_plain_matmul_forward_and_backward() {
+        let dev = Device::Cpu;
+        let mut rng = SplitMix64::new(4);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        let x = Var::from_vec(rand(15), (5, 3), &dev).unwrap();
+        let w = Tensor::from_vec(rand(12), (4, 3), &dev).unwrap();
+        let r = Tensor::from_vec(rand(20), (5, 4), &dev).unwrap();
+        let fast = (frozen_matmul(x.as_tensor(), &w).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let plain = (x.as_tensor().matmul(&w.t().unwrap()).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let close = |a: &Tensor, b: &Tensor| max_abs_diff(a, b) < 1e-5;
+        assert!(close(&fast, &plain));
+        let gf = fast.backward().unwrap();
+        let gp = plain.backward().unwrap();
+        assert!(close(
+            gf.get(x.as_tensor()).unwrap(),
+            gp.get(x.as_tensor()).unwrap()
+        ));
+        // The frozen weight gets no gradient at all.
+        assert!(gf.get(&w).is_none());
+    }
+
+    #[test]
+    fn lora_starts_equal_to_base_and_only_adapters_train() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let w = CausalLm::random_weights(&cfg, 3, DType::F32, &dev).unwrap();
+        let base = CausalLm::new(cfg.clone(), &w, Trainable::All, 1, &dev, "t").unwrap();
+        let lora = LoraSettings {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into(), "down_proj".into()],
+        };
+        let m = CausalLm::new(cfg, &w, Trainable::Lora(lora), 1, &dev, "t").unwrap();
+        let ids = Tensor::new(&[[1u32, 4, 5, 6]], &dev).unwrap();
+        let d = max_abs_diff(&base.forward(&ids).unwrap(), &m.forward(&ids).unwrap());
+        assert!(d < 1e-6);
+        // 2 layers x 2 targets x (A, B)
+        assert_eq!(m.trainable().len(), 8);
+        assert!(m
+            .trainable()
+            .iter()
+            .all(|(n, _)| n.starts_with("base_model.model.model.layers.") && n.contains(".lora_")));
+    }
+}

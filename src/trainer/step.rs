@@ -1,0 +1,111 @@
+//! One optimizer step and the gradients of part of a batch: what the single-device trainer and the
+//! data-parallel replicas share.
+
+use candle_core::{DType, Tensor};
+
+use crate::text::encode::Seq;
+use crate::trainer::batch::{make_batch, token_nll};
+use crate::trainer::model::CausalLm;
+use crate::trainer::optim::{clip_by_global_norm, AdamW};
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// Mean loss per counted token over the whole batch.
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub input_tokens: usize,
+}
+
+/// One optimizer step over `seqs`, in micro-batches of `micro` sequences whose gradients are
+/// summed. The loss of every micro-batch is divided by the token count of the whole batch, so the
+/// step is the same however the batch is split.
+pub fn train_step(
+    model: &CausalLm,
+    opt: &mut AdamW,
+    seqs: &[&Seq],
+    micro: usize,
+    pad: u32,
+    lr: f64,
+    max_grad_norm: f64,
+) -> candle_core::Result<StepStats> {
+    let denominator = counted_tokens(seqs).max(1) as f64;
+    let ShardGradients {
+        mut grads,
+        loss,
+        input_tokens,
+    } = shard_gradients(model, seqs, micro, pad, denominator)?;
+    let grad_norm = clip_by_global_norm(&mut grads, max_grad_norm)?;
+    opt.step(&grads, lr)?;
+    Ok(StepStats {
+        loss,
+        grad_norm,
+        input_tokens,
+    })
+}
+
+/// The target tokens the loss counts in `seqs`: the denominator of the batch's mean token loss.
+pub fn counted_tokens(seqs: &[&Seq]) -> usize {
+    seqs.iter()
+        .map(|s| s.ids.len().saturating_sub(s.loss_from.max(1)))
+        .sum()
+}
+
+/// The gradients of part of a batch, before clipping.
+pub struct ShardGradients {
+    /// One per trainable tensor of the model, in `CausalLm::trainable` order (zeros where the
+    /// part gave none).
+    pub grads: Vec<Tensor>,
+    /// This part's summed token loss divided by the whole batch's `denominator`: its share of
+    /// the batch's mean token loss.
+    pub loss: f64,
+    pub input_tokens: usize,
+}
+
+/// The gradients of `seqs` (all or part of a batch) in micro-batches of `micro` sequences, each
+/// micro-batch's summed token loss divided by `denominator`, the whole batch's counted tokens.
+/// Why a shared denominator: then the gradients of any split of the batch (micro-batches,
+/// devices, uneven shares) add up to the gradient of the batch's mean token loss.
+pub fn shard_gradients(
+    model: &CausalLm,
+    seqs: &[&Seq],
+    micro: usize,
+    pad: u32,
+    denominator: f64,
+) -> candle_core::Result<ShardGradients> {
+    let vars = model.trainable();
+    let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut loss_total = 0.0;
+    let mut input_tokens = 0;
+    for chunk in seqs.chunks(micro.max(1)) {
+        let batch = make_batch(chunk, pad, model.device())?;
+        input_tokens += batch.input_tokens;
+        if batch.tokens == 0 {
+            continue;
+        }
+        let loss = (token_nll(model, &batch)?.sum_all()? / denominator)?;
+        loss_total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let grads = loss.backward()?;
+        for (slot, (_, var)) in acc.iter_mut().zip(vars) {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                *slot = Some(match slot.take() {
+                    Some(prev) => (prev + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
+    }
+    let grads = acc
+        .into_iter()
+        .zip(vars)
+        .map(|(g, (_, v))| match g {
+            Some(g) => Ok(g),
+            None => v.as_tensor().zeros_like(),
+        })
+        .collect::<candle_core::Result<_>>()?;
+    Ok(ShardGradients {
+        grads,
+        loss: loss_total,
+        input_tokens,
+    })
+}

@@ -1,0 +1,380 @@
+//! One trial, start to finish: load data and model, train with AdamW, evaluate after every epoch,
+//! keep the best epoch's checkpoint. This is what `sweep train TRIAL_DIR` runs in its own process.
+
+use std::cmp::Ordering;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+
+use crate::protocol::trial::{peak_rss_mb, EpochMetrics, ProgressEvent, TrialConfig, TrialResult};
+use crate::spec::params::{Method, TrialParams};
+use crate::spec::{ModelSource, Score};
+use crate::text::data::{label_set, load_examples, Example};
+use crate::text::encode::{answer_ids, encode_all, prompt_ids, Seq};
+use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
+use crate::trainer::error::{AtPath, Result, TrainError};
+use crate::trainer::eval::{accuracy, candidate_scores, dev_loss, Candidates};
+use crate::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
+use crate::trainer::optim::learning_rate;
+use crate::trainer::parallel::Replicas;
+use crate::util::fs::write_atomic;
+use crate::util::rng::SplitMix64;
+
+/// The candle device for a slot name of `TrialConfig::devices` (`cpu` or `cuda:N`).
+pub fn device_for(name: &str) -> Result<Device> {
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(id) = name.strip_prefix("cuda:") {
+        let id: usize = id
+            .parse()
+            .map_err(|_| TrainError::Device(format!("bad device `{name}`")))?;
+        return Device::new_cuda(id).map_err(|e| {
+            TrainError::Device(format!(
+                "cannot open {name} (was sweep built with `--features cuda`?): {e}"
+            ))
+        });
+    }
+    Err(TrainError::Device(format!(
+        "unknown device `{name}` (expected cpu or cuda:N)"
+    )))
+}
+
+/// A model ready to train, with its tokenizer and a description of its base for checkpoints.
+pub struct LoadedModel {
+    pub model: CausalLm,
+    pub tokenizer: TextTokenizer,
+    pub base: String,
+}
+
+/// Builds the trial's model: a preset (random init, tokenizer from the training text) or a
+/// Hugging Face folder.
+pub fn load_model(
+    source: &ModelSource,
+    params: &TrialParams,
+    train: &[Example],
+    device: &Device,
+) -> Result<LoadedModel> {
+    let trainable = match params.method {
+        Method::Lora => Trainable::Lora(LoraSettings {
+            rank: params.lora_rank as usize,
+            alpha: params.lora_alpha,
+            targets: params.lora_targets.clone(),
+        }),
+        Method::Sft | Method::PostPretrain => Trainable::All,
+    };
+    let seed = params.seed();
+    let tokenizer = load_tokenizer(source, train)?;
+    match source {
+        ModelSource::Preset(name) => {
+            let mut config = crate::spec::shape::preset(name)
+                .ok_or_else(|| TrainError::UnknownPreset(name.clone()))?;
+            config.vocab_size = tokenizer.vocab_size();
+            config.bos_token_id = tokenizer.bos;
+            config.eos_token_id = Some(tokenizer.eos);
+            config.pad_token_id = Some(tokenizer.pad);
+            let weights = CausalLm::random_weights(&config, seed, DType::F32, device)?;
+            let model = CausalLm::new(config, &weights, trainable, seed, device, name)?;
+            Ok(LoadedModel {
+                model,
+                tokenizer,
+                base: format!("sweep-preset:{name}:seed{seed}"),
+            })
+        }
+        ModelSource::Path(dir) => {
+            let (config, weights) = load_hf_folder(dir, device)?;
+            let model = CausalLm::new(
+                config,
+                &weights,
+                trainable,
+                seed,
+                device,
+                &dir.display().to_string(),
+            )?;
+            Ok(LoadedModel {
+                model,
+                tokenizer,
+                base: dir.display().to_string(),
+            })
+        }
+    }
+}
+
+/// Runs the trial in `dir`: writes metrics.jsonl, checkpoint/ (best epoch) and result.json, and
+/// hands every progress event to `emit` (the CLI prints them for the orchestrator).
+pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<TrialResult> {
+    let started = Instant::now();
+    let cfg = TrialConfig::read(dir)?;
+    let p = &cfg.params;
+    // One replica per slot the trial holds (`gpus: k`); on a CPU-only pool every slot is `cpu`.
+    let devices = if cfg.devices.is_empty() {
+        vec![Device::Cpu]
+    } else {
+        cfg.devices
+            .iter()
+            .map(|name| device_for(name))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let train = load_examples(&cfg.train)?;
+    let dev = load_examples(&cfg.dev)?;
+    let LoadedModel {
+        model,
+        tokenizer,
+        base,
+    } = load_model(&cfg.model, p, &train, &devices[0])?;
+    let max_len = p.max_seq_len as usize;
+    let train_seqs = encode_all(&train, &tokenizer, p.method, max_len, &cfg.train)?;
+    let dev_seqs = encode_all(&dev, &tokenizer, p.method, max_len, &cfg.dev)?;
+
+    // Classification accuracy needs labels on both sides; the candidates are train's labels.
+    let labels = label_set(&train);
+    let scoring = if !labels.is_empty() && dev.iter().all(|e| e.tgt.is_some()) {
+        let answers = labels
+            .iter()
+            .map(|l| answer_ids(&tokenizer, l))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let prompts = dev
+            .iter()
+            .map(|e| prompt_ids(&tokenizer, e))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let gold: Vec<Option<usize>> = dev
+            .iter()
+            .map(|e| e.tgt.as_ref().and_then(|t| labels.binary_search(t).ok()))
+            .collect();
+        Some((
+            Candidates {
+                answers,
+                labels: labels.clone(),
+            },
+            prompts,
+            gold,
+        ))
+    } else {
+        None
+    };
+
+    let batch_size = p.batch_size as usize;
+    let steps_per_epoch = train_seqs.len().div_ceil(batch_size);
+    let total_steps = steps_per_epoch * p.epochs as usize;
+    let warmup_steps = (p.warmup * total_steps as f64).round() as usize;
+    // `batch_size` is the global batch: each step's examples are split over the devices, the
+    // first `batch_size % k` devices taking one more, and `micro_batch` is per forward pass on
+    // one device (at most the device's share).
+    let replica_count = devices.len();
+    let per_device_batch = crate::trainer::parallel::per_device_batch(batch_size, replica_count);
+    let micro_batch = (p.micro_batch() as usize).min(per_device_batch).max(1);
+    let grad_accum = per_device_batch.div_ceil(micro_batch);
+    let mut replicas = Replicas::new(model, &devices[1..], p.weight_decay, p.seed())?;
+
+    // An interrupted trial continues from its last finished epoch.
+    let resumed =
+        replicas.restore(|model, opt| crate::trainer::resume::load(dir, p, model, opt))?;
+    let model = replicas.primary();
+    let metrics_path = dir.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resumed.is_some())
+        .truncate(resumed.is_none())
+        .open(&metrics_path)
+        .at(&metrics_path)?;
+    let mut record = |event: &ProgressEvent, emit: &mut dyn FnMut(&ProgressEvent)| -> Result<()> {
+        let line = serde_json::to_string(event).at(&metrics_path)?;
+        writeln!(metrics, "{line}").at(&metrics_path)?;
+        metrics.flush().at(&metrics_path)?;
+        emit(event);
+        Ok(())
+    };
+    eprintln!(
+        "trial {}: {} on {} ({} per device per step of a batch of {batch_size}; {} trainable of {} parameters), {} train / {} dev examples, {} steps",
+        cfg.trial,
+        p.method.as_str(),
+        cfg.devices.join(","),
+        per_device_batch,
+        model.trainable_parameter_count(),
+        model.config.parameter_count(),
+        train_seqs.len(),
+        dev_seqs.len(),
+        total_steps
+    );
+    record(
+        &ProgressEvent::Start {
+            epochs: p.epochs,
+            steps_per_epoch,
+            train_examples: train_seqs.len(),
+            trainable_params: model.trainable_parameter_count(),
+            devices: cfg.devices.clone(),
+            per_device_batch,
+        },
+        &mut emit,
+    )?;
+
+    let checkpoint_dir = dir.join("checkpoint");
+    let mut best: Option<TrialResult> = None;
+    let mut step = 0usize;
+    let mut train_seconds = 0.0f64;
+    let mut train_tokens = 0usize;
+    let mut first_epoch = 1;
+    let mut prior_seconds = 0.0;
+    if let Some(state) = resumed {
+        prior_seconds = state.seconds;
+        eprintln!("trial {}: resuming after epoch {}", cfg.trial, state.epoch);
+        record(
+            &ProgressEvent::Resumed {
+                epoch: state.epoch,
+                step: state.step,
+            },
+            &mut emit,
+        )?;
+        best = state.best;
+        step = state.step;
+        train_seconds = state.train_seconds;
+        train_tokens = state.train_tokens;
+        first_epoch = state.epoch + 1;
+    }
+    for epoch in first_epoch..=p.epochs {
+        // Each epoch's order depends on the seed and the epoch alone, so a resumed trial sees
+        // the same batches as an uninterrupted one.
+        let mut rng = SplitMix64::new(
+            p.seed() ^ 0x5eed_da7a ^ u64::from(epoch).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let mut order: Vec<usize> = (0..train_seqs.len()).collect();
+        rng.shuffle(&mut order);
+        let mut epoch_loss = 0.0;
+        let mut epoch_steps = 0usize;
+        let epoch_start = Instant::now();
+        for chunk in order.chunks(batch_size) {
+            let seqs: Vec<&Seq> = chunk.iter().map(|i| &train_seqs[*i]).collect();
+            let lr = learning_rate(p.learning_rate, step, warmup_steps, total_steps);
+            let stats = replicas.step(&seqs, micro_batch, tokenizer.pad, lr, p.max_grad_norm)?;
+            if !stats.loss.is_finite() {
+                return Err(TrainError::Diverged {
+                    loss: stats.loss,
+                    step: step + 1,
+                    lr,
+                });
+            }
+            step += 1;
+            epoch_steps += 1;
+            epoch_loss += stats.loss;
+            train_tokens += stats.input_tokens;
+            record(
+                &ProgressEvent::Step {
+                    epoch,
+                    step,
+                    loss: stats.loss,
+                    lr,
+                    grad_norm: stats.grad_norm,
+                },
+                &mut emit,
+            )?;
+        }
+        train_seconds += epoch_start.elapsed().as_secs_f64();
+        // Evaluation and checkpoints use the primary replica; the others are identical to it.
+        let model = replicas.primary();
+        // Evaluation batches are micro-batches: forward-only, they need less memory than a
+        // training step, which is what the plan-time estimate predicts. With k devices that is
+        // the per-device micro-batch, as the first device also trains with.
+        let eval_batch = micro_batch;
+        let dev_loss = dev_loss(model, &dev_seqs, tokenizer.pad, eval_batch)?;
+        let accuracy = match &scoring {
+            Some((cands, prompts, gold)) => {
+                let scores = candidate_scores(
+                    model,
+                    prompts,
+                    cands,
+                    tokenizer.bos.is_some(),
+                    max_len,
+                    tokenizer.pad,
+                    eval_batch,
+                )?;
+                Some(accuracy(&scores, gold))
+            }
+            None => None,
+        };
+        let m = EpochMetrics {
+            epoch,
+            step,
+            train_loss: epoch_loss / epoch_steps.max(1) as f64,
+            dev_loss,
+            accuracy,
+            tokens_per_sec: train_tokens as f64 / train_seconds.max(1e-9),
+            peak_rss_mb: peak_rss_mb(),
+            elapsed_s: started.elapsed().as_secs_f64(),
+        };
+        eprintln!(
+            "trial {} epoch {epoch}: train_loss {:.4} dev_loss {:.4} accuracy {} ({:.0} tokens/s)",
+            cfg.trial,
+            m.train_loss,
+            m.dev_loss,
+            m.accuracy
+                .map(|a| format!("{a:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            m.tokens_per_sec
+        );
+        record(&ProgressEvent::Epoch(m.clone()), &mut emit)?;
+        // Seconds over all runs of the trial, so a tie is resolved the same after a resume.
+        let seconds_so_far = prior_seconds + started.elapsed().as_secs_f64();
+        let score = Score {
+            value: m.metric(cfg.metric.name),
+            dev_loss: m.dev_loss,
+            seconds: seconds_so_far,
+        };
+        let improves = match &best {
+            None => true,
+            Some(b) => cfg.metric.rank(&score, &b.score(cfg.metric.name)) == Ordering::Less,
+        };
+        if improves {
+            crate::trainer::checkpoint::save(model, &tokenizer, &base, &checkpoint_dir)?;
+            best = Some(TrialResult {
+                best_epoch: epoch,
+                accuracy: m.accuracy,
+                dev_loss: m.dev_loss,
+                train_loss: m.train_loss,
+                // When this epoch was reached; the whole trial's time once it finishes.
+                seconds: seconds_so_far,
+                tokens_per_sec: 0.0,
+                peak_rss_mb: 0.0,
+                trainable_params: model.trainable_parameter_count(),
+                micro_batch: micro_batch as u32,
+                grad_accum: grad_accum as u32,
+                devices: replica_count as u32,
+                per_device_batch: Some(per_device_batch as u32),
+                checkpoint: checkpoint_dir.clone(),
+            });
+        }
+        crate::trainer::resume::save(
+            dir,
+            &crate::trainer::resume::ResumeState {
+                epoch,
+                step,
+                train_tokens,
+                train_seconds,
+                seconds: prior_seconds + started.elapsed().as_secs_f64(),
+                best: best.clone(),
+                params: p.clone(),
+            },
+            model,
+            replicas.optimizer(),
+        )?;
+    }
+    let mut result = best.ok_or(TrainError::NoEpoch)?;
+    // What the trial ran with, also when its best epoch was recorded before an interruption.
+    result.micro_batch = micro_batch as u32;
+    result.grad_accum = grad_accum as u32;
+    result.devices = replica_count as u32;
+    result.per_device_batch = Some(per_device_batch as u32);
+    result.seconds = prior_seconds + started.elapsed().as_secs_f64();
+    result.tokens_per_sec = train_tokens as f64 / train_seconds.max(1e-9);
+    result.peak_rss_mb = peak_rss_mb();
+    let result_path = dir.join(TrialResult::FILE);
+    write_atomic(
+        &result_path,
+        &serde_json::to_vec_pretty(&result).at(&result_path)?,
+    )
+    .at(&result_path)?;
+    crate::trainer::resume::clear(dir).at(dir)?;
+    Ok(result)
+}

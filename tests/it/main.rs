@@ -1,0 +1,12 @@
+//! sweep's end-to-end tests, in one test binary (one link of candle and polars, not one per file).
+
+mod architecture;
+mod check;
+mod cli;
+mod common;
+mod data_parallel;
+mod export;
+mod gradients;
+mod hf_reference;
+mod resources;
+mod resume;
