@@ -14,15 +14,25 @@ pub struct Gpu {
     pub free_mb: f64,
 }
 
+/// nvidia-smi ran but its answer cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct GpuQueryError(pub String);
+
 /// Parses `nvidia-smi --query-gpu=index,name,memory.total,memory.free --format=csv,noheader,nounits`.
-pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, String> {
+pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, GpuQueryError> {
     let mut gpus = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let bad = || format!("nvidia-smi output line {}: cannot read `{line}`", n + 1);
+        let bad = || {
+            GpuQueryError(format!(
+                "nvidia-smi output line {}: cannot read `{line}`",
+                n + 1
+            ))
+        };
         if fields.len() != 4 {
             return Err(bad());
         }
@@ -38,7 +48,7 @@ pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, String> {
 
 /// The GPUs this process may use: nvidia-smi's list, filtered by CUDA_VISIBLE_DEVICES when set
 /// (numeric ids only; an empty value hides every GPU). None when nvidia-smi is not there.
-pub fn discover_gpus() -> Option<Result<Vec<Gpu>, String>> {
+pub fn discover_gpus() -> Option<Result<Vec<Gpu>, GpuQueryError>> {
     let out = Command::new("nvidia-smi")
         .args([
             "--query-gpu=index,name,memory.total,memory.free",
@@ -47,10 +57,10 @@ pub fn discover_gpus() -> Option<Result<Vec<Gpu>, String>> {
         .output()
         .ok()?;
     if !out.status.success() {
-        return Some(Err(format!(
+        return Some(Err(GpuQueryError(format!(
             "nvidia-smi failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        ))));
     }
     let gpus = match parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout)) {
         Ok(g) => g,

@@ -178,7 +178,7 @@ impl Pool {
                         }
                         gpu_pool(gpus.into_iter().filter(|g| ids.contains(&g.index)).collect())
                     }
-                    Some(Err(e)) => return Err(PoolError::devices(e)),
+                    Some(Err(e)) => return Err(PoolError::devices(e.0)),
                     None => return Err(PoolError::devices("GPU ids given, but nvidia-smi is not installed here".into())),
                 }
             }
