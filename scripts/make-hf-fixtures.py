@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Writes the reference fixtures for our forward pass: a random-init tiny Llama and a tiny Qwen2,
 saved by Python transformers itself (config.json + model.safetensors), and the logits transformers
-computes for fixed token ids. tests/hf_reference.rs loads the folders with sweep and compares.
+computes for fixed token ids. tests/it/hf_reference.rs loads the folders with sweep and compares.
 
 With --peft: the logits PEFT computes with the LoRA checkpoint sweep wrote into
 tests/fixtures/hf/tiny-llama-lora (`cargo run --release --example write_lora_fixture`), which
-tests/export.rs compares with sweep's adapted and merged models.
+tests/it/export.rs compares with sweep's adapted and merged models.
 
 Needs: pip install torch transformers peft   (run once; the outputs are committed)
 Usage: python3 scripts/make-hf-fixtures.py [--peft]
