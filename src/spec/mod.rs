@@ -7,6 +7,7 @@ pub mod memory;
 pub mod params;
 pub mod search;
 pub mod shape;
+pub mod tpe;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -123,7 +123,8 @@ fn random(domains: &[(String, Domain)], count: usize, seed: u64) -> Vec<Assignme
         .collect()
 }
 
-fn sample(d: &Domain, rng: &mut SplitMix64) -> Value {
+/// One value of a domain, drawn as random search draws it.
+pub fn sample(d: &Domain, rng: &mut SplitMix64) -> Value {
     let quantize = |x: f64, q: f64| (x / q).round() * q;
     match d {
         Domain::Constant(v) => v.clone(),
