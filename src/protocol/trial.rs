@@ -96,6 +96,10 @@ pub struct EpochMetrics {
     pub tokens_per_sec: f64,
     pub peak_rss_mb: f64,
     pub elapsed_s: f64,
+    /// Seconds this epoch's evaluation took (dev loss and accuracy); 0 in files from before it
+    /// was measured.
+    #[serde(default)]
+    pub eval_seconds: f64,
 }
 
 impl EpochMetrics {
@@ -119,6 +123,9 @@ pub struct TrialResult {
     pub seconds: f64,
     pub tokens_per_sec: f64,
     pub peak_rss_mb: f64,
+    /// Seconds spent evaluating, over every epoch of the trial's last run.
+    #[serde(default)]
+    pub eval_seconds: f64,
     pub trainable_params: usize,
     /// Examples per forward pass on one device.
     pub micro_batch: u32,

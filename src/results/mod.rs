@@ -178,6 +178,10 @@ pub fn table(rows: &[TrialRow]) -> Result<DataFrame> {
         res(&|r| Some(r.peak_rss_mb)),
     ));
     cols.push(Column::new(
+        "eval_seconds".into(),
+        res(&|r| Some(r.eval_seconds)),
+    ));
+    cols.push(Column::new(
         "trainable_params".into(),
         int(&|r| r.trainable_params as i64),
     ));
@@ -388,6 +392,7 @@ mod tests {
                 seconds: secs,
                 tokens_per_sec: 1.0,
                 peak_rss_mb: 1.0,
+                eval_seconds: 1.0,
                 trainable_params: 10,
                 micro_batch: 4,
                 grad_accum: 1,

@@ -1,8 +1,11 @@
 //! Text to token ids, through the `tokenizers` crate.
 //!
 //! A model folder's `tokenizer.json` is used as is. Without one (the built-in presets), a
-//! word-level vocabulary is built from the training text, so a fresh machine needs no download;
-//! it is saved as an ordinary `tokenizer.json` beside every checkpoint.
+//! byte-level BPE vocabulary is learned from the training text with the `tokenizers` crate's own
+//! trainer, so a fresh machine needs no download and any script works: every CJK character is
+//! split off on its own before the merges, and a character never seen in training falls back to
+//! its UTF-8 bytes, so nothing is unknown. It is saved as an ordinary `tokenizer.json` beside
+//! every checkpoint.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,8 +13,25 @@ use std::path::Path;
 use crate::spec::ModelSource;
 use crate::text::data::Example;
 use crate::text::model_folder::read_config;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::normalizers::utils::Lowercase;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, Tokenizer};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{
+    AddedToken, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
+    SplitDelimiterBehavior, Tokenizer,
+};
+
+/// The vocabulary a preset's tokenizer learns at most (specials, 256 bytes and merges). Merges
+/// stop earlier when no pair occurs twice.
+pub const SUBWORD_VOCAB: usize = 16384;
+
+/// One piece per CJK ideograph or kana (BERT's rule), so that Chinese or Japanese text, written
+/// without spaces, is never one long "word" to the byte-level pieces.
+const CJK: &str = r"[\p{Han}\p{Hiragana}\p{Katakana}]";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -141,6 +161,61 @@ impl TextTokenizer {
         })
     }
 
+    /// Learns a byte-level BPE vocabulary of at most `vocab_size` tokens from `texts`: lower-cased,
+    /// every CJK character split off on its own (BERT's rule, so Chinese is never one long
+    /// "word"), then GPT-2's byte-level pieces and merges of pairs seen at least twice. All 256
+    /// bytes are in the vocabulary, so any text encodes without an unknown token. Identical texts
+    /// are learned from once (a system prompt repeated on every line would otherwise crowd out
+    /// the queries); the same texts give the same ids.
+    pub fn build_subword<'a>(
+        texts: impl IntoIterator<Item = &'a str>,
+        vocab_size: usize,
+    ) -> Result<Self, TokenizerError> {
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<&str> = texts.into_iter().filter(|t| seen.insert(*t)).collect();
+        let encode_err = |e: tokenizers::Error| TokenizerError::Encode(e.to_string());
+        let mut inner = Tokenizer::new(BPE::default());
+        inner.with_normalizer(Some(Lowercase));
+        let cjk = Split::new(
+            SplitPattern::Regex(CJK.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(encode_err)?;
+        inner.with_pre_tokenizer(Some(Sequence::new(vec![
+            cjk.into(),
+            ByteLevel::new(false, true, true).into(),
+        ])));
+        inner.with_decoder(Some(ByteLevel::new(false, true, true)));
+        let specials: Vec<AddedToken> = [PAD, UNK, BOS, EOS]
+            .iter()
+            .map(|s| AddedToken::from(*s, true))
+            .collect();
+        let trainer = BpeTrainerBuilder::new()
+            .show_progress(false)
+            .min_frequency(2)
+            .vocab_size(vocab_size)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+        inner
+            .train(&mut trainer, unique.into_iter())
+            .map_err(encode_err)?;
+        let id = |name: &str| {
+            inner
+                .token_to_id(name)
+                .ok_or_else(|| TokenizerError::Encode(format!("no {name} after training")))
+        };
+        Ok(Self {
+            bos: Some(id(BOS)?),
+            eos: id(EOS)?,
+            pad: id(PAD)?,
+            inner,
+            chat: None,
+        })
+    }
+
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let enc = self
             .inner
@@ -181,7 +256,7 @@ fn pre_tokenize(text: &str) -> Result<Vec<String>, TokenizerError> {
         .collect())
 }
 
-/// The tokenizer a trial uses: for a preset, a word-level vocabulary built from the training
+/// The tokenizer a trial uses: for a preset, a subword vocabulary learned from the training
 /// text (every turn of it); for a model folder, its `tokenizer.json` with the special ids of its
 /// config.json. Shared with the checker, which measures lengths with the very same tokenizer.
 pub fn load_tokenizer(
@@ -200,7 +275,7 @@ pub fn load_tokenizer(
                             .flatten(),
                     )
             });
-            TextTokenizer::build_word_level(texts, 1)
+            TextTokenizer::build_subword(texts, SUBWORD_VOCAB)
         }
         ModelSource::Path(dir) => {
             // Only the special ids are needed here, so config.json is read without the weights.
@@ -255,5 +330,52 @@ mod tests {
         assert_eq!(back.encode("book a FLIGHT book_flight zebra").unwrap(), ids);
         assert_eq!((back.bos, back.eos, back.pad), (Some(2), 3, 0));
         assert_eq!(back.vocab_size(), tok.vocab_size());
+    }
+
+    #[test]
+    fn subword_tokenizer_splits_chinese_and_knows_every_character() {
+        let texts = [
+            "你精通query分类，请判断下面这个query属于哪一类。",
+            "合租室友带人回来长期住",
+            "生活和情感",
+            "生活和情感",
+            "说说生活和情感",
+            "Book a flight to Paris",
+            "book_flight",
+        ];
+        let tok = TextTokenizer::build_subword(texts, 500).unwrap();
+        assert_eq!((tok.pad, tok.bos, tok.eos), (0, Some(2), 3));
+        // Characters never seen in training (and emoji) still encode, to bytes, never to <unk>.
+        for text in [
+            "生活和情感",
+            "什么材质的衬衫比较有质感 🙂",
+            "zebra crossing",
+            "BOOK_FLIGHT",
+        ] {
+            let ids = tok.encode(text).unwrap();
+            assert!(!ids.is_empty() && !ids.contains(&1), "{text}: {ids:?}");
+            assert_eq!(
+                tok.decode(&ids).replace(' ', ""),
+                text.to_lowercase().replace(' ', "")
+            );
+        }
+        // A Chinese sentence is never one token: each character is split off before the merges,
+        // and a character seen twice is one token.
+        assert!(tok.encode("合租室友带人回来长期住").unwrap().len() >= 11);
+        assert_eq!(tok.encode("生活和情感").unwrap().len(), 5);
+        let again = TextTokenizer::build_subword(texts, 500).unwrap();
+        assert_eq!(
+            again.encode("合租室友 book a flight").unwrap(),
+            tok.encode("合租室友 book a flight").unwrap()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        tok.save(&path).unwrap();
+        let back = TextTokenizer::from_file(&path, None, None, None).unwrap();
+        assert_eq!(
+            back.encode("什么材质 flight").unwrap(),
+            tok.encode("什么材质 flight").unwrap()
+        );
+        assert_eq!((back.bos, back.eos, back.pad), (Some(2), 3, 0));
     }
 }

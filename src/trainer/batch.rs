@@ -55,6 +55,82 @@ pub fn make_batch(seqs: &[&Seq], pad: u32, device: &Device) -> candle_core::Resu
 /// Negative log-likelihood of the target at every counted position: shape (tokens,).
 pub fn token_nll(model: &CausalLm, batch: &Batch) -> candle_core::Result<Tensor> {
     let hidden = model.hidden_states(&batch.inputs)?;
+    nll_at_counted(model, &hidden, batch)
+}
+
+/// The tokens every sequence of `seqs` starts with that can be computed once for all of them:
+/// the common prefix, short of the first position whose prediction counts in the loss (and of
+/// each sequence's last input), so that every counted position stays in each sequence's own
+/// part. 0 when fewer than two sequences would share it.
+pub fn shared_prefix_len(seqs: &[&Seq]) -> usize {
+    let Some(first) = seqs.first() else {
+        return 0;
+    };
+    if seqs.len() < 2 {
+        return 0;
+    }
+    let mut common = first.ids.len();
+    for s in &seqs[1..] {
+        common = common.min(
+            first
+                .ids
+                .iter()
+                .zip(&s.ids)
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    let cap = seqs
+        .iter()
+        .map(|s| {
+            s.loss_from
+                .max(1)
+                .min(s.ids.len().saturating_sub(1))
+                .saturating_sub(1)
+        })
+        .min()
+        .unwrap_or(0);
+    common.min(cap)
+}
+
+/// As `token_nll` for the same sequences, with their shared prefix (`shared_prefix_len`)
+/// computed once: the prefix runs as one sequence, and every sequence's own part attends to its
+/// keys and values, whose gradients sum over the sequences. Equal to `token_nll` up to rounding.
+/// `None` when the sequences share no prefix.
+pub fn shared_prefix_nll(
+    model: &CausalLm,
+    seqs: &[&Seq],
+    pad: u32,
+) -> candle_core::Result<Option<(Tensor, Batch)>> {
+    let p = shared_prefix_len(seqs);
+    if p == 0 {
+        return Ok(None);
+    }
+    let device = model.device();
+    let prefix = Tensor::from_slice(&seqs[0].ids[..p], (1, p), device)?;
+    let positions: Vec<usize> = (0..p).collect();
+    let mask = crate::trainer::model::prefix_causal_mask(0, p, model.dtype(), device)?;
+    let (_, past) = model.forward_with_past(&prefix, None, &positions, &mask)?;
+    let rest: Vec<Seq> = seqs
+        .iter()
+        .map(|s| Seq {
+            ids: s.ids[p..].to_vec(),
+            loss_from: s.loss_from.max(1) - p,
+        })
+        .collect();
+    let refs: Vec<&Seq> = rest.iter().collect();
+    let mut batch = make_batch(&refs, pad, device)?;
+    // Throughput counts every input token, the shared ones once per sequence as in `token_nll`.
+    batch.input_tokens += p * seqs.len();
+    let t = batch.inputs.dim(1)?;
+    let positions: Vec<usize> = (p..p + t).collect();
+    let mask = crate::trainer::model::prefix_causal_mask(p, t, model.dtype(), device)?;
+    let (hidden, _) = model.forward_with_past(&batch.inputs, Some(&past), &positions, &mask)?;
+    Ok(Some((nll_at_counted(model, &hidden, &batch)?, batch)))
+}
+
+/// The negative log-likelihood at a batch's counted positions from its hidden states.
+fn nll_at_counted(model: &CausalLm, hidden: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
     let (b, t, h) = hidden.dims3()?;
     let counted = hidden
         .reshape((b * t, h))?
@@ -98,5 +174,34 @@ mod tests {
         assert_eq!(bt.rows, vec![0, 0, 1]);
         assert_eq!(bt.tokens, 3);
         assert_eq!(bt.input_tokens, 5);
+    }
+
+    #[test]
+    fn the_shared_prefix_stops_before_the_first_counted_prediction() {
+        let seq = |ids: &[u32], loss_from: usize| Seq {
+            ids: ids.to_vec(),
+            loss_from,
+        };
+        let a = seq(&[1, 2, 3, 4, 5, 6, 7], 5);
+        let b = seq(&[1, 2, 3, 4, 9, 6], 5);
+        // Position 4 predicts the first answer token: the 4 tokens before it are shared.
+        assert_eq!(shared_prefix_len(&[&a, &b]), 4);
+        let b2 = seq(&[1, 2, 3, 4, 5, 9], 5);
+        assert_eq!(
+            shared_prefix_len(&[&a, &b2]),
+            4,
+            "not the 5 they have in common"
+        );
+        let c = seq(&[1, 2, 8, 4, 5, 6, 7], 6);
+        assert_eq!(shared_prefix_len(&[&a, &b, &c]), 2);
+        assert_eq!(shared_prefix_len(&[&a]), 0, "one sequence shares nothing");
+        let d = seq(&[1, 2, 3], 1);
+        assert_eq!(
+            shared_prefix_len(&[&a, &d]),
+            0,
+            "post_pretrain counts from 1"
+        );
+        let e = seq(&[7, 2, 3, 4, 5, 6, 7], 5);
+        assert_eq!(shared_prefix_len(&[&a, &e]), 0);
     }
 }

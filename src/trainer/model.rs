@@ -49,9 +49,10 @@ pub struct LoraSettings {
 }
 
 /// A low-rank adapter on one projection: `y = x W^T + scale * (x A^T) B^T`.
+/// `a` and `b` are the tensors of the trainable `Var`s listed in `CausalLm::trainable`.
 struct LoraAdapter {
-    a: Var,
-    b: Var,
+    a: Tensor,
+    b: Tensor,
     scale: f64,
 }
 
@@ -79,8 +80,8 @@ impl Linear {
             // Adapters may be f32 under a half-precision base: compute them in their own dtype.
             let x_a = flat.to_dtype(l.a.dtype())?;
             // Scale the rank-r intermediate, not the output-sized delta: one large tensor fewer.
-            let low = (x_a.matmul(&l.a.as_tensor().t()?)? * l.scale)?;
-            let delta = low.matmul(&l.b.as_tensor().t()?)?.to_dtype(y.dtype())?;
+            let low = (x_a.matmul(&l.a.t()?)? * l.scale)?;
+            let delta = low.matmul(&l.b.t()?)?.to_dtype(y.dtype())?;
             y = (y + delta)?;
         }
         let out = y.dim(1)?;
@@ -317,8 +318,8 @@ impl CausalLm {
                         adapters.push((format!("{peft}.lora_A.weight"), a.clone()));
                         adapters.push((format!("{peft}.lora_B.weight"), b.clone()));
                         Some(LoraAdapter {
-                            a,
-                            b,
+                            a: a.as_tensor().clone(),
+                            b: b.as_tensor().clone(),
                             scale: s.alpha / s.rank as f64,
                         })
                     }
@@ -415,18 +416,46 @@ impl CausalLm {
 
     /// The final-norm hidden state of every position: (batch, seq, hidden).
     pub fn hidden_states(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let t = ids.dim(1)?;
+        let positions: Vec<usize> = (0..t).collect();
+        let mask = causal_mask(t, self.dtype(), &self.device)?;
+        Ok(self.forward_with_past(ids, None, &positions, &mask)?.0)
+    }
+
+    /// The hidden states of `ids` (batch, t) that continue after `past` (the keys and values of
+    /// earlier positions, of batch 1 or `batch`), and the keys and values of these tokens.
+    /// `positions` gives each token's position, `t` of them (the same for every row) or
+    /// `batch * t`; `mask` is added to the attention scores, (t, past + t) or
+    /// (batch, t, past + t): 0 where a token may attend, -inf where not.
+    ///
+    /// Why: what shared-prefix training and scoring are built on. A prefix that many sequences
+    /// share is computed once, and its keys and values serve every one of them; gradients flow
+    /// back into the prefix through them.
+    pub fn forward_with_past(
+        &self,
+        ids: &Tensor,
+        past: Option<&KvCache>,
+        positions: &[usize],
+        mask: &Tensor,
+    ) -> candle_core::Result<(Tensor, KvCache)> {
         let (b, t) = ids.dims2()?;
         let h = self.config.hidden_size;
         let mut x = self
             .embed
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, h))?;
-        let (cos, sin) = self.rope_tables(t)?;
-        let mask = causal_mask(t, x.dtype(), &self.device)?;
-        for layer in &self.layers {
+        let (cos, sin) = self.rope_tables(positions, b, t)?;
+        let mask = match mask.rank() {
+            3 => mask.unsqueeze(1)?,
+            _ => mask.clone(),
+        };
+        let mut cache = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let normed = layer.input_norm.forward(&x)?;
-            let attn = self.attention(layer, &normed, &cos, &sin, &mask)?;
+            let layer_past = past.map(|p| &p.layers[i]);
+            let (attn, kv) = self.attention(layer, &normed, &cos, &sin, &mask, layer_past)?;
+            cache.push(kv);
             x = (residual + attn)?;
             let residual = x.clone();
             let normed = layer.post_norm.forward(&x)?;
@@ -435,7 +464,51 @@ impl CausalLm {
                 .forward(&(layer.gate.forward(&normed)?.silu()? * layer.up.forward(&normed)?)?)?;
             x = (residual + mlp)?;
         }
-        self.norm.forward(&x)
+        Ok((self.norm.forward(&x)?, KvCache { layers: cache }))
+    }
+
+    /// The same model with every weight detached from the autograd graph: computing with it
+    /// records no backward operations (candle has no no-grad mode). Shares the weights' storage,
+    /// so it is cheap, and it sees later optimizer steps only if made again.
+    pub fn detached(&self) -> CausalLm {
+        let linear = |l: &Linear| Linear {
+            weight: l.weight.detach(),
+            bias: l.bias.as_ref().map(|b| b.detach()),
+            frozen: true,
+            lora: l.lora.as_ref().map(|a| LoraAdapter {
+                a: a.a.detach(),
+                b: a.b.detach(),
+                scale: a.scale,
+            }),
+        };
+        let norm = |n: &RmsNorm| RmsNorm {
+            weight: n.weight.detach(),
+            eps: n.eps,
+        };
+        CausalLm {
+            config: self.config.clone(),
+            embed: self.embed.detach(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| Layer {
+                    input_norm: norm(&l.input_norm),
+                    q: linear(&l.q),
+                    k: linear(&l.k),
+                    v: linear(&l.v),
+                    o: linear(&l.o),
+                    post_norm: norm(&l.post_norm),
+                    gate: linear(&l.gate),
+                    up: linear(&l.up),
+                    down: linear(&l.down),
+                })
+                .collect(),
+            norm: norm(&self.norm),
+            lm_head: self.lm_head.detach(),
+            trainable: Vec::new(),
+            lora: self.lora.clone(),
+            device: self.device.clone(),
+        }
     }
 
     /// Vocabulary logits for hidden states of shape (n, hidden): (n, vocab). Computing them only
@@ -455,7 +528,8 @@ impl CausalLm {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
-    ) -> candle_core::Result<Tensor> {
+        past: Option<&(Tensor, Tensor)>,
+    ) -> candle_core::Result<(Tensor, (Tensor, Tensor))> {
         let (b, t, _) = x.dims3()?;
         let nh = self.config.num_attention_heads;
         let nkv = self.config.kv_heads();
@@ -479,39 +553,75 @@ impl CausalLm {
             .transpose(1, 2)?
             .contiguous()?;
         let q = apply_rope(&q, cos, sin)?;
-        let k = repeat_kv(apply_rope(&k, cos, sin)?, nh / nkv)?;
-        let v = repeat_kv(v, nh / nkv)?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+        let k = apply_rope(&k, cos, sin)?;
+        let (k_all, v_all) = match past {
+            Some((pk, pv)) => {
+                // A past of batch 1 serves every row: broadcast, whose backward sums the rows'
+                // gradients into the one shared prefix.
+                let (pb, _, p, _) = pk.dims4()?;
+                let widen = |x: &Tensor| -> candle_core::Result<Tensor> {
+                    if pb == b {
+                        Ok(x.clone())
+                    } else {
+                        x.broadcast_as((b, nkv, p, hd))
+                    }
+                };
+                (
+                    Tensor::cat(&[&widen(pk)?, &k], 2)?,
+                    Tensor::cat(&[&widen(pv)?, &v], 2)?,
+                )
+            }
+            None => (k.clone(), v.clone()),
+        };
+        let k_rep = repeat_kv(k_all, nh / nkv)?;
+        let v_rep = repeat_kv(v_all, nh / nkv)?;
+        let scores = (q.matmul(&k_rep.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let out = probs
-            .matmul(&v)?
+            .matmul(&v_rep)?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
-        layer.o.forward(&out)
+        Ok((layer.o.forward(&out)?, (k, v)))
     }
 
-    /// cos/sin tables of shape (seq, head_dim), HF's "rotate half" layout.
-    fn rope_tables(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    /// cos/sin tables for `positions`: (t, head_dim) when they are one row's, (batch, 1, t,
+    /// head_dim) when every row has its own; HF's "rotate half" layout.
+    fn rope_tables(
+        &self,
+        positions: &[usize],
+        b: usize,
+        t: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let hd = self.config.head_dim();
         let half = hd / 2;
         let inv: Vec<f32> = (0..half)
             .map(|i| 1.0 / (self.config.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
             .collect();
-        let mut cos = Vec::with_capacity(t * hd);
-        let mut sin = Vec::with_capacity(t * hd);
-        for pos in 0..t {
+        let mut cos = Vec::with_capacity(positions.len() * hd);
+        let mut sin = Vec::with_capacity(positions.len() * hd);
+        for pos in positions {
             for _half in 0..2 {
                 for f in &inv {
-                    let angle = pos as f32 * f;
+                    let angle = *pos as f32 * f;
                     cos.push(angle.cos());
                     sin.push(angle.sin());
                 }
             }
         }
         let dtype = self.dtype();
+        let shape: Vec<usize> = if positions.len() == t {
+            vec![t, hd]
+        } else if positions.len() == b * t {
+            vec![b, 1, t, hd]
+        } else {
+            candle_core::bail!(
+                "{} positions for a batch of {b} x {t} tokens",
+                positions.len()
+            )
+        };
         Ok((
-            Tensor::from_vec(cos, (t, hd), &self.device)?.to_dtype(dtype)?,
-            Tensor::from_vec(sin, (t, hd), &self.device)?.to_dtype(dtype)?,
+            Tensor::from_vec(cos, shape.as_slice(), &self.device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, shape.as_slice(), &self.device)?.to_dtype(dtype)?,
         ))
     }
 
@@ -599,6 +709,80 @@ fn checked_tensor<'a>(
 
 fn is_half(dtype: DType) -> bool {
     matches!(dtype, DType::BF16 | DType::F16)
+}
+
+/// The keys and values of some positions, per layer, after rotary positions and before grouped
+/// heads are repeated: (batch, kv_heads, positions, head_dim) each.
+#[derive(Clone)]
+pub struct KvCache {
+    pub layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|(k, _)| k.dim(2).ok())
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// These positions followed by `next`'s (both of one batch size, or `self` of batch 1).
+    pub fn append(&self, next: &KvCache) -> candle_core::Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .zip(&next.layers)
+            .map(|((pk, pv), (k, v))| {
+                let b = k.dim(0)?;
+                let widen = |x: &Tensor| -> candle_core::Result<Tensor> {
+                    let (pb, h, p, d) = x.dims4()?;
+                    if pb == b {
+                        Ok(x.clone())
+                    } else {
+                        x.broadcast_as((b, h, p, d))
+                    }
+                };
+                Ok((
+                    Tensor::cat(&[&widen(pk)?, k], 2)?,
+                    Tensor::cat(&[&widen(pv)?, v], 2)?,
+                ))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(KvCache { layers })
+    }
+}
+
+/// An additive attention mask from a boolean one, `allowed` row-major of `shape`.
+pub fn additive_mask(
+    allowed: &[bool],
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let data: Vec<f32> = allowed
+        .iter()
+        .map(|a| if *a { 0.0 } else { f32::NEG_INFINITY })
+        .collect();
+    Tensor::from_vec(data, shape, device)?.to_dtype(dtype)
+}
+
+/// Additive mask (t, past + t) for `t` tokens after `past` others: each sees every past position
+/// and, causally, the tokens before it.
+pub fn prefix_causal_mask(
+    past: usize,
+    t: usize,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let allowed: Vec<bool> = (0..t)
+        .flat_map(|i| (0..past + t).map(move |j| j < past || j - past <= i))
+        .collect();
+    additive_mask(&allowed, &[t, past + t], dtype, device)
 }
 
 /// Additive mask (seq, seq): 0 on and below the diagonal, -inf above.

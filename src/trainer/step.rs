@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::text::encode::Seq;
-use crate::trainer::batch::{make_batch, token_nll};
+use crate::trainer::batch::{make_batch, shared_prefix_nll, token_nll};
 use crate::trainer::model::CausalLm;
 use crate::trainer::optim::{clip_by_global_norm, AdamW};
 
@@ -66,6 +66,7 @@ pub struct ShardGradients {
 /// micro-batch's summed token loss divided by `denominator`, the whole batch's counted tokens.
 /// Why a shared denominator: then the gradients of any split of the batch (micro-batches,
 /// devices, uneven shares) add up to the gradient of the batch's mean token loss.
+/// Each micro-batch's shared prefix (the system prompt of the seed's data) is computed once.
 pub fn shard_gradients(
     model: &CausalLm,
     seqs: &[&Seq],
@@ -73,17 +74,42 @@ pub fn shard_gradients(
     pad: u32,
     denominator: f64,
 ) -> candle_core::Result<ShardGradients> {
+    shard_gradients_with(model, seqs, micro, pad, denominator, true)
+}
+
+/// `shard_gradients`, with each micro-batch's shared prefix computed once (`share_prefix`) or
+/// in every sequence (the plain computation, which tests compare against).
+pub fn shard_gradients_with(
+    model: &CausalLm,
+    seqs: &[&Seq],
+    micro: usize,
+    pad: u32,
+    denominator: f64,
+    share_prefix: bool,
+) -> candle_core::Result<ShardGradients> {
     let vars = model.trainable();
     let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut loss_total = 0.0;
     let mut input_tokens = 0;
     for chunk in seqs.chunks(micro.max(1)) {
-        let batch = make_batch(chunk, pad, model.device())?;
+        let shared = if share_prefix {
+            shared_prefix_nll(model, chunk, pad)?
+        } else {
+            None
+        };
+        let (nll, batch) = match shared {
+            Some(done) => done,
+            None => {
+                let batch = make_batch(chunk, pad, model.device())?;
+                if batch.tokens == 0 {
+                    input_tokens += batch.input_tokens;
+                    continue;
+                }
+                (token_nll(model, &batch)?, batch)
+            }
+        };
         input_tokens += batch.input_tokens;
-        if batch.tokens == 0 {
-            continue;
-        }
-        let loss = (token_nll(model, &batch)?.sum_all()? / denominator)?;
+        let loss = (nll.sum_all()? / denominator)?;
         loss_total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let grads = loss.backward()?;
         for (slot, (_, var)) in acc.iter_mut().zip(vars) {

@@ -216,6 +216,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     let mut step = 0usize;
     let mut train_seconds = 0.0f64;
     let mut train_tokens = 0usize;
+    let mut eval_seconds = 0.0f64;
     let mut first_epoch = 1;
     let mut prior_seconds = 0.0;
     if let Some(state) = resumed {
@@ -278,6 +279,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         // training step, which is what the plan-time estimate predicts. With k devices that is
         // the per-device micro-batch, as the first device also trains with.
         let eval_batch = micro_batch;
+        let eval_start = Instant::now();
         let dev_loss = dev_loss(model, &dev_seqs, tokenizer.pad, eval_batch)?;
         let accuracy = match &scoring {
             Some((cands, prompts, gold)) => {
@@ -303,7 +305,9 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
             tokens_per_sec: train_tokens as f64 / train_seconds.max(1e-9),
             peak_rss_mb: peak_rss_mb(),
             elapsed_s: started.elapsed().as_secs_f64(),
+            eval_seconds: eval_start.elapsed().as_secs_f64(),
         };
+        eval_seconds += m.eval_seconds;
         eprintln!(
             "trial {} epoch {epoch}: train_loss {:.4} dev_loss {:.4} accuracy {} ({:.0} tokens/s)",
             cfg.trial,
@@ -337,6 +341,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                 seconds: seconds_so_far,
                 tokens_per_sec: 0.0,
                 peak_rss_mb: 0.0,
+                eval_seconds: 0.0,
                 trainable_params: model.trainable_parameter_count(),
                 micro_batch: micro_batch as u32,
                 grad_accum: grad_accum as u32,
@@ -369,6 +374,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     result.seconds = prior_seconds + started.elapsed().as_secs_f64();
     result.tokens_per_sec = train_tokens as f64 / train_seconds.max(1e-9);
     result.peak_rss_mb = peak_rss_mb();
+    result.eval_seconds = eval_seconds;
     let result_path = dir.join(TrialResult::FILE);
     write_atomic(
         &result_path,
