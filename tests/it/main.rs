@@ -8,5 +8,6 @@ mod data_parallel;
 mod export;
 mod gradients;
 mod hf_reference;
+mod report;
 mod resources;
 mod resume;
