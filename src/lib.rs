@@ -9,6 +9,7 @@ pub mod plan;
 pub mod protocol;
 pub mod results;
 pub mod spec;
+pub mod stats;
 pub mod text;
 pub mod trainer;
 pub mod util;

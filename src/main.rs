@@ -63,6 +63,13 @@ enum Command {
         /// Also write the table to this CSV file.
         #[arg(long)]
         csv: Option<PathBuf>,
+        /// Write the interactive HTML report (one self-contained file) to OUT, by default
+        /// DIR/report.html.
+        #[arg(long, value_name = "OUT", num_args = 0..=1, default_missing_value = "")]
+        html: Option<PathBuf>,
+        /// Write the main plots as PNG images into this folder.
+        #[arg(long, value_name = "DIR")]
+        png: Option<PathBuf>,
     },
     /// The best trial of a results folder: parameters, metric, checkpoint path.
     Best { dir: PathBuf },
@@ -72,6 +79,24 @@ enum Command {
         checkpoint: PathBuf,
         #[arg(long, value_name = "OUT")]
         merge: PathBuf,
+    },
+    /// Score a checkpoint on a labelled data file: accuracy, macro-F1, per-class precision,
+    /// recall and F1, and the most frequent confusions.
+    Eval {
+        checkpoint: PathBuf,
+        data: PathBuf,
+        /// Machine-readable output (one JSON object).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify queries with a checkpoint: one JSON line in ({"src", optional "system"}), one
+    /// JSON line out (predicted label and the top candidates); reads stdin without FILE.
+    Predict {
+        checkpoint: PathBuf,
+        file: Option<PathBuf>,
+        /// How many of the best labels to list per line.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
     },
     /// Train one trial from its folder (what the orchestrator and Slurm jobs call).
     Train { dir: PathBuf },
@@ -182,8 +207,23 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Report { dir, csv } => {
+        Command::Report {
+            dir,
+            csv,
+            html,
+            png,
+        } => {
             print!("{}", sweep::results::report::render(&dir)?);
+            if let Some(out) = html {
+                let out = (!out.as_os_str().is_empty()).then_some(out);
+                let written = sweep::results::html::write(&dir, out.as_deref())?;
+                println!("HTML report: {}", written.display());
+            }
+            if let Some(out) = png {
+                for file in sweep::results::png::write(&dir, &out)? {
+                    println!("plot: {}", file.display());
+                }
+            }
             if let Some(out) = csv {
                 std::fs::copy(dir.join(sweep::results::CSV), &out)
                     .with_context(|| format!("writing {}", out.display()))?;
@@ -202,6 +242,46 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 println!("  {k}: {v}");
             }
             println!("checkpoint: {}", best.checkpoint.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            checkpoint,
+            data,
+            json,
+        } => {
+            let (report, _) = sweep::trainer::evaluate::evaluate(&checkpoint, &data)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", sweep::trainer::evaluate::render(&report, 10));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Predict {
+            checkpoint,
+            file,
+            top,
+        } => {
+            let (bytes, name) = match &file {
+                Some(path) => (
+                    std::fs::read(path)
+                        .with_context(|| format!("{}: cannot read", path.display()))?,
+                    path.clone(),
+                ),
+                None => {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                        .context("reading stdin")?;
+                    (bytes, PathBuf::from("<stdin>"))
+                }
+            };
+            // The input is checked before the model is loaded, so a bad line fails fast.
+            let examples = sweep::trainer::evaluate::read_examples(bytes, &name)?;
+            let scorer = sweep::trainer::evaluate::Scorer::load(&checkpoint)?;
+            let mut out = std::io::stdout().lock();
+            for p in scorer.predict(&examples, top.max(1))? {
+                writeln!(out, "{}", serde_json::to_string(&p)?)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Train { dir } => {

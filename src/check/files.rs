@@ -88,6 +88,11 @@ fn naming_hints(paths: &[PathBuf], report: &mut CheckReport) {
 
 /// Labels across the pair, leaks from train into dev, class counts.
 pub fn cross_check(train: &DataFile, dev: &DataFile, report: &mut CheckReport) {
+    cross_check_as(train, dev, "dev", report)
+}
+
+/// As `cross_check`, for a held-out file in the `role` of dev or test.
+pub fn cross_check_as(train: &DataFile, dev: &DataFile, role: &str, report: &mut CheckReport) {
     fn count(d: &DataFile) -> BTreeMap<&str, (usize, usize)> {
         let mut m: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         for e in &d.examples {
@@ -108,7 +113,7 @@ pub fn cross_check(train: &DataFile, dev: &DataFile, report: &mut CheckReport) {
                         Problem::error(
                             &dev.file,
                             format!(
-                                "label `{label}` ({n} dev example(s)) never occurs in train{}; accuracy can never count these right",
+                                "label `{label}` ({n} {role} example(s)) never occurs in train{}; accuracy can never count these right",
                                 crate::util::suggest::suffix(label, &known)
                             ),
                         )
@@ -133,7 +138,7 @@ pub fn cross_check(train: &DataFile, dev: &DataFile, report: &mut CheckReport) {
                     Problem::warning(
                         &train.file,
                         format!(
-                            "{} label(s) occur in train but never in dev: {}{}",
+                            "{} label(s) occur in train but never in {role}: {}{}",
                             only_train.len(),
                             names.join(", "),
                             if only_train.len() > 10 { ", ..." } else { "" }
@@ -141,7 +146,9 @@ pub fn cross_check(train: &DataFile, dev: &DataFile, report: &mut CheckReport) {
                     )
                     .at(Some(*line), None)
                     .field("tgt")
-                    .hint("accuracy on dev says nothing about these; add dev examples for them"),
+                    .hint(format!(
+                        "accuracy on {role} says nothing about these; add {role} examples for them"
+                    )),
                 );
             }
             let mut counts: Vec<String> = train_labels
@@ -154,7 +161,10 @@ pub fn cross_check(train: &DataFile, dev: &DataFile, report: &mut CheckReport) {
             if train_labels.len() > 20 {
                 counts.push(format!("... {} more", train_labels.len() - 20));
             }
-            report.note(format!("class counts (train/dev): {}", counts.join(", ")));
+            report.note(format!(
+                "class counts (train/{role}): {}",
+                counts.join(", ")
+            ));
         } else {
             report.note(format!(
                 "{}: tgt values look like free text, not classes; label checks skipped",
@@ -182,12 +192,12 @@ pub fn cross_check(train: &DataFile, dev: &DataFile, report: &mut CheckReport) {
             Problem::warning(
                 &dev.file,
                 format!(
-                    "{} dev example(s) also occur in train (this one is train line {train_line})",
+                    "{} {role} example(s) also occur in train (this one is train line {train_line})",
                     leaks.len()
                 ),
             )
             .at(Some(*dev_line), None)
-            .hint("dev should hold examples the model never trained on; remove them from one side"),
+            .hint(format!("{role} should hold examples the model never trained on; remove them from one side")),
         );
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use yaml_serde::Value as Yaml;
 
 use super::data::{check_data_file, DataFile};
-use super::files::cross_check;
+use super::files::{cross_check, cross_check_as};
 use super::paths::{folder_hint, missing_file_hint};
 use super::tokens::{check_lengths, Lengths};
 use super::yaml::{locate, strip_position, Seg, Target};
@@ -80,6 +80,7 @@ const CHECKPOINTS: &[Key] = &[key("keep", Shape::Count, true, false)];
 const DATA: &[Key] = &[
     key("train", Shape::Text, true, false),
     key("dev", Shape::Text, true, false),
+    key("test", Shape::Text, false, true),
 ];
 const MODEL: &[Key] = &[
     key(
@@ -125,7 +126,7 @@ fn foreign_key_hint(path: &[Seg], key: &str) -> Option<String> {
                 "`{key}` is a W&B sweep key that sweep does not use; remove it"
             ))
         }
-        (["data"], "test" | "valid" | "validation" | "eval" | "val") => Some(format!(
+        (["data"], "valid" | "validation" | "eval" | "val") => Some(format!(
             "sweep's held-out set is called `dev`: write `dev: PATH` instead of `{key}: PATH`"
         )),
         ([], "train" | "dev") => {
@@ -982,6 +983,40 @@ fn check_named_files(
     };
     if let (Some(t), Some(d)) = (train, dev) {
         cross_check(t, d, ctx.report);
+    }
+    // `data.test`, checked like dev: the best checkpoint is scored on it when the sweep ends.
+    if let Some(p) = text_at(yaml, &["data", "test"]) {
+        let seg = [Seg::Key("data".into()), Seg::Key("test".into())];
+        let path = PathBuf::from(&p);
+        if path.is_dir() {
+            ctx.error(
+                &seg,
+                Target::Value,
+                format!("`{p}` is a folder; a data file is expected"),
+                folder_hint(&path),
+            );
+        } else if !path.exists() {
+            ctx.error(
+                &seg,
+                Target::Value,
+                format!("`{p}` not found"),
+                missing_file_hint(&path, Some("data.test")),
+            );
+        } else if let Some(test) = check_data_file(&path, ctx.report) {
+            if let Some(t) = train {
+                cross_check_as(t, &test, "test", ctx.report);
+            }
+            if let Some(e) = test.examples.iter().find(|e| e.tgt.is_none()) {
+                ctx.report.push(
+                    Problem::error(
+                        &test.file,
+                        "test examples need a label: the test score is accuracy",
+                    )
+                    .at(Some(e.line), None)
+                    .field("tgt"),
+                );
+            }
+        }
     }
 
     let model = check_model(yaml, &mut ctx);

@@ -4,6 +4,7 @@
 //!
 //! Only I/O and bookkeeping: what to do is decided in `decide` and `scheduler`.
 
+use crate::protocol::evaluation::{EvalReport, TestScore};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -93,13 +94,11 @@ impl Record {
         Ok(())
     }
 
-    /// Rebuilds results.csv and best/ from the rows.
+    /// Rebuilds results.csv, best/ and report.html from the rows.
     fn refresh(&self, spec: &SweepSpec) -> Result<()> {
-        Ok(results::refresh(
-            &self.dir,
-            &self.trials.to_vec(),
-            &spec.metric,
-        )?)
+        results::refresh(&self.dir, &self.trials.to_vec(), &spec.metric)?;
+        results::html::write(&self.dir, None)?;
+        Ok(())
     }
 }
 
@@ -401,8 +400,64 @@ pub fn run_with(
         record.log(Event::SweepFinished {
             seconds: started.elapsed().as_secs_f64(),
         })?;
+        if let Some(test) = &plan.test {
+            match score_test(&opts.program, &dir, test) {
+                Ok(Some(line)) => eprintln!("{line}"),
+                Ok(None) => {}
+                Err(e) => eprintln!("warning: the best checkpoint was not scored on test: {e}"),
+            }
+            record.refresh(spec)?;
+        }
     }
     Ok(summary(&dir, finished, failed, plan, started, stopping))
+}
+
+/// Scores the best trial's checkpoint on `data.test`, once: in a child process (`sweep eval
+/// --json`), as the orchestrator never loads a model itself. The score goes into best.json, from
+/// which results.csv and the report show it. `None` when it was already scored.
+fn score_test(
+    program: &Path,
+    dir: &Path,
+    test: &Path,
+) -> std::result::Result<Option<String>, String> {
+    let Ok(best) = results::read_best(dir) else {
+        return Ok(None);
+    };
+    if best.test.as_ref().is_some_and(|t| t.data == test) {
+        return Ok(None);
+    }
+    let out = std::process::Command::new(program)
+        .arg("eval")
+        .arg(&best.checkpoint)
+        .arg(test)
+        .arg("--json")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let report: EvalReport = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("unreadable `sweep eval --json` output: {e}"))?;
+    let score = TestScore {
+        data: test.to_path_buf(),
+        examples: report.metrics.examples,
+        accuracy: report.metrics.accuracy,
+        macro_f1: report.metrics.macro_f1,
+    };
+    let line = format!(
+        "best trial {:04} on test ({}): accuracy {:.4}, macro-F1 {:.4} ({} examples); dev accuracy {}",
+        best.trial,
+        test.display(),
+        score.accuracy,
+        score.macro_f1,
+        score.examples,
+        best.result
+            .accuracy
+            .map_or("-".to_string(), |a| format!("{a:.4}"))
+    );
+    results::record_test(dir, best.trial, score).map_err(|e| e.to_string())?;
+    Ok(Some(line))
 }
 
 /// The trial's parameters for its next run: as planned, with the micro-batch that out-of-memory

@@ -254,6 +254,9 @@ pub struct Plan {
     pub results_dir: PathBuf,
     pub train: PathBuf,
     pub dev: PathBuf,
+    /// `data.test`: scored once, on the best trial's checkpoint, when the sweep ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<PathBuf>,
     pub model: ModelSource,
     pub pool: Pool,
     pub swept: Vec<String>,
@@ -394,6 +397,12 @@ impl Plan {
         };
         let train = absolute("data.train", &spec.data.train)?;
         let dev = absolute("data.dev", &spec.data.dev)?;
+        let test = spec
+            .data
+            .test
+            .as_ref()
+            .map(|t| absolute("data.test", t))
+            .transpose()?;
         let model = match (&spec.model.path, &spec.model.preset) {
             (Some(p), _) => {
                 let dir = absolute("model.path", p)?;
@@ -498,6 +507,7 @@ impl Plan {
             results_dir: spec.results_dir(),
             train,
             dev,
+            test,
             model,
             pool,
             swept: spec.swept_parameters(),

@@ -4,5 +4,6 @@
 //!
 //! Knows nothing about tensors, processes or tables.
 
+pub mod evaluation;
 pub mod journal;
 pub mod trial;

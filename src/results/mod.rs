@@ -1,6 +1,8 @@
 //! Results derived from the journal: results.csv (one row per trial, built with polars), the best
 //! trial's `best/` folder, and the report (leaderboard and per-parameter summaries).
 
+pub mod html;
+pub mod png;
 pub mod report;
 pub mod state;
 
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde_json::Value;
 
+use crate::protocol::evaluation::TestScore;
 use crate::protocol::trial::TrialResult;
 use crate::results::state::{Status, TrialRow};
 use crate::spec::{MetricSpec, Score};
@@ -31,14 +34,14 @@ pub enum ResultsError {
 
 pub type Result<T> = std::result::Result<T, ResultsError>;
 
-fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ResultsError + '_ {
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ResultsError + '_ {
     move |source| ResultsError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn file_at(path: &Path, message: impl std::fmt::Display) -> ResultsError {
+pub(crate) fn file_at(path: &Path, message: impl std::fmt::Display) -> ResultsError {
     ResultsError::File {
         path: path.to_path_buf(),
         message: message.to_string(),
@@ -126,8 +129,9 @@ fn param_column(name: &str, values: Vec<Option<&Value>>) -> Column {
     }
 }
 
-/// One row per trial: identity, status, every parameter, then the metrics of the best epoch.
-pub fn table(rows: &[TrialRow]) -> Result<DataFrame> {
+/// One row per trial: identity, status, every parameter, then the metrics of the best epoch
+/// (and, for the best trial once the sweep has ended, its test accuracy).
+pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame> {
     let names: BTreeSet<&String> = rows.iter().flat_map(|r| r.params.keys()).collect();
     let mut cols = vec![
         Column::new(
@@ -159,6 +163,12 @@ pub fn table(rows: &[TrialRow]) -> Result<DataFrame> {
         rows.iter().map(|r| r.result.as_ref().map(f)).collect()
     };
     cols.push(Column::new("accuracy".into(), res(&|r| r.accuracy)));
+    cols.push(Column::new(
+        "test_accuracy".into(),
+        rows.iter()
+            .map(|r| test.filter(|(t, _)| *t == r.trial).map(|(_, a)| a))
+            .collect::<Vec<_>>(),
+    ));
     cols.push(Column::new("dev_loss".into(), res(&|r| Some(r.dev_loss))));
     cols.push(Column::new(
         "train_loss".into(),
@@ -229,7 +239,10 @@ const RESULT_COLUMNS: [&str; 2] = ["micro_batch", "grad_accum"];
 
 /// Rewrites results.csv from the rows, atomically.
 pub fn write_csv(dir: &Path, rows: &[TrialRow]) -> Result<()> {
-    let mut df = table(rows)?;
+    let test = read_best(dir)
+        .ok()
+        .and_then(|b| Some((b.trial, b.test?.accuracy)));
+    let mut df = table(rows, test)?;
     let mut buf = Vec::new();
     CsvWriter::new(&mut buf).finish(&mut df)?;
     write_atomic(&dir.join(CSV), &buf).map_err(io_at(&dir.join(CSV)))
@@ -245,6 +258,9 @@ pub struct BestTrial {
     pub result: TrialResult,
     /// The copy in `best/checkpoint`.
     pub checkpoint: PathBuf,
+    /// Its score on `data.test`, evaluated once when the sweep ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<TestScore>,
 }
 
 /// Makes `best/` hold the best trial's checkpoint and best.json. The new folder is assembled
@@ -273,12 +289,29 @@ pub fn write_best(dir: &Path, row: &TrialRow, metric: &MetricSpec) -> Result<()>
             .unwrap_or_else(|_| dir.to_path_buf())
             .join("best")
             .join("checkpoint"),
+        test: None,
     };
     let best_json = tmp.join("best.json");
     let bytes = serde_json::to_vec_pretty(&best).map_err(|e| file_at(&best_json, e))?;
     std::fs::write(&best_json, bytes).map_err(io_at(&best_json))?;
     replace_dir(&tmp, &best_dir).map_err(io_at(&best_dir))?;
     Ok(())
+}
+
+/// Records the best trial's test score in best.json (results.csv and the report show it from
+/// there). `trial` must still be the best one.
+pub fn record_test(dir: &Path, trial: usize, score: TestScore) -> Result<()> {
+    let mut best = read_best(dir)?;
+    let path = dir.join("best").join("best.json");
+    if best.trial != trial {
+        return Err(file_at(
+            &path,
+            format!("trial {trial} is no longer the best"),
+        ));
+    }
+    best.test = Some(score);
+    let bytes = serde_json::to_vec_pretty(&best).map_err(|e| file_at(&path, e))?;
+    write_atomic(&path, &bytes).map_err(io_at(&path))
 }
 
 pub fn read_best(dir: &Path) -> Result<BestTrial> {
@@ -317,8 +350,16 @@ pub fn leaderboard(df: &DataFrame, metric: &MetricSpec, params: &[String]) -> Re
     let m = metric.name.column();
     let mut names: Vec<&str> = vec!["trial"];
     names.extend(params.iter().map(String::as_str));
-    for c in [m, "accuracy", "dev_loss", "best_epoch", "seconds"] {
-        if !names.contains(&c) {
+    for c in [
+        m,
+        "accuracy",
+        "test_accuracy",
+        "dev_loss",
+        "best_epoch",
+        "seconds",
+    ] {
+        // test_accuracy only in results written since `data.test` exists.
+        if !names.contains(&c) && df.column(c).is_ok() {
             names.push(c);
         }
     }

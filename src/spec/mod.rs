@@ -91,6 +91,10 @@ pub struct CheckpointPolicy {
 pub struct DataSpec {
     pub train: PathBuf,
     pub dev: PathBuf,
+    /// Held out from choosing: only the best trial's checkpoint is scored on it, once, when the
+    /// sweep ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<PathBuf>,
 }
 
 /// Either a built-in preset (random init, tokenizer built from the training data) or a Hugging

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod error;
 pub mod eval;
+pub mod evaluate;
 pub mod model;
 pub mod optim;
 pub mod parallel;

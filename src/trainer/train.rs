@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 
+use crate::protocol::evaluation::{dev_predictions, CheckpointLabels};
 use crate::protocol::trial::{peak_rss_mb, EpochMetrics, ProgressEvent, TrialConfig, TrialResult};
 use crate::spec::params::{Method, TrialParams};
 use crate::spec::{ModelSource, Score};
@@ -281,6 +282,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         let eval_batch = micro_batch;
         let eval_start = Instant::now();
         let dev_loss = dev_loss(model, &dev_seqs, tokenizer.pad, eval_batch)?;
+        let mut epoch_scores = None;
         let accuracy = match &scoring {
             Some((cands, prompts, gold)) => {
                 let scores = candidate_scores(
@@ -292,7 +294,9 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                     tokenizer.pad,
                     eval_batch,
                 )?;
-                Some(accuracy(&scores, gold))
+                let acc = accuracy(&scores, gold);
+                epoch_scores = Some(scores);
+                Some(acc)
             }
             None => None,
         };
@@ -332,6 +336,12 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         };
         if improves {
             crate::trainer::checkpoint::save(model, &tokenizer, &base, &checkpoint_dir)?;
+            // What `sweep eval` and `sweep predict` need besides the weights, and the dev
+            // predictions behind this epoch's accuracy (for per-class metrics and confusions).
+            save_labels(&checkpoint_dir, &labels, p.max_seq_len, eval_batch)?;
+            if let Some(scores) = &epoch_scores {
+                save_predictions(dir, &dev, scores, &labels)?;
+            }
             best = Some(TrialResult {
                 best_epoch: epoch,
                 accuracy: m.accuracy,
@@ -383,4 +393,36 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     .at(&result_path)?;
     crate::trainer::resume::clear(dir).at(dir)?;
     Ok(result)
+}
+
+/// `labels.json` beside the checkpoint's weights (`protocol::evaluation::CheckpointLabels`).
+fn save_labels(
+    checkpoint: &Path,
+    labels: &[String],
+    max_seq_len: u32,
+    eval_batch: usize,
+) -> Result<()> {
+    let path = checkpoint.join(CheckpointLabels::FILE);
+    let value = CheckpointLabels {
+        labels: labels.to_vec(),
+        max_seq_len,
+        eval_batch,
+    };
+    write_atomic(&path, &serde_json::to_vec_pretty(&value).at(&path)?).at(&path)
+}
+
+/// The best epoch's dev predictions (`protocol::evaluation::dev_predictions`).
+fn save_predictions(
+    dir: &Path,
+    dev: &[Example],
+    scores: &[Vec<f64>],
+    labels: &[String],
+) -> Result<()> {
+    let path = dev_predictions(dir);
+    let mut out = Vec::new();
+    for p in crate::trainer::evaluate::predictions(dev, scores, labels, 3) {
+        out.extend(serde_json::to_vec(&p).at(&path)?);
+        out.push(b'\n');
+    }
+    write_atomic(&path, &out).at(&path)
 }

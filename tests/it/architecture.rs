@@ -9,15 +9,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Each folder of `src/` and the folders it may import (`crate::NAME`).
-const LAYERS: [(&str, &[&str]); 9] = [
+/// `stats` (classification metrics, parameter importance) is pure arithmetic that both the
+/// trainer (`sweep eval`) and results (the report) compute, and protocol's evaluation files carry
+/// its types; it imports nothing, so it sits at the bottom beside `util`.
+const LAYERS: [(&str, &[&str]); 10] = [
     ("util", &[]),
+    ("stats", &[]),
     ("spec", &["util"]),
     ("text", &["spec", "util"]),
-    ("protocol", &["spec", "util"]),
+    ("protocol", &["spec", "stats", "util"]),
     ("plan", &["spec", "text", "protocol", "util"]),
     ("check", &["spec", "text", "plan", "protocol", "util"]),
-    ("trainer", &["spec", "text", "protocol", "util"]),
-    ("results", &["spec", "protocol", "util"]),
+    ("trainer", &["spec", "stats", "text", "protocol", "util"]),
+    ("results", &["spec", "stats", "protocol", "util"]),
     (
         "orchestrator",
         &["check", "plan", "protocol", "results", "spec", "util"],

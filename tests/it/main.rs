@@ -8,6 +8,7 @@ mod data_parallel;
 mod export;
 mod gradients;
 mod hf_reference;
+mod report;
 mod resources;
 mod resume;
 mod shared_prefix;

@@ -1,0 +1,106 @@
+//! What evaluation leaves in files, shared by the trainer (which writes it), the orchestrator
+//! (which runs `sweep eval --json` on the test set) and results (which reports it): the label set
+//! saved with every checkpoint, a trial's dev predictions at its best epoch, and `sweep eval`'s
+//! JSON report.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::trial::ReadError;
+use crate::stats::classify::Classification;
+
+/// In every checkpoint folder: the candidate labels and the sequence length the model was
+/// trained and scored with, so `sweep predict` and `sweep eval` need nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointLabels {
+    /// The distinct `tgt` values of train, sorted: the candidates every prompt is scored against.
+    pub labels: Vec<String>,
+    pub max_seq_len: u32,
+    /// Sequences scored per forward pass when the trial evaluated (its micro-batch): scoring in
+    /// the same batches gives the same numbers.
+    pub eval_batch: usize,
+}
+
+impl CheckpointLabels {
+    pub const FILE: &'static str = "labels.json";
+
+    pub fn read(checkpoint: &Path) -> Result<Self, ReadError> {
+        let path = checkpoint.join(Self::FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| ReadError {
+            path: path.clone(),
+            message: format!("{e} (every checkpoint sweep writes has its candidate labels here)"),
+        })?;
+        serde_json::from_str(&text).map_err(|e| ReadError {
+            path,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// One candidate label and its score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelScore {
+    pub label: String,
+    /// Sum of the answer tokens' log-probabilities.
+    pub logprob: f64,
+    /// Softmax of `logprob` over the candidates.
+    pub p: f64,
+}
+
+/// The prediction for one example: a line of `sweep predict`'s output, and of a trial's
+/// `dev_predictions.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Line of the input file (1-based).
+    pub line: usize,
+    pub src: String,
+    /// The example's `tgt`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gold: Option<String>,
+    pub predicted: String,
+    /// The best candidates, best first.
+    pub top: Vec<LabelScore>,
+}
+
+/// The dev set's predictions at a trial's best epoch (the weights in its checkpoint).
+pub fn dev_predictions(trial_dir: &Path) -> PathBuf {
+    trial_dir.join("dev_predictions.jsonl")
+}
+
+/// Reads a predictions file (one `Prediction` a line).
+pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>, ReadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ReadError {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| ReadError {
+                path: path.to_path_buf(),
+                message: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+/// `sweep eval CKPT DATA --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub checkpoint: PathBuf,
+    pub data: PathBuf,
+    pub labels: usize,
+    #[serde(flatten)]
+    pub metrics: Classification,
+}
+
+/// The best trial's score on `data.test`, evaluated once when the sweep ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestScore {
+    pub data: PathBuf,
+    pub examples: usize,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+}

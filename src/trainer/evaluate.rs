@@ -1,0 +1,319 @@
+//! A checkpoint put to use: `sweep eval CKPT DATA` (accuracy, macro-F1, per-class precision,
+//! recall and F1, confusions) and `sweep predict CKPT [FILE]` (the predicted label and the top
+//! candidates for every line). Both score every candidate label with the same
+//! `eval::candidate_scores` that measured the trial's dev accuracy, in the same batches, with the
+//! labels and sequence length saved in the checkpoint (`labels.json`), so they reproduce the
+//! trial's dev predictions example by example.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::protocol::evaluation::{CheckpointLabels, EvalReport, LabelScore, Prediction};
+use crate::spec::ModelSource;
+use crate::stats::classify::{argmax, classify, softmax, top_k};
+use crate::text::data::{examples_from_bytes, Example};
+use crate::text::encode::{answer_ids, prompt_ids};
+use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
+use crate::trainer::error::{bad_file, AtPath, Result};
+use crate::trainer::eval::{candidate_scores, Candidates};
+use crate::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
+
+/// A checkpoint loaded for scoring: the model, its tokenizer and its candidate labels.
+pub struct Scorer {
+    pub model: CausalLm,
+    pub tokenizer: TextTokenizer,
+    pub labels: CheckpointLabels,
+    candidates: Candidates,
+}
+
+/// What a PEFT `adapter_config.json` says that loading needs.
+#[derive(Debug, serde::Deserialize)]
+struct AdapterConfig {
+    r: usize,
+    lora_alpha: f64,
+    target_modules: Vec<String>,
+    base_model_name_or_path: String,
+}
+
+/// A random-init preset base as a LoRA trial recorded it: `sweep-preset:NAME:seedN`.
+fn preset_base(base: &str) -> Option<(&str, u64)> {
+    let rest = base.strip_prefix("sweep-preset:")?;
+    let (name, seed) = rest.rsplit_once(":seed")?;
+    Some((name, seed.parse().ok()?))
+}
+
+/// A preset's shape with the vocabulary and special ids of `tokenizer` (as training built it).
+fn preset_config(
+    name: &str,
+    tokenizer: &TextTokenizer,
+    at: &Path,
+) -> Result<crate::spec::shape::ModelConfig> {
+    let mut config = crate::spec::shape::preset(name)
+        .ok_or_else(|| bad_file(at, format!("unknown model preset `{name}`")))?;
+    config.vocab_size = tokenizer.vocab_size();
+    config.bos_token_id = tokenizer.bos;
+    config.eos_token_id = Some(tokenizer.eos);
+    config.pad_token_id = Some(tokenizer.pad);
+    Ok(config)
+}
+
+impl Scorer {
+    /// Loads a checkpoint: a full Hugging Face model folder (sft, post_pretrain, or a merged LoRA
+    /// export) or a PEFT adapter folder, whose base is the model folder it names or the preset it
+    /// was trained from.
+    pub fn load(checkpoint: &Path) -> Result<Self> {
+        let device = Device::Cpu;
+        if !checkpoint.is_dir() {
+            return Err(bad_file(
+                checkpoint,
+                "not a checkpoint folder (expected a folder with config.json or adapter_config.json)",
+            ));
+        }
+        let adapter_path = checkpoint.join("adapter_config.json");
+        if !adapter_path.exists() && !checkpoint.join("config.json").exists() {
+            return Err(bad_file(
+                checkpoint,
+                "not a checkpoint: no config.json (a full model) nor adapter_config.json (LoRA adapters)",
+            ));
+        }
+        let labels = CheckpointLabels::read(checkpoint)?;
+        let (model, tokenizer) = if adapter_path.exists() {
+            let text = std::fs::read_to_string(&adapter_path).at(&adapter_path)?;
+            let adapter: AdapterConfig = serde_json::from_str(&text).at(&adapter_path)?;
+            let lora = Trainable::Lora(LoraSettings {
+                rank: adapter.r,
+                alpha: adapter.lora_alpha,
+                targets: adapter.target_modules.clone(),
+            });
+            let source = checkpoint.display().to_string();
+            let (model, tokenizer) = match preset_base(&adapter.base_model_name_or_path) {
+                Some((name, seed)) => {
+                    let tokenizer = TextTokenizer::from_file(
+                        &checkpoint.join("tokenizer.json"),
+                        None,
+                        None,
+                        None,
+                    )?;
+                    let config = preset_config(name, &tokenizer, &adapter_path)?;
+                    let weights = CausalLm::random_weights(&config, seed, DType::F32, &device)?;
+                    let model = CausalLm::new(config, &weights, lora, seed, &device, &source)?;
+                    (model, tokenizer)
+                }
+                None => {
+                    let base = PathBuf::from(&adapter.base_model_name_or_path);
+                    if !base.join("config.json").exists() {
+                        return Err(bad_file(
+                            &adapter_path,
+                            format!(
+                                "base_model_name_or_path `{}` is not a model folder here",
+                                adapter.base_model_name_or_path
+                            ),
+                        ));
+                    }
+                    let (config, weights) = load_hf_folder(&base, &device)?;
+                    let model = CausalLm::new(config, &weights, lora, 0, &device, &source)?;
+                    // The base's tokenizer (and chat template), as training used it.
+                    let tokenizer = load_tokenizer(&ModelSource::Path(base), &[])?;
+                    (model, tokenizer)
+                }
+            };
+            let adapters_path = checkpoint.join("adapter_model.safetensors");
+            let adapters: HashMap<String, candle_core::Tensor> =
+                candle_core::safetensors::load(&adapters_path, &device)
+                    .map_err(|e| bad_file(&adapters_path, e.to_string()))?;
+            model.load_adapters(&adapters, &adapters_path.display().to_string())?;
+            (model, tokenizer)
+        } else if checkpoint.join("config.json").exists() {
+            let (config, weights) = load_hf_folder(checkpoint, &device)?;
+            let model = CausalLm::new(
+                config,
+                &weights,
+                Trainable::All,
+                0,
+                &device,
+                &checkpoint.display().to_string(),
+            )?;
+            let tokenizer = load_tokenizer(&ModelSource::Path(checkpoint.to_path_buf()), &[])?;
+            (model, tokenizer)
+        } else {
+            return Err(bad_file(
+                checkpoint,
+                "not a checkpoint: no config.json (a full model) nor adapter_config.json (LoRA adapters)",
+            ));
+        };
+        let answers = labels
+            .labels
+            .iter()
+            .map(|l| answer_ids(&tokenizer, l))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let candidates = Candidates {
+            answers,
+            labels: labels.labels.clone(),
+        };
+        Ok(Scorer {
+            model,
+            tokenizer,
+            labels,
+            candidates,
+        })
+    }
+
+    /// Every candidate's score for every example, in the trial's evaluation batches.
+    pub fn scores(&self, examples: &[Example]) -> Result<Vec<Vec<f64>>> {
+        let prompts = examples
+            .iter()
+            .map(|e| prompt_ids(&self.tokenizer, e))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(candidate_scores(
+            &self.model,
+            &prompts,
+            &self.candidates,
+            self.tokenizer.bos.is_some(),
+            self.labels.max_seq_len as usize,
+            self.tokenizer.pad,
+            self.labels.eval_batch,
+        )?)
+    }
+
+    /// Scores and predictions for `examples`.
+    pub fn predict(&self, examples: &[Example], k: usize) -> Result<Vec<Prediction>> {
+        let scores = self.scores(examples)?;
+        Ok(predictions(examples, &scores, &self.labels.labels, k))
+    }
+}
+
+/// Predictions from candidate scores: the argmax label (the first on ties, as accuracy counts)
+/// and the `k` best with their log-probabilities and softmax shares.
+pub fn predictions(
+    examples: &[Example],
+    scores: &[Vec<f64>],
+    labels: &[String],
+    k: usize,
+) -> Vec<Prediction> {
+    examples
+        .iter()
+        .zip(scores)
+        .map(|(e, s)| {
+            let p = softmax(s);
+            Prediction {
+                line: e.line,
+                src: e.src.clone(),
+                gold: e.tgt.clone(),
+                predicted: argmax(s)
+                    .and_then(|i| labels.get(i).cloned())
+                    .unwrap_or_default(),
+                top: top_k(s, k)
+                    .into_iter()
+                    .map(|(i, logprob)| LabelScore {
+                        label: labels.get(i).cloned().unwrap_or_default(),
+                        logprob,
+                        p: p[i],
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Reads examples from a file, or from `bytes` read elsewhere (stdin), naming `path` in errors.
+pub fn read_examples(bytes: Vec<u8>, path: &Path) -> Result<Vec<Example>> {
+    Ok(examples_from_bytes(bytes, path)?)
+}
+
+/// `sweep eval`: the checkpoint on a labelled data file.
+pub fn evaluate(checkpoint: &Path, data: &Path) -> Result<(EvalReport, Vec<Prediction>)> {
+    let scorer = Scorer::load(checkpoint)?;
+    let bytes = std::fs::read(data).at(data)?;
+    let examples = read_examples(bytes, data)?;
+    if let Some(e) = examples.iter().find(|e| e.tgt.is_none()) {
+        return Err(bad_file(
+            data,
+            format!(
+                "line {}: tgt: missing; evaluation needs a label on every line (use `sweep predict` for unlabelled queries)",
+                e.line
+            ),
+        ));
+    }
+    let predictions = scorer.predict(&examples, 3)?;
+    let gold: Vec<&str> = predictions
+        .iter()
+        .map(|p| p.gold.as_deref().unwrap_or(""))
+        .collect();
+    let predicted: Vec<&str> = predictions.iter().map(|p| p.predicted.as_str()).collect();
+    let report = EvalReport {
+        checkpoint: checkpoint.to_path_buf(),
+        data: data.to_path_buf(),
+        labels: scorer.labels.labels.len(),
+        metrics: classify(&gold, &predicted),
+    };
+    Ok((report, predictions))
+}
+
+/// `sweep eval`'s table for people.
+pub fn render(report: &EvalReport, confusions: usize) -> String {
+    let m = &report.metrics;
+    let mut out = format!(
+        "{} on {}: {} examples, {} labels\naccuracy {:.4} ({}/{}), macro-F1 {:.4}\n\n{:<32} {:>9} {:>9} {:>9} {:>8}\n",
+        report.checkpoint.display(),
+        report.data.display(),
+        m.examples,
+        report.labels,
+        m.accuracy,
+        m.correct,
+        m.examples,
+        m.macro_f1,
+        "label",
+        "precision",
+        "recall",
+        "f1",
+        "support"
+    );
+    for c in &m.per_class {
+        out.push_str(&format!(
+            "{:<32} {:>9.4} {:>9.4} {:>9.4} {:>8}\n",
+            c.label, c.precision, c.recall, c.f1, c.support
+        ));
+    }
+    if !m.confusions.is_empty() {
+        out.push_str("\nmost frequent confusions (gold -> predicted):\n");
+        for c in m.confusions.iter().take(confusions) {
+            out.push_str(&format!(
+                "  {:>4}  {} -> {}\n",
+                c.count, c.gold, c.predicted
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preset_bases_are_recognised() {
+        assert_eq!(preset_base("sweep-preset:test:seed42"), Some(("test", 42)));
+        assert_eq!(preset_base("models/tiny-base"), None);
+        assert_eq!(preset_base("sweep-preset:tiny:seedx"), None);
+    }
+
+    #[test]
+    fn predictions_take_the_first_best_and_list_the_top_k() {
+        let examples = examples_from_bytes(
+            b"{\"src\": \"a\", \"tgt\": \"y\"}\n\n{\"src\": \"b\"}\n".to_vec(),
+            Path::new("x.json"),
+        )
+        .unwrap();
+        let labels = vec!["x".to_string(), "y".to_string(), "z".to_string()];
+        let scores = vec![vec![-2.0, -1.0, -3.0], vec![-1.0, -1.0, -5.0]];
+        let p = predictions(&examples, &scores, &labels, 2);
+        assert_eq!(p[0].predicted, "y");
+        assert_eq!(p[0].gold.as_deref(), Some("y"));
+        assert_eq!(p[1].line, 3);
+        assert_eq!(p[1].predicted, "x");
+        assert_eq!(p[1].top.len(), 2);
+        assert!((p[1].top[0].p - p[1].top[1].p).abs() < 1e-12);
+    }
+}
