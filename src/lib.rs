@@ -10,6 +10,7 @@ pub mod data;
 pub mod devices;
 pub mod eval;
 pub mod executor;
+pub mod gpu;
 pub mod interrupt;
 pub mod journal;
 pub mod memory;

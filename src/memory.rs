@@ -26,6 +26,8 @@ pub struct Workload<'a> {
     pub counted_longest_first: Option<&'a [usize]>,
     /// Bytes per parameter and activation (4 for f32).
     pub bytes_per_value: usize,
+    /// On a CUDA device the process also holds a context, cuBLAS workspace and allocator slack.
+    pub on_cuda: bool,
 }
 
 /// The parts of a trial's predicted peak, in bytes.
@@ -133,17 +135,21 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
         + PER_COUNTED_VOCAB * counted * c.vocab_size as f64
         + 2.0 * tokens * c.hidden_size as f64)
         * b;
-    let training = weights + gradients + optimizer + activations + PROCESS_OVERHEAD;
+    let tensors = weights + gradients + optimizer + activations;
+    let cuda = |bytes| w.on_cuda.then(|| crate::gpu::cuda_process_overhead(bytes));
+    let overhead = PROCESS_OVERHEAD + cuda(tensors).unwrap_or(0.0);
+    let training = tensors + overhead;
     let loading = match w.params.method {
-        Method::Sft | Method::PostPretrain => 2.0 * weights + PROCESS_OVERHEAD,
-        Method::Lora => weights + PROCESS_OVERHEAD,
+        Method::Sft | Method::PostPretrain => 2.0 * weights,
+        Method::Lora => weights,
     };
+    let loading = loading + PROCESS_OVERHEAD + cuda(loading).unwrap_or(0.0);
     Estimate {
         weights,
         gradients,
         optimizer,
         activations,
-        overhead: PROCESS_OVERHEAD,
+        overhead,
         total: training.max(loading),
     }
 }
@@ -217,6 +223,7 @@ mod tests {
             counted_per_sequence: 4,
             counted_longest_first: None,
             bytes_per_value: 4,
+            on_cuda: false,
         };
         let (s, l) = (estimate(&w(&sft), 8), estimate(&w(&lora), 8));
         assert!(l.total < s.total);
@@ -238,6 +245,7 @@ mod tests {
             counted_per_sequence: 64,
             counted_longest_first: None,
             bytes_per_value: 4,
+            on_cuda: false,
         };
         let full = estimate(&w, 16).total;
         let quarter = estimate(&w, 4).total;

@@ -490,17 +490,20 @@ fn enforce_retention(dir: &Path, spec: &SweepSpec, journal: &mut Journal) -> Res
     Ok(())
 }
 
-/// Messages by which a trial's end shows it ran out of memory: CUDA's and cuBLAS's, and Rust's
+/// Messages by which a trial's end shows it ran out of memory: CUDA's, cuBLAS's and cuRAND's as
+/// candle 0.11 prints them (cudarc 0.19's `DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of
+/// memory")`, `CublasError(CUBLAS_STATUS_ALLOC_FAILED)`, `CurandError(..)`), and Rust's
 /// allocation failure (what a CPU trial under its memory limit prints before aborting).
-const OUT_OF_MEMORY_MARKERS: [&str; 5] = [
+const OUT_OF_MEMORY_MARKERS: [&str; 6] = [
     "CUDA_ERROR_OUT_OF_MEMORY",
     "CUBLAS_STATUS_ALLOC_FAILED",
+    "CURAND_STATUS_ALLOCATION_FAILED",
     "out of memory",
     "memory allocation of",
     "Cannot allocate memory",
 ];
 
-fn is_out_of_memory(reason: &str) -> bool {
+pub(crate) fn is_out_of_memory(reason: &str) -> bool {
     OUT_OF_MEMORY_MARKERS.iter().any(|m| reason.contains(m))
 }
 

@@ -130,8 +130,10 @@ pub fn device_for(name: &str) -> Result<Device> {
     }
     if let Some(id) = name.strip_prefix("cuda:") {
         let id: usize = id.parse().with_context(|| format!("bad device `{name}`"))?;
-        return Device::new_cuda(id).with_context(|| {
-            format!("cannot open {name} (was sweep built with `--features cuda`?)")
+        return Device::new_cuda(id).map_err(|e| {
+            let message =
+                crate::gpu::open_failure_message(name, crate::gpu::CUDA_BUILT, &e.to_string());
+            anyhow::Error::new(e).context(message)
         });
     }
     bail!("unknown device `{name}` (expected cpu or cuda:N)")
@@ -293,6 +295,12 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
             .map(|name| device_for(name))
             .collect::<Result<Vec<_>>>()?
     };
+    if p.tf32 && crate::gpu::set_tf32(true) {
+        eprintln!(
+            "trial {}: f32 matrix products may use TF32 (tf32: true)",
+            cfg.trial
+        );
+    }
     let train = load_examples(&cfg.train)?;
     let dev = load_examples(&cfg.dev)?;
     let LoadedModel {
