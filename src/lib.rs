@@ -11,6 +11,7 @@ pub mod devices;
 pub mod eval;
 pub mod executor;
 pub mod gpu;
+pub mod gpu_check;
 pub mod interrupt;
 pub mod journal;
 pub mod memory;
