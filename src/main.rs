@@ -100,6 +100,9 @@ enum Command {
     },
     /// Train one trial from its folder (what the orchestrator and Slurm jobs call).
     Train { dir: PathBuf },
+    /// Check the CUDA path on a real GPU (what scripts/gpu-check.sh runs); see src/gpu_check.rs.
+    #[command(hide = true)]
+    GpuCheck(sweep::trainer::gpu_check::Args),
 }
 
 fn main() -> ExitCode {
@@ -284,6 +287,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::GpuCheck(args) => sweep::trainer::gpu_check::main(args),
         Command::Train { dir } => {
             let stdout = std::io::stdout();
             let result = sweep::trainer::train::run_trial(&dir, |event| {

@@ -78,11 +78,14 @@ pub fn after_exit(
     }
 }
 
-/// Messages by which a trial's end shows it ran out of memory: CUDA's and cuBLAS's, and Rust's
+/// Messages by which a trial's end shows it ran out of memory: CUDA's, cuBLAS's and cuRAND's as
+/// candle 0.11 prints them (cudarc 0.19's `DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of
+/// memory")`, `CublasError(CUBLAS_STATUS_ALLOC_FAILED)`, `CurandError(..)`), and Rust's
 /// allocation failure (what a CPU trial under its memory limit prints before aborting).
-const OUT_OF_MEMORY_MARKERS: [&str; 5] = [
+const OUT_OF_MEMORY_MARKERS: [&str; 6] = [
     "CUDA_ERROR_OUT_OF_MEMORY",
     "CUBLAS_STATUS_ALLOC_FAILED",
+    "CURAND_STATUS_ALLOCATION_FAILED",
     "out of memory",
     "memory allocation of",
     "Cannot allocate memory",
@@ -307,5 +310,31 @@ mod tests {
         assert_eq!(checkpoints_to_delete(&rows, &metric, 2), vec![4, 1]);
         assert_eq!(checkpoints_to_delete(&rows, &metric, 0), vec![4, 1]);
         assert!(checkpoints_to_delete(&rows, &metric, 10).is_empty());
+    }
+
+    #[test]
+    fn cuda_out_of_memory_is_recognised_from_candles_own_text() {
+        // candle 0.11 wraps cudarc 0.19's errors transparently (cuda_backend/error.rs), and
+        // cudarc's Display is its Debug: the enum variant, and for the driver cuGetErrorString.
+        // The trial prints `error: {e:#}` (with anyhow's context first) as its last log line.
+        let oom = [
+            "error: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "error: building one model replica per device: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"<Failure when calling cuGetErrorString()>\")",
+            "error: CublasError(CUBLAS_STATUS_ALLOC_FAILED)",
+            "error: CurandError(CURAND_STATUS_ALLOCATION_FAILED)",
+            "error: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")\n   0: candle_core::error::Error::bt",
+        ];
+        for reason in oom {
+            assert!(is_out_of_memory(reason), "{reason}");
+        }
+        let not_oom = [
+            "error: DriverError(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, \"too many resources requested for launch\")",
+            "error: DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")",
+            "error: cannot open cuda:0: DriverError(CUDA_ERROR_STUB_LIBRARY, \"<Failure when calling cuGetErrorString()>\")",
+            "error: CublasError(CUBLAS_STATUS_EXECUTION_FAILED)",
+        ];
+        for reason in not_oom {
+            assert!(!is_out_of_memory(reason), "{reason}");
+        }
     }
 }

@@ -360,6 +360,7 @@ impl Lengths {
             counted_per_sequence,
             counted_longest_first: Some(counted_longest_first),
             bytes_per_value: 4,
+            on_cuda: false,
         }
     }
 }
@@ -451,7 +452,10 @@ impl Plan {
             }
             // Each device holds the model and its share of the micro-batch.
             let per_device = |micro: usize| micro.div_ceil(params.gpus.max(1) as usize);
-            let workload = lengths.workload(&params);
+            let workload = Workload {
+                on_cuda: pool.has_cuda(),
+                ..lengths.workload(&params)
+            };
             let planned_micro = params.micro_batch() as usize;
             let mut estimate_mb = Some(estimate(&workload, per_device(planned_micro)).total_mb());
             if let (Some(limit), true, None) = (device_mb, options.memory_check, &refusal) {

@@ -26,6 +26,8 @@ pub struct Workload<'a> {
     pub counted_longest_first: Option<&'a [usize]>,
     /// Bytes per parameter and activation (4 for f32).
     pub bytes_per_value: usize,
+    /// On a CUDA device the process also holds a context, cuBLAS workspace and allocator slack.
+    pub on_cuda: bool,
 }
 
 /// The parts of a trial's predicted peak, in bytes.
@@ -133,17 +135,21 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
         + PER_COUNTED_VOCAB * counted * c.vocab_size as f64
         + 2.0 * tokens * c.hidden_size as f64)
         * b;
-    let training = weights + gradients + optimizer + activations + PROCESS_OVERHEAD;
+    let tensors = weights + gradients + optimizer + activations;
+    let cuda = |bytes| w.on_cuda.then(|| cuda_process_overhead(bytes));
+    let overhead = PROCESS_OVERHEAD + cuda(tensors).unwrap_or(0.0);
+    let training = tensors + overhead;
     let loading = match w.params.method {
-        Method::Sft | Method::PostPretrain => 2.0 * weights + PROCESS_OVERHEAD,
-        Method::Lora => weights + PROCESS_OVERHEAD,
+        Method::Sft | Method::PostPretrain => 2.0 * weights,
+        Method::Lora => weights,
     };
+    let loading = loading + PROCESS_OVERHEAD + cuda(loading).unwrap_or(0.0);
     Estimate {
         weights,
         gradients,
         optimizer,
         activations,
-        overhead: PROCESS_OVERHEAD,
+        overhead,
         total: training.max(loading),
     }
 }
@@ -189,6 +195,22 @@ pub fn fitting_micro_batch(w: &Workload, batch: usize, limit: f64) -> Option<usi
     }
 }
 
+/// What a process holds on each CUDA device beyond its tensors: the context (driver state, the
+/// loaded kernel modules of candle, the default stream; a few hundred MiB on recent GPUs with
+/// lazy module loading), cuBLAS and cuBLASLt handles with their workspace (32 MiB per handle on
+/// Hopper), and the stream-ordered allocator's slack (freed blocks kept in its pool until the
+/// stream synchronises, rounding to its granularity), as a fraction of the tensor bytes.
+/// These are the budgeted values, not yet measured on a GPU: `sweep gpu-check` measures the peak
+/// per process and prints it beside the estimate, which is how they are to be corrected.
+pub const CUDA_CONTEXT: f64 = 450.0 * MB;
+pub const CUBLAS_WORKSPACE: f64 = 64.0 * MB;
+pub const ALLOCATOR_SLACK: f64 = 0.10;
+
+/// Bytes a CUDA device holds beyond `tensor_bytes` of live tensors in one trial process.
+pub fn cuda_process_overhead(tensor_bytes: f64) -> f64 {
+    CUDA_CONTEXT + CUBLAS_WORKSPACE + ALLOCATOR_SLACK * tensor_bytes.max(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +239,7 @@ mod tests {
             counted_per_sequence: 4,
             counted_longest_first: None,
             bytes_per_value: 4,
+            on_cuda: false,
         };
         let (s, l) = (estimate(&w(&sft), 8), estimate(&w(&lora), 8));
         assert!(l.total < s.total);
@@ -238,11 +261,63 @@ mod tests {
             counted_per_sequence: 64,
             counted_longest_first: None,
             bytes_per_value: 4,
+            on_cuda: false,
         };
         let full = estimate(&w, 16).total;
         let quarter = estimate(&w, 4).total;
         assert_eq!(fitting_micro_batch(&w, 16, full + 1.0), Some(16));
         assert_eq!(fitting_micro_batch(&w, 16, quarter + 1.0), Some(4));
         assert_eq!(fitting_micro_batch(&w, 16, 1.0), None);
+    }
+
+    fn workload_params(method: &str) -> crate::spec::params::TrialParams {
+        let a: BTreeMap<String, serde_json::Value> =
+            [("method".to_string(), serde_json::json!(method))]
+                .into_iter()
+                .collect();
+        crate::spec::params::TrialParams::from_assignment(&a, 0).expect("valid trial")
+    }
+
+    #[test]
+    fn a_cuda_device_adds_context_workspace_and_slack_and_the_cpu_nothing() {
+        let mut cfg = crate::spec::shape::preset("llama-135m").expect("preset");
+        cfg.vocab_size = 49152;
+        for method in ["sft", "lora"] {
+            let p = workload_params(method);
+            let w = |on_cuda| Workload {
+                config: &cfg,
+                params: &p,
+                longest_sequence: 128,
+                counted_per_sequence: 8,
+                counted_longest_first: None,
+                bytes_per_value: 4,
+                on_cuda,
+            };
+            let (cpu, gpu) = (estimate(&w(false), 8), estimate(&w(true), 8));
+            let tensors = cpu.weights + cpu.gradients + cpu.optimizer + cpu.activations;
+            let added = gpu.total - cpu.total;
+            assert!(
+                (added - cuda_process_overhead(tensors)).abs() < 1.0,
+                "{method}: {added}"
+            );
+            // The parts that are tensors do not change; the overhead holds the difference.
+            assert_eq!(
+                (cpu.weights, cpu.gradients, cpu.optimizer, cpu.activations),
+                (gpu.weights, gpu.gradients, gpu.optimizer, gpu.activations)
+            );
+            assert!(gpu.overhead > CUDA_CONTEXT + CUBLAS_WORKSPACE);
+            // A few hundred MiB plus a tenth: on the 135M shape, between 0.5 and 1.5 GiB.
+            assert!(
+                added > 512.0 * MB && added < 1536.0 * MB,
+                "{method}: {}",
+                added / MB
+            );
+        }
+    }
+
+    #[test]
+    fn the_overhead_grows_with_the_tensors_and_never_goes_below_the_fixed_part() {
+        assert_eq!(cuda_process_overhead(-5.0), CUDA_CONTEXT + CUBLAS_WORKSPACE);
+        assert!(cuda_process_overhead(1e9) > cuda_process_overhead(1e8));
     }
 }

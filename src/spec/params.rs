@@ -71,6 +71,10 @@ pub struct TrialParams {
     /// Initialisation and data order. Default: the sweep's seed.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Let f32 matrix products on a CUDA GPU use TF32 (see `gpu::set_tf32`). Left out of
+    /// config.json and results when false, so sweeps written before it resume unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tf32: bool,
 }
 
 fn d_method() -> Method {

@@ -8,6 +8,8 @@ pub mod checkpoint;
 pub mod error;
 pub mod eval;
 pub mod evaluate;
+pub mod gpu;
+pub mod gpu_check;
 pub mod model;
 pub mod optim;
 pub mod parallel;

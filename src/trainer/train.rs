@@ -17,6 +17,7 @@ use crate::text::encode::{answer_ids, encode_all, prompt_ids, Seq};
 use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
 use crate::trainer::error::{AtPath, Result, TrainError};
 use crate::trainer::eval::{accuracy, candidate_scores, dev_loss, Candidates};
+use crate::trainer::gpu::{open_failure_message, set_tf32, CUDA_BUILT};
 use crate::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
 use crate::trainer::optim::learning_rate;
 use crate::trainer::parallel::Replicas;
@@ -33,9 +34,7 @@ pub fn device_for(name: &str) -> Result<Device> {
             .parse()
             .map_err(|_| TrainError::Device(format!("bad device `{name}`")))?;
         return Device::new_cuda(id).map_err(|e| {
-            TrainError::Device(format!(
-                "cannot open {name} (was sweep built with `--features cuda`?): {e}"
-            ))
+            TrainError::Device(open_failure_message(name, CUDA_BUILT, &e.to_string()))
         });
     }
     Err(TrainError::Device(format!(
@@ -118,6 +117,12 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
             .map(|name| device_for(name))
             .collect::<Result<Vec<_>>>()?
     };
+    if p.tf32 && set_tf32(true) {
+        eprintln!(
+            "trial {}: f32 matrix products may use TF32 (tf32: true)",
+            cfg.trial
+        );
+    }
     let train = load_examples(&cfg.train)?;
     let dev = load_examples(&cfg.dev)?;
     let LoadedModel {

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod data_parallel;
 mod export;
+mod gpu_check;
 mod gradients;
 mod hf_reference;
 mod report;
