@@ -2,7 +2,8 @@
 //! smaller micro-batch, failed, stopped), what an interrupt does, which checkpoints retention
 //! deletes, which devices and limits a trial gets. No I/O here: `runner` does what these say.
 
-use crate::plan::Plan;
+use crate::plan::slurm::JobRequest;
+use crate::plan::{Plan, PlannedTrial};
 use crate::protocol::trial::TrialResult;
 use crate::results::state::{Status, TrialRow};
 use crate::spec::memory::halved_micro_batch;
@@ -144,6 +145,8 @@ pub struct Placement {
     pub cuda_visible_devices: Option<String>,
     /// Bytes of memory a CPU trial may allocate (`resources.memory_per_device` x slots).
     pub memory_bytes: Option<u64>,
+    /// With `executor: slurm`: what its job asks for.
+    pub job: Option<JobRequest>,
 }
 
 pub fn placement(plan: &Plan, slots: &[usize]) -> Placement {
@@ -170,6 +173,53 @@ pub fn placement(plan: &Plan, slots: &[usize]) -> Placement {
             .map(|mb| (mb * physical.len() as f64 * 1024.0 * 1024.0) as u64),
         devices,
         physical,
+        job: None,
+    }
+}
+
+/// Where a trial of a Slurm sweep runs: Slurm picks the node and its GPUs (the job sees them
+/// as CUDA_VISIBLE_DEVICES, renumbered from 0 by CUDA); with CPU stand-ins it trains on as many
+/// CPU replicas, under `memory_per_device` per replica when given.
+pub fn slurm_placement(plan: &Plan, trial: &PlannedTrial) -> Placement {
+    let k = trial.params.gpus.max(1) as usize;
+    let cpu = plan.slurm.as_ref().is_none_or(|s| s.cpu_stand_ins);
+    let devices: Vec<String> = (0..k)
+        .map(|i| {
+            if cpu {
+                "cpu".to_string()
+            } else {
+                format!("cuda:{i}")
+            }
+        })
+        .collect();
+    Placement {
+        physical: vec![format!("slurm:gpu:{k}")],
+        devices,
+        threads: plan.threads_for(trial),
+        cuda_visible_devices: None,
+        memory_bytes: plan
+            .pool
+            .cpu_memory_limit_mb
+            .filter(|_| cpu)
+            .map(|mb| (mb * k as f64 * 1024.0 * 1024.0) as u64),
+        job: trial.job.clone(),
+    }
+}
+
+/// The slots the scheduler hands out. A local pool's own; on Slurm, which places jobs itself,
+/// enough for `parallel` of the largest trials, so only `parallel` bounds the jobs submitted.
+pub fn scheduler_slots(plan: &Plan) -> usize {
+    match plan.slurm {
+        Some(_) => {
+            let largest = plan
+                .trials
+                .iter()
+                .map(|t| t.params.gpus.max(1) as usize)
+                .max()
+                .unwrap_or(1);
+            largest * plan.pool.parallel.max(1)
+        }
+        None => plan.pool.slots.len(),
     }
 }
 
@@ -287,7 +337,7 @@ mod tests {
                 reason: String::new(),
                 params: Default::default(),
                 result: Some(*result),
-                pid: None,
+                handle: None,
                 checkpoint_deleted: deleted,
                 estimate_mb: None,
                 retries: 0,

@@ -11,3 +11,4 @@ pub mod lock;
 pub mod progress;
 pub mod runner;
 pub mod scheduler;
+pub mod slurm;

@@ -12,4 +12,5 @@ pub mod optim;
 pub mod parallel;
 pub mod resume;
 pub mod step;
+pub mod stop;
 pub mod train;

@@ -10,3 +10,4 @@ mod gradients;
 mod hf_reference;
 mod resources;
 mod resume;
+mod slurm;
