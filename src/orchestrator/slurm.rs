@@ -222,7 +222,7 @@ pub fn job_state(job: u32, state: &str, reason: &str, exit_code: Option<&str>) -
     match state {
         "PENDING" => JobState::Active {
             hopeless: is_hopeless_pending(reason)
-                .then(|| format!("Slurm job {job} pending: {reason}, which does not clear by waiting (scancel it, or fix the partition)")),
+                .then(|| format!("Slurm job {job} pending: {reason}, which does not clear by waiting (release the job, bring the nodes back or fix the partition; or scancel it)")),
         },
         "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" | "REQUEUE_FED"
         | "REQUEUE_HOLD" | "RESIZING" | "SUSPENDED" | "STAGE_OUT" | "SIGNALING"
@@ -437,15 +437,19 @@ fn poll_once(jobs: &Jobs, tx: &Sender<(usize, Report)>) -> Result<(), ()> {
                     f.get("Reason").map(String::as_str).unwrap_or(""),
                     f.get("ExitCode").map(String::as_str),
                 ),
-                // Slurm forgot the job (past MinJobAge): the trial folder tells.
-                None => JobState::Ended(if w.dir.join(TrialResult::FILE).exists() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "Slurm no longer knows job {job} and {} has no result",
-                        w.dir.display()
-                    ))
-                }),
+                // Past MinJobAge: the accounting database when there is one.
+                None => match sacct_job(*job) {
+                    Some((state, exit)) => job_state(*job, &state, "", Some(&exit)),
+                    // Slurm forgot the job: the trial folder tells.
+                    None => JobState::Ended(if w.dir.join(TrialResult::FILE).exists() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "Slurm no longer knows job {job} and {} has no result",
+                            w.dir.display()
+                        ))
+                    }),
+                },
             },
         };
         match state {
@@ -502,6 +506,28 @@ fn forward_progress(job: u32, w: &mut Watched, tx: &Sender<(usize, Report)>) -> 
     }
     w.read += complete as u64;
     Ok(())
+}
+
+/// The state and exit code in `sacct -n -X -P -o State,ExitCode -j JOB` (the first line).
+pub fn parse_sacct(text: &str) -> Option<(String, String)> {
+    let line = text.lines().find(|l| !l.trim().is_empty())?;
+    let (state, exit) = line.trim().split_once('|')?;
+    // `CANCELLED by 0`: the state is the first word.
+    let state = state.split_whitespace().next()?.to_string();
+    Some((state, exit.to_string()))
+}
+
+/// A job's end from the accounting database, when the cluster has one (sacct fails without).
+fn sacct_job(job: u32) -> Option<(String, String)> {
+    let out = Command::new("sacct")
+        .args(["-n", "-X", "-P", "-o", "State,ExitCode", "-j"])
+        .arg(job.to_string())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_sacct(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// `scontrol show job -o JOB`, or None when Slurm does not know it.
@@ -636,6 +662,11 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert_eq!(q[&13].0, "PENDING");
         assert!(q[&13].1.starts_with("ReqNodeNotAvail"));
+        assert_eq!(
+            parse_sacct("CANCELLED by 0|0:15\n"),
+            Some(("CANCELLED".into(), "0:15".into()))
+        );
+        assert_eq!(parse_sacct(""), None);
         let f = parse_scontrol(
             "JobId=12 JobName=x JobState=FAILED Reason=NonZeroExitCode ExitCode=1:0",
         );

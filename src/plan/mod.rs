@@ -35,8 +35,10 @@ pub enum PlanError {
     },
     #[error("{file}: model.path: `{}` has no config.json (a Hugging Face model folder is expected)", path.display())]
     NotAModelFolder { file: String, path: PathBuf },
-    #[error("{file}: {source}")]
-    Pool { file: String, source: PoolError },
+    /// (Not `source`: the message already holds the problem, and printing the error's chain
+    /// would say it twice.)
+    #[error("{file}: {problem}")]
+    Pool { file: String, problem: PoolError },
     #[error("{file}: trial {trial} ({assignment}): {message}")]
     Trial {
         file: String,
@@ -441,9 +443,9 @@ impl Plan {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let pool = Pool::from_spec(spec, cores).map_err(|source| PlanError::Pool {
+        let pool = Pool::from_spec(spec, cores).map_err(|problem| PlanError::Pool {
             file: fname.clone(),
-            source,
+            problem,
         })?;
         let slurm = match spec.resources.executor() {
             ExecutorKind::Local => None,
@@ -451,7 +453,7 @@ impl Plan {
                 cluster: read_cluster(spec.resources.partition.as_deref()).map_err(|e| {
                     PlanError::Pool {
                         file: fname.clone(),
-                        source: PoolError {
+                        problem: PoolError {
                             field: if spec.resources.partition.is_some() {
                                 "resources.partition"
                             } else {
@@ -471,7 +473,7 @@ impl Plan {
             Some(t) => Some(
                 crate::spec::slurm::parse_time_seconds(t).map_err(|message| PlanError::Pool {
                     file: fname.clone(),
-                    source: PoolError {
+                    problem: PoolError {
                         field: "resources.time",
                         message,
                     },

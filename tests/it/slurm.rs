@@ -521,3 +521,42 @@ fn a_submission_slurm_rejects_is_recorded_with_slurms_message() {
         row["reason"]
     );
 }
+
+#[test]
+fn a_job_pending_for_a_reason_that_never_clears_is_reported_in_the_journal() {
+    if !slurm_is_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("h");
+    // A held job pends until someone releases it: it never starts by waiting.
+    let spec = spec_file(
+        tmp.path(),
+        &name,
+        48,
+        "parameters:\n  epochs: {value: 1}\n",
+        "{executor: slurm, devices: cpu, sbatch_args: [\"--hold\"]}",
+    );
+    let results = tmp.path().join(&name);
+    let mut child = spawn_run(&spec, false);
+    let mut waiting = None;
+    wait_until("the trial reported waiting", || {
+        waiting = of_kind(&events(&results), "trial_waiting")
+            .first()
+            .map(|e| e["reason"].as_str().unwrap_or_default().to_string());
+        waiting.is_some()
+    });
+    let reason = waiting.unwrap();
+    let job = started_job(&results, 1).unwrap().to_string();
+    assert!(
+        reason.contains(&format!("Slurm job {job} pending: JobHeldUser")),
+        "{reason}"
+    );
+    let released = Command::new("scontrol")
+        .args(["release", &job])
+        .status()
+        .unwrap();
+    assert!(released.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(csv_rows(&results)[0]["status"], "finished");
+}
