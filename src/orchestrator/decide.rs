@@ -226,6 +226,7 @@ pub fn scheduler_slots(plan: &Plan) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::params::TrialParams;
 
     fn result() -> Box<TrialResult> {
         Box::new(
@@ -315,6 +316,64 @@ mod tests {
             assert!(is_out_of_memory(m), "{m}");
         }
         assert!(!is_out_of_memory("exit status 2: loss became NaN"));
+    }
+
+    #[test]
+    fn on_slurm_a_trial_gets_its_job_and_parallel_alone_bounds_the_scheduler() {
+        use crate::plan::slurm::{Cluster, JobRequest};
+        use crate::plan::{Pool, SlurmPlan};
+        let trial = |id: usize, gpus: u32| {
+            let mut params: TrialParams = serde_json::from_str("{}").unwrap();
+            params.gpus = gpus;
+            PlannedTrial {
+                id,
+                assignment: Default::default(),
+                params,
+                estimate_mb: Some(30.0),
+                note: None,
+                refusal: None,
+                job: Some(JobRequest {
+                    gpus,
+                    cpus: 2 * gpus,
+                    memory_mb: 300,
+                    time_s: None,
+                }),
+            }
+        };
+        let mut plan = Plan {
+            name: "s".into(),
+            results_dir: "r".into(),
+            train: "t".into(),
+            dev: "d".into(),
+            model: crate::spec::ModelSource::Preset("test".into()),
+            pool: Pool {
+                slots: Vec::new(),
+                parallel: 3,
+                cores: 2,
+                cpu_memory_limit_mb: Some(60.0),
+            },
+            slurm: Some(SlurmPlan {
+                cluster: Cluster {
+                    partition: "debug".into(),
+                    nodes: Vec::new(),
+                    max_time_s: None,
+                },
+                cpu_stand_ins: true,
+            }),
+            swept: Vec::new(),
+            trials: vec![trial(1, 1), trial(2, 2)],
+        };
+        assert_eq!(scheduler_slots(&plan), 6);
+        let p = slurm_placement(&plan, &plan.trials[1]);
+        assert_eq!(p.devices, vec!["cpu", "cpu"]);
+        assert_eq!((p.threads, p.cuda_visible_devices.clone()), (4, None));
+        assert_eq!(p.memory_bytes, Some(120 * 1024 * 1024));
+        assert_eq!(p.job.as_ref().unwrap().gpus, 2);
+        // On GPUs: Slurm's CUDA_VISIBLE_DEVICES, renumbered from 0; no CPU limit.
+        plan.slurm.as_mut().unwrap().cpu_stand_ins = false;
+        let p = slurm_placement(&plan, &plan.trials[1]);
+        assert_eq!(p.devices, vec!["cuda:0", "cuda:1"]);
+        assert_eq!(p.memory_bytes, None);
     }
 
     #[test]
