@@ -84,14 +84,17 @@ fi
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 chmod 0700 /etc/munge
 chmod 0400 /etc/munge/munge.key
-if ! pgrep -x munged >/dev/null; then
+# Whether a daemon runs (a killed one not yet reaped is a zombie and does not count).
+running() { pgrep -x -r R,S,D "$1" >/dev/null; }
+
+if ! running munged; then
   if command -v runuser >/dev/null; then runuser -u munge -- /usr/sbin/munged; else /usr/sbin/munged --force; fi
 fi
 
-if ! pgrep -x slurmctld >/dev/null; then
+if ! running slurmctld; then
   slurmctld -c
 fi
-if ! pgrep -x slurmd >/dev/null; then
+if ! running slurmd; then
   slurmd
 fi
 

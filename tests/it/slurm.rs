@@ -560,3 +560,64 @@ fn a_job_pending_for_a_reason_that_never_clears_is_reported_in_the_journal() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert_eq!(csv_rows(&results)[0]["status"], "finished");
 }
+
+/// Needs no Slurm: the trainer's side of the pre-timeout signal, on a trial folder of its own.
+#[test]
+fn sigusr1_saves_a_resume_point_mid_epoch_and_a_rerun_ends_as_if_uninterrupted() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec_file(
+        tmp.path(),
+        "u",
+        120,
+        "parameters:\n  epochs: {value: 3}\n",
+        "{devices: cpu, parallel: 1}",
+    );
+    let out = run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(0));
+    let reference = tmp.path().join("u/trials/0001");
+    let dir = tmp.path().join("again");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(reference.join("config.json"), dir.join("config.json")).unwrap();
+    let train = || {
+        let mut cmd = sweep();
+        cmd.arg("train")
+            .arg(&dir)
+            .env_remove("SLURM_JOB_ID")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        cmd
+    };
+    let mut child = train().spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut steps = 0;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line.contains("\"kind\":\"step\"") {
+            steps += 1;
+            if steps == 3 {
+                let sent = Command::new("kill")
+                    .args(["-USR1", &child.id().to_string()])
+                    .status()
+                    .unwrap();
+                assert!(sent.success());
+            }
+        }
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(75));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("resume/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["epoch"], 0, "{state}");
+    assert!(state["partial"]["steps"].as_u64().unwrap() >= 3, "{state}");
+    assert!(!dir.join("result.json").exists());
+    let again = train().stdout(Stdio::null()).status().unwrap();
+    assert!(again.success());
+    let read = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("result.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (read(&dir), read(&reference));
+    for key in ["accuracy", "dev_loss", "train_loss", "best_epoch"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+}
