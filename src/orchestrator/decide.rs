@@ -177,6 +177,14 @@ pub fn placement(plan: &Plan, slots: &[usize]) -> Placement {
     }
 }
 
+/// Where `trial` runs: on the pool's `slots`, or as a Slurm job.
+pub fn placement_for(plan: &Plan, trial: &PlannedTrial, slots: &[usize]) -> Placement {
+    match plan.slurm {
+        Some(_) => slurm_placement(plan, trial),
+        None => placement(plan, slots),
+    }
+}
+
 /// Where a trial of a Slurm sweep runs: Slurm picks the node and its GPUs (the job sees them
 /// as CUDA_VISIBLE_DEVICES, renumbered from 0 by CUDA); with CPU stand-ins it trains on as many
 /// CPU replicas, under `memory_per_device` per replica when given.

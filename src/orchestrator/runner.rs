@@ -235,10 +235,7 @@ pub fn run_with(
                 .get(id)
                 .is_some_and(|r| r.status == Status::Running && r.handle == Some(handle));
             if !journalled {
-                let placement = match plan.slurm {
-                    Some(_) => decide::slurm_placement(plan, t),
-                    None => decide::placement(plan, &slots),
-                };
+                let placement = decide::placement_for(plan, t, &slots);
                 let (pid, job) = handle.fields();
                 record.log(Event::TrialStarted {
                     trial: id,
@@ -261,10 +258,7 @@ pub fn run_with(
     loop {
         while let Some((id, slots)) = scheduler.next_to_start() {
             let t = by_id[&id];
-            let placement = match plan.slurm {
-                Some(_) => decide::slurm_placement(plan, t),
-                None => decide::placement(plan, &slots),
-            };
+            let placement = decide::placement_for(plan, t, &slots);
             let tdir = trial_dir(&dir, id);
             let params = params_to_run(t, &record.trials);
             let launched = prepare_trial(
