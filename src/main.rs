@@ -289,6 +289,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::GpuCheck(args) => sweep::trainer::gpu_check::main(args),
         Command::Train { dir } => {
+            // Slurm's pre-timeout signal: save at the next step and exit (see trainer::stop).
+            sweep::trainer::stop::install();
             let stdout = std::io::stdout();
             let result = sweep::trainer::train::run_trial(&dir, |event| {
                 let mut out = stdout.lock();
@@ -300,7 +302,23 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                     eprintln!("the sweep that started this trial is gone; stopping");
                     std::process::exit(3);
                 }
-            })?;
+            });
+            let result = match result {
+                Err(e @ sweep::trainer::error::TrainError::SavedOnSignal { .. }) => {
+                    // Inside a Slurm job: requeue it; it continues from this resume point.
+                    let requeued = sweep::orchestrator::slurm::requeue_own_job();
+                    eprintln!(
+                        "{e}; {}",
+                        if requeued {
+                            "the Slurm job is requeued and will continue from it"
+                        } else {
+                            "`sweep run --resume` continues from it"
+                        }
+                    );
+                    return Ok(ExitCode::from(sweep::trainer::stop::EXIT_SAVED));
+                }
+                other => other?,
+            };
             eprintln!(
                 "done: best epoch {}, accuracy {}, dev_loss {:.4}, {:.0} s",
                 result.best_epoch,

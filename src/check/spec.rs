@@ -38,6 +38,8 @@ enum Shape {
     Map(&'static [Key]),
     Parameters,
     Devices,
+    /// A list of strings.
+    TextList,
 }
 
 struct Key {
@@ -100,6 +102,12 @@ const RESOURCES: &[Key] = &[
     key("slots", Shape::Count, false, true),
     key("parallel", Shape::Count, false, true),
     key("memory_per_device", Shape::Text, false, true),
+    key("executor", Shape::OneOf(&["local", "slurm"]), false, true),
+    key("partition", Shape::Text, false, true),
+    key("time", Shape::Text, false, true),
+    key("account", Shape::Text, false, true),
+    key("qos", Shape::Text, false, true),
+    key("sbatch_args", Shape::TextList, false, true),
 ];
 const PARAM_KEYS: [&str; 7] = [
     "value",
@@ -559,6 +567,26 @@ fn walk_value(v: &Yaml, key: &Key, path: &[Seg], ctx: &mut Ctx) {
         }
         Shape::Map(keys) => walk_map(v, keys, path, ctx),
         Shape::Parameters => walk_parameters(v, path, ctx),
+        Shape::TextList => match v {
+            Yaml::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if !matches!(item, Yaml::String(_)) {
+                        ctx.error(
+                            &with(path, Seg::Index(i)),
+                            Target::Value,
+                            format!("expected a string, got {}", kind(item)),
+                            Some("quote it: each item is one argument".into()),
+                        );
+                    }
+                }
+            }
+            other => ctx.error(
+                path,
+                Target::Value,
+                format!("expected a list of strings, got {}", kind(other)),
+                Some("e.g. [\"--constraint=a100\"]".into()),
+            ),
+        },
         Shape::Devices => match v {
             Yaml::String(s) if ["auto", "cpu", "cuda"].contains(&s.as_str()) => {}
             Yaml::Sequence(ids) => {
@@ -1200,6 +1228,37 @@ mod tests {
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }
+    }
+
+    #[test]
+    fn slurm_settings_are_checked_where_they_are_written() {
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nparameters: {}\nresources:\n  executor: slurm\n  partiton: gpu\n  time: 1h\n  sbatch_args: [\"--mem=4G\", 3]\n",
+        );
+        assert!(
+            out.contains("s.yaml:6:3: error: resources.partiton: unknown key"),
+            "{out}"
+        );
+        assert!(out.contains("did you mean `partition`"), "{out}");
+        assert!(
+            out.contains("s.yaml:8:29: error: resources.sbatch_args[1]: expected a string"),
+            "{out}"
+        );
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nparameters: {}\nresources:\n  executor: slurm\n  time: 1h\n  sbatch_args: [\"--mem=4G\"]\n",
+        );
+        assert!(
+            out.contains("error: resources.time: `1h` is not a Slurm time limit"),
+            "{out}"
+        );
+        assert!(
+            out.contains("error: resources.sbatch_args: `--mem=4G`: sweep sets --mem itself"),
+            "{out}"
+        );
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nparameters: {}\nresources: {executor: lsf, qos: high}\n",
+        );
+        assert!(out.contains("expected one of local, slurm"), "{out}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! smaller micro-batch, failed, stopped), what an interrupt does, which checkpoints retention
 //! deletes, which devices and limits a trial gets. No I/O here: `runner` does what these say.
 
-use crate::plan::Plan;
+use crate::plan::slurm::JobRequest;
+use crate::plan::{Plan, PlannedTrial};
 use crate::protocol::trial::TrialResult;
 use crate::results::state::{Status, TrialRow};
 use crate::spec::memory::halved_micro_batch;
@@ -147,6 +148,8 @@ pub struct Placement {
     pub cuda_visible_devices: Option<String>,
     /// Bytes of memory a CPU trial may allocate (`resources.memory_per_device` x slots).
     pub memory_bytes: Option<u64>,
+    /// With `executor: slurm`: what its job asks for.
+    pub job: Option<JobRequest>,
 }
 
 pub fn placement(plan: &Plan, slots: &[usize]) -> Placement {
@@ -173,12 +176,68 @@ pub fn placement(plan: &Plan, slots: &[usize]) -> Placement {
             .map(|mb| (mb * physical.len() as f64 * 1024.0 * 1024.0) as u64),
         devices,
         physical,
+        job: None,
+    }
+}
+
+/// Where `trial` runs: on the pool's `slots`, or as a Slurm job.
+pub fn placement_for(plan: &Plan, trial: &PlannedTrial, slots: &[usize]) -> Placement {
+    match plan.slurm {
+        Some(_) => slurm_placement(plan, trial),
+        None => placement(plan, slots),
+    }
+}
+
+/// Where a trial of a Slurm sweep runs: Slurm picks the node and its GPUs (the job sees them
+/// as CUDA_VISIBLE_DEVICES, renumbered from 0 by CUDA); with CPU stand-ins it trains on as many
+/// CPU replicas, under `memory_per_device` per replica when given.
+pub fn slurm_placement(plan: &Plan, trial: &PlannedTrial) -> Placement {
+    let k = trial.params.gpus.max(1) as usize;
+    let cpu = plan.slurm.as_ref().is_none_or(|s| s.cpu_stand_ins);
+    let devices: Vec<String> = (0..k)
+        .map(|i| {
+            if cpu {
+                "cpu".to_string()
+            } else {
+                format!("cuda:{i}")
+            }
+        })
+        .collect();
+    Placement {
+        physical: vec![format!("slurm:gpu:{k}")],
+        devices,
+        threads: plan.threads_for(trial),
+        cuda_visible_devices: None,
+        memory_bytes: plan
+            .pool
+            .cpu_memory_limit_mb
+            .filter(|_| cpu)
+            .map(|mb| (mb * k as f64 * 1024.0 * 1024.0) as u64),
+        job: trial.job.clone(),
+    }
+}
+
+/// The slots the scheduler hands out. A local pool's own; on Slurm, which places jobs itself,
+/// enough for `parallel` of the largest trials, so only `parallel` bounds the jobs submitted.
+pub fn scheduler_slots(plan: &Plan) -> usize {
+    match plan.slurm {
+        Some(_) => {
+            let largest = plan
+                .trials
+                .iter()
+                .map(|t| t.params.gpus.max(1) as usize)
+                .max()
+                .unwrap_or(1);
+            largest * plan.pool.parallel.max(1)
+        }
+        None => plan.pool.slots.len(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::params::TrialParams;
 
     fn result() -> Box<TrialResult> {
         Box::new(
@@ -271,6 +330,65 @@ mod tests {
     }
 
     #[test]
+    fn on_slurm_a_trial_gets_its_job_and_parallel_alone_bounds_the_scheduler() {
+        use crate::plan::slurm::{Cluster, JobRequest};
+        use crate::plan::{Pool, SlurmPlan};
+        let trial = |id: usize, gpus: u32| {
+            let mut params: TrialParams = serde_json::from_str("{}").unwrap();
+            params.gpus = gpus;
+            PlannedTrial {
+                id,
+                assignment: Default::default(),
+                params,
+                estimate_mb: Some(30.0),
+                note: None,
+                refusal: None,
+                job: Some(JobRequest {
+                    gpus,
+                    cpus: 2 * gpus,
+                    memory_mb: 300,
+                    time_s: None,
+                }),
+            }
+        };
+        let mut plan = Plan {
+            name: "s".into(),
+            results_dir: "r".into(),
+            train: "t".into(),
+            dev: "d".into(),
+            test: None,
+            model: crate::spec::ModelSource::Preset("test".into()),
+            pool: Pool {
+                slots: Vec::new(),
+                parallel: 3,
+                cores: 2,
+                cpu_memory_limit_mb: Some(60.0),
+            },
+            slurm: Some(SlurmPlan {
+                cluster: Cluster {
+                    partition: "debug".into(),
+                    nodes: Vec::new(),
+                    max_time_s: None,
+                },
+                cpu_stand_ins: true,
+            }),
+            swept: Vec::new(),
+            trials: vec![trial(1, 1), trial(2, 2)],
+        };
+        assert_eq!(scheduler_slots(&plan), 6);
+        let p = slurm_placement(&plan, &plan.trials[1]);
+        assert_eq!(p.devices, vec!["cpu", "cpu"]);
+        assert_eq!((p.threads, p.cuda_visible_devices.clone()), (4, None));
+        assert_eq!(p.memory_bytes, Some(120 * 1024 * 1024));
+        assert_eq!(p.job.as_ref().unwrap().gpus, 2);
+        // On GPUs: Slurm's CUDA_VISIBLE_DEVICES, renumbered from 0; no CPU limit.
+        plan.slurm.as_mut().unwrap().cpu_stand_ins = false;
+        let p = slurm_placement(&plan, &plan.trials[1]);
+        assert_eq!(p.devices, vec!["cuda:0", "cuda:1"]);
+        assert_eq!(p.memory_bytes, None);
+    }
+
+    #[test]
     fn a_first_interrupt_stops_gracefully_a_second_kills() {
         assert_eq!(on_interrupt(0, false), OnInterrupt::Continue);
         assert_eq!(on_interrupt(1, false), OnInterrupt::StopGracefully);
@@ -290,7 +408,7 @@ mod tests {
                 reason: String::new(),
                 params: Default::default(),
                 result: Some(*result),
-                pid: None,
+                handle: None,
                 checkpoint_deleted: deleted,
                 estimate_mb: None,
                 retries: 0,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::orchestrator::decide::Placement;
 use crate::orchestrator::interrupt;
+use crate::protocol::journal::Handle;
 use crate::protocol::trial::ProgressEvent;
 
 /// What a trial reports to the orchestrator.
@@ -22,6 +23,19 @@ pub enum Report {
     /// The trial ended: `Ok` when it says it succeeded (its result.json is then the truth), else
     /// why it failed.
     Exited(Result<(), String>),
+    /// It waits for something that may never come (a Slurm job pending with a reason that
+    /// cannot clear by itself); sent once per reason.
+    Waiting(String),
+}
+
+/// What `reclaim` found of an earlier run of a trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaimed {
+    /// Nothing of it runs any more: start the trial again.
+    Gone,
+    /// It still runs (or its end is still to be collected) and this executor follows it now
+    /// under this handle: it will report its end, and must not be started again.
+    Reattached(Handle),
 }
 
 /// How to stop a running trial.
@@ -35,24 +49,34 @@ pub enum Stop {
 
 /// A trial that could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
-pub struct StartError {
-    what: String,
-    source: std::io::Error,
+pub enum StartError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// The cluster refused the submission, with its message.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// A way to run trials. Reports arrive as `(trial, report)` on the receiver the executor was
 /// made with; each started trial sends exactly one `Exited`.
 pub trait Executor {
     /// Starts trial `trial` from its folder `dir` (config.json written) on `placement`. Returns
-    /// the handle to journal (a process id).
-    fn start(&mut self, trial: usize, dir: &Path, placement: &Placement)
-        -> Result<u32, StartError>;
+    /// the handle to journal (a process id, a Slurm job id).
+    fn start(
+        &mut self,
+        trial: usize,
+        dir: &Path,
+        placement: &Placement,
+    ) -> Result<Handle, StartError>;
     /// Stops a trial this executor started.
     fn stop(&mut self, trial: usize, how: Stop);
-    /// Before a resumed sweep runs `trial` again: a run of it that an earlier orchestrator
-    /// started under `handle` must not still be writing its folder `dir`.
-    fn reclaim(&mut self, trial: usize, handle: u32, dir: &Path);
+    /// Before a resumed sweep runs `trial` (folder `dir`) again, with the handle of its latest
+    /// journalled start if any: either nothing of an earlier run may still write the folder
+    /// (`Gone`), or the executor follows that run to its end (`Reattached`).
+    fn reclaim(&mut self, trial: usize, handle: Option<Handle>, dir: &Path) -> Reclaimed;
 }
 
 /// Trials as child processes of this one.
@@ -83,10 +107,10 @@ impl Executor for LocalExecutor {
         trial: usize,
         dir: &Path,
         placement: &Placement,
-    ) -> Result<u32, StartError> {
+    ) -> Result<Handle, StartError> {
         let pid = launch(&self.program, trial, dir, placement, self.tx.clone())?;
         self.pids.insert(trial, pid);
-        Ok(pid)
+        Ok(Handle::Process(pid))
     }
 
     fn stop(&mut self, trial: usize, how: Stop) {
@@ -101,15 +125,20 @@ impl Executor for LocalExecutor {
         }
     }
 
-    fn reclaim(&mut self, _trial: usize, pid: u32, dir: &Path) {
+    fn reclaim(&mut self, _trial: usize, handle: Option<Handle>, dir: &Path) -> Reclaimed {
+        // Its process was this orchestrator's child: without the pipe it cannot be followed.
+        let Some(Handle::Process(pid)) = handle else {
+            return Reclaimed::Gone;
+        };
         if !is_trial_process(pid, dir) {
-            return;
+            return Reclaimed::Gone;
         }
         interrupt::signal(pid, interrupt::KILL);
         let deadline = Instant::now() + Duration::from_secs(5);
         while is_trial_process(pid, dir) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        Reclaimed::Gone
     }
 }
 
@@ -147,7 +176,7 @@ fn launch(
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|source| StartError {
+        .map_err(|source| StartError::Io {
             what: format!("opening {}", log_path.display()),
             source,
         })?;
@@ -188,7 +217,7 @@ fn launch(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
-        .map_err(|source| StartError {
+        .map_err(|source| StartError::Io {
             what: format!("starting {} train {}", program.display(), dir.display()),
             source,
         })?;
@@ -226,6 +255,11 @@ fn failure_reason(status: &std::io::Result<ExitStatus>, log: &Path) -> String {
         },
         Err(e) => format!("could not be waited for: {e}"),
     };
+    with_log_tail(how, log)
+}
+
+/// `how` a trial ended, then the last lines of its log, at most 600 bytes in all.
+pub fn with_log_tail(how: String, log: &Path) -> String {
     let tail: Vec<String> = std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()

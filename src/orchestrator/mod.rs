@@ -12,3 +12,4 @@ pub mod lock;
 pub mod progress;
 pub mod runner;
 pub mod scheduler;
+pub mod slurm;

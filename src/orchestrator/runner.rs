@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use crate::check::CheckedSpec;
 use crate::orchestrator::decide::{self, AfterExit, OnInterrupt, Outcome};
-use crate::orchestrator::executor::{Executor, LocalExecutor, Report, Stop};
+use crate::orchestrator::executor::{Executor, LocalExecutor, Reclaimed, Report, Stop};
 use crate::orchestrator::lock::FolderLock;
 use crate::orchestrator::progress::SweepProgress;
 use crate::orchestrator::scheduler::Scheduler;
+use crate::orchestrator::slurm::{SlurmExecutor, SlurmSettings};
 use crate::plan::{Plan, PlannedTrial};
-use crate::protocol::journal::{self, Event, Journal};
+use crate::protocol::journal::{self, Event, Handle, Journal};
 use crate::protocol::trial::{trial_dir, TrialConfig, TrialResult};
 use crate::results::state::{Status, Trials};
 use crate::results::{self, BestTrial};
@@ -102,9 +103,15 @@ impl Record {
     }
 }
 
-/// Runs every trial of the plan that has not run yet on local child processes and returns when
-/// all have ended (or the user interrupted). Only a spec that passed check can run.
+/// Runs every trial of the plan that has not run yet, as local child processes or as Slurm
+/// jobs (`resources.executor`), and returns when all have ended (or the user interrupted). Only
+/// a spec that passed check can run.
 pub fn run(checked: &CheckedSpec, plan: &Plan, opts: &RunOptions) -> Result<RunSummary> {
+    if plan.slurm.is_some() {
+        let settings = SlurmSettings::from_spec(checked.spec(), opts.program.clone());
+        let (mut executor, reports) = SlurmExecutor::new(settings);
+        return run_with(checked, plan, opts, &mut executor, &reports);
+    }
     let (mut executor, reports) = LocalExecutor::new(opts.program.clone());
     run_with(checked, plan, opts, &mut executor, &reports)
 }
@@ -120,7 +127,8 @@ pub fn run_with(
     let started = Instant::now();
     let spec = checked.spec();
     let dir = &plan.results_dir;
-    if plan.pool.has_cuda() && !cfg!(feature = "cuda") {
+    let slurm_gpus = plan.slurm.as_ref().is_some_and(|s| !s.cpu_stand_ins);
+    if (plan.pool.has_cuda() || slurm_gpus) && !cfg!(feature = "cuda") {
         return Err(RunError::NoCudaSupport);
     }
     let existing = dir.join(Journal::FILE).exists();
@@ -140,10 +148,17 @@ pub fn run_with(
         dir: dir.clone(),
     };
 
+    // Trials of an earlier run that still run (Slurm jobs): followed, not started again.
+    let mut reattached: Vec<(usize, Handle)> = Vec::new();
     let to_run: Vec<&PlannedTrial> = if existing {
-        for r in record.trials.rows().filter(|r| r.status == Status::Running) {
-            if let Some(pid) = r.pid {
-                executor.reclaim(r.trial, pid, &trial_dir(&dir, r.trial));
+        for r in record.trials.rows().filter(|r| r.status.runs_on_resume()) {
+            // Only a trial journalled as running has a run to follow; the executor may still
+            // find one that was started but never journalled.
+            let handle = r.handle.filter(|_| r.status == Status::Running);
+            if let Reclaimed::Reattached(h) =
+                executor.reclaim(r.trial, handle, &trial_dir(&dir, r.trial))
+            {
+                reattached.push((r.trial, h));
             }
         }
         let pending: Vec<&PlannedTrial> = plan
@@ -158,6 +173,7 @@ pub fn run_with(
             .collect();
         record.log(Event::SweepResumed {
             trials_to_run: pending.len(),
+            reattached: reattached.iter().map(|(t, _)| *t).collect(),
         })?;
         pending
     } else {
@@ -202,7 +218,7 @@ pub fn run_with(
         }
     }
     let mut scheduler = Scheduler::new(
-        plan.pool.slots.len(),
+        decide::scheduler_slots(plan),
         plan.pool.parallel,
         to_run.iter().map(|t| (t.id, t.params.gpus as usize)),
     );
@@ -210,12 +226,38 @@ pub fn run_with(
     let interrupts_before = crate::orchestrator::interrupt::count();
     // The slots each running trial holds.
     let mut running: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (id, handle) in reattached {
+        if let (Some(slots), Some(t)) = (scheduler.take(id), by_id.get(&id)) {
+            // A run the earlier orchestrator started but could not journal: journalled now.
+            let journalled = record
+                .trials
+                .get(id)
+                .is_some_and(|r| r.status == Status::Running && r.handle == Some(handle));
+            if !journalled {
+                let placement = decide::placement_for(plan, t, &slots);
+                let (pid, job) = handle.fields();
+                record.log(Event::TrialStarted {
+                    trial: id,
+                    devices: placement.physical,
+                    threads: placement.threads,
+                    pid,
+                    job,
+                })?;
+            }
+            running.insert(id, slots);
+            ui.trial_started(id, label(t));
+            ui.println(&format!(
+                "trial {id:04} was started as {} before: following it, not starting it again",
+                describe_handle(handle)
+            ));
+        }
+    }
     let mut stopping = false;
     let (mut finished, mut failed) = (0, 0);
     loop {
         while let Some((id, slots)) = scheduler.next_to_start() {
             let t = by_id[&id];
-            let placement = decide::placement(plan, &slots);
+            let placement = decide::placement_for(plan, t, &slots);
             let tdir = trial_dir(&dir, id);
             let params = params_to_run(t, &record.trials);
             let launched = prepare_trial(
@@ -233,12 +275,14 @@ pub fn run_with(
                     .map_err(|e| e.to_string())
             });
             match launched {
-                Ok(pid) => {
+                Ok(handle) => {
+                    let (pid, job) = handle.fields();
                     record.log(Event::TrialStarted {
                         trial: id,
                         devices: placement.physical.clone(),
                         threads: placement.threads,
                         pid,
+                        job,
                     })?;
                     running.insert(id, slots);
                     ui.trial_started(id, label(t));
@@ -296,6 +340,12 @@ pub fn run_with(
         let exit = match report {
             Report::Progress(event) => {
                 ui.event(id, &event);
+                continue;
+            }
+            Report::Waiting(reason) => {
+                ui.println(&format!("trial {id:04} waiting: {reason}"));
+                record.log(Event::TrialWaiting { trial: id, reason })?;
+                record.refresh(spec)?;
                 continue;
             }
             Report::Exited(exit) => exit,
@@ -579,6 +629,13 @@ fn read_result(dir: &Path) -> std::result::Result<TrialResult, String> {
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("exited 0 but {} is unreadable: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn describe_handle(handle: Handle) -> String {
+    match handle {
+        Handle::Process(pid) => format!("process {pid}"),
+        Handle::SlurmJob(job) => format!("Slurm job {job}"),
+    }
 }
 
 fn label(t: &PlannedTrial) -> String {

@@ -74,6 +74,22 @@ impl Scheduler {
         Some((id, slots))
     }
 
+    /// Takes a queued trial out of the queue as running now, on free slots (a trial a resumed
+    /// sweep re-attached to instead of starting it again). None when it is not queued.
+    pub fn take(&mut self, id: usize) -> Option<Vec<usize>> {
+        let pos = self.queue.iter().position(|(q, _)| *q == id)?;
+        let (_, need) = self.queue.remove(pos)?;
+        let slots: Vec<usize> = (0..self.free.len())
+            .filter(|i| self.free[*i])
+            .take(need)
+            .collect();
+        for i in &slots {
+            self.free[*i] = false;
+        }
+        self.running += 1;
+        Some(slots)
+    }
+
     /// A trial ended; its slots are free again.
     pub fn release(&mut self, slots: &[usize]) {
         for i in slots {
@@ -148,6 +164,17 @@ mod tests {
         s.release(&[0]);
         s.release(&[1]);
         assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_reattached_trial_is_taken_out_of_the_queue_as_running() {
+        let mut s = Scheduler::new(4, 2, [(1, 2), (2, 1), (3, 1)]);
+        assert_eq!(s.take(2), Some(vec![0]));
+        assert_eq!(s.take(2), None);
+        assert_eq!(s.next_to_start(), Some((1, vec![1, 2])));
+        assert_eq!(s.next_to_start(), None, "parallel 2 counts the taken one");
+        s.release(&[0]);
+        assert_eq!(s.next_to_start(), Some((3, vec![0])));
     }
 
     #[test]

@@ -3,17 +3,21 @@
 //! `sweep plan` prints this.
 
 pub mod devices;
+pub mod slurm;
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::plan::devices::{discover_gpus, machine_memory_mb};
+use crate::plan::slurm::{job_request, read_cluster, Cluster, JobRequest};
 use crate::spec::memory::{estimate, fitting_micro_batch, Workload, MB};
 use crate::spec::params::{Method, TrialParams};
 use crate::spec::search::{assignments, Assignment};
 use crate::spec::shape::ModelConfig;
-use crate::spec::{DeviceKind, DevicesSpec, ModelSource, OnOom, SpecError, SweepSpec};
+use crate::spec::{
+    DeviceKind, DevicesSpec, ExecutorKind, ModelSource, OnOom, SpecError, SweepSpec,
+};
 use crate::text::data::{DataError, Example};
 use crate::text::encode::TokenCounts;
 use crate::text::model_folder::{read_config, ModelFolderError};
@@ -31,8 +35,10 @@ pub enum PlanError {
     },
     #[error("{file}: model.path: `{}` has no config.json (a Hugging Face model folder is expected)", path.display())]
     NotAModelFolder { file: String, path: PathBuf },
-    #[error("{file}: {source}")]
-    Pool { file: String, source: PoolError },
+    /// (Not `source`: the message already holds the problem, and printing the error's chain
+    /// would say it twice.)
+    #[error("{file}: {problem}")]
+    Pool { file: String, problem: PoolError },
     #[error("{file}: trial {trial} ({assignment}): {message}")]
     Trial {
         file: String,
@@ -143,6 +149,20 @@ impl Pool {
                 cpu_memory_limit_mb: None,
             }
         };
+        if spec.resources.executor() == ExecutorKind::Slurm {
+            if let Some(DevicesSpec::Ids(_)) = &spec.resources.devices {
+                return Err(PoolError::devices(
+                    "GPU ids cannot be chosen with `executor: slurm`: Slurm gives each job its GPUs; use `auto`, `cuda` or `cpu`".into(),
+                ));
+            }
+            // Slurm places the jobs: no pool of ours, only the memory of a device when given.
+            return Ok(Self {
+                slots: Vec::new(),
+                parallel,
+                cores: cores.max(1),
+                cpu_memory_limit_mb: per_device,
+            });
+        }
         let cpu_slots = spec.resources.slots.unwrap_or(parallel);
         Ok(match &spec.resources.devices {
             None | Some(DevicesSpec::Named(DeviceKind::Auto)) => match discover_gpus() {
@@ -246,6 +266,16 @@ pub struct PlannedTrial {
     pub note: Option<String>,
     /// Why the trial can never run, if so.
     pub refusal: Option<String>,
+    /// With `executor: slurm`: what its job asks of the cluster.
+    pub job: Option<JobRequest>,
+}
+
+/// Where a sweep with `executor: slurm` submits, as read before anything is submitted.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlurmPlan {
+    pub cluster: Cluster,
+    /// `devices: cpu`: each job asks for its GPUs but trains on as many CPU stand-ins.
+    pub cpu_stand_ins: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -259,6 +289,8 @@ pub struct Plan {
     pub test: Option<PathBuf>,
     pub model: ModelSource,
     pub pool: Pool,
+    /// With `executor: slurm`: the partition and its limits.
+    pub slurm: Option<SlurmPlan>,
     pub swept: Vec<String>,
     pub trials: Vec<PlannedTrial>,
 }
@@ -421,13 +453,50 @@ impl Plan {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let pool = Pool::from_spec(spec, cores).map_err(|source| PlanError::Pool {
+        let pool = Pool::from_spec(spec, cores).map_err(|problem| PlanError::Pool {
             file: fname.clone(),
-            source,
+            problem,
         })?;
+        let slurm = match spec.resources.executor() {
+            ExecutorKind::Local => None,
+            ExecutorKind::Slurm => Some(SlurmPlan {
+                cluster: read_cluster(spec.resources.partition.as_deref()).map_err(|e| {
+                    PlanError::Pool {
+                        file: fname.clone(),
+                        problem: PoolError {
+                            field: if spec.resources.partition.is_some() {
+                                "resources.partition"
+                            } else {
+                                "resources.executor"
+                            },
+                            message: e.0,
+                        },
+                    }
+                })?,
+                cpu_stand_ins: matches!(
+                    spec.resources.devices,
+                    Some(DevicesSpec::Named(DeviceKind::Cpu))
+                ),
+            }),
+        };
+        let time_s = match &spec.resources.time {
+            Some(t) => Some(
+                crate::spec::slurm::parse_time_seconds(t).map_err(|message| PlanError::Pool {
+                    file: fname.clone(),
+                    problem: PoolError {
+                        field: "resources.time",
+                        message,
+                    },
+                })?,
+            ),
+            None => None,
+        };
         let examples = crate::text::data::load_examples(&train)?;
         let lengths = Lengths::measure(&model, &train, &examples, train_tokens)?;
-        let device_mb = pool.device_memory_mb();
+        let device_mb = match &slurm {
+            Some(_) => pool.cpu_memory_limit_mb,
+            None => pool.device_memory_mb(),
+        };
         let mut trials = Vec::new();
         for (i, assignment) in assignments(spec, &fname)?.into_iter().enumerate() {
             let id = i + 1;
@@ -442,7 +511,7 @@ impl Plan {
                 })?;
             let mut refusal = None;
             let mut note = None;
-            if params.gpus as usize > pool.slots.len() {
+            if slurm.is_none() && params.gpus as usize > pool.slots.len() {
                 refusal = Some(format!(
                     "asks for {} devices but the pool has {} ({}); it could never start",
                     params.gpus,
@@ -491,7 +560,14 @@ impl Plan {
                     }
                 }
             }
-            if refusal.is_some() {
+            let mut job = None;
+            if let (Some(s), None) = (&slurm, &refusal) {
+                match job_request(&s.cluster, params.gpus, estimate_mb, time_s) {
+                    Ok(request) => job = Some(request),
+                    Err(reason) => refusal = Some(reason),
+                }
+            }
+            if refusal.is_some() && slurm.is_none() {
                 estimate_mb = estimate_mb.filter(|_| params.gpus as usize <= pool.slots.len());
             }
             trials.push(PlannedTrial {
@@ -501,6 +577,7 @@ impl Plan {
                 estimate_mb,
                 note,
                 refusal,
+                job,
             });
         }
         if trials.is_empty() {
@@ -514,30 +591,61 @@ impl Plan {
             test,
             model,
             pool,
+            slurm,
             swept: spec.swept_parameters(),
             trials,
         })
     }
 
+    /// CPU threads a trial gets: its job's CPUs on Slurm, else its share of the local cores.
+    pub fn threads_for(&self, t: &PlannedTrial) -> usize {
+        match &t.job {
+            Some(job) => job.cpus.max(1) as usize,
+            None => self.pool.threads_for(t.params.gpus as usize),
+        }
+    }
+
     /// A human-readable table of the trials.
     pub fn render(&self) -> String {
+        let placement = match &self.slurm {
+            Some(s) => format!(
+                "Slurm partition `{}` ({} node(s), most GPUs on a node {}, time limit {}), at most {} jobs submitted at once{}",
+                s.cluster.partition,
+                s.cluster.nodes.len(),
+                s.cluster.nodes.iter().map(|n| n.gpus).max().unwrap_or(0),
+                s.cluster
+                    .max_time_s
+                    .map(crate::spec::slurm::format_time)
+                    .unwrap_or_else(|| "none".into()),
+                self.pool.parallel,
+                if s.cpu_stand_ins { ", CPU stand-ins for GPUs" } else { "" }
+            ),
+            None => format!(
+                "pool: {} slot(s) [{}], at most {} at once, {} cores",
+                self.pool.slots.len(),
+                self.pool.describe(),
+                self.pool.parallel,
+                self.pool.cores
+            ),
+        };
         let mut out = format!(
-            "sweep `{}`: {} trials ({} refused), swept: {}\npool: {} slot(s) [{}], at most {} at once, {} cores\nresults: {}\n\n",
+            "sweep `{}`: {} trials ({} refused), swept: {}\n{placement}\nresults: {}\n\n",
             self.name,
             self.trials.len(),
             self.trials.iter().filter(|t| t.refusal.is_some()).count(),
-            if self.swept.is_empty() { "nothing".to_string() } else { self.swept.join(", ") },
-            self.pool.slots.len(),
-            self.pool.describe(),
-            self.pool.parallel,
-            self.pool.cores,
+            if self.swept.is_empty() {
+                "nothing".to_string()
+            } else {
+                self.swept.join(", ")
+            },
             self.results_dir.display()
         );
-        let device_mb = self
-            .pool
-            .device_memory_mb()
-            .map(|m| format!("{m:.0}"))
-            .unwrap_or_else(|| "?".into());
+        let device_mb = match &self.slurm {
+            Some(_) => self.pool.cpu_memory_limit_mb,
+            None => self.pool.device_memory_mb(),
+        }
+        .map(|m| format!("{m:.0}"))
+        .unwrap_or_else(|| "?".into());
         out.push_str(&format!(
             "{:>5}  {:<13} {:>10} {:>6} {:>6} {:>5} {:>5} {:>7} {:>14}  {}\n",
             "trial",
@@ -557,11 +665,17 @@ impl Plan {
                 .estimate_mb
                 .map(|e| format!("{e:.0}/{device_mb}"))
                 .unwrap_or_else(|| "-".into());
-            let status = match (&t.refusal, &t.note) {
+            let mut status = match (&t.refusal, &t.note) {
                 (Some(r), _) => format!("refused: {r}"),
                 (None, Some(n)) => format!("ok: {n}"),
                 (None, None) => "ok".into(),
             };
+            if let Some(job) = &t.job {
+                status.push_str(&format!(
+                    " (job: gpu:{} cpus {} mem {} MiB)",
+                    job.gpus, job.cpus, job.memory_mb
+                ));
+            }
             out.push_str(&format!(
                 "{:>5}  {:<13} {:>10.3e} {:>6} {:>6} {:>5} {:>5} {:>7} {:>14}  {}\n",
                 t.id,
@@ -571,7 +685,7 @@ impl Plan {
                 p.batch_size,
                 p.micro_batch(),
                 p.gpus,
-                self.pool.threads_for(p.gpus as usize),
+                self.threads_for(t),
                 memory,
                 status
             ));

@@ -34,8 +34,18 @@ pub enum Event {
         trial: usize,
         devices: Vec<String>,
         threads: usize,
-        /// The trial process, so a later run (or a person) can find it.
-        pid: u32,
+        /// The trial process (local executor), so a later run (or a person) can find it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+        /// The trial's Slurm job (`executor: slurm`), journalled as soon as sbatch answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<u32>,
+    },
+    /// A running trial waits for something that may never come (a Slurm job pending with a
+    /// reason that cannot clear by itself, e.g. ReqNodeNotAvail on drained nodes).
+    TrialWaiting {
+        trial: usize,
+        reason: String,
     },
     TrialFinished {
         trial: usize,
@@ -51,6 +61,10 @@ pub enum Event {
     /// `sweep run --resume` picked the sweep up again.
     SweepResumed {
         trials_to_run: usize,
+        /// Trials whose run (a Slurm job) outlived the earlier orchestrator and is followed
+        /// again instead of being started anew.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reattached: Vec<usize>,
     },
     /// Stopped on the user's interrupt; runs again on resume.
     TrialStopped {
@@ -70,6 +84,23 @@ pub enum Event {
     },
 }
 
+/// How a started trial is found again: its process, or its Slurm job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handle {
+    Process(u32),
+    SlurmJob(u32),
+}
+
+impl Handle {
+    /// The `pid` and `job` fields of a `TrialStarted` event.
+    pub fn fields(self) -> (Option<u32>, Option<u32>) {
+        match self {
+            Handle::Process(pid) => (Some(pid), None),
+            Handle::SlurmJob(job) => (None, Some(job)),
+        }
+    }
+}
+
 impl Event {
     /// The trial an event is about, if any.
     pub fn trial(&self) -> Option<usize> {
@@ -77,6 +108,7 @@ impl Event {
             Event::TrialPlanned { trial, .. }
             | Event::TrialRefused { trial, .. }
             | Event::TrialStarted { trial, .. }
+            | Event::TrialWaiting { trial, .. }
             | Event::TrialFinished { trial, .. }
             | Event::TrialFailed { trial, .. }
             | Event::TrialStopped { trial, .. }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::protocol::journal::{Entry, Event};
+use crate::protocol::journal::{Entry, Event, Handle};
 use crate::protocol::trial::TrialResult;
 
 /// Where a trial stands, as the journal tells it.
@@ -46,8 +46,8 @@ pub struct TrialRow {
     pub reason: String,
     pub params: BTreeMap<String, Value>,
     pub result: Option<TrialResult>,
-    /// The process of the latest start, while the trial is running.
-    pub pid: Option<u32>,
+    /// The process or Slurm job of the latest start.
+    pub handle: Option<Handle>,
     /// Deleted under the checkpoint retention policy.
     pub checkpoint_deleted: bool,
     /// Predicted peak memory per device at plan time, MiB.
@@ -90,7 +90,7 @@ impl Trials {
                     reason: String::new(),
                     params: params.clone(),
                     result: None,
-                    pid: None,
+                    handle: None,
                     checkpoint_deleted: false,
                     estimate_mb: *estimate_mb,
                     retries: 0,
@@ -111,11 +111,12 @@ impl Trials {
                 r.status = Status::Failed;
                 r.reason = reason.clone();
             }
-            Event::TrialStarted { pid, .. } => {
+            Event::TrialStarted { pid, job, .. } => {
                 r.status = Status::Running;
                 r.reason.clear();
-                r.pid = Some(*pid);
+                r.handle = job.map(Handle::SlurmJob).or(pid.map(Handle::Process));
             }
+            Event::TrialWaiting { reason, .. } => r.reason = reason.clone(),
             Event::TrialStopped { reason, .. } => {
                 r.status = Status::Stopped;
                 r.reason = reason.clone();
@@ -182,10 +183,25 @@ mod tests {
             trial: 1,
             devices: vec!["cpu".into()],
             threads: 1,
-            pid: 42,
+            pid: Some(42),
+            job: None,
         });
         assert_eq!(t.get(1).unwrap().status, Status::Running);
-        assert_eq!(t.get(1).unwrap().pid, Some(42));
+        assert_eq!(t.get(1).unwrap().handle, Some(Handle::Process(42)));
+        t.apply(&Event::TrialWaiting {
+            trial: 1,
+            reason: "pending: ReqNodeNotAvail".into(),
+        });
+        assert_eq!(t.get(1).unwrap().status, Status::Running);
+        assert_eq!(t.get(1).unwrap().reason, "pending: ReqNodeNotAvail");
+        t.apply(&Event::TrialStarted {
+            trial: 1,
+            devices: vec!["cpu".into()],
+            threads: 1,
+            pid: None,
+            job: Some(7),
+        });
+        assert_eq!(t.get(1).unwrap().handle, Some(Handle::SlurmJob(7)));
         t.apply(&Event::TrialOutOfMemory {
             trial: 1,
             micro_batch: 8,

@@ -7,6 +7,7 @@ pub mod memory;
 pub mod params;
 pub mod search;
 pub mod shape;
+pub mod slurm;
 pub mod tpe;
 
 use std::collections::BTreeMap;
@@ -223,6 +224,40 @@ pub struct ResourcesSpec {
     /// Default: a GPU's free memory; the machine's memory divided among the CPU slots.
     #[serde(default)]
     pub memory_per_device: Option<MemorySize>,
+    /// Where trials run: `local` (default, child processes of `sweep run`) or `slurm` (one batch
+    /// job per trial).
+    #[serde(default)]
+    pub executor: Option<ExecutorKind>,
+    /// Slurm: the partition jobs are submitted to (default: the cluster's default partition).
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// Slurm: each job's time limit, in Slurm's format (`90`, `1:30:00`, `2-00:00:00`).
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Slurm: `--account`.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Slurm: `--qos`.
+    #[serde(default)]
+    pub qos: Option<String>,
+    /// Slurm: further sbatch arguments, each one argument (`["--constraint=a100"]`).
+    #[serde(default)]
+    pub sbatch_args: Option<Vec<String>>,
+}
+
+impl ResourcesSpec {
+    pub fn executor(&self) -> ExecutorKind {
+        self.executor.unwrap_or(ExecutorKind::Local)
+    }
+}
+
+/// Where trials run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    #[default]
+    Local,
+    Slurm,
 }
 
 /// A memory size as written: MiB as a number, or text with a unit.
@@ -612,6 +647,9 @@ impl SweepSpec {
             .map(MemorySize::mb)
         {
             field("resources.memory_per_device", message.0);
+        }
+        for (name, message) in slurm::resource_problems(&self.resources) {
+            field(&format!("resources.{name}"), message);
         }
         if self.checkpoints.as_ref().is_some_and(|c| c.keep == 0) {
             field(

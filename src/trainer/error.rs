@@ -41,6 +41,9 @@ pub enum TrainError {
     UnknownPreset(String),
     #[error("no epoch ran")]
     NoEpoch,
+    /// Stopped on the pre-timeout signal with a resume point at this step (`trainer::stop`).
+    #[error("saved a resume point at step {step} (epoch {epoch}) on the pre-timeout signal")]
+    SavedOnSignal { epoch: u32, step: usize },
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

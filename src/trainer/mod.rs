@@ -15,4 +15,5 @@ pub mod optim;
 pub mod parallel;
 pub mod resume;
 pub mod step;
+pub mod stop;
 pub mod train;

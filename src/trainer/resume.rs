@@ -33,6 +33,16 @@ pub struct ResumeState {
     pub best: Option<TrialResult>,
     /// The parameters it was saved under; a different trial never resumes from it.
     pub params: TrialParams,
+    /// Saved mid-epoch (on the pre-timeout signal): how far epoch `epoch + 1` had come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// Steps of an epoch already taken when a resume point was saved inside it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartialEpoch {
+    pub steps: usize,
+    pub loss_sum: f64,
 }
 
 pub fn save(trial_dir: &Path, state: &ResumeState, model: &CausalLm, opt: &AdamW) -> Result<()> {

@@ -225,7 +225,9 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     let mut eval_seconds = 0.0f64;
     let mut first_epoch = 1;
     let mut prior_seconds = 0.0;
+    let mut partial = None;
     if let Some(state) = resumed {
+        partial = state.partial.clone();
         prior_seconds = state.seconds;
         eprintln!("trial {}: resuming after epoch {}", cfg.trial, state.epoch);
         record(
@@ -249,10 +251,17 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         );
         let mut order: Vec<usize> = (0..train_seqs.len()).collect();
         rng.shuffle(&mut order);
-        let mut epoch_loss = 0.0;
-        let mut epoch_steps = 0usize;
+        // A resume point saved inside this epoch: its first steps are taken already.
+        let done = partial
+            .take()
+            .unwrap_or(crate::trainer::resume::PartialEpoch {
+                steps: 0,
+                loss_sum: 0.0,
+            });
+        let mut epoch_loss = done.loss_sum;
+        let mut epoch_steps = done.steps;
         let epoch_start = Instant::now();
-        for chunk in order.chunks(batch_size) {
+        for chunk in order.chunks(batch_size).skip(done.steps) {
             let seqs: Vec<&Seq> = chunk.iter().map(|i| &train_seqs[*i]).collect();
             let lr = learning_rate(p.learning_rate, step, warmup_steps, total_steps);
             let stats = replicas.step(&seqs, micro_batch, tokenizer.pad, lr, p.max_grad_norm)?;
@@ -277,6 +286,27 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                 },
                 &mut emit,
             )?;
+            if crate::trainer::stop::requested() {
+                crate::trainer::resume::save(
+                    dir,
+                    &crate::trainer::resume::ResumeState {
+                        epoch: epoch - 1,
+                        step,
+                        train_tokens,
+                        train_seconds: train_seconds + epoch_start.elapsed().as_secs_f64(),
+                        seconds: prior_seconds + started.elapsed().as_secs_f64(),
+                        best: best.clone(),
+                        params: p.clone(),
+                        partial: Some(crate::trainer::resume::PartialEpoch {
+                            steps: epoch_steps,
+                            loss_sum: epoch_loss,
+                        }),
+                    },
+                    replicas.primary(),
+                    replicas.optimizer(),
+                )?;
+                return Err(TrainError::SavedOnSignal { epoch, step });
+            }
         }
         train_seconds += epoch_start.elapsed().as_secs_f64();
         // Evaluation and checkpoints use the primary replica; the others are identical to it.
@@ -375,6 +405,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                 seconds: prior_seconds + started.elapsed().as_secs_f64(),
                 best: best.clone(),
                 params: p.clone(),
+                partial: None,
             },
             model,
             replicas.optimizer(),

@@ -13,3 +13,4 @@ mod report;
 mod resources;
 mod resume;
 mod shared_prefix;
+mod slurm;

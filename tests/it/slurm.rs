@@ -1,0 +1,623 @@
+//! The same sweeps through a real Slurm (`resources: {executor: slurm}`): trials as batch jobs
+//! with Slurm's GPUs, a request no node can meet refused at plan time, kill -9 of the
+//! orchestrator then `--resume` re-attaching to the jobs, a job cancelled from outside, an
+//! out-of-memory retry, and the pre-timeout signal that saves, requeues and continues.
+//!
+//! They need a running cluster (`scripts/slurm-up.sh` starts a one-node one with 4 fake GPUs).
+//! Without one they are skipped, saying why; with `SWEEP_REQUIRE_SLURM=1` (as `.ci/run` sets)
+//! they fail instead.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{csv_rows, repo, sweep};
+
+fn slurm_is_up() -> bool {
+    let required = std::env::var("SWEEP_REQUIRE_SLURM").is_ok_and(|v| v == "1");
+    let answer = Command::new("sinfo").args(["-h", "-o", "%T"]).output();
+    let up = answer
+        .as_ref()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if !up {
+        let why = match &answer {
+            Ok(o) => format!("sinfo: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Err(e) => format!("sinfo: {e}"),
+        };
+        assert!(
+            !required,
+            "SWEEP_REQUIRE_SLURM=1 but no Slurm cluster answers ({why}); run scripts/slurm-up.sh as root"
+        );
+        eprintln!(
+            "skipped: no Slurm cluster answers here ({why}); scripts/slurm-up.sh starts one, SWEEP_REQUIRE_SLURM=1 makes this a failure"
+        );
+    }
+    up
+}
+
+/// A sweep name no earlier test run used (Slurm remembers finished jobs for a while).
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{name}{}x{nanos}", std::process::id())
+}
+
+/// A spec over the first `n_train` quickstart examples with the `test` preset.
+fn spec_file(dir: &Path, name: &str, n_train: usize, body: &str, resources: &str) -> PathBuf {
+    let data = repo().join("data/clinc150-mini");
+    let take = |file: &str, n: usize| {
+        let text = std::fs::read_to_string(data.join(file)).unwrap();
+        let path = dir.join(file);
+        let lines: Vec<&str> = text.lines().take(n).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    };
+    let (train, dev) = (take("train.json", n_train), take("dev.json", 40));
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name: {name}\ndata: {{train: {}, dev: {}}}\nmodel: {{preset: test}}\noutput: {}\nseed: 5\n{body}resources: {resources}\n",
+            train.display(),
+            dev.display(),
+            dir.join(name).display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> Output {
+    let out = sweep().args(args).output().unwrap();
+    eprintln!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn events(results: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(results.join("journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
+
+/// Slurm's jobs whose working directory is `trial_dir` (every job sweep submitted for it).
+fn jobs_in(trial_dir: &Path) -> Vec<String> {
+    let out = Command::new("squeue")
+        .args(["--me", "-h", "--states=all", "-o", "%i|%Z"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .filter(|(_, dir)| Path::new(dir) == trial_dir)
+        .map(|(id, _)| id.to_string())
+        .collect()
+}
+
+/// Polls (generous deadline, only against hangs) until `ready`.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_run(spec: &Path, resume: bool) -> Child {
+    let mut cmd = sweep();
+    cmd.args(["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]);
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn started_job(results: &Path, trial: u64) -> Option<u64> {
+    events(results)
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "trial_started" && e["trial"] == trial)
+        .and_then(|e| e["job"].as_u64())
+}
+
+fn assert_close(a: &str, b: &str, what: &str) {
+    let (x, y): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+    assert!(
+        (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1.0),
+        "{what}: {a} vs {b}"
+    );
+}
+
+#[test]
+fn a_sweep_runs_as_slurm_jobs_with_their_gpus_like_a_local_run() {
+    if !slurm_is_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("g");
+    let params = "parameters:\n  gpus: {values: [1, 2, 8]}\n  epochs: {value: 2}\n";
+    let spec = spec_file(
+        tmp.path(),
+        &name,
+        48,
+        params,
+        "{executor: slurm, devices: cpu, parallel: 2, time: \"10\"}",
+    );
+    let out = run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(0));
+    let results = tmp.path().join(&name);
+    let rows = csv_rows(&results);
+    assert_eq!(rows.len(), 3);
+    // The 8-GPU trial: refused at plan time with the reason, never submitted.
+    assert_eq!(rows[2]["status"], "refused");
+    assert!(
+        rows[2]["reason"].contains("asks for 8 GPUs but no node of partition"),
+        "{}",
+        rows[2]["reason"]
+    );
+    let journal = events(&results);
+    assert!(of_kind(&journal, "trial_started")
+        .iter()
+        .all(|e| e["trial"] != 3));
+    assert!(jobs_in(&results.join("trials/0003")).is_empty());
+    for (i, gpus) in [(1, 1), (2, 2)] {
+        let row = &rows[i - 1];
+        assert_eq!(row["status"], "finished", "{row:?}");
+        let dir = results.join(format!("trials/{i:04}"));
+        let jobs = jobs_in(&dir);
+        assert_eq!(jobs.len(), 1, "trial {i}: one job, got {jobs:?}");
+        assert_eq!(
+            started_job(&results, i as u64).unwrap().to_string(),
+            jobs[0]
+        );
+        // The job saw the GPUs Slurm gave it, and trained on as many CPU stand-ins.
+        let log = std::fs::read_to_string(dir.join("train.log")).unwrap();
+        let visible = log
+            .lines()
+            .find_map(|l| l.split("CUDA_VISIBLE_DEVICES=").nth(1))
+            .unwrap_or_else(|| panic!("no CUDA_VISIBLE_DEVICES in {log}"));
+        assert_eq!(visible.split(',').count(), gpus, "{visible}");
+        assert!(
+            visible.split(',').all(|g| g.parse::<u32>().is_ok()),
+            "{visible}"
+        );
+        assert_eq!(row["devices"], gpus.to_string());
+        assert!(dir.join(format!("slurm-{}.out", jobs[0])).exists());
+    }
+
+    // The same spec on the local pool: the same metrics.
+    let local_name = format!("{name}l");
+    let local = spec_file(
+        tmp.path(),
+        &local_name,
+        48,
+        params,
+        "{devices: cpu, slots: 4, parallel: 2}",
+    );
+    let out = run(&["run".as_ref(), local.as_os_str(), "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(0));
+    let local_rows = csv_rows(&tmp.path().join(&local_name));
+    for (s, l) in rows.iter().zip(&local_rows) {
+        assert_eq!(s["status"], l["status"]);
+        for column in ["accuracy", "dev_loss", "train_loss"] {
+            if s["status"] == "finished" {
+                assert_close(&s[column], &l[column], column);
+            }
+        }
+    }
+}
+
+#[test]
+fn kill_9_of_the_orchestrator_then_resume_reattaches_without_submitting_twice() {
+    if !slurm_is_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("k");
+    let spec = spec_file(
+        tmp.path(),
+        &name,
+        300,
+        "parameters:\n  learning_rate: {values: [1.0e-3, 3.0e-3, 1.0e-2]}\n  epochs: {value: 3}\n",
+        "{executor: slurm, devices: cpu, parallel: 2}",
+    );
+    let results = tmp.path().join(&name);
+    let mut child = spawn_run(&spec, false);
+    wait_until("a job submitted", || {
+        !of_kind(&events(&results), "trial_started").is_empty()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = events(&results);
+    let running: Vec<u64> = of_kind(&before, "trial_started")
+        .iter()
+        .filter_map(|e| e["trial"].as_u64())
+        .filter(|t| {
+            !before
+                .iter()
+                .any(|e| e["event"] == "trial_finished" && e["trial"] == *t)
+        })
+        .collect();
+    assert!(!running.is_empty());
+    // The jobs outlive the orchestrator; --resume follows them instead of submitting again.
+    let out = run(&[
+        "run".as_ref(),
+        spec.as_os_str(),
+        "--resume".as_ref(),
+        "--quiet".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let journal = events(&results);
+    let resumed = of_kind(&journal, "sweep_resumed");
+    let reattached: Vec<u64> = resumed[0]["reattached"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t.as_u64()).collect())
+        .unwrap_or_default();
+    // Every job journalled as running is followed again; so is one submitted but not yet
+    // journalled when the orchestrator died (found by its name and folder).
+    assert!(
+        running.iter().all(|t| reattached.contains(t)),
+        "re-attached {reattached:?}, running {running:?}"
+    );
+    for t in 1..=3u64 {
+        let starts = journal
+            .iter()
+            .filter(|e| e["event"] == "trial_started" && e["trial"] == t)
+            .count();
+        let finishes = journal
+            .iter()
+            .filter(|e| e["event"] == "trial_finished" && e["trial"] == t)
+            .count();
+        assert_eq!((starts, finishes), (1, 1), "trial {t}");
+        let jobs = jobs_in(&results.join(format!("trials/{t:04}")));
+        assert_eq!(jobs.len(), 1, "trial {t} submitted as {jobs:?}");
+    }
+    assert!(csv_rows(&results).iter().all(|r| r["status"] == "finished"));
+}
+
+#[test]
+fn a_job_cancelled_from_outside_is_recorded_with_its_reason() {
+    if !slurm_is_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("c");
+    let spec = spec_file(
+        tmp.path(),
+        &name,
+        600,
+        "parameters:\n  epochs: {value: 50}\n",
+        "{executor: slurm, devices: cpu, parallel: 1}",
+    );
+    let results = tmp.path().join(&name);
+    let mut child = spawn_run(&spec, false);
+    let mut job = None;
+    wait_until("the job submitted", || {
+        job = started_job(&results, 1);
+        job.is_some()
+    });
+    let job = job.unwrap().to_string();
+    let cancelled = Command::new("scancel").arg(&job).status().unwrap();
+    assert!(cancelled.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "no trial finished");
+    let row = &csv_rows(&results)[0];
+    assert_eq!(row["status"], "failed");
+    assert!(
+        row["reason"].contains(&format!("Slurm job {job} was cancelled (CANCELLED")),
+        "{}",
+        row["reason"]
+    );
+}
+
+#[test]
+fn an_out_of_memory_job_is_resubmitted_with_half_the_micro_batch() {
+    if !slurm_is_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("m");
+    // 60 MiB per trial does not hold a micro-batch of 256 post-pretraining sequences of the
+    // `test` preset; a quarter of it does.
+    let spec = spec_file(
+        tmp.path(),
+        &name,
+        600,
+        "parameters:\n  method: {value: post_pretrain}\n  batch_size: {value: 256}\n  epochs: {value: 1}\n",
+        "{executor: slurm, devices: cpu, parallel: 1, memory_per_device: 60}",
+    );
+    let out = run(&[
+        "run".as_ref(),
+        spec.as_os_str(),
+        "--quiet".as_ref(),
+        "--no-memory-check".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let results = tmp.path().join(&name);
+    let journal = events(&results);
+    let ooms = of_kind(&journal, "trial_out_of_memory").len();
+    assert!(ooms >= 1, "never out of memory: {journal:?}");
+    // Each run of the trial was its own job.
+    let jobs = jobs_in(&results.join("trials/0001"));
+    assert_eq!(jobs.len(), ooms + 1, "{jobs:?}");
+    let log = std::fs::read_to_string(results.join("trials/0001/train.log")).unwrap();
+    assert!(log.contains("memory allocation of"), "{log}");
+    let row = &csv_rows(&results)[0];
+    assert_eq!(row["status"], "finished");
+    assert_eq!(row["retries"], ooms.to_string());
+    let micro: u32 = row["micro_batch"].parse().unwrap();
+    let accum: u32 = row["grad_accum"].parse().unwrap();
+    assert_eq!((micro, micro * accum), (256 >> ooms, 256));
+}
+
+#[test]
+fn the_pre_timeout_signal_saves_requeues_and_the_trial_ends_as_if_uninterrupted() {
+    if !slurm_is_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("q");
+    let params = "parameters:\n  epochs: {value: 8}\n";
+    let spec = spec_file(
+        tmp.path(),
+        &name,
+        300,
+        params,
+        "{executor: slurm, devices: cpu, parallel: 1}",
+    );
+    let results = tmp.path().join(&name);
+    let mut child = spawn_run(&spec, false);
+    let mut job = None;
+    wait_until("the job submitted", || {
+        job = started_job(&results, 1);
+        job.is_some()
+    });
+    let job = job.unwrap().to_string();
+    let out = results.join(format!("trials/0001/slurm-{job}.out"));
+    // Mid-epoch: after a few steps of the first epoch.
+    wait_until("training steps", || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .matches("\"kind\":\"step\"")
+            .count()
+            >= 3
+    });
+    // What Slurm sends before the time limit (--signal=B:USR1@90).
+    let signalled = Command::new("scancel")
+        .args(["--batch", "--signal=USR1", &job])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    // A requeued job waits for its begin time; as an administrator would, let it start now.
+    wait_until("the job requeued", || {
+        let q = Command::new("squeue")
+            .args(["-h", "-j", &job, "-o", "%T|%r"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&q.stdout).to_string();
+        if text.starts_with("PENDING") {
+            let _ = Command::new("scontrol")
+                .args(["update", &format!("JobId={job}"), "StartTime=now"])
+                .status();
+            return true;
+        }
+        child.try_wait().unwrap().is_some()
+    });
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(results.join("trials/0001/train.log")).unwrap();
+    assert!(log.contains("on the pre-timeout signal"), "{log}");
+    assert!(log.contains("(restart 1)"), "{log}");
+    assert!(log.contains("resuming after epoch 0"), "{log}");
+    assert_eq!(jobs_in(&results.join("trials/0001")), vec![job.clone()]);
+    let journal = events(&results);
+    assert_eq!(of_kind(&journal, "trial_started").len(), 1);
+
+    // The same trial uninterrupted, on the local pool: the same metrics.
+    let local_name = format!("{name}l");
+    let local = spec_file(
+        tmp.path(),
+        &local_name,
+        300,
+        params,
+        "{devices: cpu, parallel: 1}",
+    );
+    let out = run(&["run".as_ref(), local.as_os_str(), "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(0));
+    let (s, l): (HashMap<_, _>, HashMap<_, _>) = (
+        csv_rows(&results).remove(0),
+        csv_rows(&tmp.path().join(&local_name)).remove(0),
+    );
+    assert_eq!(s["status"], "finished");
+    for column in ["accuracy", "dev_loss", "train_loss"] {
+        assert_close(&s[column], &l[column], column);
+    }
+}
+
+#[test]
+fn ctrl_c_scancels_the_jobs_and_resume_submits_them_again() {
+    if !slurm_is_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("i");
+    let spec = spec_file(
+        tmp.path(),
+        &name,
+        300,
+        "parameters:\n  epochs: {value: 8}\n",
+        "{executor: slurm, devices: cpu, parallel: 1}",
+    );
+    let results = tmp.path().join(&name);
+    let mut child = spawn_run(&spec, false);
+    let mut job = None;
+    wait_until("the job submitted", || {
+        job = started_job(&results, 1);
+        job.is_some()
+    });
+    let job = job.unwrap().to_string();
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(csv_rows(&results)[0]["status"], "stopped");
+    let state = Command::new("squeue")
+        .args(["-h", "--states=all", "-j", &job, "-o", "%T"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "CANCELLED");
+    // --resume finds no live job for it and submits it once more.
+    let out = run(&[
+        "run".as_ref(),
+        spec.as_os_str(),
+        "--resume".as_ref(),
+        "--quiet".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(csv_rows(&results)[0]["status"], "finished");
+    let jobs = jobs_in(&results.join("trials/0001"));
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(jobs.contains(&job));
+}
+
+#[test]
+fn a_submission_slurm_rejects_is_recorded_with_slurms_message() {
+    if !slurm_is_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("r");
+    let spec = spec_file(
+        tmp.path(),
+        &name,
+        48,
+        "parameters:\n  epochs: {value: 1}\n",
+        "{executor: slurm, devices: cpu, sbatch_args: [\"--constraint=no-such-feature\"]}",
+    );
+    let out = run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(1));
+    let row = &csv_rows(&tmp.path().join(&name))[0];
+    assert_eq!(row["status"], "failed");
+    assert!(
+        row["reason"].contains("sbatch refused the job: sbatch: error:"),
+        "{}",
+        row["reason"]
+    );
+}
+
+#[test]
+fn a_job_pending_for_a_reason_that_never_clears_is_reported_in_the_journal() {
+    if !slurm_is_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("h");
+    // A held job pends until someone releases it: it never starts by waiting.
+    let spec = spec_file(
+        tmp.path(),
+        &name,
+        48,
+        "parameters:\n  epochs: {value: 1}\n",
+        "{executor: slurm, devices: cpu, sbatch_args: [\"--hold\"]}",
+    );
+    let results = tmp.path().join(&name);
+    let mut child = spawn_run(&spec, false);
+    let mut waiting = None;
+    wait_until("the trial reported waiting", || {
+        waiting = of_kind(&events(&results), "trial_waiting")
+            .first()
+            .map(|e| e["reason"].as_str().unwrap_or_default().to_string());
+        waiting.is_some()
+    });
+    let reason = waiting.unwrap();
+    let job = started_job(&results, 1).unwrap().to_string();
+    assert!(
+        reason.contains(&format!("Slurm job {job} pending: JobHeldUser")),
+        "{reason}"
+    );
+    let released = Command::new("scontrol")
+        .args(["release", &job])
+        .status()
+        .unwrap();
+    assert!(released.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(csv_rows(&results)[0]["status"], "finished");
+}
+
+/// Needs no Slurm: the trainer's side of the pre-timeout signal, on a trial folder of its own.
+#[test]
+fn sigusr1_saves_a_resume_point_mid_epoch_and_a_rerun_ends_as_if_uninterrupted() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec_file(
+        tmp.path(),
+        "u",
+        120,
+        "parameters:\n  epochs: {value: 3}\n",
+        "{devices: cpu, parallel: 1}",
+    );
+    let out = run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(0));
+    let reference = tmp.path().join("u/trials/0001");
+    let dir = tmp.path().join("again");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(reference.join("config.json"), dir.join("config.json")).unwrap();
+    let train = || {
+        let mut cmd = sweep();
+        cmd.arg("train")
+            .arg(&dir)
+            .env_remove("SLURM_JOB_ID")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        cmd
+    };
+    let mut child = train().spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut steps = 0;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line.contains("\"kind\":\"step\"") {
+            steps += 1;
+            if steps == 3 {
+                let sent = Command::new("kill")
+                    .args(["-USR1", &child.id().to_string()])
+                    .status()
+                    .unwrap();
+                assert!(sent.success());
+            }
+        }
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(75));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("resume/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["epoch"], 0, "{state}");
+    assert!(state["partial"]["steps"].as_u64().unwrap() >= 3, "{state}");
+    assert!(!dir.join("result.json").exists());
+    let again = train().stdout(Stdio::null()).status().unwrap();
+    assert!(again.success());
+    let read = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("result.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (read(&dir), read(&reference));
+    for key in ["accuracy", "dev_loss", "train_loss", "best_epoch"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+}
