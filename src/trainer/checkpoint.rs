@@ -119,7 +119,9 @@ pub fn export_merged(adapter_dir: &Path, out: &Path) -> Result<()> {
         serde_json::to_vec_pretty(&config.to_hf_json()).at(&config_out)?,
     )
     .at(&config_out)?;
-    for file in ["tokenizer.json", "tokenizer_config.json"] {
+    // labels.json too, so `sweep eval` and `sweep predict` take the merged folder as they take
+    // the adapters.
+    for file in ["tokenizer.json", "tokenizer_config.json", "labels.json"] {
         let from = [adapter_dir.join(file), base.join(file)]
             .into_iter()
             .find(|p| p.exists());
