@@ -179,6 +179,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 summary.dir.display()
             );
             print!("{}", sweep::results::report::render(&summary.dir)?);
+            println!(
+                "report: {}",
+                summary.dir.join(sweep::results::html::FILE).display()
+            );
             Ok(if summary.best.is_some() {
                 ExitCode::SUCCESS
             } else {

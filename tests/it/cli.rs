@@ -130,6 +130,12 @@ fn a_trial_killed_mid_sweep_is_recorded_and_the_sweep_goes_on() {
         crashed["reason"].contains("killed by signal 9"),
         "{crashed:?}"
     );
+    // The report, rewritten as trials ended, marks the failed trial in its leaderboard.
+    let page = std::fs::read_to_string(tmp.path().join("results/report.html")).unwrap();
+    assert!(
+        page.contains("<tr class=\"failed\"><td></td><td>0002</td>"),
+        "the failed trial is not marked in report.html"
+    );
 }
 
 #[test]
@@ -251,6 +257,36 @@ fn post_pretrain_checkpoint_is_the_base_of_the_next_sweep() {
         .as_str()
         .unwrap()
         .ends_with("best/checkpoint"));
+    // `sweep eval` takes adapters on a folder base, and their merged export, alike.
+    let lora = tmp.path().join("ft/trials/0002/checkpoint");
+    let merged = tmp.path().join("merged");
+    assert!(run(&[
+        "export".as_ref(),
+        lora.as_os_str(),
+        "--merge".as_ref(),
+        merged.as_os_str()
+    ])
+    .status
+    .success());
+    let recorded: f64 = rows.iter().find(|r| r["trial"] == "2").unwrap()["accuracy"]
+        .parse()
+        .unwrap();
+    for ckpt in [&lora, &merged] {
+        let out = run(&[
+            "eval".as_ref(),
+            ckpt.as_os_str(),
+            dev.as_os_str(),
+            "--json".as_ref(),
+        ]);
+        assert!(out.status.success());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let acc = report["accuracy"].as_f64().unwrap();
+        assert!(
+            (acc - recorded).abs() < 1e-9,
+            "{}: {acc} vs {recorded}",
+            ckpt.display()
+        );
+    }
 }
 
 #[test]
