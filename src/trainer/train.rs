@@ -333,13 +333,24 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         if improves {
             // With what `sweep eval` and `sweep predict` need besides the weights; then the dev
             // predictions behind this epoch's accuracy (for per-class metrics and confusions).
-            let labels_json = labels_file(&checkpoint_dir, &labels, p.max_seq_len, eval_batch)?;
+            let mut extra = vec![(
+                CheckpointLabels::FILE,
+                labels_file(&checkpoint_dir, &labels, p.max_seq_len, eval_batch)?,
+            )];
+            // The base folder's chat template, which rendered every prompt and answer.
+            if let ModelSource::Path(src) = &cfg.model {
+                for name in ["tokenizer_config.json", "chat_template.jinja"] {
+                    if let Ok(bytes) = std::fs::read(src.join(name)) {
+                        extra.push((name, bytes));
+                    }
+                }
+            }
             crate::trainer::checkpoint::save_with(
                 model,
                 &tokenizer,
                 &base,
                 &checkpoint_dir,
-                &[(CheckpointLabels::FILE, labels_json)],
+                &extra,
             )?;
             if let Some(scores) = &epoch_scores {
                 save_predictions(dir, &dev, scores, &labels)?;

@@ -327,4 +327,23 @@ fn a_model_folder_with_a_chat_template_trains_through_it() {
     assert!(rows.iter().all(|r| r["status"] == "finished"), "{rows:?}");
     let acc: f64 = rows[0]["accuracy"].parse().unwrap();
     assert!((0.0..=1.0).contains(&acc));
+    // The checkpoints keep the template, so `sweep eval` renders prompts as training did.
+    for r in &rows {
+        let ckpt = tmp
+            .path()
+            .join("out/trials")
+            .join(format!("{:0>4}", r["trial"]))
+            .join("checkpoint");
+        assert!(ckpt.join("tokenizer_config.json").exists());
+        let out = run(&[
+            "eval".as_ref(),
+            ckpt.as_os_str(),
+            dev.as_os_str(),
+            "--json".as_ref(),
+        ]);
+        assert!(out.status.success());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let recorded: f64 = r["accuracy"].parse().unwrap();
+        assert!((report["accuracy"].as_f64().unwrap() - recorded).abs() < 1e-9);
+    }
 }
