@@ -65,8 +65,8 @@ enum Command {
         csv: Option<PathBuf>,
         /// Write the interactive HTML report (one self-contained file) to OUT, by default
         /// DIR/report.html.
-        #[arg(long, value_name = "OUT", num_args = 0..=1, default_missing_value = "")]
-        html: Option<PathBuf>,
+        #[arg(long, value_name = "OUT", num_args = 0..=1)]
+        html: Option<Option<PathBuf>>,
         /// Write the main plots as PNG images into this folder.
         #[arg(long, value_name = "DIR")]
         png: Option<PathBuf>,
@@ -182,6 +182,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 summary.dir.display()
             );
             print!("{}", sweep::results::report::render(&summary.dir)?);
+            println!(
+                "report: {}",
+                summary.dir.join(sweep::results::html::FILE).display()
+            );
             Ok(if summary.best.is_some() {
                 ExitCode::SUCCESS
             } else {
@@ -218,7 +222,6 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         } => {
             print!("{}", sweep::results::report::render(&dir)?);
             if let Some(out) = html {
-                let out = (!out.as_os_str().is_empty()).then_some(out);
                 let written = sweep::results::html::write(&dir, out.as_deref())?;
                 println!("HTML report: {}", written.display());
             }

@@ -14,7 +14,23 @@ use crate::util::fs::{replace_dir, staging_dir};
 /// Writes the model's checkpoint into `dir`, replacing what was there only once the new one is
 /// complete (written beside it, then renamed).
 pub fn save(model: &CausalLm, tokenizer: &TextTokenizer, base: &str, dir: &Path) -> Result<()> {
+    save_with(model, tokenizer, base, dir, &[])
+}
+
+/// As `save`, with `extra` files (name, contents) in the same folder swap, so a checkpoint is
+/// never seen without them (labels.json).
+pub fn save_with(
+    model: &CausalLm,
+    tokenizer: &TextTokenizer,
+    base: &str,
+    dir: &Path,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<()> {
     let tmp = staging_dir(dir).at(dir)?;
+    for (name, bytes) in extra {
+        let path = tmp.join(name);
+        std::fs::write(&path, bytes).at(&path)?;
+    }
     match model.lora_settings() {
         None => {
             let tensors: HashMap<String, Tensor> = model.base_tensors().into_iter().collect();
@@ -119,7 +135,9 @@ pub fn export_merged(adapter_dir: &Path, out: &Path) -> Result<()> {
         serde_json::to_vec_pretty(&config.to_hf_json()).at(&config_out)?,
     )
     .at(&config_out)?;
-    for file in ["tokenizer.json", "tokenizer_config.json"] {
+    // labels.json too, so `sweep eval` and `sweep predict` take the merged folder as they take
+    // the adapters.
+    for file in ["tokenizer.json", "tokenizer_config.json", "labels.json"] {
         let from = [adapter_dir.join(file), base.join(file)]
             .into_iter()
             .find(|p| p.exists());

@@ -79,6 +79,12 @@ impl Scorer {
             ));
         }
         let labels = CheckpointLabels::read(checkpoint)?;
+        if labels.labels.is_empty() {
+            return Err(bad_file(
+                &checkpoint.join(CheckpointLabels::FILE),
+                "no candidate labels: this checkpoint was trained without labels (post_pretrain), so it cannot classify",
+            ));
+        }
         let (model, tokenizer) = if adapter_path.exists() {
             let text = std::fs::read_to_string(&adapter_path).at(&adapter_path)?;
             let adapter: AdapterConfig = serde_json::from_str(&text).at(&adapter_path)?;

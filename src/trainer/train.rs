@@ -370,10 +370,27 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
             Some(b) => cfg.metric.rank(&score, &b.score(cfg.metric.name)) == Ordering::Less,
         };
         if improves {
-            crate::trainer::checkpoint::save(model, &tokenizer, &base, &checkpoint_dir)?;
-            // What `sweep eval` and `sweep predict` need besides the weights, and the dev
+            // With what `sweep eval` and `sweep predict` need besides the weights; then the dev
             // predictions behind this epoch's accuracy (for per-class metrics and confusions).
-            save_labels(&checkpoint_dir, &labels, p.max_seq_len, eval_batch)?;
+            let mut extra = vec![(
+                CheckpointLabels::FILE,
+                labels_file(&checkpoint_dir, &labels, p.max_seq_len, eval_batch)?,
+            )];
+            // The base folder's chat template, which rendered every prompt and answer.
+            if let ModelSource::Path(src) = &cfg.model {
+                for name in ["tokenizer_config.json", "chat_template.jinja"] {
+                    if let Ok(bytes) = std::fs::read(src.join(name)) {
+                        extra.push((name, bytes));
+                    }
+                }
+            }
+            crate::trainer::checkpoint::save_with(
+                model,
+                &tokenizer,
+                &base,
+                &checkpoint_dir,
+                &extra,
+            )?;
             if let Some(scores) = &epoch_scores {
                 save_predictions(dir, &dev, scores, &labels)?;
             }
@@ -431,20 +448,19 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     Ok(result)
 }
 
-/// `labels.json` beside the checkpoint's weights (`protocol::evaluation::CheckpointLabels`).
-fn save_labels(
+/// The contents of a checkpoint's `labels.json` (`protocol::evaluation::CheckpointLabels`).
+fn labels_file(
     checkpoint: &Path,
     labels: &[String],
     max_seq_len: u32,
     eval_batch: usize,
-) -> Result<()> {
-    let path = checkpoint.join(CheckpointLabels::FILE);
+) -> Result<Vec<u8>> {
     let value = CheckpointLabels {
         labels: labels.to_vec(),
         max_seq_len,
         eval_batch,
     };
-    write_atomic(&path, &serde_json::to_vec_pretty(&value).at(&path)?).at(&path)
+    serde_json::to_vec_pretty(&value).at(&checkpoint.join(CheckpointLabels::FILE))
 }
 
 /// The best epoch's dev predictions (`protocol::evaluation::dev_predictions`).

@@ -130,6 +130,12 @@ fn a_trial_killed_mid_sweep_is_recorded_and_the_sweep_goes_on() {
         crashed["reason"].contains("killed by signal 9"),
         "{crashed:?}"
     );
+    // The report, rewritten as trials ended, marks the failed trial in its leaderboard.
+    let page = std::fs::read_to_string(tmp.path().join("results/report.html")).unwrap();
+    assert!(
+        page.contains("<tr class=\"failed\"><td></td><td>0002</td>"),
+        "the failed trial is not marked in report.html"
+    );
 }
 
 #[test]
@@ -251,6 +257,36 @@ fn post_pretrain_checkpoint_is_the_base_of_the_next_sweep() {
         .as_str()
         .unwrap()
         .ends_with("best/checkpoint"));
+    // `sweep eval` takes adapters on a folder base, and their merged export, alike.
+    let lora = tmp.path().join("ft/trials/0002/checkpoint");
+    let merged = tmp.path().join("merged");
+    assert!(run(&[
+        "export".as_ref(),
+        lora.as_os_str(),
+        "--merge".as_ref(),
+        merged.as_os_str()
+    ])
+    .status
+    .success());
+    let recorded: f64 = rows.iter().find(|r| r["trial"] == "2").unwrap()["accuracy"]
+        .parse()
+        .unwrap();
+    for ckpt in [&lora, &merged] {
+        let out = run(&[
+            "eval".as_ref(),
+            ckpt.as_os_str(),
+            dev.as_os_str(),
+            "--json".as_ref(),
+        ]);
+        assert!(out.status.success());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let acc = report["accuracy"].as_f64().unwrap();
+        assert!(
+            (acc - recorded).abs() < 1e-9,
+            "{}: {acc} vs {recorded}",
+            ckpt.display()
+        );
+    }
 }
 
 #[test]
@@ -291,4 +327,23 @@ fn a_model_folder_with_a_chat_template_trains_through_it() {
     assert!(rows.iter().all(|r| r["status"] == "finished"), "{rows:?}");
     let acc: f64 = rows[0]["accuracy"].parse().unwrap();
     assert!((0.0..=1.0).contains(&acc));
+    // The checkpoints keep the template, so `sweep eval` renders prompts as training did.
+    for r in &rows {
+        let ckpt = tmp
+            .path()
+            .join("out/trials")
+            .join(format!("{:0>4}", r["trial"]))
+            .join("checkpoint");
+        assert!(ckpt.join("tokenizer_config.json").exists());
+        let out = run(&[
+            "eval".as_ref(),
+            ckpt.as_os_str(),
+            dev.as_os_str(),
+            "--json".as_ref(),
+        ]);
+        assert!(out.status.success());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let recorded: f64 = r["accuracy"].parse().unwrap();
+        assert!((report["accuracy"].as_f64().unwrap() - recorded).abs() < 1e-9);
+    }
 }
