@@ -88,6 +88,7 @@ fn main() -> Result<()> {
             counted_per_sequence: seq - 1,
             counted_longest_first: None,
             bytes_per_value: 4,
+            shared_prefix: 0,
         },
         batch,
     );
