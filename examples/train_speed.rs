@@ -89,6 +89,7 @@ fn main() -> Result<()> {
             counted_longest_first: None,
             bytes_per_value: 4,
             on_cuda: false,
+            shared_prefix: 0,
         },
         batch,
     );

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{CheckReport, Problem};
+use crate::spec::ConflictPolicy;
 use crate::text::data::{
     example_from_value, field_meant, parse_json_line, Example, FIELDS, LINE_EXAMPLE,
 };
@@ -27,7 +28,12 @@ pub struct DataFile {
 }
 
 /// Reads and checks a data file; None when it cannot be read at all (reported).
-pub fn check_data_file(path: &Path, report: &mut CheckReport) -> Option<DataFile> {
+/// `conflicts` says whether a query repeated with another label is a warning or an error.
+pub fn check_data_file(
+    path: &Path,
+    conflicts: ConflictPolicy,
+    report: &mut CheckReport,
+) -> Option<DataFile> {
     let file = path.display().to_string();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -71,7 +77,7 @@ pub fn check_data_file(path: &Path, report: &mut CheckReport) -> Option<DataFile
         }
     };
     let before = report.errors();
-    let mut data = check_data_bytes(&bytes, &file, report);
+    let mut data = check_data_bytes(&bytes, &file, conflicts, report);
     if report.errors() > before {
         data.has_errors = true;
         add_format_hint(path, report);
@@ -100,18 +106,29 @@ fn add_format_hint(path: &Path, report: &mut CheckReport) {
 
 /// Checks the bytes of one data file; `file` names it in messages. Never panics, whatever the
 /// bytes; the work is linear in their length.
-pub fn check_data_bytes(bytes: &[u8], file: &str, report: &mut CheckReport) -> DataFile {
+pub fn check_data_bytes(
+    bytes: &[u8],
+    file: &str,
+    conflicts: ConflictPolicy,
+    report: &mut CheckReport,
+) -> DataFile {
     let mut out = DataFile {
         file: file.to_string(),
         ..DataFile::default()
     };
     let before = report.errors();
-    check_bytes_into(bytes, file, report, &mut out);
+    check_bytes_into(bytes, file, conflicts, report, &mut out);
     out.has_errors = report.errors() > before;
     out
 }
 
-fn check_bytes_into(bytes: &[u8], file: &str, report: &mut CheckReport, out: &mut DataFile) {
+fn check_bytes_into(
+    bytes: &[u8],
+    file: &str,
+    conflicts: ConflictPolicy,
+    report: &mut CheckReport,
+    out: &mut DataFile,
+) {
     if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") {
         report.push(
             Problem::error(file, "the file is UTF-16 text; sweep reads UTF-8")
@@ -257,7 +274,7 @@ fn check_bytes_into(bytes: &[u8], file: &str, report: &mut CheckReport, out: &mu
             .hint(format!("{meant}sweep reads {}", FIELDS.join(", "))),
         );
     }
-    check_examples(file, &out.examples, report);
+    check_examples(file, &out.examples, conflicts, report);
 }
 
 /// One top-level JSON value of a file parsed as a whole, and the records it holds.
@@ -420,15 +437,60 @@ pub fn looks_like_classes(examples: &[Example]) -> bool {
     distinct.len() * 2 <= labels.len() || words <= 3 * labels.len()
 }
 
+/// How many first conflicting lines a conflict problem shows.
+const CONFLICTS_SHOWN: usize = 3;
+
+/// One problem for every query repeated with a different label (noisy labels, as real labelled
+/// data has): how many, and the first few lines. A warning, so the data trains as it is, unless
+/// the spec says `data: {conflicts: error}`.
+fn conflict_problem(
+    file: &str,
+    conflicting: &[(usize, usize, &str, &str)],
+    policy: ConflictPolicy,
+) -> Option<Problem> {
+    let (first, ..) = conflicting.first()?;
+    let shown: Vec<String> = conflicting
+        .iter()
+        .take(CONFLICTS_SHOWN)
+        .map(|(line, earlier, a, b)| format!("line {line} `{b}` (line {earlier}: `{a}`)"))
+        .collect();
+    let more = conflicting.len().saturating_sub(CONFLICTS_SHOWN);
+    let message = format!(
+        "conflicting labels: {} example(s) repeat an earlier src with a different tgt: {}{}",
+        conflicting.len(),
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    );
+    let problem = match policy {
+        ConflictPolicy::Warn => Problem::warning(file, message).hint(
+            "sweep trains on them as they are (noisy labels); `data: {conflicts: error}` in the sweep file refuses them",
+        ),
+        ConflictPolicy::Error => Problem::error(file, message)
+            .hint("keep one label per query, or drop `conflicts: error` to train on noisy labels"),
+    };
+    Some(problem.at(Some(*first), None).field("tgt"))
+}
+
 /// The identity of an example's input: everything but the answer.
 fn input_key(e: &Example) -> (&Option<String>, &Vec<(String, String)>, &str) {
     (&e.system, &e.history, e.src.as_str())
 }
 
 /// Duplicates, contradictions and a mix of labelled and unlabelled lines within one file.
-fn check_examples(file: &str, examples: &[Example], report: &mut CheckReport) {
+fn check_examples(
+    file: &str,
+    examples: &[Example],
+    conflicts: ConflictPolicy,
+    report: &mut CheckReport,
+) {
     let classes = looks_like_classes(examples);
     let mut first_seen: HashMap<_, (usize, Option<&str>)> = HashMap::new();
+    // (line, earlier line, earlier label, this label) of every query repeated with another label.
+    let mut conflicting: Vec<(usize, usize, &str, &str)> = Vec::new();
     for e in examples {
         match first_seen.get(&input_key(e)) {
             None => {
@@ -443,22 +505,26 @@ fn check_examples(file: &str, examples: &[Example], report: &mut CheckReport) {
                 let (Some(a), Some(b)) = (tgt, e.tgt.as_deref()) else {
                     continue;
                 };
-                let p = if classes {
-                    Problem::error(
-                        file,
-                        format!("conflicting labels: the same src as line {line} has tgt `{a}` there and `{b}` here"),
-                    )
-                    .hint("one query cannot have two right answers; keep one label, or make the queries differ")
+                if classes {
+                    conflicting.push((e.line, *line, a, b));
                 } else {
-                    Problem::warning(
-                        file,
-                        format!("the same src as line {line} has a different tgt there"),
-                    )
-                    .hint("fine for free-text answers (several references); a mistake for labels")
-                };
-                report.push(p.at(Some(e.line), None).field("tgt"));
+                    report.push(
+                        Problem::warning(
+                            file,
+                            format!("the same src as line {line} has a different tgt there"),
+                        )
+                        .hint(
+                            "fine for free-text answers (several references); a mistake for labels",
+                        )
+                        .at(Some(e.line), None)
+                        .field("tgt"),
+                    );
+                }
             }
         }
+    }
+    if let Some(problem) = conflict_problem(file, &conflicting, conflicts) {
+        report.push(problem);
     }
     let labelled = examples.iter().filter(|e| e.tgt.is_some()).count();
     let unlabelled = examples.len() - labelled;
@@ -500,7 +566,7 @@ mod tests {
 
     fn check(text: &[u8]) -> (CheckReport, DataFile) {
         let mut r = CheckReport::default();
-        let d = check_data_bytes(text, "f.json", &mut r);
+        let d = check_data_bytes(text, "f.json", ConflictPolicy::Warn, &mut r);
         (r, d)
     }
 
@@ -558,12 +624,40 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("f.json:3: error: tgt: conflicting labels"),
+            text.contains("f.json:3: warning: tgt: conflicting labels: 1 example(s) repeat an earlier src with a different tgt: line 3 `y` (line 1: `x`)"),
             "{text}"
         );
         assert!(
             text.contains("f.json:3: warning: id: field `id` is not read"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn noisy_labels_are_one_warning_with_a_count_or_an_error_when_the_spec_says_so() {
+        let mut text = String::new();
+        for i in 0..6 {
+            text.push_str(&format!("{{\"src\":\"q{i}\",\"tgt\":\"a\"}}\n"));
+        }
+        for i in 0..5 {
+            text.push_str(&format!("{{\"src\":\"q{i}\",\"tgt\":\"b\"}}\n"));
+        }
+        let (r, d) = check(text.as_bytes());
+        assert!(!d.has_errors, "noisy labels train");
+        assert_eq!(r.warnings(), 1, "{}", r.render());
+        let shown = r.render();
+        assert!(
+            shown.contains("f.json:7: warning: tgt: conflicting labels: 5 example(s) repeat an earlier src with a different tgt: line 7 `b` (line 1: `a`), line 8 `b` (line 2: `a`), line 9 `b` (line 3: `a`) and 2 more"),
+            "{shown}"
+        );
+        let mut r = CheckReport::default();
+        let d = check_data_bytes(text.as_bytes(), "f.json", ConflictPolicy::Error, &mut r);
+        assert!(d.has_errors);
+        assert!(
+            r.render()
+                .contains("f.json:7: error: tgt: conflicting labels: 5 example(s)"),
+            "{}",
+            r.render()
         );
     }
 }

@@ -14,7 +14,7 @@ pub fn check_data_files(paths: &[PathBuf]) -> CheckReport {
     let mut report = CheckReport::default();
     let mut loaded: Vec<(&PathBuf, DataFile)> = Vec::new();
     for p in paths {
-        if let Some(d) = check_data_file(p, &mut report) {
+        if let Some(d) = check_data_file(p, crate::spec::ConflictPolicy::Warn, &mut report) {
             loaded.push((p, d));
         }
     }

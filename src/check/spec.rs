@@ -8,6 +8,7 @@
 //! `TrialParams::check_assignment`) are reused here rather than written twice.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use yaml_serde::Value as Yaml;
@@ -20,6 +21,7 @@ use super::yaml::{locate, strip_position, Seg, Target};
 use super::{CheckReport, Problem, Severity};
 use crate::spec::params::{parameter_names, Method, TrialParams, PARAMETER_ALIASES};
 use crate::spec::search::{assignments, grid_size};
+use crate::spec::ConflictPolicy;
 use crate::spec::ModelSource;
 use crate::spec::{Domain, SearchMethod, SpecError, SweepSpec};
 use crate::text::encode::TokenCounts;
@@ -83,6 +85,7 @@ const DATA: &[Key] = &[
     key("train", Shape::Text, true, false),
     key("dev", Shape::Text, true, false),
     key("test", Shape::Text, false, true),
+    key("conflicts", Shape::OneOf(&["warn", "error"]), false, true),
 ];
 const MODEL: &[Key] = &[
     key(
@@ -960,6 +963,10 @@ fn check_named_files(
     };
     let mut data: Vec<Option<DataFile>> = Vec::new();
     let mut paths: Vec<PathBuf> = Vec::new();
+    let conflicts = match text_at(yaml, &["data", "conflicts"]).as_deref() {
+        Some("error") => ConflictPolicy::Error,
+        _ => ConflictPolicy::Warn,
+    };
     for which in ["train", "dev"] {
         let field = format!("data.{which}");
         let seg = [Seg::Key("data".into()), Seg::Key(which.into())];
@@ -984,7 +991,7 @@ fn check_named_files(
                 );
                 return None;
             }
-            check_data_file(&path, ctx.report)
+            check_data_file(&path, conflicts, ctx.report)
         });
         data.push(loaded);
     }
@@ -1030,7 +1037,7 @@ fn check_named_files(
                 format!("`{p}` not found"),
                 missing_file_hint(&path, Some("data.test")),
             );
-        } else if let Some(test) = check_data_file(&path, ctx.report) {
+        } else if let Some(test) = check_data_file(&path, conflicts, ctx.report) {
             if let Some(t) = train {
                 cross_check_as(t, &test, "test", ctx.report);
             }
@@ -1083,6 +1090,12 @@ fn check_named_files(
             }
         }
     }
+    // Without `max_seq_len` in the sweep file, the trials use one fitted to the data (known
+    // once the data is tokenized below).
+    let fitted_by_default = checked
+        .spec
+        .as_ref()
+        .is_some_and(|s| !s.parameters.contains_key("max_seq_len"));
     let mut lengths = Lengths::default();
     for p in trials {
         match p.method {
@@ -1101,11 +1114,15 @@ fn check_named_files(
         "{file}: {} trial(s) ({}), max_seq_len {}",
         trials.len(),
         methods.into_iter().collect::<Vec<_>>().join(", "),
-        all_lengths
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        if fitted_by_default {
+            "fitted to the data".to_string()
+        } else {
+            all_lengths
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     ));
     let train = train?;
     if train.examples.is_empty() {
@@ -1127,6 +1144,35 @@ fn check_named_files(
         .iter()
         .map(|d| TokenCounts::measure(&tokenizer, &d.examples))
         .collect();
+    if fitted_by_default {
+        let max_positions = match &model {
+            ModelSource::Preset(name) => {
+                crate::spec::shape::preset(name).map(|c| c.max_position_embeddings)
+            }
+            ModelSource::Path(dir) => crate::text::model_folder::read_config(dir)
+                .ok()
+                .map(|c| c.max_position_embeddings),
+        };
+        if let (Some(max_positions), Some(train_counts)) = (max_positions, counts.first()) {
+            let longest = train_counts.longest();
+            let fitted = crate::spec::params::fitted_max_seq_len(longest, max_positions);
+            ctx.report.note(format!(
+                "{file}: {}",
+                crate::plan::fitted_note(fitted, longest, max_positions)
+            ));
+            let one = |set: &BTreeSet<usize>| -> BTreeSet<usize> {
+                if set.is_empty() {
+                    BTreeSet::new()
+                } else {
+                    BTreeSet::from([fitted as usize])
+                }
+            };
+            lengths = Lengths {
+                supervised: one(&lengths.supervised),
+                unsupervised: one(&lengths.unsupervised),
+            };
+        }
+    }
     let files: Vec<(&DataFile, &TokenCounts)> = loaded.iter().copied().zip(&counts).collect();
     check_lengths(&files, &lengths, ctx.report);
     // The first file is train: the planner sizes memory with its counts.
@@ -1204,6 +1250,29 @@ mod tests {
         let text = yaml_serde::to_string(&spec).unwrap();
         let out = check(&text);
         assert!(!out.contains("error"), "{text}\n{out}");
+    }
+
+    #[test]
+    fn data_conflicts_is_known_to_the_walk_and_to_sweep_spec() {
+        for (value, policy) in [
+            ("warn", ConflictPolicy::Warn),
+            ("error", ConflictPolicy::Error),
+        ] {
+            let text = format!(
+                "name: t\ndata: {{train: a, dev: b, conflicts: {value}}}\nparameters: {{epochs: {{value: 1}}}}\n"
+            );
+            assert_eq!(
+                SweepSpec::from_yaml(&text, "s.yaml")
+                    .unwrap()
+                    .data
+                    .conflicts,
+                policy
+            );
+            let out = check(&text);
+            assert!(!out.contains("conflicts"), "{out}");
+        }
+        let out = check("name: t\ndata: {train: a, dev: b, conflicts: maybe}\nparameters: {epochs: {value: 1}}\n");
+        assert!(out.contains("conflicts"), "{out}");
     }
 
     #[test]

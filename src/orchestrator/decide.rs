@@ -357,6 +357,7 @@ mod tests {
             train: "t".into(),
             dev: "d".into(),
             test: None,
+            fitted_max_seq_len: None,
             model: crate::spec::ModelSource::Preset("test".into()),
             pool: Pool {
                 slots: Vec::new(),

@@ -293,6 +293,18 @@ pub struct Plan {
     pub slurm: Option<SlurmPlan>,
     pub swept: Vec<String>,
     pub trials: Vec<PlannedTrial>,
+    /// When the spec does not set `max_seq_len`: what the trials use instead, and why.
+    pub fitted_max_seq_len: Option<String>,
+}
+
+/// What a fitted `max_seq_len` is, for the plan and the checks.
+pub fn fitted_note(fitted: u32, longest: usize, max_positions: usize) -> String {
+    let why = if longest > max_positions {
+        format!("the longest training example has {longest} tokens, cut to the model's max_position_embeddings {max_positions}")
+    } else {
+        format!("the longest training example, within the model's max_position_embeddings {max_positions}")
+    };
+    format!("max_seq_len {fitted} (not set in the sweep file: {why})")
 }
 
 /// Token lengths of the training data under the model's tokenizer, for memory estimates.
@@ -305,6 +317,10 @@ struct Lengths {
     /// Counted positions per example, longest first: answers (sft/lora) and texts.
     answers_desc: Vec<usize>,
     texts_desc: Vec<usize>,
+    /// The longest training example in tokens, before truncation.
+    longest: usize,
+    /// Prompt tokens every labelled training example starts with.
+    shared_prefix: usize,
 }
 
 impl Lengths {
@@ -361,6 +377,8 @@ impl Lengths {
             text,
             answers_desc,
             texts_desc,
+            longest: counts.longest(),
+            shared_prefix: counts.shared_prefix,
         })
     }
 
@@ -393,6 +411,18 @@ impl Lengths {
             counted_longest_first: Some(counted_longest_first),
             bytes_per_value: 4,
             on_cuda: false,
+            // A prompt cut to max_seq_len keeps only bos of what the prompts share.
+            shared_prefix: match params.method {
+                Method::PostPretrain => 0,
+                Method::Sft | Method::Lora => {
+                    let cut = self.supervised.iter().any(|(p, a)| p + a > max);
+                    if cut {
+                        self.shared_prefix.min(1)
+                    } else {
+                        self.shared_prefix
+                    }
+                }
+            },
         }
     }
 }
@@ -497,6 +527,12 @@ impl Plan {
             Some(_) => pool.cpu_memory_limit_mb,
             None => pool.device_memory_mb(),
         };
+        let fitted = (!spec.parameters.contains_key("max_seq_len")).then(|| {
+            crate::spec::params::fitted_max_seq_len(
+                lengths.longest,
+                lengths.config.max_position_embeddings,
+            )
+        });
         let mut trials = Vec::new();
         for (i, assignment) in assignments(spec, &fname)?.into_iter().enumerate() {
             let id = i + 1;
@@ -509,6 +545,9 @@ impl Plan {
                         message: problem.message,
                     }
                 })?;
+            if let Some(fitted) = fitted {
+                params.max_seq_len = fitted;
+            }
             let mut refusal = None;
             let mut note = None;
             if slurm.is_none() && params.gpus as usize > pool.slots.len() {
@@ -594,6 +633,8 @@ impl Plan {
             slurm,
             swept: spec.swept_parameters(),
             trials,
+            fitted_max_seq_len: fitted
+                .map(|n| fitted_note(n, lengths.longest, lengths.config.max_position_embeddings)),
         })
     }
 
@@ -640,6 +681,10 @@ impl Plan {
             },
             self.results_dir.display()
         );
+        if let Some(note) = &self.fitted_max_seq_len {
+            out.push_str(note);
+            out.push_str("\n\n");
+        }
         let device_mb = match &self.slurm {
             Some(_) => self.pool.cpu_memory_limit_mb,
             None => self.pool.device_memory_mb(),

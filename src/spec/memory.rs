@@ -28,6 +28,9 @@ pub struct Workload<'a> {
     pub bytes_per_value: usize,
     /// On a CUDA device the process also holds a context, cuBLAS workspace and allocator slack.
     pub on_cuda: bool,
+    /// Tokens every training sequence starts with (the system prompt): a micro-batch of two or
+    /// more computes them once (shared-prefix training), not once per sequence.
+    pub shared_prefix: usize,
 }
 
 /// The parts of a trial's predicted peak, in bytes.
@@ -112,7 +115,13 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
     let gradients = trainable * b * if accumulating { 2.0 } else { 1.0 };
     let optimizer = 2.0 * trainable * b;
     let t = w.longest_sequence.max(2) as f64;
-    let tokens = micro_batch as f64 * t;
+    // The shared prefix once, then every sequence's own part (which attends to the prefix too).
+    let prefix = if micro_batch >= 2 {
+        (w.shared_prefix as f64).min(t - 1.0)
+    } else {
+        0.0
+    };
+    let tokens = micro_batch as f64 * (t - prefix) + prefix;
     let adapted_outputs: usize = match w.params.method {
         Method::Lora => w
             .params
@@ -126,7 +135,9 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
         * (PER_TOKEN_HIDDEN * c.hidden_size as f64
             + PER_TOKEN_INTERMEDIATE * c.intermediate_size as f64
             + PER_ADAPTED_OUTPUT * adapted_outputs as f64)
-        + PER_SCORE * micro_batch as f64 * c.num_attention_heads as f64 * t * t;
+        + PER_SCORE
+            * c.num_attention_heads as f64
+            * (micro_batch as f64 * (t - prefix) * t + prefix * prefix);
     let counted = match w.counted_longest_first {
         Some(lengths) if !lengths.is_empty() => likely_counted(lengths, micro_batch),
         _ => micro_batch as f64 * w.counted_per_sequence.max(1) as f64,
@@ -240,9 +251,17 @@ mod tests {
             counted_longest_first: None,
             bytes_per_value: 4,
             on_cuda: false,
+            shared_prefix: 0,
         };
         let (s, l) = (estimate(&w(&sft), 8), estimate(&w(&lora), 8));
         assert!(l.total < s.total);
+        // A system prompt of 100 tokens shared by the micro-batch is computed once.
+        let shared = Workload {
+            shared_prefix: 100,
+            ..w(&sft)
+        };
+        assert!(estimate(&shared, 8).activations < s.activations / 2.0);
+        assert_eq!(estimate(&shared, 1).total, estimate(&w(&sft), 1).total);
         assert!(l.optimizer < s.optimizer / 20.0);
         assert!(estimate(&w(&sft), 4).total < s.total);
         // 135M parameters in f32 are about 513 MiB.
@@ -262,6 +281,7 @@ mod tests {
             counted_longest_first: None,
             bytes_per_value: 4,
             on_cuda: false,
+            shared_prefix: 0,
         };
         let full = estimate(&w, 16).total;
         let quarter = estimate(&w, 4).total;
@@ -292,6 +312,7 @@ mod tests {
                 counted_longest_first: None,
                 bytes_per_value: 4,
                 on_cuda,
+                shared_prefix: 0,
             };
             let (cpu, gpu) = (estimate(&w(false), 8), estimate(&w(true), 8));
             let tensors = cpu.weights + cpu.gradients + cpu.optimizer + cpu.activations;

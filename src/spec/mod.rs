@@ -96,6 +96,19 @@ pub struct DataSpec {
     /// sweep ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<PathBuf>,
+    /// What a query repeated with a different label is: a warning (default; real labelled data
+    /// is noisy) or an error.
+    #[serde(default)]
+    pub conflicts: ConflictPolicy,
+}
+
+/// `data: {conflicts: warn | error}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    #[default]
+    Warn,
+    Error,
 }
 
 /// Either a built-in preset (random init, tokenizer built from the training data) or a Hugging

@@ -57,7 +57,8 @@ pub struct TrialParams {
     /// Projections that get adapters. Default: all seven linear projections of each layer.
     #[serde(default = "d_targets")]
     pub lora_targets: Vec<String>,
-    /// Longer examples lose prompt tokens from the left; the answer is never cut.
+    /// Longer examples lose prompt tokens from the left; the answer is never cut. A sweep that
+    /// does not set it gets `fitted_max_seq_len` (the planner and the checker set it).
     #[serde(default = "d_seq")]
     pub max_seq_len: u32,
     /// Fraction of optimizer steps spent warming the learning rate up from 0.
@@ -76,6 +77,19 @@ pub struct TrialParams {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tf32: bool,
 }
+
+/// The `max_seq_len` of a sweep that does not set it: its longest training example, so no
+/// prompt loses its start (where the seed's system prompt lists the classes), within the model's
+/// `max_position_embeddings`, and at least the smallest value allowed (8).
+pub fn fitted_max_seq_len(longest_example: usize, max_position_embeddings: usize) -> u32 {
+    let fitted = longest_example
+        .min(max_position_embeddings)
+        .max(MIN_SEQ_LEN as usize);
+    u32::try_from(fitted).unwrap_or(u32::MAX)
+}
+
+/// The smallest `max_seq_len` allowed.
+pub const MIN_SEQ_LEN: u32 = 8;
 
 fn d_method() -> Method {
     Method::Sft
@@ -288,7 +302,7 @@ impl TrialParams {
         if self.lora_targets.is_empty() {
             out.push(("lora_targets", "lora_targets is empty".into()));
         }
-        if self.max_seq_len < 8 {
+        if self.max_seq_len < MIN_SEQ_LEN {
             out.push(("max_seq_len", "max_seq_len must be at least 8".into()));
         }
         if !(0.0..1.0).contains(&self.warmup) {
@@ -443,5 +457,13 @@ mod tests {
             "{problems:?}"
         );
         assert!(parameter_names().contains(&"max_seq_len".to_string()));
+    }
+
+    #[test]
+    fn max_seq_len_fits_the_longest_example_within_the_model() {
+        assert_eq!(fitted_max_seq_len(2400, 8192), 2400);
+        assert_eq!(fitted_max_seq_len(2400, 2048), 2048);
+        assert_eq!(fitted_max_seq_len(3, 2048), 8);
+        assert_eq!(fitted_max_seq_len(0, 0), 8);
     }
 }

@@ -209,6 +209,9 @@ pub struct TokenCounts {
     pub vocab_size: usize,
     pub has_bos: bool,
     pub examples: Vec<ExampleTokens>,
+    /// Prompt tokens every labelled example starts with (bos and the system prompt), short of
+    /// each prompt's last token: what shared-prefix training computes once per micro-batch.
+    pub shared_prefix: usize,
 }
 
 #[derive(Debug)]
@@ -222,14 +225,22 @@ pub struct ExampleTokens {
 
 impl TokenCounts {
     pub fn measure(tok: &TextTokenizer, examples: &[Example]) -> Self {
+        let mut first_prompt: Option<Vec<u32>> = None;
+        let mut shared_prefix = usize::MAX;
+        let mut share = |ids: &[u32]| {
+            let first = first_prompt.get_or_insert_with(|| ids.to_vec());
+            let common = first.iter().zip(ids).take_while(|(a, b)| a == b).count();
+            shared_prefix = shared_prefix.min(common).min(ids.len().saturating_sub(1));
+        };
         let examples = examples
             .iter()
             .map(|ex| ExampleTokens {
                 line: ex.line,
-                labelled: ex
-                    .tgt
-                    .as_ref()
-                    .map(|tgt| Ok((prompt_ids(tok, ex)?.len(), answer_ids(tok, tgt)?.len()))),
+                labelled: ex.tgt.as_ref().map(|tgt| {
+                    let prompt = prompt_ids(tok, ex)?;
+                    share(&prompt);
+                    Ok((prompt.len(), answer_ids(tok, tgt)?.len()))
+                }),
                 text: tok
                     .encode(&ex.src)
                     .map(|ids| ids.len() + usize::from(tok.bos.is_some()) + 1),
@@ -239,7 +250,26 @@ impl TokenCounts {
             vocab_size: tok.vocab_size(),
             has_bos: tok.bos.is_some(),
             examples,
+            shared_prefix: if shared_prefix == usize::MAX {
+                0
+            } else {
+                shared_prefix
+            },
         }
+    }
+
+    /// The longest example in tokens, before truncation: prompt and answer when labelled, else
+    /// the text.
+    pub fn longest(&self) -> usize {
+        self.examples
+            .iter()
+            .filter_map(|e| match &e.labelled {
+                Some(Ok((p, a))) => Some(p + a),
+                Some(Err(_)) => None,
+                None => e.text.as_ref().ok().copied(),
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The first tokenizer error, naming its line.

@@ -79,8 +79,11 @@ pub fn candidate_scores(
     }
     if !whole.is_empty() && !candidates.answers.is_empty() {
         let subset: Vec<&[u32]> = whole.iter().map(|i| prompts[*i].as_slice()).collect();
-        let budget = eval_batch.clamp(1, MAX_EVAL_BATCH) * max_len.max(1);
-        let shared = shared_scores(model, &subset, &candidates.answers, budget)?;
+        let batch = eval_batch.clamp(1, MAX_EVAL_BATCH);
+        // Tokens per forward pass and vocabulary-sized rows at once: a training micro-batch's.
+        let budget = batch * max_len.max(1);
+        let vocab_rows = batch * longest.max(1);
+        let shared = shared_scores(model, &subset, &candidates.answers, budget, vocab_rows)?;
         for (i, s) in whole.iter().zip(shared) {
             scores[*i] = s;
         }
@@ -174,12 +177,14 @@ pub fn trie_row_layout(
 
 /// Scores of every answer after every prompt (each fits whole), sharing the common prefix of
 /// the prompts, each prompt's own part and the answers' common prefixes. `budget` bounds the
-/// tokens of one forward pass (a micro-batch's worth).
+/// tokens of one forward pass and `vocab_rows` the vocabulary-sized rows of logits computed at
+/// once (a micro-batch's worth of each).
 fn shared_scores(
     model: &CausalLm,
     prompts: &[&[u32]],
     answers: &[Vec<u32>],
     budget: usize,
+    vocab_rows: usize,
 ) -> Result<Vec<Vec<f64>>> {
     let device = model.device();
     let dtype = model.dtype();
@@ -232,8 +237,8 @@ fn shared_scores(
         // Flat hidden-state rows whose logits are needed: each prompt's last token, then every
         // trie node that has children.
         let mut contexts: Vec<u32> = Vec::new();
-        // Per row: for each node, the flat index into (contexts x vocab) of its token's logit.
-        let mut picks: Vec<u32> = Vec::with_capacity(b * n);
+        // Per row: for each node, the context whose logits give its token, and the token.
+        let mut picks: Vec<(usize, u32)> = Vec::with_capacity(b * n);
         for (r, p) in rows.iter().enumerate() {
             let rest = &p[common..];
             ids.extend_from_slice(rest);
@@ -253,7 +258,7 @@ fn shared_scores(
             }
             for (parent, tok, _) in &trie.nodes {
                 let c = parent.map_or(last, |q| node_context[q]);
-                picks.push((c * vocab + *tok as usize) as u32);
+                picks.push((c, *tok));
             }
         }
         let ids = Tensor::from_vec(ids, (b, width), device)?;
@@ -261,16 +266,38 @@ fn shared_scores(
         let row_past: Option<KvCache> = past.clone();
         let (hidden, _) = model.forward_with_past(&ids, row_past.as_ref(), &positions, &mask)?;
         let h = hidden.dim(2)?;
-        let chosen = hidden.reshape((b * width, h))?.index_select(
-            &Tensor::from_vec(contexts.clone(), contexts.len(), device)?,
-            0,
-        )?;
-        let logits = model.logits(&chosen)?.to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.flatten_all()?;
-        let picked = logp
-            .index_select(&Tensor::from_vec(picks, b * n, device)?, 0)?
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?;
+        let flat = hidden.reshape((b * width, h))?;
+        // Log-probabilities in slices of `vocab_rows` contexts, so that at most that many
+        // vocabulary-sized rows exist at once.
+        let mut picked = vec![0.0f64; picks.len()];
+        let mut order: Vec<usize> = (0..picks.len()).collect();
+        order.sort_by_key(|i| picks[*i].0);
+        let mut next = 0;
+        for first in (0..contexts.len()).step_by(vocab_rows.max(1)) {
+            let last = (first + vocab_rows.max(1)).min(contexts.len());
+            let rows = Tensor::from_slice(&contexts[first..last], last - first, device)?;
+            let logits = model
+                .logits(&flat.index_select(&rows, 0)?)?
+                .to_dtype(DType::F32)?;
+            let logp =
+                candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.flatten_all()?;
+            let mut which = Vec::new();
+            let mut flat_index = Vec::new();
+            while next < order.len() && picks[order[next]].0 < last {
+                let (c, tok) = picks[order[next]];
+                which.push(order[next]);
+                flat_index.push(((c - first) * vocab + tok as usize) as u32);
+                next += 1;
+            }
+            let n_picked = flat_index.len();
+            let values = logp
+                .index_select(&Tensor::from_vec(flat_index, n_picked, device)?, 0)?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?;
+            for (i, v) in which.into_iter().zip(values) {
+                picked[i] = v;
+            }
+        }
         for r in 0..b {
             let node_logp = &picked[r * n..(r + 1) * n];
             out.push(

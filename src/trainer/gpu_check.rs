@@ -614,6 +614,7 @@ fn bench_child(args: &Args, method: &str) -> Result<()> {
             counted_longest_first: None,
             bytes_per_value: 4,
             on_cuda: device.is_cuda(),
+            shared_prefix: 0,
         },
         batch,
     );

@@ -1111,6 +1111,27 @@ mod tests {
     }
 
     #[test]
+    fn a_detached_model_computes_the_same_and_records_no_backward_graph() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let w = CausalLm::random_weights(&cfg, 3, DType::F32, &dev).unwrap();
+        let lora = LoraSettings {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into()],
+        };
+        for trainable in [Trainable::All, Trainable::Lora(lora)] {
+            let m = CausalLm::new(cfg.clone(), &w, trainable, 1, &dev, "t").unwrap();
+            let ids = Tensor::new(&[[1u32, 4, 5, 6]], &dev).unwrap();
+            let tracked = m.forward(&ids).unwrap();
+            let detached = m.detached().forward(&ids).unwrap();
+            assert!(tracked.track_op(), "training records the graph");
+            assert!(!detached.track_op(), "evaluation records none");
+            assert_eq!(max_abs_diff(&tracked, &detached), 0.0);
+        }
+    }
+
+    #[test]
     fn lora_starts_equal_to_base_and_only_adapters_train() {
         let dev = Device::Cpu;
         let cfg = tiny_config(11);

@@ -347,3 +347,62 @@ fn a_model_folder_with_a_chat_template_trains_through_it() {
         assert!((report["accuracy"].as_f64().unwrap() - recorded).abs() < 1e-9);
     }
 }
+
+#[test]
+fn noisy_labels_train_with_a_warning_and_max_seq_len_fits_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "parameters:\n  epochs: {value: 1}\n  batch_size: {value: 8}\n",
+    );
+    // The first query again, with another label: noisy data, as real labelled data is.
+    let train = tmp.path().join("train.json");
+    let text = std::fs::read_to_string(&train).unwrap();
+    let mut first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let other = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tgt"].clone())
+        .find(|t| *t != first["tgt"])
+        .unwrap();
+    first["tgt"] = other;
+    std::fs::write(&train, format!("{text}{first}\n")).unwrap();
+
+    let check = run(&["check".as_ref(), spec.as_os_str()]);
+    assert_eq!(check.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(
+        said.contains("train.json:49: warning: tgt: conflicting labels: 1 example(s) repeat an earlier src with a different tgt: line 49"),
+        "{said}"
+    );
+    assert!(
+        said.contains("(not set in the sweep file: the longest training example"),
+        "{said}"
+    );
+    let plan = run(&["plan".as_ref(), spec.as_os_str()]);
+    let plan = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(plan.contains("(not set in the sweep file"), "{plan}");
+    assert!(run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()])
+        .status
+        .success());
+    let rows = csv_rows(&tmp.path().join("results"));
+    assert_eq!(rows[0]["status"], "finished", "{rows:?}");
+    assert!(rows[0]["eval_seconds"].parse::<f64>().unwrap() > 0.0);
+    // The trial's max_seq_len is the longest example, so no prompt lost its start.
+    let config =
+        std::fs::read_to_string(tmp.path().join("results/trials/0001/config.json")).unwrap();
+    let fitted = serde_json::from_str::<serde_json::Value>(&config).unwrap()["params"]
+        ["max_seq_len"]
+        .as_u64()
+        .unwrap();
+    assert!(plan.contains(&format!("max_seq_len {fitted} (")), "{plan}");
+    assert_ne!(fitted, 256);
+
+    // `data: {conflicts: error}` refuses the same file.
+    let strict = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("data:\n", "data:\n  conflicts: error\n");
+    std::fs::write(&spec, strict).unwrap();
+    let check = run(&["check".as_ref(), spec.as_os_str()]);
+    assert_eq!(check.status.code(), Some(2));
+}

@@ -289,3 +289,70 @@ fn micro_batches_accumulate_to_the_same_step_as_one_batch() {
         .fold(0.0, f64::max);
     assert!(max_diff < 1e-10, "weights differ by {max_diff}");
 }
+
+#[test]
+fn shared_prefix_gradients_match_finite_differences_of_the_plain_loss() {
+    // Three sequences that share bos and a 3-token system prompt, computed once by backprop.
+    let seqs = [
+        Seq {
+            ids: vec![1, 5, 6, 7, 8, 9, 2],
+            loss_from: 5,
+        },
+        Seq {
+            ids: vec![1, 5, 6, 7, 10, 2],
+            loss_from: 5,
+        },
+        Seq {
+            ids: vec![1, 5, 6, 7, 11, 12, 2],
+            loss_from: 6,
+        },
+    ];
+    let refs: Vec<&Seq> = seqs.iter().collect();
+    assert_eq!(sweep::trainer::batch::shared_prefix_len(&refs), 4);
+    let cfg = config();
+    let w: std::collections::HashMap<String, Tensor> =
+        CausalLm::random_weights(&cfg, 19, DType::F64, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, (t * 20.0).unwrap()))
+            .collect();
+    let model = CausalLm::new(cfg, &w, Trainable::All, 1, &Device::Cpu, "t").unwrap();
+    let tokens = sweep::trainer::step::counted_tokens(&refs) as f64;
+    let shared =
+        sweep::trainer::step::shard_gradients_with(&model, &refs, 3, 0, tokens, true).unwrap();
+    let plain_loss = |m: &CausalLm| {
+        let batch = make_batch(&refs, 0, &Device::Cpu).unwrap();
+        scalar(&(token_nll(m, &batch).unwrap().sum_all().unwrap() / tokens).unwrap())
+    };
+    let eps = 1e-6;
+    for ((name, var), grad) in model.trainable().iter().zip(&shared.grads) {
+        let analytic = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let original = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let n = original.len();
+        for &i in &[0, n / 2, n - 1] {
+            let nudged = |delta: f64| {
+                let mut v = original.clone();
+                v[i] += delta;
+                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                plain_loss(&model)
+            };
+            let numeric = (nudged(eps) - nudged(-eps)) / (2.0 * eps);
+            var.set(
+                &Tensor::from_vec(original.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let err = (numeric - analytic[i]).abs() / (numeric.abs() + analytic[i].abs()).max(1e-3);
+            assert!(
+                err < 1e-5,
+                "{name}[{i}]: finite difference {numeric:e}, shared-prefix backprop {:e}",
+                analytic[i]
+            );
+        }
+    }
+}
