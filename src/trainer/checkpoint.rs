@@ -63,26 +63,48 @@ pub fn save_with(
     Ok(())
 }
 
-/// What a PEFT `adapter_config.json` says that merging needs.
+/// What a PEFT `adapter_config.json` says that merging and loading need.
 #[derive(Debug, serde::Deserialize)]
-struct AdapterConfig {
-    r: usize,
-    lora_alpha: f64,
-    target_modules: Vec<String>,
-    base_model_name_or_path: String,
+pub struct AdapterConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub target_modules: Vec<String>,
+    pub base_model_name_or_path: String,
+}
+
+impl AdapterConfig {
+    pub const FILE: &'static str = "adapter_config.json";
+
+    /// The adapter folder's config; `None` when the folder holds no adapter_config.json.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(Self::FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).at(&path)?;
+        Ok(Some(serde_json::from_str(&text).at(&path)?))
+    }
+
+    /// The LoRA settings the adapters were trained with.
+    pub fn lora(&self) -> crate::trainer::model::LoraSettings {
+        crate::trainer::model::LoraSettings {
+            rank: self.r,
+            alpha: self.lora_alpha,
+            targets: self.target_modules.clone(),
+        }
+    }
 }
 
 /// Merges a LoRA checkpoint (PEFT layout) into its base: `W + (alpha / r) B A` for every adapted
 /// projection, written to `out` as an ordinary Hugging Face model folder.
 pub fn export_merged(adapter_dir: &Path, out: &Path) -> Result<()> {
-    let config_path = adapter_dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|_| {
+    let config_path = adapter_dir.join(AdapterConfig::FILE);
+    let adapter = AdapterConfig::read(adapter_dir)?.ok_or_else(|| {
         bad_file(
             adapter_dir,
             "not a LoRA checkpoint (no adapter_config.json)",
         )
     })?;
-    let adapter: AdapterConfig = serde_json::from_str(&text).at(&config_path)?;
     let base = Path::new(&adapter.base_model_name_or_path);
     if !base.join("config.json").exists() {
         return Err(bad_file(

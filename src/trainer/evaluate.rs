@@ -16,9 +16,10 @@ use crate::stats::classify::{argmax, classify, softmax, top_k};
 use crate::text::data::{examples_from_bytes, Example};
 use crate::text::encode::{answer_ids, prompt_ids};
 use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
+use crate::trainer::checkpoint::AdapterConfig;
 use crate::trainer::error::{bad_file, AtPath, Result};
 use crate::trainer::eval::{candidate_scores, Candidates};
-use crate::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
+use crate::trainer::model::{load_hf_folder, CausalLm, Trainable};
 
 /// A checkpoint loaded for scoring: the model, its tokenizer and its candidate labels.
 pub struct Scorer {
@@ -26,15 +27,6 @@ pub struct Scorer {
     pub tokenizer: TextTokenizer,
     pub labels: CheckpointLabels,
     candidates: Candidates,
-}
-
-/// What a PEFT `adapter_config.json` says that loading needs.
-#[derive(Debug, serde::Deserialize)]
-struct AdapterConfig {
-    r: usize,
-    lora_alpha: f64,
-    target_modules: Vec<String>,
-    base_model_name_or_path: String,
 }
 
 /// A random-init preset base as a LoRA trial recorded it: `sweep-preset:NAME:seedN`.
@@ -71,7 +63,7 @@ impl Scorer {
                 "not a checkpoint folder (expected a folder with config.json or adapter_config.json)",
             ));
         }
-        let adapter_path = checkpoint.join("adapter_config.json");
+        let adapter_path = checkpoint.join(AdapterConfig::FILE);
         if !adapter_path.exists() && !checkpoint.join("config.json").exists() {
             return Err(bad_file(
                 checkpoint,
@@ -85,14 +77,8 @@ impl Scorer {
                 "no candidate labels: this checkpoint was trained without labels (post_pretrain), so it cannot classify",
             ));
         }
-        let (model, tokenizer) = if adapter_path.exists() {
-            let text = std::fs::read_to_string(&adapter_path).at(&adapter_path)?;
-            let adapter: AdapterConfig = serde_json::from_str(&text).at(&adapter_path)?;
-            let lora = Trainable::Lora(LoraSettings {
-                rank: adapter.r,
-                alpha: adapter.lora_alpha,
-                targets: adapter.target_modules.clone(),
-            });
+        let (model, tokenizer) = if let Some(adapter) = AdapterConfig::read(checkpoint)? {
+            let lora = Trainable::Lora(adapter.lora());
             let source = checkpoint.display().to_string();
             let (model, tokenizer) = match preset_base(&adapter.base_model_name_or_path) {
                 Some((name, seed)) => {
