@@ -84,7 +84,7 @@ if $needs_cuda; then
         # the binary load; every CUDA call then fails with CUDA_ERROR_STUB_LIBRARY, as it should.
         mkdir -p "$work/stub"
         ln -sfn "$stub" "$work/stub/libcuda.so.1"
-        export LD_LIBRARY_PATH="$work/stub:$LD_LIBRARY_PATH"
+        export LD_LIBRARY_PATH="$work/stub${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
         libs="$libs; libcuda.so.1: build-cuda.sh's link stub (dry run, no driver here)"
     fi
     if ! $dry_run; then

@@ -34,10 +34,11 @@ use crate::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
 /// differs).
 pub const F32_TOLERANCE: f64 = 1e-4;
 /// bf16 keeps 8 significant bits (unit round-off 2^-8 = 3.9e-3); every weight and activation of
-/// the 2-layer fixture is rounded once or more, so its logits may differ from f32's by a few
-/// round-offs relative to the largest logit, and gradients, products of several rounded terms,
-/// by more.
-pub const BF16_LOGITS_TOLERANCE: f64 = 3e-2;
+/// the 2-layer fixture (random weights of std 0.2, so large logits) is rounded once or more. The
+/// CPU's bf16 path measured 2.9e-2 (logits) and 4.4e-2 (gradients) on it: the tolerances are
+/// about twice that, so a GPU that rounds as carefully passes and one that loses precision
+/// somewhere (bf16 accumulation, an f32 adapter cast to bf16) does not.
+pub const BF16_LOGITS_TOLERANCE: f64 = 6e-2;
 pub const BF16_GRADIENT_TOLERANCE: f64 = 1e-1;
 
 /// The arguments of `sweep gpu-check`.
@@ -198,11 +199,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
     };
     part("1 parity", &mut rows, parity(&args.root, &device));
     part("2 sweep", &mut rows, short_sweep(&args, &device_name, &out));
-    let bench = benches(&args, &device_name, &out);
-    match bench {
+    let mut memory = Vec::new();
+    match benches(&args, &device_name, &out) {
         Ok((speed_rows, measured)) => {
             rows.extend(speed_rows);
-            rows.extend(memory_rows(&measured, args.cpu_dry_run));
+            memory = memory_rows(&measured, args.cpu_dry_run);
         }
         Err(e) => rows.push(row(
             "3 speed",
@@ -212,6 +213,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         )),
     }
     part("4 oom", &mut rows, forced_oom(&args, &device, &out));
+    rows.extend(memory);
     print!("{}", render(&rows));
     let failed = rows.iter().filter(|r| r.status == Status::Fail).count();
     println!(
@@ -993,13 +995,28 @@ fn forced_oom(args: &Args, device: &Device, out: &Path) -> Result<Vec<Row>> {
     )])
 }
 
-/// The line of a failure reason that names the error (the last one starting `error`, so not a
-/// backtrace frame), shortened.
+/// The part of a failure reason that names the error: the last line (or ` | `-joined part, as
+/// the executor joins log lines) that the out-of-memory matcher recognises, else the last one
+/// starting with `error`, else the last non-empty one; shortened. Not a backtrace frame.
 fn last_line(reason: &str) -> String {
-    let lines = || reason.lines().rev().map(str::trim);
-    let line = lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("error"))
-        .or_else(|| lines().find(|l| !l.is_empty()))
+    let parts: Vec<&str> = reason
+        .lines()
+        .flat_map(|l| l.split(" | "))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = parts
+        .iter()
+        .rev()
+        .find(|l| crate::runner::is_out_of_memory(l))
+        .or_else(|| {
+            parts
+                .iter()
+                .rev()
+                .find(|l| l.to_ascii_lowercase().starts_with("error"))
+        })
+        .or_else(|| parts.last())
+        .copied()
         .unwrap_or("");
     line.chars().take(160).collect()
 }
@@ -1056,6 +1073,12 @@ mod tests {
         assert_eq!(
             last_line(reason),
             "error: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"
+        );
+        // As the executor reports a killed CPU trial: log lines joined by ` | `.
+        let joined = "killed by signal 6: stack backtrace: | memory allocation of 393216 bytes failed | skipping backtrace printing";
+        assert_eq!(
+            last_line(joined),
+            "memory allocation of 393216 bytes failed"
         );
     }
 }
