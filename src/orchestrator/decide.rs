@@ -4,7 +4,7 @@
 
 use crate::plan::slurm::JobRequest;
 use crate::plan::{Plan, PlannedTrial};
-use crate::protocol::trial::TrialResult;
+use crate::protocol::trial::{is_out_of_memory, TrialResult};
 use crate::results::state::{Status, TrialRow};
 use crate::spec::memory::halved_micro_batch;
 use crate::spec::{MetricSpec, OnOom};
@@ -77,23 +77,6 @@ pub fn after_exit(
             stop_sweep: on_oom == OnOom::Fail,
         },
     }
-}
-
-/// Messages by which a trial's end shows it ran out of memory: CUDA's, cuBLAS's and cuRAND's as
-/// candle 0.11 prints them (cudarc 0.19's `DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of
-/// memory")`, `CublasError(CUBLAS_STATUS_ALLOC_FAILED)`, `CurandError(..)`), and Rust's
-/// allocation failure (what a CPU trial under its memory limit prints before aborting).
-const OUT_OF_MEMORY_MARKERS: [&str; 6] = [
-    "CUDA_ERROR_OUT_OF_MEMORY",
-    "CUBLAS_STATUS_ALLOC_FAILED",
-    "CURAND_STATUS_ALLOCATION_FAILED",
-    "out of memory",
-    "memory allocation of",
-    "Cannot allocate memory",
-];
-
-pub fn is_out_of_memory(reason: &str) -> bool {
-    OUT_OF_MEMORY_MARKERS.iter().any(|m| reason.contains(m))
 }
 
 /// What the run loop does about the interrupts (Ctrl-C, SIGTERM) counted so far.

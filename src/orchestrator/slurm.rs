@@ -709,7 +709,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let oom = err("OUT_OF_MEMORY", Some("0:125"));
-        assert!(crate::orchestrator::decide::is_out_of_memory(&oom), "{oom}");
+        assert!(crate::protocol::trial::is_out_of_memory(&oom), "{oom}");
         assert!(err("TIMEOUT", None).contains("time limit"));
         assert!(err("NODE_FAIL", None).contains("NODE_FAIL"));
         assert!(err("PREEMPTED", None).contains("preempted"));

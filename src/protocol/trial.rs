@@ -166,6 +166,23 @@ impl TrialResult {
     }
 }
 
+/// How a trial's end shows it ran out of memory: the messages: CUDA's, cuBLAS's and cuRAND's as
+/// candle 0.11 prints them (cudarc 0.19's `DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of
+/// memory")`, `CublasError(CUBLAS_STATUS_ALLOC_FAILED)`, `CurandError(..)`), and Rust's
+/// allocation failure (what a CPU trial under its memory limit prints before aborting).
+const OUT_OF_MEMORY_MARKERS: [&str; 6] = [
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CURAND_STATUS_ALLOCATION_FAILED",
+    "out of memory",
+    "memory allocation of",
+    "Cannot allocate memory",
+];
+
+pub fn is_out_of_memory(reason: &str) -> bool {
+    OUT_OF_MEMORY_MARKERS.iter().any(|m| reason.contains(m))
+}
+
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), 0 where unknown.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -1008,7 +1008,7 @@ fn last_line(reason: &str) -> String {
     let line = parts
         .iter()
         .rev()
-        .find(|l| crate::runner::is_out_of_memory(l))
+        .find(|l| crate::protocol::trial::is_out_of_memory(l))
         .or_else(|| {
             parts
                 .iter()
