@@ -258,7 +258,15 @@ struct Watched {
     read: u64,
     /// The hopeless pending reason last reported.
     waiting: Option<String>,
+    /// Polls in a row that saw the job ended without success (see `FAILED_POLLS`).
+    failed_polls: u32,
 }
+
+/// A job seen ended without success is believed only on this many polls in a row (a second
+/// apart). Why: a job that requeues itself (`scontrol requeue` on the pre-timeout signal, then
+/// exit) can show a failed state for a moment before Slurm puts it back in the queue; judged on
+/// that moment, a trial that will continue was recorded as failed (seen under load).
+const FAILED_POLLS: u32 = 3;
 
 type Jobs = Arc<Mutex<BTreeMap<u32, Watched>>>;
 
@@ -296,6 +304,7 @@ impl SlurmExecutor {
                     dir: dir.to_path_buf(),
                     read,
                     waiting: None,
+                    failed_polls: 0,
                 },
             );
         }
@@ -452,6 +461,14 @@ fn poll_once(jobs: &Jobs, tx: &Sender<(usize, Report)>) -> Result<(), ()> {
                 },
             },
         };
+        if let JobState::Ended(Err(_)) = state {
+            w.failed_polls += 1;
+            if w.failed_polls < FAILED_POLLS {
+                continue;
+            }
+        } else {
+            w.failed_polls = 0;
+        }
         match state {
             JobState::Active { hopeless } => {
                 if hopeless.is_some() && hopeless != w.waiting {

@@ -36,6 +36,14 @@ fn slurm_is_up() -> bool {
     up
 }
 
+/// The one-node cluster, held by one test at a time: its tests signal, cancel and requeue jobs
+/// and time their steps, and they once interfered when run side by side (a requeued trial
+/// failed under the full suite and passed alone).
+fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    slurm_is_up().then(|| CLUSTER.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// A sweep name no earlier test run used (Slurm remembers finished jobs for a while).
 fn unique(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -145,9 +153,9 @@ fn assert_close(a: &str, b: &str, what: &str) {
 
 #[test]
 fn a_sweep_runs_as_slurm_jobs_with_their_gpus_like_a_local_run() {
-    if !slurm_is_up() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("g");
     let params = "parameters:\n  gpus: {values: [1, 2, 8]}\n  epochs: {value: 2}\n";
@@ -224,9 +232,9 @@ fn a_sweep_runs_as_slurm_jobs_with_their_gpus_like_a_local_run() {
 
 #[test]
 fn kill_9_of_the_orchestrator_then_resume_reattaches_without_submitting_twice() {
-    if !slurm_is_up() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("k");
     let spec = spec_file(
@@ -292,9 +300,9 @@ fn kill_9_of_the_orchestrator_then_resume_reattaches_without_submitting_twice() 
 
 #[test]
 fn a_job_cancelled_from_outside_is_recorded_with_its_reason() {
-    if !slurm_is_up() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("c");
     let spec = spec_file(
@@ -327,9 +335,9 @@ fn a_job_cancelled_from_outside_is_recorded_with_its_reason() {
 
 #[test]
 fn an_out_of_memory_job_is_resubmitted_with_half_the_micro_batch() {
-    if !slurm_is_up() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("m");
     // 60 MiB per trial does not hold a micro-batch of 256 post-pretraining sequences of the
@@ -367,9 +375,9 @@ fn an_out_of_memory_job_is_resubmitted_with_half_the_micro_batch() {
 
 #[test]
 fn the_pre_timeout_signal_saves_requeues_and_the_trial_ends_as_if_uninterrupted() {
-    if !slurm_is_up() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("q");
     let params = "parameters:\n  epochs: {value: 8}\n";
@@ -419,8 +427,13 @@ fn the_pre_timeout_signal_saves_requeues_and_the_trial_ends_as_if_uninterrupted(
         child.try_wait().unwrap().is_some()
     });
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    let log = std::fs::read_to_string(results.join("trials/0001/train.log")).unwrap();
+    let log = std::fs::read_to_string(results.join("trials/0001/train.log")).unwrap_or_default();
+    let journal = std::fs::read_to_string(results.join("journal.jsonl")).unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "train.log:\n{log}\njournal:\n{journal}"
+    );
     assert!(log.contains("on the pre-timeout signal"), "{log}");
     assert!(log.contains("(restart 1)"), "{log}");
     assert!(log.contains("resuming after epoch 0"), "{log}");
@@ -451,9 +464,9 @@ fn the_pre_timeout_signal_saves_requeues_and_the_trial_ends_as_if_uninterrupted(
 
 #[test]
 fn ctrl_c_scancels_the_jobs_and_resume_submits_them_again() {
-    if !slurm_is_up() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("i");
     let spec = spec_file(
@@ -499,9 +512,9 @@ fn ctrl_c_scancels_the_jobs_and_resume_submits_them_again() {
 
 #[test]
 fn a_submission_slurm_rejects_is_recorded_with_slurms_message() {
-    if !slurm_is_up() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("r");
     let spec = spec_file(
@@ -524,9 +537,9 @@ fn a_submission_slurm_rejects_is_recorded_with_slurms_message() {
 
 #[test]
 fn a_job_pending_for_a_reason_that_never_clears_is_reported_in_the_journal() {
-    if !slurm_is_up() {
+    let Some(_cluster) = cluster() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("h");
     // A held job pends until someone releases it: it never starts by waiting.
