@@ -61,11 +61,13 @@ if $needs_cuda; then
         for d in "${candidates[@]}"; do
             if [ -e "$d/libcublas.so.13" ] && [ -z "$(missing "$d")" ]; then
                 chosen="$d"
-                case "$d" in
-                    "$torch_site"/*) libs="CUDA 13 wheels in PyTorch's site-packages: $d" ;;
-                    */.cache/sweep/*) libs="build-cuda.sh's wheel cache: $d" ;;
-                    *) libs="system CUDA: $d" ;;
-                esac
+                if [ -n "$torch_site" ] && [ "$d" = "$torch_site/nvidia/cu13/lib" ]; then
+                    libs="CUDA 13 wheels in PyTorch's site-packages: $d"
+                elif [ "$d" = "${SWEEP_CUDA_CACHE:-$HOME/.cache/sweep/cuda13}/nvidia/cu13/lib" ]; then
+                    libs="build-cuda.sh's wheel cache: $d"
+                else
+                    libs="system CUDA: $d"
+                fi
                 break
             fi
         done

@@ -41,6 +41,10 @@ pub const F32_TOLERANCE: f64 = 1e-4;
 pub const BF16_LOGITS_TOLERANCE: f64 = 6e-2;
 pub const BF16_GRADIENT_TOLERANCE: f64 = 1e-1;
 
+/// RLIMIT_DATA a CUDA build needs just to load its CUDA 13 libraries (200 to 220 MiB measured),
+/// rounded up: the dry run's per-trial CPU memory limit adds it.
+const CUDA_LIBRARIES_DATA_MIB: u64 = 224;
+
 /// The arguments of `sweep gpu-check`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -189,7 +193,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
         // What a sweep on cuda:0 would be told here: the device-open message of this build.
         let (what, status) = match crate::trainer::train::device_for("cuda:0") {
             Ok(_) => ("opened".to_string(), Status::Info),
-            Err(e) => (format!("{e:#}"), Status::Info),
+            // The first line: candle appends a backtrace when RUST_BACKTRACE is set.
+            Err(e) => (
+                format!("{e:#}").lines().next().unwrap_or("").to_string(),
+                Status::Info,
+            ),
         };
         rows.push(row("0 setup", "opening cuda:0", what, status));
     }
@@ -879,13 +887,21 @@ fn forced_oom(args: &Args, device: &Device, out: &Path) -> Result<Vec<Row>> {
     let (devices, model, extra) = if args.cpu_dry_run {
         // As tests/resources.rs: 60 MiB per trial fits post-pretraining the `test` preset at
         // micro-batch 16, not 64.
+        // A CUDA build's libraries (libcublasLt above all) need 200 to 220 MiB of data mappings
+        // before main runs (measured with `ulimit -d`), which the limit also counts.
+        let limit = 60
+            + if crate::gpu::CUDA_BUILT {
+                CUDA_LIBRARIES_DATA_MIB
+            } else {
+                0
+            };
         (
             "cpu",
             "{preset: test}".to_string(),
-            "  memory_per_device: 60\n",
+            format!("  memory_per_device: {limit}\n"),
         )
     } else {
-        ("cuda", "{preset: llama-135m}".to_string(), "")
+        ("cuda", "{preset: llama-135m}".to_string(), String::new())
     };
     let data = args.root.join("data/clinc150-mini");
     let body = |micro: usize| {
