@@ -890,7 +890,7 @@ fn forced_oom(args: &Args, device: &Device, out: &Path) -> Result<Vec<Row>> {
         // A CUDA build's libraries (libcublasLt above all) need 200 to 220 MiB of data mappings
         // before main runs (measured with `ulimit -d`), which the limit also counts.
         let limit = 60
-            + if crate::gpu::CUDA_BUILT {
+            + if crate::trainer::gpu::CUDA_BUILT {
                 CUDA_LIBRARIES_DATA_MIB
             } else {
                 0
