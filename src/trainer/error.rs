@@ -35,6 +35,9 @@ pub enum TrainError {
     File { path: PathBuf, message: String },
     #[error("{0}")]
     Device(String),
+    /// A setting the trainer cannot use (a benchmark's method, say).
+    #[error("{0}")]
+    Setting(String),
     #[error("loss became {loss} at step {step} (learning rate {lr:.3e} too high?)")]
     Diverged { loss: f64, step: usize, lr: f64 },
     #[error("unknown model preset `{0}`")]

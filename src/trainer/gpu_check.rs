@@ -19,10 +19,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 
 use crate::protocol::journal::Event;
 use crate::spec::shape::LORA_TARGETS;
@@ -568,78 +568,32 @@ fn bench_child(args: &Args, method: &str) -> Result<()> {
         args.device.as_str()
     };
     let device = crate::trainer::train::device_for(device_name)?;
-    let mut config = crate::spec::shape::preset(shape).context("unknown preset")?;
-    config.vocab_size = vocab;
-    let weights = CausalLm::random_weights(&config, 1, DType::F32, &device)?;
-    let trainable = match method {
-        "lora" => Trainable::Lora(LoraSettings {
-            rank: 8,
-            alpha: 16.0,
-            targets: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
-        }),
-        "sft" => Trainable::All,
-        other => bail!("--bench takes sft or lora, got `{other}`"),
-    };
-    let model = CausalLm::new(config.clone(), &weights, trainable, 1, &device, shape)?;
-    drop(weights);
-    let mut rng = crate::util::rng::SplitMix64::new(2);
-    let seqs: Vec<Seq> = (0..batch)
-        .map(|_| Seq {
-            ids: (0..seq).map(|_| 4 + rng.below(vocab - 4) as u32).collect(),
-            loss_from: 1,
-        })
-        .collect();
-    let refs: Vec<&Seq> = seqs.iter().collect();
-    let vars: Vec<Var> = model.trainable().iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = crate::trainer::optim::AdamW::new(vars, 0.0)?;
-    // One step to warm up allocations and kernels, then the timed steps.
-    crate::trainer::step::train_step(&model, &mut opt, &refs, batch, 0, 1e-4, 1.0)?;
-    device.synchronize()?;
-    let start = Instant::now();
-    let mut tokens = 0;
-    let mut loss = 0.0;
-    for _ in 0..steps {
-        let s = crate::trainer::step::train_step(&model, &mut opt, &refs, batch, 0, 1e-4, 1.0)?;
-        tokens += s.input_tokens;
-        loss = s.loss;
+    if method != "sft" && method != "lora" {
+        bail!("--bench takes sft or lora, got `{method}`");
     }
-    device.synchronize()?;
-    let secs = start.elapsed().as_secs_f64();
-    let params = crate::spec::params::TrialParams::from_assignment(
-        &[
-            ("method".to_string(), serde_json::json!(method)),
-            ("batch_size".to_string(), serde_json::json!(batch)),
-        ]
-        .into_iter()
-        .collect(),
-        0,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let estimate = crate::spec::memory::estimate(
-        &crate::spec::memory::Workload {
-            config: &config,
-            params: &params,
-            longest_sequence: seq,
-            counted_per_sequence: seq - 1,
-            counted_longest_first: None,
-            bytes_per_value: 4,
-            on_cuda: device.is_cuda(),
-            shared_prefix: 0,
+    let measured = crate::trainer::bench::measure(
+        &crate::trainer::bench::BenchConfig {
+            preset: shape.to_string(),
+            method: method.to_string(),
+            batch,
+            seq,
+            steps,
+            vocab,
         },
-        batch,
-    );
+        &device,
+    )?;
     let result = BenchResult {
         method: method.to_string(),
         shape: shape.to_string(),
         batch,
         seq,
         steps,
-        tokens_per_sec: tokens as f64 / secs.max(1e-9),
+        tokens_per_sec: measured.tokens_per_sec,
         peak_rss_mb: crate::protocol::trial::peak_rss_mb(),
         peak_device_mb: None,
         peak_source: None,
-        estimate_mb: estimate.total_mb(),
-        loss,
+        estimate_mb: measured.estimate_mb,
+        loss: measured.loss,
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

@@ -4,6 +4,7 @@
 //! The only code that uses candle. Knows nothing about other trials, the journal or the pool.
 
 pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 pub mod error;
 pub mod eval;

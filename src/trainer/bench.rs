@@ -1,0 +1,117 @@
+//! Training speed of one configuration on random tokens: real optimizer steps of a preset's
+//! shape, sft or LoRA (r 8, alpha 16, all seven projections), loss on every token. What
+//! `examples/train_speed.rs` prints and what `sweep gpu-check` measures on a GPU, in one place.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Var};
+
+use crate::spec::shape::LORA_TARGETS;
+use crate::text::encode::Seq;
+use crate::trainer::error::{Result, TrainError};
+use crate::trainer::model::{CausalLm, LoraSettings, Trainable};
+use crate::trainer::optim::AdamW;
+use crate::trainer::step::train_step;
+use crate::util::rng::SplitMix64;
+
+/// One configuration to time.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub preset: String,
+    /// `sft` or `lora`.
+    pub method: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+    pub vocab: usize,
+}
+
+/// What the timed steps gave.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub params: usize,
+    pub trainable: usize,
+    pub seconds_per_step: f64,
+    pub tokens_per_sec: f64,
+    pub loss: f64,
+    /// The plan-time estimate of the same step, MiB, to compare with the measured peak.
+    pub estimate_mb: f64,
+}
+
+/// One warm-up step, then `steps` timed ones (synchronised with the device before and after).
+pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
+    let mut config = crate::spec::shape::preset(&c.preset)
+        .ok_or_else(|| TrainError::UnknownPreset(c.preset.clone()))?;
+    config.vocab_size = c.vocab;
+    let weights = CausalLm::random_weights(&config, 1, DType::F32, device)?;
+    let trainable = match c.method.as_str() {
+        "lora" => Trainable::Lora(LoraSettings {
+            rank: 8,
+            alpha: 16.0,
+            targets: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
+        }),
+        "sft" => Trainable::All,
+        other => {
+            return Err(TrainError::Setting(format!(
+                "the benchmark's method is sft or lora, got `{other}`"
+            )))
+        }
+    };
+    let model = CausalLm::new(config.clone(), &weights, trainable, 1, device, &c.preset)?;
+    drop(weights);
+    let mut rng = SplitMix64::new(2);
+    let seqs: Vec<Seq> = (0..c.batch)
+        .map(|_| Seq {
+            ids: (0..c.seq)
+                .map(|_| 4 + rng.below(c.vocab - 4) as u32)
+                .collect(),
+            loss_from: 1,
+        })
+        .collect();
+    let refs: Vec<&Seq> = seqs.iter().collect();
+    let vars: Vec<Var> = model.trainable().iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = AdamW::new(vars, 0.0)?;
+    // One step to warm up allocations and kernels, then the timed steps.
+    train_step(&model, &mut opt, &refs, c.batch, 0, 1e-4, 1.0)?;
+    device.synchronize()?;
+    let start = Instant::now();
+    let (mut tokens, mut loss) = (0, 0.0);
+    for _ in 0..c.steps {
+        let s = train_step(&model, &mut opt, &refs, c.batch, 0, 1e-4, 1.0)?;
+        tokens += s.input_tokens;
+        loss = s.loss;
+    }
+    device.synchronize()?;
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let params = crate::spec::params::TrialParams::from_assignment(
+        &[
+            ("method".to_string(), serde_json::json!(c.method)),
+            ("batch_size".to_string(), serde_json::json!(c.batch)),
+        ]
+        .into_iter()
+        .collect(),
+        0,
+    )
+    .map_err(|e| TrainError::Setting(e.to_string()))?;
+    let estimate = crate::spec::memory::estimate(
+        &crate::spec::memory::Workload {
+            config: &config,
+            params: &params,
+            longest_sequence: c.seq,
+            counted_per_sequence: c.seq - 1,
+            counted_longest_first: None,
+            bytes_per_value: 4,
+            on_cuda: device.is_cuda(),
+            shared_prefix: 0,
+        },
+        c.batch,
+    );
+    Ok(Measured {
+        params: config.parameter_count(),
+        trainable: model.trainable_parameter_count(),
+        seconds_per_step: secs / c.steps.max(1) as f64,
+        tokens_per_sec: tokens as f64 / secs,
+        loss,
+        estimate_mb: estimate.total_mb(),
+    })
+}
