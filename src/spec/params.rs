@@ -76,6 +76,28 @@ pub struct TrialParams {
     /// config.json and results when false, so sweeps written before it resume unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tf32: bool,
+    /// Which implementation of the model's inner operations trains (see `trainer::ops`): `fused`
+    /// (the default) or `composed`, kept to compare against. Left out of config.json and results
+    /// when it is the default, so sweeps written before it resume unchanged.
+    #[serde(default, skip_serializing_if = "Kernels::is_default")]
+    pub kernels: Kernels,
+}
+
+/// The `kernels` trial parameter.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Kernels {
+    /// One kernel per operation, with its own backward, where the trainer has one for the device.
+    #[default]
+    Fused,
+    /// Every operation composed of candle's elementary tensor ops, as candle's autograd sees them.
+    Composed,
+}
+
+impl Kernels {
+    pub fn is_default(&self) -> bool {
+        *self == Kernels::default()
+    }
 }
 
 /// The `max_seq_len` of a sweep that does not set it: its longest training example, so no

@@ -12,6 +12,7 @@ pub mod evaluate;
 pub mod gpu;
 pub mod gpu_check;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod parallel;
 pub mod resume;

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::spec::shape::{weight_shapes, ModelConfig, ShapeError};
 use crate::text::model_folder::read_checked_config;
+use crate::trainer::ops::{self, Kernels};
 use crate::util::rng::SplitMix64;
 
 /// Errors from building or loading a model.
@@ -202,6 +203,8 @@ pub struct CausalLm {
     trainable: Vec<(String, Var)>,
     lora: Option<LoraSettings>,
     device: Device,
+    /// Fused or composed inner operations (`ops::effective` for this device).
+    kernels: Kernels,
 }
 
 /// Which weights train.
@@ -384,7 +387,19 @@ impl CausalLm {
             trainable: trainable_vars,
             lora,
             device: device.clone(),
+            kernels: ops::effective(Kernels::default(), device),
         })
+    }
+
+    /// The same model computing with `kernels` (as far as `ops::effective` allows on its device).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = ops::effective(kernels, &self.device);
+        self
+    }
+
+    /// Which implementation of the inner operations this model computes with.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     pub fn device(&self) -> &Device {
@@ -508,6 +523,7 @@ impl CausalLm {
             trainable: Vec::new(),
             lora: self.lora.clone(),
             device: self.device.clone(),
+            kernels: self.kernels,
         }
     }
 

@@ -104,14 +104,17 @@ impl Replicas {
                 None => Trainable::All,
             };
             for device in other_devices {
-                models.push(CausalLm::new(
-                    primary.config.clone(),
-                    &weights,
-                    trainable.clone(),
-                    seed,
-                    device,
-                    "replica of the first device's model",
-                )?);
+                models.push(
+                    CausalLm::new(
+                        primary.config.clone(),
+                        &weights,
+                        trainable.clone(),
+                        seed,
+                        device,
+                        "replica of the first device's model",
+                    )?
+                    .with_kernels(primary.kernels()),
+                );
             }
         }
         models.insert(0, primary);

@@ -76,7 +76,8 @@ pub fn load_model(
             config.eos_token_id = Some(tokenizer.eos);
             config.pad_token_id = Some(tokenizer.pad);
             let weights = CausalLm::random_weights(&config, seed, DType::F32, device)?;
-            let model = CausalLm::new(config, &weights, trainable, seed, device, name)?;
+            let model = CausalLm::new(config, &weights, trainable, seed, device, name)?
+                .with_kernels(params.kernels);
             Ok(LoadedModel {
                 model,
                 tokenizer,
@@ -92,7 +93,8 @@ pub fn load_model(
                 seed,
                 device,
                 &dir.display().to_string(),
-            )?;
+            )?
+            .with_kernels(params.kernels);
             Ok(LoadedModel {
                 model,
                 tokenizer,
