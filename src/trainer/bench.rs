@@ -24,6 +24,8 @@ pub struct BenchConfig {
     pub seq: usize,
     pub steps: usize,
     pub vocab: usize,
+    /// Fused or composed inner operations (the `kernels` trial parameter).
+    pub kernels: crate::spec::params::Kernels,
 }
 
 /// What the timed steps gave.
@@ -57,7 +59,8 @@ pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
             )))
         }
     };
-    let model = CausalLm::new(config.clone(), &weights, trainable, 1, device, &c.preset)?;
+    let model = CausalLm::new(config.clone(), &weights, trainable, 1, device, &c.preset)?
+        .with_kernels(c.kernels);
     drop(weights);
     let mut rng = SplitMix64::new(2);
     let seqs: Vec<Seq> = (0..c.batch)

@@ -579,6 +579,7 @@ fn bench_child(args: &Args, method: &str) -> Result<()> {
             seq,
             steps,
             vocab,
+            kernels: Default::default(),
         },
         &device,
     )?;
