@@ -29,7 +29,7 @@ use crate::util::fs::write_atomic;
 /// Why a sweep could not run (or go on), naming the folder or file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("the device pool has CUDA GPUs but this build of sweep has no CUDA support: rebuild with `cargo build --release --features cuda`, or set `resources.devices: cpu`")]
+    #[error("the device pool has CUDA GPUs but this build of sweep has no CUDA support: rebuild with `scripts/build-cuda.sh` (or `cargo build --release --features cuda`), or set `resources.devices: cpu`")]
     NoCudaSupport,
     #[error("{} already holds a sweep's results; continue it with `sweep run SPEC --resume`, or start a new one with `--out NEW_DIR`", dir.display())]
     ResultsExist { dir: PathBuf },

@@ -159,7 +159,17 @@ pub struct ParamProblem {
 /// Every parameter name a trial takes (the sweep file's `parameters:` keys).
 pub fn parameter_names() -> Vec<String> {
     TrialParams::from_assignment(&BTreeMap::new(), 0)
-        .map(|p| p.to_map().into_keys().collect())
+        .map(|p| {
+            // Parameters left out of the map at their default still count: set them otherwise.
+            TrialParams {
+                tf32: true,
+                kernels: Kernels::Composed,
+                ..p
+            }
+            .to_map()
+            .into_keys()
+            .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -397,6 +407,25 @@ impl TrialParams {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn every_field_is_a_known_parameter_even_those_left_out_at_their_default() {
+        let names = parameter_names();
+        for name in ["tf32", "kernels", "micro_batch", "seed", "learning_rate"] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} missing from {names:?}"
+            );
+        }
+        let fields =
+            serde_json::to_value(TrialParams::from_assignment(&BTreeMap::new(), 0).unwrap())
+                .unwrap();
+        assert!(fields
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| names.contains(k)));
+    }
 
     #[test]
     fn the_same_trial_may_differ_only_in_micro_batch_and_round_trips_through_its_map() {
