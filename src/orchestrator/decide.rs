@@ -156,11 +156,17 @@ pub fn placement(plan: &Plan, slots: &[usize]) -> Placement {
             .pool
             .cpu_memory_limit_mb
             .filter(|_| cuda.is_empty())
-            .map(|mb| (mb * physical.len() as f64 * 1024.0 * 1024.0) as u64),
+            .map(|mb| data_limit_bytes(mb * physical.len() as f64)),
         devices,
         physical,
         job: None,
     }
+}
+
+/// The data limit of a CPU trial that may use `mb` MiB: that, plus what a CUDA build's libraries
+/// map before the trial starts (`CUDA_LIBRARIES_DATA_MB`).
+fn data_limit_bytes(mb: f64) -> u64 {
+    ((mb + crate::spec::memory::CUDA_LIBRARIES_DATA_MB) * 1024.0 * 1024.0) as u64
 }
 
 /// Where `trial` runs: on the pool's `slots`, or as a Slurm job.
@@ -195,7 +201,7 @@ pub fn slurm_placement(plan: &Plan, trial: &PlannedTrial) -> Placement {
             .pool
             .cpu_memory_limit_mb
             .filter(|_| cpu)
-            .map(|mb| (mb * k as f64 * 1024.0 * 1024.0) as u64),
+            .map(|mb| data_limit_bytes(mb * k as f64)),
         job: trial.job.clone(),
     }
 }

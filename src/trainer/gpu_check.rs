@@ -41,10 +41,6 @@ pub const F32_TOLERANCE: f64 = 1e-4;
 pub const BF16_LOGITS_TOLERANCE: f64 = 6e-2;
 pub const BF16_GRADIENT_TOLERANCE: f64 = 1e-1;
 
-/// RLIMIT_DATA a CUDA build needs just to load its CUDA 13 libraries (200 to 220 MiB measured),
-/// rounded up: the dry run's per-trial CPU memory limit adds it.
-const CUDA_LIBRARIES_DATA_MIB: u64 = 224;
-
 /// The arguments of `sweep gpu-check`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -842,14 +838,8 @@ fn forced_oom(args: &Args, device: &Device, out: &Path) -> Result<Vec<Row>> {
     let (devices, model, extra) = if args.cpu_dry_run {
         // As tests/resources.rs: 60 MiB per trial fits post-pretraining the `test` preset at
         // micro-batch 16, not 64.
-        // A CUDA build's libraries (libcublasLt above all) need 200 to 220 MiB of data mappings
-        // before main runs (measured with `ulimit -d`), which the limit also counts.
-        let limit = 60
-            + if crate::trainer::gpu::CUDA_BUILT {
-                CUDA_LIBRARIES_DATA_MIB
-            } else {
-                0
-            };
+        // The run loop adds what a CUDA build's libraries map (`CUDA_LIBRARIES_DATA_MB`).
+        let limit = 60;
         (
             "cpu",
             "{preset: test}".to_string(),
