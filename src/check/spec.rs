@@ -65,7 +65,12 @@ const TOP: &[Key] = &[
     key("name", Shape::Text, true, false),
     key("data", Shape::Map(DATA), true, false),
     key("model", Shape::Map(MODEL), false, false),
-    key("method", Shape::OneOf(&["grid", "random"]), false, false),
+    key(
+        "method",
+        Shape::OneOf(&["grid", "random", "bayes"]),
+        false,
+        false,
+    ),
     key("run_cap", Shape::Count, false, true),
     key("seed", Shape::Count, false, false),
     key("metric", Shape::Map(METRIC), false, false),
@@ -79,6 +84,15 @@ const TOP: &[Key] = &[
         false,
         false,
     ),
+    key("early_terminate", Shape::Map(EARLY_TERMINATE), false, true),
+];
+const EARLY_TERMINATE: &[Key] = &[
+    key("type", Shape::OneOf(&["hyperband"]), true, false),
+    key("min_iter", Shape::Count, false, true),
+    key("max_iter", Shape::Count, false, true),
+    key("s", Shape::Count, false, true),
+    key("eta", Shape::Text, false, true),
+    key("strict", Shape::Text, false, true),
 ];
 const CHECKPOINTS: &[Key] = &[key("keep", Shape::Count, true, false)];
 const DATA: &[Key] = &[
@@ -99,6 +113,7 @@ const MODEL: &[Key] = &[
 const METRIC: &[Key] = &[
     key("name", Shape::OneOf(&["accuracy", "dev_loss"]), true, false),
     key("goal", Shape::OneOf(&["maximize", "minimize"]), false, true),
+    key("target", Shape::Text, false, true),
 ];
 const RESOURCES: &[Key] = &[
     key("devices", Shape::Devices, false, true),
@@ -132,11 +147,9 @@ fn foreign_key_hint(path: &[Seg], key: &str) -> Option<String> {
         })
         .collect();
     match (parent.as_slice(), key) {
-        ([], "program" | "command" | "project" | "entity" | "early_terminate" | "description") => {
-            Some(format!(
-                "`{key}` is a W&B sweep key that sweep does not use; remove it"
-            ))
-        }
+        ([], "program" | "command" | "project" | "entity" | "description") => Some(format!(
+            "`{key}` is a W&B sweep key that sweep does not use; remove it"
+        )),
         (["data"], "valid" | "validation" | "eval" | "val") => Some(format!(
             "sweep's held-out set is called `dev`: write `dev: PATH` instead of `{key}: PATH`"
         )),

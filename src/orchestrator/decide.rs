@@ -5,7 +5,7 @@
 use crate::plan::slurm::JobRequest;
 use crate::plan::{Plan, PlannedTrial};
 use crate::protocol::trial::{is_out_of_memory, TrialResult};
-use crate::results::state::{Status, TrialRow};
+use crate::results::state::TrialRow;
 use crate::spec::memory::halved_micro_batch;
 use crate::spec::{MetricSpec, OnOom};
 
@@ -107,7 +107,7 @@ pub fn checkpoints_to_delete<'a>(
 ) -> Vec<usize> {
     let mut ranked: Vec<&TrialRow> = rows
         .into_iter()
-        .filter(|r| r.status == Status::Finished && r.result.is_some())
+        .filter(|r| r.status.ranks() && r.result.is_some())
         .collect();
     ranked.sort_by(|a, b| crate::results::compare(a, b, metric));
     ranked
@@ -397,6 +397,8 @@ mod tests {
                 estimate_mb: None,
                 retries: 0,
                 retry_micro_batch: None,
+                judgements: Vec::new(),
+                assignment: None,
             }
         };
         let mut failed = row(5, 0.99, false);

@@ -188,6 +188,7 @@ pub fn run_with(
                 trial: t.id,
                 params: t.params.to_map(),
                 estimate_mb: t.estimate_mb,
+                assignment: None,
             })?;
             if let Some(reason) = &t.refusal {
                 record.log(Event::TrialRefused {

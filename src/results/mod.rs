@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::protocol::evaluation::TestScore;
 use crate::protocol::trial::TrialResult;
-use crate::results::state::{Status, TrialRow};
+use crate::results::state::{BandJudgement, TrialRow};
 use crate::spec::{MetricSpec, Score};
 use crate::util::fs::{replace_dir, staging_dir, write_atomic};
 
@@ -76,7 +76,7 @@ pub fn compare(a: &TrialRow, b: &TrialRow, metric: &MetricSpec) -> std::cmp::Ord
 pub fn best<'a>(rows: &'a [TrialRow], metric: &MetricSpec) -> Option<&'a TrialRow> {
     rows.iter()
         .filter(|r| {
-            r.status == Status::Finished
+            r.status.ranks()
                 && r.result
                     .as_ref()
                     .and_then(|res| res.metric(metric.name))
@@ -209,6 +209,32 @@ pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame>
         rows.iter()
             .map(|r| r.result.as_ref()?.per_device_batch.map(i64::from))
             .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "steps".into(),
+        rows.iter()
+            .map(|r| r.result.as_ref()?.steps.map(|s| s as i64))
+            .collect::<Vec<_>>(),
+    ));
+    let judged = |f: &dyn Fn(&BandJudgement) -> f64| -> Vec<Option<f64>> {
+        rows.iter().map(|r| r.pruned_by().map(f)).collect()
+    };
+    cols.push(Column::new(
+        "pruned_band".into(),
+        rows.iter()
+            .map(|r| r.pruned_by().map(|j| j.band as i64))
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "pruned_step".into(),
+        rows.iter()
+            .map(|r| r.pruned_by().map(|j| j.step as i64))
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new("pruned_value".into(), judged(&|j| j.value)));
+    cols.push(Column::new(
+        "pruned_threshold".into(),
+        judged(&|j| j.threshold),
     ));
     cols.push(Column::new(
         "retries".into(),
@@ -412,6 +438,7 @@ pub fn by_parameter(df: &DataFrame, metric: &MetricSpec, param: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::state::Status;
     use crate::spec::Metric;
 
     fn finished(trial: usize, lr: f64, acc: f64, loss: f64, secs: f64) -> TrialRow {
@@ -446,6 +473,8 @@ mod tests {
             estimate_mb: None,
             retries: 0,
             retry_micro_batch: None,
+            judgements: Vec::new(),
+            assignment: None,
         }
     }
 
@@ -488,6 +517,8 @@ mod tests {
             estimate_mb: None,
             retries: 0,
             retry_micro_batch: None,
+            judgements: Vec::new(),
+            assignment: None,
         });
         write_csv(dir.path(), &rows).unwrap();
         let df = read_csv(dir.path()).unwrap();

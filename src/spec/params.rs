@@ -76,6 +76,11 @@ pub struct TrialParams {
     /// config.json and results when false, so sweeps written before it resume unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tf32: bool,
+    /// Evaluate dev loss and accuracy every so many optimizer steps (and after the last one);
+    /// each evaluation is an iteration of `early_terminate`. Default: after every epoch. Left
+    /// out of config.json and results when not set, so older sweeps resume unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<u32>,
 }
 
 /// The `max_seq_len` of a sweep that does not set it: its longest training example, so no
@@ -322,6 +327,9 @@ impl TrialParams {
                     self.weight_decay
                 ),
             ));
+        }
+        if self.eval_every == Some(0) {
+            out.push(("eval_every", "eval_every must be at least 1 (steps)".into()));
         }
         if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
             out.push((
