@@ -1303,13 +1303,58 @@ mod tests {
         for want in [
             "s.yaml:3:1: error: metrics: unknown key `metrics` (did you mean `metric`?)",
             "s.yaml:4:10: error: run_cap: must not be negative",
-            "s.yaml:5:9: error: method: expected one of grid, random, got the string `gird` (did you mean `grid`?)",
+            "s.yaml:5:9: error: method: expected one of grid, random, bayes, got the string `gird` (did you mean `grid`?)",
             "s.yaml:7:3: error: parameters.lerning_rate: unknown parameter `lerning_rate` (did you mean `learning_rate`?)",
             "s.yaml:8:11: error: parameters.epochs: expected a search space",
             "s.yaml:9:16: error: parameters.batch_size.valeus: unknown key `valeus` (did you mean `values`?)",
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }
+    }
+
+    #[test]
+    fn search_settings_are_checked_where_they_are_written() {
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nmethod: bayes\nmetric: {name: accuracy, target: 0.9}\nparameters: {epochs: {value: 1}}\nearly_terminate:\n  type: hyperband\n  min_iter: 2\n  eta: 1\n",
+        );
+        assert!(
+            out.contains("s.yaml:3:9: error: run_cap: bayes search needs `run_cap`"),
+            "{out}"
+        );
+        assert!(
+            out.contains("s.yaml:9:8: error: early_terminate.eta: eta must be greater than 1"),
+            "{out}"
+        );
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nmetric: {name: accuracy, target: high}\nparameters: {epochs: {value: 1}}\n",
+        );
+        assert!(
+            out.contains(
+                "s.yaml:3:34: error: metric.target: invalid type: string \"high\", expected f64"
+            ),
+            "{out}"
+        );
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nparameters: {epochs: {value: 1}}\nearly_terminate: {type: hyperbnd, max_iter: 9}\n",
+        );
+        assert!(
+            out.contains("early_terminate.type: expected one of hyperband"),
+            "{out}"
+        );
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nparameters: {epochs: {value: 1}}\nearly_terminate: {type: hyperband, max_iter: 9}\n",
+        );
+        assert!(
+            out.contains("early_terminate.s: with max_iter, give s >= 1"),
+            "{out}"
+        );
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nparameters: {epochs: {value: 1}}\nearly_terminate: {type: hyperband}\n",
+        );
+        assert!(
+            out.contains("early_terminate.min_iter: give min_iter, or max_iter with s"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -76,6 +76,25 @@ pub fn evaluation_steps(
     steps
 }
 
+/// A trial's evaluations so far, from its `metrics.jsonl`, in step order; an evaluation repeated
+/// by a resumed run counts once (its last line). A missing file or a torn line gives what can be
+/// read: the file is being written while it is read.
+pub fn read_evaluations(dir: &Path) -> Vec<EpochMetrics> {
+    let Ok(text) = std::fs::read_to_string(dir.join(METRICS_FILE)) else {
+        return Vec::new();
+    };
+    let mut by_step = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Ok(ProgressEvent::Epoch(m)) = serde_json::from_str::<ProgressEvent>(line) {
+            by_step.insert(m.step, m);
+        }
+    }
+    by_step.into_values().collect()
+}
+
+/// A trial's progress events, one JSON object a line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
 /// The file the orchestrator writes into a trial's folder to stop it early (`early_terminate`):
 /// the trial sees it at its next step, keeps its best evaluation so far as its result and exits
 /// successfully. A file, not a signal, so it reaches a Slurm job on another node the same way.

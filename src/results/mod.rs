@@ -466,6 +466,8 @@ mod tests {
                 grad_accum: 1,
                 devices: 1,
                 per_device_batch: Some(4),
+                best_step: None,
+                steps: None,
                 checkpoint: PathBuf::from("x"),
             }),
             handle: None,
@@ -483,6 +485,7 @@ mod tests {
         let metric = MetricSpec {
             name: Metric::Accuracy,
             goal: None,
+            target: None,
         };
         let rows = vec![
             finished(1, 0.1, 0.8, 0.5, 10.0),
@@ -494,6 +497,7 @@ mod tests {
         let loss = MetricSpec {
             name: Metric::DevLoss,
             goal: None,
+            target: None,
         };
         assert_eq!(best(&rows, &loss).unwrap().trial, 1);
     }
@@ -526,6 +530,7 @@ mod tests {
         let metric = MetricSpec {
             name: Metric::Accuracy,
             goal: None,
+            target: None,
         };
         let g = by_parameter(&df, &metric, "learning_rate").unwrap();
         assert_eq!(g.height(), 2);

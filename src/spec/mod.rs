@@ -827,6 +827,7 @@ mod tests {
         let loss = MetricSpec {
             name: Metric::DevLoss,
             goal: None,
+            target: None,
         };
         use std::cmp::Ordering::*;
         assert_eq!(

@@ -11,7 +11,7 @@ use candle_core::{DType, Device};
 use crate::protocol::evaluation::{dev_predictions, CheckpointLabels};
 use crate::protocol::trial::{
     evaluation_steps, peak_rss_mb, EpochMetrics, ProgressEvent, TrialConfig, TrialResult,
-    PRUNE_FILE,
+    METRICS_FILE, PRUNE_FILE,
 };
 use crate::spec::params::{Method, TrialParams};
 use crate::spec::{ModelSource, Score};
@@ -188,7 +188,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     let resumed =
         replicas.restore(|model, opt| crate::trainer::resume::load(dir, p, model, opt))?;
     let model = replicas.primary();
-    let metrics_path = dir.join("metrics.jsonl");
+    let metrics_path = dir.join(METRICS_FILE);
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
