@@ -371,10 +371,11 @@ pub fn read_csv(dir: &Path) -> Result<DataFrame> {
     df.map_err(|e| file_at(&path, e))
 }
 
-/// The leaderboard: finished trials, best first.
+/// The leaderboard: finished and pruned trials (a pruned one with its best evaluation before it
+/// stopped), best first.
 pub fn leaderboard(df: &DataFrame, metric: &MetricSpec, params: &[String]) -> Result<DataFrame> {
     let m = metric.name.column();
-    let mut names: Vec<&str> = vec!["trial"];
+    let mut names: Vec<&str> = vec!["trial", "status"];
     names.extend(params.iter().map(String::as_str));
     for c in [
         m,
@@ -393,7 +394,11 @@ pub fn leaderboard(df: &DataFrame, metric: &MetricSpec, params: &[String]) -> Re
     let finished = df
         .clone()
         .lazy()
-        .filter(col("status").eq(lit("finished")))
+        .filter(
+            col("status")
+                .eq(lit("finished"))
+                .or(col("status").eq(lit("pruned"))),
+        )
         .select(cols)
         .collect()?;
     // Sorted by the one ranking rule (`MetricSpec::rank`), not by a polars sort that restates it.

@@ -142,7 +142,11 @@ pub struct ParamProblem {
 /// Every parameter name a trial takes (the sweep file's `parameters:` keys).
 pub fn parameter_names() -> Vec<String> {
     TrialParams::from_assignment(&BTreeMap::new(), 0)
-        .map(|p| p.to_map().into_keys().collect())
+        .map(|mut p| {
+            // Left out of the map when not set; still a parameter.
+            p.eval_every.get_or_insert(1);
+            p.to_map().into_keys().collect()
+        })
         .unwrap_or_default()
 }
 

@@ -321,6 +321,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
             if !evaluate_after.contains(&step) {
                 if prune_file.exists() {
                     pruned = true;
+                    train_seconds += epoch_start.elapsed().as_secs_f64();
                     break 'epochs;
                 }
                 continue;
@@ -433,6 +434,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
             }
             if prune_file.exists() {
                 pruned = true;
+                train_seconds += epoch_start.elapsed().as_secs_f64();
                 break 'epochs;
             }
         }
