@@ -246,3 +246,18 @@ pub fn peak_rss_mb() -> f64 {
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluations_come_every_eval_every_steps_and_after_the_last() {
+        // Default: after every epoch.
+        assert_eq!(evaluation_steps(5, 3, None), vec![5, 10, 15]);
+        assert_eq!(evaluation_steps(5, 3, Some(4)), vec![4, 8, 12, 15]);
+        assert_eq!(evaluation_steps(5, 2, Some(5)), vec![5, 10]);
+        assert_eq!(evaluation_steps(5, 1, Some(50)), vec![5]);
+        assert!(evaluation_steps(0, 1, None).is_empty());
+    }
+}
