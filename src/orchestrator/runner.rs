@@ -75,7 +75,10 @@ pub struct RunOptions {
 #[derive(Debug)]
 pub struct RunSummary {
     pub dir: PathBuf,
+    /// Trials that ended with a result in this run, pruned ones included.
     pub finished: usize,
+    /// Of those, the ones early termination stopped.
+    pub pruned: usize,
     pub failed: usize,
     pub refused: usize,
     pub seconds: f64,
@@ -300,7 +303,7 @@ pub fn run_with(
         }
     }
     let mut stopping = false;
-    let (mut finished, mut failed) = (0, 0);
+    let (mut finished, mut failed, mut pruned) = (0, 0, 0);
     loop {
         if let Some((search, tpe)) = &bayes {
             let proposed = record.trials.rows().count();
@@ -400,7 +403,14 @@ pub fn run_with(
                 }
                 record.refresh(spec)?;
                 ui.finish();
-                return Ok(summary(&dir, finished, failed, plan, started, true));
+                return Ok(summary(
+                    &dir,
+                    (finished, pruned),
+                    failed,
+                    plan,
+                    started,
+                    true,
+                ));
             }
             OnInterrupt::StopGracefully => {
                 stopping = true;
@@ -468,6 +478,7 @@ pub fn run_with(
         {
             // Early termination stopped it: its best evaluation so far is its result.
             finished += 1;
+            pruned += 1;
             match outcome {
                 Outcome::Finished(result) => {
                     let line = format!(
@@ -593,7 +604,14 @@ pub fn run_with(
             record.refresh(spec)?;
         }
     }
-    Ok(summary(&dir, finished, failed, plan, started, stopping))
+    Ok(summary(
+        &dir,
+        (finished, pruned),
+        failed,
+        plan,
+        started,
+        stopping,
+    ))
 }
 
 /// Early termination for the trial that just evaluated: the bands it reached that were not
@@ -726,7 +744,7 @@ fn params_to_run(t: &PlannedTrial, trials: &Trials) -> TrialParams {
 
 fn summary(
     dir: &Path,
-    finished: usize,
+    (finished, pruned): (usize, usize),
     failed: usize,
     plan: &Plan,
     started: Instant,
@@ -734,6 +752,7 @@ fn summary(
 ) -> RunSummary {
     RunSummary {
         finished,
+        pruned,
         failed,
         refused: plan.trials.iter().filter(|t| t.refusal.is_some()).count(),
         seconds: started.elapsed().as_secs_f64(),
