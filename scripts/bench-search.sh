@@ -27,7 +27,9 @@ import csv, statistics, sys, os
 out, seeds = sys.argv[1], sys.argv[2:]
 def read(name):
     path = os.path.join(out, name, "results.csv")
-    if not os.path.exists(path):
+    journal = os.path.join(out, name, "journal.jsonl")
+    # Only runs that ended: a run still going (or interrupted) would undercount.
+    if not os.path.exists(path) or '"sweep_finished"' not in open(journal).read():
         return None
     rows = list(csv.DictReader(open(path)))
     ranked = [r for r in rows if r["status"] in ("finished", "pruned") and r["accuracy"]]

@@ -249,3 +249,52 @@ fn once_a_trial_reaches_the_target_no_new_trial_starts() {
     let status: Vec<&str> = rows.iter().map(|r| r["status"].as_str()).collect();
     assert_eq!(status, vec!["finished", "planned", "planned"]);
 }
+
+#[test]
+fn a_resumed_bayes_sweep_re_derives_its_sampler_from_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "method: bayes\nrun_cap: 4\nparameters:\n  learning_rate: {distribution: log_uniform_values, min: 1.0e-4, max: 3.0e-2}\n  batch_size: {values: [8, 16]}\n  epochs: {value: 1}\nresources: {devices: cpu, slots: 1, parallel: 1}\n",
+    );
+    let results = tmp.path().join("results");
+    let out = run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]);
+    assert!(out.status.success());
+    let assignment_of = |events: &[serde_json::Value], trial: u64| {
+        events
+            .iter()
+            .find(|e| e["event"] == "trial_planned" && e["trial"] == trial)
+            .map(|e| e["assignment"].clone())
+            .unwrap()
+    };
+    let before = journal(&results);
+    let third = assignment_of(&before, 3);
+    // As if killed right after trial 2 finished: trials 3 and 4 were never proposed.
+    let path = results.join("journal.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut kept = Vec::new();
+    for line in text.lines() {
+        kept.push(line);
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["event"] == "trial_finished" && v["trial"] == 2 {
+            break;
+        }
+    }
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    let out = run(&[
+        "run".as_ref(),
+        spec.as_os_str(),
+        "--quiet".as_ref(),
+        "--resume".as_ref(),
+    ]);
+    assert!(out.status.success());
+    let after = journal(&results);
+    assert_eq!(
+        assignment_of(&after, 3),
+        third,
+        "the same finished trials give the same next proposal"
+    );
+    assert_eq!(csv_rows(&results).len(), 4);
+    assert_eq!(count(&after, "trial_started", 1), 1);
+    assert_eq!(count(&after, "trial_started", 2), 1);
+}
