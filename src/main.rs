@@ -174,8 +174,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 return Ok(ExitCode::from(130));
             }
             println!(
-                "\n{} finished, {} failed, {} refused in {:.0} s; results in {}",
+                "\n{} finished ({} of them pruned), {} failed, {} refused in {:.0} s; results in {}",
                 summary.finished,
+                summary.pruned,
                 summary.failed,
                 summary.refused,
                 summary.seconds,

@@ -65,7 +65,12 @@ const TOP: &[Key] = &[
     key("name", Shape::Text, true, false),
     key("data", Shape::Map(DATA), true, false),
     key("model", Shape::Map(MODEL), false, false),
-    key("method", Shape::OneOf(&["grid", "random"]), false, false),
+    key(
+        "method",
+        Shape::OneOf(&["grid", "random", "bayes"]),
+        false,
+        false,
+    ),
     key("run_cap", Shape::Count, false, true),
     key("seed", Shape::Count, false, false),
     key("metric", Shape::Map(METRIC), false, false),
@@ -79,6 +84,15 @@ const TOP: &[Key] = &[
         false,
         false,
     ),
+    key("early_terminate", Shape::Map(EARLY_TERMINATE), false, true),
+];
+const EARLY_TERMINATE: &[Key] = &[
+    key("type", Shape::OneOf(&["hyperband"]), true, false),
+    key("min_iter", Shape::Count, false, true),
+    key("max_iter", Shape::Count, false, true),
+    key("s", Shape::Count, false, true),
+    key("eta", Shape::Text, false, true),
+    key("strict", Shape::Text, false, true),
 ];
 const CHECKPOINTS: &[Key] = &[key("keep", Shape::Count, true, false)];
 const DATA: &[Key] = &[
@@ -99,6 +113,7 @@ const MODEL: &[Key] = &[
 const METRIC: &[Key] = &[
     key("name", Shape::OneOf(&["accuracy", "dev_loss"]), true, false),
     key("goal", Shape::OneOf(&["maximize", "minimize"]), false, true),
+    key("target", Shape::Text, false, true),
 ];
 const RESOURCES: &[Key] = &[
     key("devices", Shape::Devices, false, true),
@@ -132,11 +147,9 @@ fn foreign_key_hint(path: &[Seg], key: &str) -> Option<String> {
         })
         .collect();
     match (parent.as_slice(), key) {
-        ([], "program" | "command" | "project" | "entity" | "early_terminate" | "description") => {
-            Some(format!(
-                "`{key}` is a W&B sweep key that sweep does not use; remove it"
-            ))
-        }
+        ([], "program" | "command" | "project" | "entity" | "description") => Some(format!(
+            "`{key}` is a W&B sweep key that sweep does not use; remove it"
+        )),
         (["data"], "valid" | "validation" | "eval" | "val") => Some(format!(
             "sweep's held-out set is called `dev`: write `dev: PATH` instead of `{key}: PATH`"
         )),
@@ -1290,13 +1303,58 @@ mod tests {
         for want in [
             "s.yaml:3:1: error: metrics: unknown key `metrics` (did you mean `metric`?)",
             "s.yaml:4:10: error: run_cap: must not be negative",
-            "s.yaml:5:9: error: method: expected one of grid, random, got the string `gird` (did you mean `grid`?)",
+            "s.yaml:5:9: error: method: expected one of grid, random, bayes, got the string `gird` (did you mean `grid`?)",
             "s.yaml:7:3: error: parameters.lerning_rate: unknown parameter `lerning_rate` (did you mean `learning_rate`?)",
             "s.yaml:8:11: error: parameters.epochs: expected a search space",
             "s.yaml:9:16: error: parameters.batch_size.valeus: unknown key `valeus` (did you mean `values`?)",
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }
+    }
+
+    #[test]
+    fn search_settings_are_checked_where_they_are_written() {
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nmethod: bayes\nmetric: {name: accuracy, target: 0.9}\nparameters: {epochs: {value: 1}}\nearly_terminate:\n  type: hyperband\n  min_iter: 2\n  eta: 1\n",
+        );
+        assert!(
+            out.contains("s.yaml:3:9: error: run_cap: bayes search needs `run_cap`"),
+            "{out}"
+        );
+        assert!(
+            out.contains("s.yaml:9:8: error: early_terminate.eta: eta must be greater than 1"),
+            "{out}"
+        );
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nmetric: {name: accuracy, target: high}\nparameters: {epochs: {value: 1}}\n",
+        );
+        assert!(
+            out.contains(
+                "s.yaml:3:34: error: metric.target: invalid type: string \"high\", expected f64"
+            ),
+            "{out}"
+        );
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nparameters: {epochs: {value: 1}}\nearly_terminate: {type: hyperbnd, max_iter: 9}\n",
+        );
+        assert!(
+            out.contains("early_terminate.type: expected one of hyperband"),
+            "{out}"
+        );
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nparameters: {epochs: {value: 1}}\nearly_terminate: {type: hyperband, max_iter: 9}\n",
+        );
+        assert!(
+            out.contains("early_terminate.s: with max_iter, give s >= 1"),
+            "{out}"
+        );
+        let out = check(
+            "name: t\ndata: {train: a, dev: b}\nparameters: {epochs: {value: 1}}\nearly_terminate: {type: hyperband}\n",
+        );
+        assert!(
+            out.contains("early_terminate.min_iter: give min_iter, or max_iter with s"),
+            "{out}"
+        );
     }
 
     #[test]

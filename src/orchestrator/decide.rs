@@ -5,8 +5,9 @@
 use crate::plan::slurm::JobRequest;
 use crate::plan::{Plan, PlannedTrial};
 use crate::protocol::trial::{is_out_of_memory, TrialResult};
-use crate::results::state::{Status, TrialRow};
+use crate::results::state::TrialRow;
 use crate::spec::memory::halved_micro_batch;
+use crate::spec::tpe::Observation;
 use crate::spec::{MetricSpec, OnOom};
 
 /// How a trial ended, as the executor saw it.
@@ -107,7 +108,7 @@ pub fn checkpoints_to_delete<'a>(
 ) -> Vec<usize> {
     let mut ranked: Vec<&TrialRow> = rows
         .into_iter()
-        .filter(|r| r.status == Status::Finished && r.result.is_some())
+        .filter(|r| r.status.ranks() && r.result.is_some())
         .collect();
     ranked.sort_by(|a, b| crate::results::compare(a, b, metric));
     ranked
@@ -116,6 +117,74 @@ pub fn checkpoints_to_delete<'a>(
         .filter(|r| !r.checkpoint_deleted)
         .map(|r| r.trial)
         .collect()
+}
+
+/// What `method: bayes` learns from: every proposed trial (one with a journalled assignment),
+/// its loss the metric of its result (negated when maximised) when it finished or was pruned;
+/// none when it failed, was refused, or still runs, which the sampler counts as bad.
+pub fn observations<'a>(
+    rows: impl IntoIterator<Item = &'a TrialRow>,
+    metric: &MetricSpec,
+) -> Vec<Observation> {
+    rows.into_iter()
+        .filter_map(|r| {
+            let assignment = r.assignment.clone()?;
+            let loss = r
+                .result
+                .as_ref()
+                .filter(|_| r.status.ranks())
+                .and_then(|res| res.metric(metric.name))
+                .filter(|v| v.is_finite())
+                .map(|v| metric.as_loss(v));
+            Some(Observation { assignment, loss })
+        })
+        .collect()
+}
+
+/// How many trials `method: bayes` proposes now: one per place free under `parallel` that no
+/// queued trial takes, within what `run_cap` leaves, none once the sweep is closed to new
+/// trials (interrupted, or `metric.target` reached). Proposing only when a place frees up lets
+/// each proposal learn from every result before it.
+pub fn proposals_due(
+    run_cap: usize,
+    proposed: usize,
+    running: usize,
+    queued: usize,
+    parallel: usize,
+    closed: bool,
+) -> usize {
+    if closed {
+        return 0;
+    }
+    parallel
+        .saturating_sub(running + queued)
+        .min(run_cap.saturating_sub(proposed))
+}
+
+/// The values other trials were judged by at `band` (early termination's history there).
+pub fn band_history<'a>(
+    rows: impl IntoIterator<Item = &'a TrialRow>,
+    band: usize,
+    except: usize,
+) -> Vec<f64> {
+    rows.into_iter()
+        .filter(|r| r.trial != except)
+        .flat_map(|r| r.judgements.iter().filter(|j| j.band == band))
+        .map(|j| j.value)
+        .collect()
+}
+
+/// Whether a trial's result already reaches `metric.target` (what a resumed sweep knows).
+pub fn target_reached<'a>(
+    rows: impl IntoIterator<Item = &'a TrialRow>,
+    metric: &MetricSpec,
+) -> bool {
+    rows.into_iter().any(|r| {
+        r.result
+            .as_ref()
+            .and_then(|res| res.metric(metric.name))
+            .is_some_and(|v| metric.reaches_target(v))
+    })
 }
 
 /// Where a trial runs and how it is confined.
@@ -226,6 +295,7 @@ pub fn scheduler_slots(plan: &Plan) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::state::Status;
     use crate::spec::params::TrialParams;
 
     fn result() -> Box<TrialResult> {
@@ -347,6 +417,10 @@ mod tests {
             dev: "d".into(),
             test: None,
             fitted_max_seq_len: None,
+            train_examples: 1,
+            bayes: None,
+            early_terminate: None,
+            planner: None,
             model: crate::spec::ModelSource::Preset("test".into()),
             pool: Pool {
                 slots: Vec::new(),
@@ -379,6 +453,56 @@ mod tests {
     }
 
     #[test]
+    fn bayes_proposes_into_free_places_within_run_cap_and_learns_from_results() {
+        assert_eq!(proposals_due(10, 0, 0, 0, 2, false), 2);
+        assert_eq!(proposals_due(10, 3, 1, 0, 2, false), 1);
+        assert_eq!(proposals_due(10, 3, 1, 1, 2, false), 0);
+        assert_eq!(proposals_due(4, 3, 0, 0, 2, false), 1);
+        assert_eq!(proposals_due(10, 3, 0, 0, 2, true), 0);
+        let row = |trial: usize, status: Status, acc: Option<f64>| {
+            let mut r = TrialRow {
+                trial,
+                status,
+                reason: String::new(),
+                params: Default::default(),
+                result: acc.map(|a| {
+                    let mut r = *result();
+                    r.accuracy = Some(a);
+                    r
+                }),
+                handle: None,
+                checkpoint_deleted: false,
+                estimate_mb: None,
+                retries: 0,
+                retry_micro_batch: None,
+                judgements: Vec::new(),
+                assignment: Some([("x".to_string(), serde_json::json!(trial))].into()),
+            };
+            if trial == 9 {
+                r.assignment = None;
+            }
+            r
+        };
+        let rows = [
+            row(1, Status::Finished, Some(0.8)),
+            row(2, Status::Pruned, Some(0.1)),
+            row(3, Status::Failed, None),
+            row(4, Status::Running, None),
+            row(9, Status::Finished, Some(0.9)),
+        ];
+        let metric = MetricSpec::default();
+        let obs = observations(&rows, &metric);
+        let losses: Vec<Option<f64>> = obs.iter().map(|o| o.loss).collect();
+        assert_eq!(losses, vec![Some(-0.8), Some(-0.1), None, None]);
+        assert!(!target_reached(&rows, &metric));
+        let with_target = MetricSpec {
+            target: Some(0.85),
+            ..MetricSpec::default()
+        };
+        assert!(target_reached(&rows, &with_target));
+    }
+
+    #[test]
     fn a_first_interrupt_stops_gracefully_a_second_kills() {
         assert_eq!(on_interrupt(0, false), OnInterrupt::Continue);
         assert_eq!(on_interrupt(1, false), OnInterrupt::StopGracefully);
@@ -403,6 +527,8 @@ mod tests {
                 estimate_mb: None,
                 retries: 0,
                 retry_micro_batch: None,
+                judgements: Vec::new(),
+                assignment: None,
             }
         };
         let mut failed = row(5, 0.99, false);

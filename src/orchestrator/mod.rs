@@ -6,7 +6,6 @@
 
 pub mod decide;
 pub mod executor;
-pub mod hyperband;
 pub mod interrupt;
 pub mod lock;
 pub mod progress;

@@ -19,10 +19,14 @@ use crate::orchestrator::scheduler::Scheduler;
 use crate::orchestrator::slurm::{SlurmExecutor, SlurmSettings};
 use crate::plan::{Plan, PlannedTrial};
 use crate::protocol::journal::{self, Event, Handle, Journal};
-use crate::protocol::trial::{trial_dir, TrialConfig, TrialResult};
+use crate::protocol::trial::{
+    read_evaluations, trial_dir, ProgressEvent, TrialConfig, TrialResult, PRUNE_FILE,
+};
 use crate::results::state::{Status, Trials};
 use crate::results::{self, BestTrial};
+use crate::spec::hyperband::Hyperband;
 use crate::spec::params::TrialParams;
+use crate::spec::tpe::Tpe;
 use crate::spec::SweepSpec;
 use crate::util::fs::write_atomic;
 
@@ -46,6 +50,8 @@ pub enum RunError {
     Results(#[from] crate::results::ResultsError),
     #[error("all trial monitors hung up")]
     MonitorsGone,
+    #[error("a proposed trial cannot be planned: {0}")]
+    Plan(String),
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;
@@ -69,7 +75,10 @@ pub struct RunOptions {
 #[derive(Debug)]
 pub struct RunSummary {
     pub dir: PathBuf,
+    /// Trials that ended with a result in this run, pruned ones included.
     pub finished: usize,
+    /// Of those, the ones early termination stopped.
+    pub pruned: usize,
     pub failed: usize,
     pub refused: usize,
     pub seconds: f64,
@@ -150,7 +159,7 @@ pub fn run_with(
 
     // Trials of an earlier run that still run (Slurm jobs): followed, not started again.
     let mut reattached: Vec<(usize, Handle)> = Vec::new();
-    let to_run: Vec<&PlannedTrial> = if existing {
+    let to_run: Vec<PlannedTrial> = if existing {
         for r in record.trials.rows().filter(|r| r.status.runs_on_resume()) {
             // Only a trial journalled as running has a run to follow; the executor may still
             // find one that was started but never journalled.
@@ -161,16 +170,45 @@ pub fn run_with(
                 reattached.push((r.trial, h));
             }
         }
-        let pending: Vec<&PlannedTrial> = plan
+        // A pruned trial's result that arrived after the earlier orchestrator stopped.
+        let pruned_without_result: Vec<usize> = record
             .trials
-            .iter()
-            .filter(|t| {
-                record
-                    .trials
-                    .get(t.id)
-                    .is_some_and(|r| r.status.runs_on_resume())
-            })
+            .rows()
+            .filter(|r| r.status == Status::Pruned && r.result.is_none())
+            .map(|r| r.trial)
             .collect();
+        for trial in pruned_without_result {
+            if let Ok(result) = read_result(&trial_dir(&dir, trial)) {
+                record.log(Event::TrialFinished { trial, result })?;
+            }
+        }
+        // Once metric.target is reached, trials that never started stay unstarted.
+        let closed = decide::target_reached(record.trials.rows(), &spec.metric);
+        let runs_again = |r: &crate::results::state::TrialRow| {
+            r.status.runs_on_resume()
+                && !(closed && r.status == Status::Planned && r.handle.is_none())
+        };
+        let pending: Vec<PlannedTrial> = match &plan.bayes {
+            None => plan
+                .trials
+                .iter()
+                .filter(|t| record.trials.get(t.id).is_some_and(runs_again))
+                .cloned()
+                .collect(),
+            // Proposed trials are planned again from their journalled values.
+            Some(_) => {
+                let mut pending = Vec::new();
+                for r in record.trials.rows().filter(|r| runs_again(r)) {
+                    if let Some(a) = &r.assignment {
+                        pending.push(
+                            plan.plan_trial(r.trial, a.clone())
+                                .map_err(|e| RunError::Plan(e.to_string()))?,
+                        );
+                    }
+                }
+                pending
+            }
+        };
         record.log(Event::SweepResumed {
             trials_to_run: pending.len(),
             reattached: reattached.iter().map(|(t, _)| *t).collect(),
@@ -188,6 +226,7 @@ pub fn run_with(
                 trial: t.id,
                 params: t.params.to_map(),
                 estimate_mb: t.estimate_mb,
+                assignment: None,
             })?;
             if let Some(reason) = &t.refusal {
                 record.log(Event::TrialRefused {
@@ -196,12 +235,23 @@ pub fn run_with(
                 })?;
             }
         }
-        plan.trials.iter().filter(|t| t.refusal.is_none()).collect()
+        plan.trials
+            .iter()
+            .filter(|t| t.refusal.is_none())
+            .cloned()
+            .collect()
     };
     record.refresh(spec)?;
 
-    let by_id: HashMap<usize, &PlannedTrial> = to_run.iter().map(|t| (t.id, *t)).collect();
+    let mut by_id: HashMap<usize, PlannedTrial> =
+        to_run.iter().map(|t| (t.id, t.clone())).collect();
     let mut ui = SweepProgress::new(to_run.len(), opts.quiet);
+    // No new trial starts once a trial reaches metric.target.
+    let mut target_reached = decide::target_reached(record.trials.rows(), &spec.metric);
+    let bayes = plan
+        .bayes
+        .as_ref()
+        .map(|b| (b, Tpe::new(b.seed, b.run_cap)));
     if existing {
         ui.println(&format!(
             "resuming: {} of {} trials still to run",
@@ -253,10 +303,46 @@ pub fn run_with(
         }
     }
     let mut stopping = false;
-    let (mut finished, mut failed) = (0, 0);
+    let (mut finished, mut failed, mut pruned) = (0, 0, 0);
     loop {
+        if let Some((search, tpe)) = &bayes {
+            let proposed = record.trials.rows().count();
+            let due = decide::proposals_due(
+                search.run_cap,
+                proposed,
+                scheduler.running(),
+                scheduler.queued(),
+                plan.pool.parallel,
+                stopping || target_reached,
+            );
+            for k in 0..due {
+                let observations = decide::observations(record.trials.rows(), &spec.metric);
+                let index = proposed + k;
+                let assignment = tpe.propose(&search.domains, &observations, index);
+                let t = plan
+                    .plan_trial(index + 1, assignment.clone())
+                    .map_err(|e| RunError::Plan(e.to_string()))?;
+                record.log(Event::TrialPlanned {
+                    trial: t.id,
+                    params: t.params.to_map(),
+                    estimate_mb: t.estimate_mb,
+                    assignment: Some(assignment),
+                })?;
+                if let Some(reason) = &t.refusal {
+                    record.log(Event::TrialRefused {
+                        trial: t.id,
+                        reason: reason.clone(),
+                    })?;
+                    ui.println(&format!("trial {:04} refused: {reason}", t.id));
+                    continue;
+                }
+                ui.add_pending(1);
+                scheduler.enqueue(t.id, t.params.gpus as usize);
+                by_id.insert(t.id, t);
+            }
+        }
         while let Some((id, slots)) = scheduler.next_to_start() {
-            let t = by_id[&id];
+            let t = &by_id[&id];
             let placement = decide::placement_for(plan, t, &slots);
             let tdir = trial_dir(&dir, id);
             let params = params_to_run(t, &record.trials);
@@ -317,7 +403,14 @@ pub fn run_with(
                 }
                 record.refresh(spec)?;
                 ui.finish();
-                return Ok(summary(&dir, finished, failed, plan, started, true));
+                return Ok(summary(
+                    &dir,
+                    (finished, pruned),
+                    failed,
+                    plan,
+                    started,
+                    true,
+                ));
             }
             OnInterrupt::StopGracefully => {
                 stopping = true;
@@ -340,6 +433,22 @@ pub fn run_with(
         let exit = match report {
             Report::Progress(event) => {
                 ui.event(id, &event);
+                if let ProgressEvent::Epoch(m) = &event {
+                    if !target_reached
+                        && m.metric(spec.metric.name)
+                            .is_some_and(|v| spec.metric.reaches_target(v))
+                    {
+                        target_reached = true;
+                        let dropped = scheduler.clear_queue();
+                        ui.println(&format!(
+                            "trial {id:04} reached metric.target: no new trials start ({} queued dropped)",
+                            dropped.len()
+                        ));
+                    }
+                    if let (Some(rule), Some(t)) = (&plan.early_terminate, by_id.get(&id)) {
+                        judge_trial(&mut record, &mut ui, plan, spec, rule, t)?;
+                    }
+                }
                 continue;
             }
             Report::Waiting(reason) => {
@@ -361,7 +470,43 @@ pub fn run_with(
             },
             Err(reason) => Outcome::Failed(reason),
         };
-        let t = by_id[&id];
+        let t = &by_id[&id];
+        if record
+            .trials
+            .get(id)
+            .is_some_and(|r| r.status == Status::Pruned)
+        {
+            // Early termination stopped it: its best evaluation so far is its result.
+            finished += 1;
+            pruned += 1;
+            match outcome {
+                Outcome::Finished(result) => {
+                    let line = format!(
+                        "trial {id:04} pruned: {} best accuracy {} after {} steps",
+                        label(t),
+                        result
+                            .accuracy
+                            .map(|a| format!("{a:.4}"))
+                            .unwrap_or_else(|| "-".into()),
+                        result.steps.unwrap_or(0)
+                    );
+                    record.log(Event::TrialFinished {
+                        trial: id,
+                        result: *result,
+                    })?;
+                    ui.trial_ended(id, &line);
+                }
+                Outcome::Failed(reason) => {
+                    ui.trial_ended(
+                        id,
+                        &format!("trial {id:04} pruned; it ended without a result: {reason}"),
+                    );
+                }
+            }
+            enforce_retention(&mut record, spec)?;
+            record.refresh(spec)?;
+            continue;
+        }
         let micro = params_to_run(t, &record.trials).micro_batch();
         match decide::after_exit(outcome, stopping, spec.on_oom, micro, t.params.batch_size) {
             AfterExit::Finished(result) => {
@@ -459,7 +604,84 @@ pub fn run_with(
             record.refresh(spec)?;
         }
     }
-    Ok(summary(&dir, finished, failed, plan, started, stopping))
+    Ok(summary(
+        &dir,
+        (finished, pruned),
+        failed,
+        plan,
+        started,
+        stopping,
+    ))
+}
+
+/// Early termination for the trial that just evaluated: the bands it reached that were not
+/// judged yet are judged (`Hyperband::due`, against what the other trials were judged by
+/// there), each judgement journalled before anything acts on it; a trial that is stopped gets
+/// its prune file, which it sees at its next step.
+fn judge_trial(
+    record: &mut Record,
+    ui: &mut SweepProgress,
+    plan: &Plan,
+    spec: &SweepSpec,
+    rule: &Hyperband,
+    t: &PlannedTrial,
+) -> Result<()> {
+    let Some(row) = record.trials.get(t.id) else {
+        return Ok(());
+    };
+    if row.status != Status::Running {
+        return Ok(());
+    }
+    let tdir = trial_dir(&record.dir, t.id);
+    let evaluations = read_evaluations(&tdir);
+    let mut losses = Vec::new();
+    for m in &evaluations {
+        match m.metric(spec.metric.name).filter(|v| v.is_finite()) {
+            Some(v) => losses.push(spec.metric.as_loss(v)),
+            None => break,
+        }
+    }
+    let planned = plan.evaluation_steps(&t.params);
+    let Ok(bands) = rule.bands(planned.len()) else {
+        return Ok(());
+    };
+    let judged: Vec<usize> = row.judgements.iter().map(|j| j.band).collect();
+    let due = rule.due(&bands, &losses, &judged, planned.len(), |band| {
+        decide::band_history(record.trials.rows(), band, t.id)
+    });
+    for d in due {
+        let step = evaluations.get(d.band - 1).map_or(0, |m| m.step);
+        record.log(Event::TrialJudged {
+            trial: t.id,
+            band: d.band,
+            step,
+            value: d.judgement.value,
+            threshold: d.judgement.threshold,
+            pruned: d.judgement.stop,
+        })?;
+        if d.judgement.stop {
+            let path = tdir.join(PRUNE_FILE);
+            let note = serde_json::json!({
+                "band": d.band,
+                "step": step,
+                "value": d.judgement.value,
+                "threshold": d.judgement.threshold,
+            });
+            write_atomic(&path, note.to_string().as_bytes()).map_err(io_at(&path))?;
+            ui.println(&format!(
+                "trial {:04} pruned at band {} (step {step}): {:.4} worse than threshold {:.4}",
+                t.id, d.band, d.judgement.value, d.judgement.threshold
+            ));
+        }
+    }
+    if record
+        .trials
+        .get(t.id)
+        .is_some_and(|r| r.judgements.len() > judged.len())
+    {
+        record.refresh(spec)?;
+    }
+    Ok(())
 }
 
 /// Scores the best trial's checkpoint on `data.test`, once: in a child process (`sweep eval
@@ -522,7 +744,7 @@ fn params_to_run(t: &PlannedTrial, trials: &Trials) -> TrialParams {
 
 fn summary(
     dir: &Path,
-    finished: usize,
+    (finished, pruned): (usize, usize),
     failed: usize,
     plan: &Plan,
     started: Instant,
@@ -530,6 +752,7 @@ fn summary(
 ) -> RunSummary {
     RunSummary {
         finished,
+        pruned,
         failed,
         refused: plan.trials.iter().filter(|t| t.refusal.is_some()).count(),
         seconds: started.elapsed().as_secs_f64(),
@@ -619,6 +842,8 @@ fn prepare_trial(
     };
     let path = dir.join(TrialConfig::FILE);
     let bytes = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
+    // Only a running trial is ever pruned, and a pruned one never starts again.
+    let _ = std::fs::remove_file(dir.join(PRUNE_FILE));
     std::fs::create_dir_all(dir)
         .and_then(|()| write_atomic(&path, &bytes))
         .map_err(|e| format!("{}: {e}", path.display()))

@@ -103,6 +103,16 @@ impl Scheduler {
         self.queue.push_front((id, need));
     }
 
+    /// Adds a trial at the end of the queue (one a sampler proposed while the sweep runs).
+    pub fn enqueue(&mut self, id: usize, need: usize) {
+        self.queue.push_back((id, need));
+    }
+
+    /// Trials started and not yet released.
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
     /// Drops every trial not yet started (on interrupt).
     pub fn clear_queue(&mut self) -> Vec<usize> {
         self.queue.drain(..).map(|(id, _)| id).collect()

@@ -11,12 +11,15 @@ use serde::Serialize;
 
 use crate::plan::devices::{discover_gpus, machine_memory_mb};
 use crate::plan::slurm::{job_request, read_cluster, Cluster, JobRequest};
+use crate::protocol::trial::evaluation_steps;
+use crate::spec::hyperband::Hyperband;
 use crate::spec::memory::{estimate, fitting_micro_batch, Workload, MB};
 use crate::spec::params::{Method, TrialParams};
-use crate::spec::search::{assignments, Assignment};
+use crate::spec::search::{assignments, domains, Assignment};
 use crate::spec::shape::ModelConfig;
 use crate::spec::{
-    DeviceKind, DevicesSpec, ExecutorKind, ModelSource, OnOom, SpecError, SweepSpec,
+    DeviceKind, DevicesSpec, Domain, ExecutorKind, ModelSource, OnOom, SearchMethod, SpecError,
+    SweepSpec,
 };
 use crate::text::data::{DataError, Example};
 use crate::text::encode::TokenCounts;
@@ -295,6 +298,133 @@ pub struct Plan {
     pub trials: Vec<PlannedTrial>,
     /// When the spec does not set `max_seq_len`: what the trials use instead, and why.
     pub fitted_max_seq_len: Option<String>,
+    /// Training examples (a trial's steps per epoch are `ceil(examples / batch_size)`).
+    pub train_examples: usize,
+    /// `method: bayes`: trials are proposed as results arrive, so `trials` starts empty.
+    #[serde(skip)]
+    pub bayes: Option<BayesSearch>,
+    /// `early_terminate`, when the sweep has it.
+    #[serde(skip)]
+    pub early_terminate: Option<Hyperband>,
+    /// Plans trials proposed after planning (`plan_trial`).
+    #[serde(skip)]
+    pub(crate) planner: Option<TrialPlanner>,
+}
+
+/// What `method: bayes` proposes from.
+#[derive(Debug, Clone)]
+pub struct BayesSearch {
+    pub domains: Vec<(String, Domain)>,
+    pub run_cap: usize,
+    pub seed: u64,
+    /// The parameters of `run_cap` random draws from the spaces, planned to check that every
+    /// value makes a valid trial; they stand for the trials the sampler may propose.
+    pub draws: Vec<TrialParams>,
+}
+
+/// Everything planning one trial needs besides its assignment, kept so that trials proposed
+/// while the sweep runs are planned by the same rules as the ones planned up front.
+#[derive(Debug, Clone)]
+pub(crate) struct TrialPlanner {
+    file: String,
+    lengths: Lengths,
+    pool: Pool,
+    slurm: Option<SlurmPlan>,
+    device_mb: Option<f64>,
+    fitted: Option<u32>,
+    time_s: Option<u64>,
+    memory_check: bool,
+    on_oom: OnOom,
+    seed: u64,
+}
+
+impl TrialPlanner {
+    /// Trial `id` with these parameter values: typed, fitted to memory, or refused.
+    fn plan(&self, id: usize, assignment: Assignment) -> Result<PlannedTrial, PlanError> {
+        let (pool, slurm, device_mb) = (&self.pool, &self.slurm, self.device_mb);
+        let mut params =
+            TrialParams::from_assignment(&assignment, self.seed).map_err(|problem| {
+                PlanError::Trial {
+                    file: self.file.clone(),
+                    trial: id,
+                    assignment: describe(&assignment),
+                    message: problem.message,
+                }
+            })?;
+        if let Some(fitted) = self.fitted {
+            params.max_seq_len = fitted;
+        }
+        let mut refusal = None;
+        let mut note = None;
+        if slurm.is_none() && params.gpus as usize > pool.slots.len() {
+            refusal = Some(format!(
+                "asks for {} devices but the pool has {} ({}); it could never start",
+                params.gpus,
+                pool.slots.len(),
+                pool.describe()
+            ));
+        }
+        // Each device holds the model and its share of the micro-batch.
+        let per_device = |micro: usize| micro.div_ceil(params.gpus.max(1) as usize);
+        let workload = Workload {
+            on_cuda: pool.has_cuda(),
+            ..self.lengths.workload(&params)
+        };
+        let planned_micro = params.micro_batch() as usize;
+        let mut estimate_mb = Some(estimate(&workload, per_device(planned_micro)).total_mb());
+        if let (Some(limit), true, None) = (device_mb, self.memory_check, &refusal) {
+            if estimate_mb.unwrap_or(0.0) > limit {
+                let at_one = estimate(&workload, 1).total_mb();
+                let fit = match self.on_oom {
+                    OnOom::HalveBatch => {
+                        fitting_micro_batch(&workload, params.batch_size as usize, limit * MB)
+                    }
+                    OnOom::Skip | OnOom::Fail => None,
+                };
+                match fit {
+                    Some(micro) => {
+                        note = Some(format!(
+                            "micro-batch {planned_micro} -> {micro} (grad_accum {}) to fit {limit:.0} MiB",
+                            params.batch_size as usize / micro
+                        ));
+                        estimate_mb = Some(estimate(&workload, per_device(micro)).total_mb());
+                        params.micro_batch = Some(micro as u32);
+                    }
+                    None if at_one > limit => {
+                        refusal = Some(format!(
+                            "needs about {at_one:.0} MiB even at micro-batch 1, more than the {limit:.0} MiB of a device; it could never fit"
+                        ))
+                    }
+                    None => {
+                        refusal = Some(format!(
+                            "needs about {:.0} MiB at micro-batch {planned_micro}, more than the {limit:.0} MiB of a device (on_oom: {:?})",
+                            estimate_mb.unwrap_or(0.0),
+                            self.on_oom
+                        ))
+                    }
+                }
+            }
+        }
+        let mut job = None;
+        if let (Some(s), None) = (slurm, &refusal) {
+            match job_request(&s.cluster, params.gpus, estimate_mb, self.time_s) {
+                Ok(request) => job = Some(request),
+                Err(reason) => refusal = Some(reason),
+            }
+        }
+        if refusal.is_some() && slurm.is_none() {
+            estimate_mb = estimate_mb.filter(|_| params.gpus as usize <= pool.slots.len());
+        }
+        Ok(PlannedTrial {
+            id,
+            assignment,
+            params,
+            estimate_mb,
+            note,
+            refusal,
+            job,
+        })
+    }
 }
 
 /// What a fitted `max_seq_len` is, for the plan and the checks.
@@ -308,6 +438,7 @@ pub fn fitted_note(fitted: u32, longest: usize, max_positions: usize) -> String 
 }
 
 /// Token lengths of the training data under the model's tokenizer, for memory estimates.
+#[derive(Debug, Clone)]
 struct Lengths {
     config: ModelConfig,
     /// (prompt, answer) tokens of each labelled example.
@@ -533,93 +664,36 @@ impl Plan {
                 lengths.config.max_position_embeddings,
             )
         });
+        let planner = TrialPlanner {
+            file: fname.clone(),
+            lengths: lengths.clone(),
+            pool: pool.clone(),
+            slurm: slurm.clone(),
+            device_mb,
+            fitted,
+            time_s,
+            memory_check: options.memory_check,
+            on_oom: spec.on_oom,
+            seed: spec.seed,
+        };
         let mut trials = Vec::new();
         for (i, assignment) in assignments(spec, &fname)?.into_iter().enumerate() {
-            let id = i + 1;
-            let mut params =
-                TrialParams::from_assignment(&assignment, spec.seed).map_err(|problem| {
-                    PlanError::Trial {
-                        file: fname.clone(),
-                        trial: id,
-                        assignment: describe(&assignment),
-                        message: problem.message,
-                    }
-                })?;
-            if let Some(fitted) = fitted {
-                params.max_seq_len = fitted;
-            }
-            let mut refusal = None;
-            let mut note = None;
-            if slurm.is_none() && params.gpus as usize > pool.slots.len() {
-                refusal = Some(format!(
-                    "asks for {} devices but the pool has {} ({}); it could never start",
-                    params.gpus,
-                    pool.slots.len(),
-                    pool.describe()
-                ));
-            }
-            // Each device holds the model and its share of the micro-batch.
-            let per_device = |micro: usize| micro.div_ceil(params.gpus.max(1) as usize);
-            let workload = Workload {
-                on_cuda: pool.has_cuda(),
-                ..lengths.workload(&params)
-            };
-            let planned_micro = params.micro_batch() as usize;
-            let mut estimate_mb = Some(estimate(&workload, per_device(planned_micro)).total_mb());
-            if let (Some(limit), true, None) = (device_mb, options.memory_check, &refusal) {
-                if estimate_mb.unwrap_or(0.0) > limit {
-                    let at_one = estimate(&workload, 1).total_mb();
-                    let fit = match spec.on_oom {
-                        OnOom::HalveBatch => {
-                            fitting_micro_batch(&workload, params.batch_size as usize, limit * MB)
-                        }
-                        OnOom::Skip | OnOom::Fail => None,
-                    };
-                    match fit {
-                        Some(micro) => {
-                            note = Some(format!(
-                                "micro-batch {planned_micro} -> {micro} (grad_accum {}) to fit {limit:.0} MiB",
-                                params.batch_size as usize / micro
-                            ));
-                            estimate_mb = Some(estimate(&workload, per_device(micro)).total_mb());
-                            params.micro_batch = Some(micro as u32);
-                        }
-                        None if at_one > limit => {
-                            refusal = Some(format!(
-                                "needs about {at_one:.0} MiB even at micro-batch 1, more than the {limit:.0} MiB of a device; it could never fit"
-                            ))
-                        }
-                        None => {
-                            refusal = Some(format!(
-                                "needs about {:.0} MiB at micro-batch {planned_micro}, more than the {limit:.0} MiB of a device (on_oom: {:?})",
-                                estimate_mb.unwrap_or(0.0),
-                                spec.on_oom
-                            ))
-                        }
-                    }
-                }
-            }
-            let mut job = None;
-            if let (Some(s), None) = (&slurm, &refusal) {
-                match job_request(&s.cluster, params.gpus, estimate_mb, time_s) {
-                    Ok(request) => job = Some(request),
-                    Err(reason) => refusal = Some(reason),
-                }
-            }
-            if refusal.is_some() && slurm.is_none() {
-                estimate_mb = estimate_mb.filter(|_| params.gpus as usize <= pool.slots.len());
-            }
-            trials.push(PlannedTrial {
-                id,
-                assignment,
-                params,
-                estimate_mb,
-                note,
-                refusal,
-                job,
-            });
+            trials.push(planner.plan(i + 1, assignment)?);
         }
-        if trials.is_empty() {
+        let bayes = match spec.method {
+            SearchMethod::Bayes => Some(BayesSearch {
+                domains: domains(spec, &fname)?,
+                run_cap: spec.run_cap.unwrap_or(1),
+                seed: spec.seed,
+                // Planned like the others, so a value no trial can take is an error here.
+                draws: std::mem::take(&mut trials)
+                    .into_iter()
+                    .map(|t| t.params)
+                    .collect(),
+            }),
+            SearchMethod::Grid | SearchMethod::Random => None,
+        };
+        if trials.is_empty() && bayes.is_none() {
             return Err(PlanError::NoTrials { file: fname });
         }
         Ok(Self {
@@ -635,7 +709,37 @@ impl Plan {
             trials,
             fitted_max_seq_len: fitted
                 .map(|n| fitted_note(n, lengths.longest, lengths.config.max_position_embeddings)),
+            train_examples: examples.len(),
+            bayes,
+            early_terminate: spec.early_terminate.map(|e| e.hyperband()),
+            planner: Some(planner),
         })
+    }
+
+    /// Plans a trial proposed while the sweep runs (`method: bayes`), by the rules of the
+    /// trials planned up front.
+    pub fn plan_trial(&self, id: usize, assignment: Assignment) -> Result<PlannedTrial, PlanError> {
+        match &self.planner {
+            Some(planner) => planner.plan(id, assignment),
+            None => Err(PlanError::NoTrials {
+                file: self.name.clone(),
+            }),
+        }
+    }
+
+    /// A trial's optimizer steps per epoch.
+    pub fn steps_per_epoch(&self, params: &TrialParams) -> usize {
+        self.train_examples
+            .div_ceil(params.batch_size.max(1) as usize)
+    }
+
+    /// The optimizer steps after which a trial evaluates (`protocol::trial::evaluation_steps`).
+    pub fn evaluation_steps(&self, params: &TrialParams) -> Vec<usize> {
+        evaluation_steps(
+            self.steps_per_epoch(params),
+            params.epochs,
+            params.eval_every,
+        )
     }
 
     /// CPU threads a trial gets: its job's CPUs on Slurm, else its share of the local cores.
@@ -685,6 +789,7 @@ impl Plan {
             out.push_str(note);
             out.push_str("\n\n");
         }
+        out.push_str(&self.render_search());
         let device_mb = match &self.slurm {
             Some(_) => self.pool.cpu_memory_limit_mb,
             None => self.pool.device_memory_mb(),
@@ -736,6 +841,107 @@ impl Plan {
             ));
         }
         out
+    }
+}
+
+impl Plan {
+    /// `method: bayes`, the bands of `early_terminate` (in evaluations and in each kind of
+    /// trial's steps) and the most trial-steps the sweep can use.
+    fn render_search(&self) -> String {
+        let mut out = String::new();
+        if let Some(b) = &self.bayes {
+            out.push_str(&format!(
+                "method: bayes (Tree-structured Parzen Estimator, seed {}): up to {} trials, each proposed from the results before it; the table below is empty until they are\n",
+                b.seed, b.run_cap
+            ));
+        }
+        // The trials whose steps bound the budget: the planned ones, or for bayes the draws
+        // that stand for what the sampler can propose (the most steps any of them takes, times
+        // run_cap).
+        let steps_of = |p: &TrialParams| self.steps_per_epoch(p) * p.epochs as usize;
+        let most_steps: usize = match &self.bayes {
+            Some(b) => b.run_cap * self.bayes_most_steps(),
+            None => self
+                .trials
+                .iter()
+                .filter(|t| t.refusal.is_none())
+                .map(|t| steps_of(&t.params))
+                .sum(),
+        };
+        if let Some(rule) = &self.early_terminate {
+            let typical = self.typical_params();
+            let mut kinds: Vec<(u32, u32, Option<u32>)> = typical
+                .iter()
+                .map(|p| (p.batch_size, p.epochs, p.eval_every))
+                .collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            let most_evaluations = typical
+                .iter()
+                .map(|p| self.evaluation_steps(p).len())
+                .max()
+                .unwrap_or(usize::MAX);
+            match rule.bands(most_evaluations) {
+                Ok(bands) => {
+                    out.push_str(&format!(
+                        "early_terminate: hyperband, eta {}, {}: bands at evaluations {:?}\n",
+                        rule.eta,
+                        if rule.strict {
+                            "strict (the value at the band)"
+                        } else {
+                            "the best value up to the band"
+                        },
+                        bands
+                    ));
+                    for (batch, epochs, every) in kinds {
+                        let Some(params) = typical.iter().find(|p| {
+                            (p.batch_size, p.epochs, p.eval_every) == (batch, epochs, every)
+                        }) else {
+                            continue;
+                        };
+                        let at = self.evaluation_steps(params);
+                        let steps: Vec<usize> = bands
+                            .iter()
+                            .filter_map(|b| at.get(b - 1).copied())
+                            .collect();
+                        out.push_str(&format!(
+                            "  batch {batch}, {epochs} epoch(s), {} evaluations (eval_every {}): bands at steps {:?} of {}\n",
+                            at.len(),
+                            every.map_or("epoch".to_string(), |e| e.to_string()),
+                            steps,
+                            at.last().copied().unwrap_or(0)
+                        ));
+                    }
+                }
+                Err(e) => out.push_str(&format!("early_terminate: {e}\n")),
+            }
+        }
+        out.push_str(&format!(
+            "most trial-steps the sweep can use: {most_steps}{}\n\n",
+            if self.early_terminate.is_some() {
+                " (fewer as trials are pruned)"
+            } else {
+                ""
+            }
+        ));
+        out
+    }
+
+    /// The most steps one trial the sampler proposes can take: over the draws planning saw.
+    fn bayes_most_steps(&self) -> usize {
+        self.typical_params()
+            .iter()
+            .map(|p| self.steps_per_epoch(p) * p.epochs as usize)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The planned trials' parameters, or for bayes those of the draws.
+    fn typical_params(&self) -> Vec<&TrialParams> {
+        match &self.bayes {
+            Some(b) => b.draws.iter().collect(),
+            None => self.trials.iter().map(|t| &t.params).collect(),
+        }
     }
 }
 

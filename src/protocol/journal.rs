@@ -24,6 +24,10 @@ pub enum Event {
         /// Predicted peak memory per device, MiB.
         #[serde(default)]
         estimate_mb: Option<f64>,
+        /// The sampled parameter values, for trials proposed as the sweep runs (`method:
+        /// bayes`): what a resumed sweep's sampler learns from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        assignment: Option<BTreeMap<String, Value>>,
     },
     /// Can never run as asked (for example more devices than the pool has).
     TrialRefused {
@@ -78,6 +82,18 @@ pub enum Event {
         retry_micro_batch: Option<u32>,
         reason: String,
     },
+    /// `early_terminate`: the trial reached band `band` (evaluations) at optimizer step `step`
+    /// with `value` (the metric as a loss: negated when maximised), judged against `threshold`;
+    /// `pruned`: it is stopped. Journalled before the trial is told, so a resumed sweep never
+    /// judges a band twice.
+    TrialJudged {
+        trial: usize,
+        band: usize,
+        step: usize,
+        value: f64,
+        threshold: f64,
+        pruned: bool,
+    },
     /// The trial's checkpoint folder was deleted under `checkpoints: {keep: N}`.
     CheckpointDeleted {
         trial: usize,
@@ -113,6 +129,7 @@ impl Event {
             | Event::TrialFailed { trial, .. }
             | Event::TrialStopped { trial, .. }
             | Event::TrialOutOfMemory { trial, .. }
+            | Event::TrialJudged { trial, .. }
             | Event::CheckpointDeleted { trial } => Some(*trial),
             Event::SweepStarted { .. }
             | Event::SweepFinished { .. }

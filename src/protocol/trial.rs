@@ -55,6 +55,51 @@ impl TrialConfig {
     }
 }
 
+/// The optimizer steps (1-based, over the whole trial) after which a trial evaluates: every
+/// `eval_every` steps and after the last one, or after every epoch when `eval_every` is not
+/// set. The trainer evaluates at these steps and the orchestrator counts early termination's
+/// iterations by them, so the two cannot disagree.
+pub fn evaluation_steps(
+    steps_per_epoch: usize,
+    epochs: u32,
+    eval_every: Option<u32>,
+) -> Vec<usize> {
+    let total = steps_per_epoch * epochs as usize;
+    let every = match eval_every {
+        Some(n) => (n as usize).max(1),
+        None => steps_per_epoch.max(1),
+    };
+    let mut steps: Vec<usize> = (1..=total / every).map(|k| k * every).collect();
+    if total > 0 && steps.last() != Some(&total) {
+        steps.push(total);
+    }
+    steps
+}
+
+/// A trial's evaluations so far, from its `metrics.jsonl`, in step order; an evaluation repeated
+/// by a resumed run counts once (its last line). A missing file or a torn line gives what can be
+/// read: the file is being written while it is read.
+pub fn read_evaluations(dir: &Path) -> Vec<EpochMetrics> {
+    let Ok(text) = std::fs::read_to_string(dir.join(METRICS_FILE)) else {
+        return Vec::new();
+    };
+    let mut by_step = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Ok(ProgressEvent::Epoch(m)) = serde_json::from_str::<ProgressEvent>(line) {
+            by_step.insert(m.step, m);
+        }
+    }
+    by_step.into_values().collect()
+}
+
+/// A trial's progress events, one JSON object a line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// The file the orchestrator writes into a trial's folder to stop it early (`early_terminate`):
+/// the trial sees it at its next step, keeps its best evaluation so far as its result and exits
+/// successfully. A file, not a signal, so it reaches a Slurm job on another node the same way.
+pub const PRUNE_FILE: &str = "prune.json";
+
 /// One line of `metrics.jsonl`, and one progress event on the trial's stdout.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -78,12 +123,10 @@ pub enum ProgressEvent {
         lr: f64,
         grad_norm: f64,
     },
+    /// One evaluation: after an epoch, or every `eval_every` steps (`evaluation_steps`).
     Epoch(EpochMetrics),
     /// The trial continues after an interruption from the end of `epoch`.
-    Resumed {
-        epoch: u32,
-        step: usize,
-    },
+    Resumed { epoch: u32, step: usize },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -139,6 +182,13 @@ pub struct TrialResult {
     /// recorded before it was.
     #[serde(default)]
     pub per_device_batch: Option<u32>,
+    /// The optimizer step of the best evaluation; `None` in results recorded before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_step: Option<usize>,
+    /// Optimizer steps the trial took (fewer than planned when it was pruned); `None` in
+    /// results recorded before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
     pub checkpoint: PathBuf,
 }
 
@@ -195,4 +245,19 @@ pub fn peak_rss_mb() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluations_come_every_eval_every_steps_and_after_the_last() {
+        // Default: after every epoch.
+        assert_eq!(evaluation_steps(5, 3, None), vec![5, 10, 15]);
+        assert_eq!(evaluation_steps(5, 3, Some(4)), vec![4, 8, 12, 15]);
+        assert_eq!(evaluation_steps(5, 2, Some(5)), vec![5, 10]);
+        assert_eq!(evaluation_steps(5, 1, Some(50)), vec![5]);
+        assert!(evaluation_steps(0, 1, None).is_empty());
+    }
 }

@@ -226,20 +226,21 @@ pub fn collect(dir: &Path) -> Result<ReportData> {
             }
         })
         .collect();
-    // Leaderboard order: the one ranking rule, finished trials first.
+    // Leaderboard order: the one ranking rule, finished (and pruned) trials first.
+    let ranks = |status: &str| status == "finished" || status == "pruned";
     let score = |t: &TrialView| Score {
         value: t.metric,
         dev_loss: t.dev_loss.unwrap_or(f64::NAN),
         seconds: t.seconds.unwrap_or(f64::NAN),
     };
     trials.sort_by(|a, b| {
-        (a.status != "finished")
-            .cmp(&(b.status != "finished"))
+        (!ranks(&a.status))
+            .cmp(&!ranks(&b.status))
             .then_with(|| spec.metric.rank(&score(a), &score(b)))
             .then(a.trial.cmp(&b.trial))
     });
     let mut rank = 0;
-    for t in trials.iter_mut().filter(|t| t.status == "finished") {
+    for t in trials.iter_mut().filter(|t| ranks(&t.status)) {
         rank += 1;
         t.rank = Some(rank);
     }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::protocol::evaluation::TestScore;
 use crate::protocol::trial::TrialResult;
-use crate::results::state::{Status, TrialRow};
+use crate::results::state::{BandJudgement, TrialRow};
 use crate::spec::{MetricSpec, Score};
 use crate::util::fs::{replace_dir, staging_dir, write_atomic};
 
@@ -76,7 +76,7 @@ pub fn compare(a: &TrialRow, b: &TrialRow, metric: &MetricSpec) -> std::cmp::Ord
 pub fn best<'a>(rows: &'a [TrialRow], metric: &MetricSpec) -> Option<&'a TrialRow> {
     rows.iter()
         .filter(|r| {
-            r.status == Status::Finished
+            r.status.ranks()
                 && r.result
                     .as_ref()
                     .and_then(|res| res.metric(metric.name))
@@ -209,6 +209,32 @@ pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame>
         rows.iter()
             .map(|r| r.result.as_ref()?.per_device_batch.map(i64::from))
             .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "steps".into(),
+        rows.iter()
+            .map(|r| r.result.as_ref()?.steps.map(|s| s as i64))
+            .collect::<Vec<_>>(),
+    ));
+    let judged = |f: &dyn Fn(&BandJudgement) -> f64| -> Vec<Option<f64>> {
+        rows.iter().map(|r| r.pruned_by().map(f)).collect()
+    };
+    cols.push(Column::new(
+        "pruned_band".into(),
+        rows.iter()
+            .map(|r| r.pruned_by().map(|j| j.band as i64))
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "pruned_step".into(),
+        rows.iter()
+            .map(|r| r.pruned_by().map(|j| j.step as i64))
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new("pruned_value".into(), judged(&|j| j.value)));
+    cols.push(Column::new(
+        "pruned_threshold".into(),
+        judged(&|j| j.threshold),
     ));
     cols.push(Column::new(
         "retries".into(),
@@ -345,10 +371,11 @@ pub fn read_csv(dir: &Path) -> Result<DataFrame> {
     df.map_err(|e| file_at(&path, e))
 }
 
-/// The leaderboard: finished trials, best first.
+/// The leaderboard: finished and pruned trials (a pruned one with its best evaluation before it
+/// stopped), best first.
 pub fn leaderboard(df: &DataFrame, metric: &MetricSpec, params: &[String]) -> Result<DataFrame> {
     let m = metric.name.column();
-    let mut names: Vec<&str> = vec!["trial"];
+    let mut names: Vec<&str> = vec!["trial", "status"];
     names.extend(params.iter().map(String::as_str));
     for c in [
         m,
@@ -367,7 +394,11 @@ pub fn leaderboard(df: &DataFrame, metric: &MetricSpec, params: &[String]) -> Re
     let finished = df
         .clone()
         .lazy()
-        .filter(col("status").eq(lit("finished")))
+        .filter(
+            col("status")
+                .eq(lit("finished"))
+                .or(col("status").eq(lit("pruned"))),
+        )
         .select(cols)
         .collect()?;
     // Sorted by the one ranking rule (`MetricSpec::rank`), not by a polars sort that restates it.
@@ -412,6 +443,7 @@ pub fn by_parameter(df: &DataFrame, metric: &MetricSpec, param: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::state::Status;
     use crate::spec::Metric;
 
     fn finished(trial: usize, lr: f64, acc: f64, loss: f64, secs: f64) -> TrialRow {
@@ -439,6 +471,8 @@ mod tests {
                 grad_accum: 1,
                 devices: 1,
                 per_device_batch: Some(4),
+                best_step: None,
+                steps: None,
                 checkpoint: PathBuf::from("x"),
             }),
             handle: None,
@@ -446,6 +480,8 @@ mod tests {
             estimate_mb: None,
             retries: 0,
             retry_micro_batch: None,
+            judgements: Vec::new(),
+            assignment: None,
         }
     }
 
@@ -454,6 +490,7 @@ mod tests {
         let metric = MetricSpec {
             name: Metric::Accuracy,
             goal: None,
+            target: None,
         };
         let rows = vec![
             finished(1, 0.1, 0.8, 0.5, 10.0),
@@ -465,6 +502,7 @@ mod tests {
         let loss = MetricSpec {
             name: Metric::DevLoss,
             goal: None,
+            target: None,
         };
         assert_eq!(best(&rows, &loss).unwrap().trial, 1);
     }
@@ -488,6 +526,8 @@ mod tests {
             estimate_mb: None,
             retries: 0,
             retry_micro_batch: None,
+            judgements: Vec::new(),
+            assignment: None,
         });
         write_csv(dir.path(), &rows).unwrap();
         let df = read_csv(dir.path()).unwrap();
@@ -495,6 +535,7 @@ mod tests {
         let metric = MetricSpec {
             name: Metric::Accuracy,
             goal: None,
+            target: None,
         };
         let g = by_parameter(&df, &metric, "learning_rate").unwrap();
         assert_eq!(g.height(), 2);

@@ -19,6 +19,9 @@ pub enum Status {
     Failed,
     /// Interrupted by the user; runs again on resume.
     Stopped,
+    /// Stopped early by `early_terminate` (its judgement in `TrialRow::pruned`); its best
+    /// evaluation so far is its result, ranked like a finished trial's. Never runs again.
+    Pruned,
 }
 
 impl Status {
@@ -30,7 +33,14 @@ impl Status {
             Status::Finished => "finished",
             Status::Failed => "failed",
             Status::Stopped => "stopped",
+            Status::Pruned => "pruned",
         }
+    }
+
+    /// Whether the trial's result (when it has one) competes for best/ and the leaderboard:
+    /// it ran to its end, or to where early termination stopped it.
+    pub fn ranks(&self) -> bool {
+        matches!(self, Status::Finished | Status::Pruned)
     }
 
     /// Whether a resumed sweep runs the trial (again): it has not ended for good.
@@ -56,6 +66,31 @@ pub struct TrialRow {
     pub retries: u32,
     /// The micro-batch the next run must use after out-of-memory retries.
     pub retry_micro_batch: Option<u32>,
+    /// `early_terminate`'s judgements of the trial, one per band it reached, in order; the last
+    /// one stopped it when the trial is `Pruned`.
+    pub judgements: Vec<BandJudgement>,
+    /// The parameter values a sampler proposed (`method: bayes`), as journalled.
+    pub assignment: Option<BTreeMap<String, Value>>,
+}
+
+/// One `TrialJudged` event: the trial at one band of `early_terminate`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BandJudgement {
+    /// Evaluations the trial had made.
+    pub band: usize,
+    /// The optimizer step of the evaluation that reached the band.
+    pub step: usize,
+    /// The metric as a loss (negated when maximised).
+    pub value: f64,
+    pub threshold: f64,
+    pub pruned: bool,
+}
+
+impl TrialRow {
+    /// The judgement that pruned the trial, if one did.
+    pub fn pruned_by(&self) -> Option<&BandJudgement> {
+        self.judgements.last().filter(|j| j.pruned)
+    }
 }
 
 /// Every trial's latest state, by trial id.
@@ -80,6 +115,7 @@ impl Trials {
             trial,
             params,
             estimate_mb,
+            assignment,
         } = event
         {
             self.rows.insert(
@@ -95,6 +131,8 @@ impl Trials {
                     estimate_mb: *estimate_mb,
                     retries: 0,
                     retry_micro_batch: None,
+                    judgements: Vec::new(),
+                    assignment: assignment.clone(),
                 },
             );
             return;
@@ -133,8 +171,33 @@ impl Trials {
             }
             Event::CheckpointDeleted { .. } => r.checkpoint_deleted = true,
             Event::TrialFinished { result, .. } => {
-                r.status = Status::Finished;
+                // A pruned trial's result is its best evaluation before it stopped.
+                if r.status != Status::Pruned {
+                    r.status = Status::Finished;
+                }
                 r.result = Some(result.clone());
+            }
+            Event::TrialJudged {
+                band,
+                step,
+                value,
+                threshold,
+                pruned,
+                ..
+            } => {
+                r.judgements.push(BandJudgement {
+                    band: *band,
+                    step: *step,
+                    value: *value,
+                    threshold: *threshold,
+                    pruned: *pruned,
+                });
+                if *pruned {
+                    r.status = Status::Pruned;
+                    r.reason = format!(
+                        "pruned at band {band} (evaluation {band}, step {step}): {value:.4} worse than threshold {threshold:.4}"
+                    );
+                }
             }
             Event::TrialPlanned { .. }
             | Event::SweepStarted { .. }
@@ -177,6 +240,7 @@ mod tests {
             trial: 1,
             params: BTreeMap::new(),
             estimate_mb: Some(10.0),
+            assignment: None,
         });
         assert_eq!(t.get(1).unwrap().status, Status::Planned);
         t.apply(&Event::TrialStarted {
@@ -227,6 +291,30 @@ mod tests {
         assert_eq!(r.status, Status::Finished);
         assert!(r.checkpoint_deleted && r.result.is_some());
         assert!(!r.status.runs_on_resume());
+        // A pruned trial stays pruned when its best evaluation arrives as its result.
+        t.apply(&Event::TrialPlanned {
+            trial: 2,
+            params: BTreeMap::new(),
+            estimate_mb: None,
+            assignment: None,
+        });
+        t.apply(&Event::TrialJudged {
+            trial: 2,
+            band: 1,
+            step: 4,
+            value: -0.1,
+            threshold: -0.5,
+            pruned: true,
+        });
+        t.apply(&Event::TrialFinished {
+            trial: 2,
+            result: result(),
+        });
+        let r = t.get(2).unwrap();
+        assert_eq!(r.status, Status::Pruned);
+        assert!(r.result.is_some() && !r.status.runs_on_resume() && r.status.ranks());
+        assert_eq!(r.pruned_by().map(|j| j.band), Some(1));
+        assert!(r.reason.contains("threshold -0.5000"), "{}", r.reason);
         // Events about trials never planned change nothing.
         let before = t.clone();
         t.apply(&Event::TrialFailed {

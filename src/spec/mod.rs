@@ -3,6 +3,7 @@
 //! Parameter syntax follows W&B sweeps (`value`, `values`, `distribution`, `min`, `max`, `q`,
 //! `probabilities`) so users can bring the sweep files they already have.
 
+pub mod hyperband;
 pub mod memory;
 pub mod params;
 pub mod search;
@@ -63,6 +64,78 @@ pub struct SweepSpec {
     /// What to do when a trial does not fit in memory (predicted or real). Default halve_batch.
     #[serde(default)]
     pub on_oom: OnOom,
+    /// Stop trials that fall behind at set numbers of evaluations (W&B's syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_terminate: Option<EarlyTerminate>,
+}
+
+/// `early_terminate: {type: hyperband, min_iter | max_iter + s, eta, strict}`, as W&B writes it.
+/// Iterations are evaluations (`eval_every`, or one per epoch).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyTerminate {
+    #[serde(rename = "type")]
+    pub kind: EarlyTerminateKind,
+    #[serde(default)]
+    pub min_iter: Option<usize>,
+    #[serde(default)]
+    pub max_iter: Option<usize>,
+    /// Number of bands below `max_iter` (W&B's default 0; needed with `max_iter`).
+    #[serde(default)]
+    pub s: Option<usize>,
+    /// Default 3, as W&B's.
+    #[serde(default)]
+    pub eta: Option<f64>,
+    /// Judge the value at the band itself (true) or the best one up to it (default false).
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+impl EarlyTerminate {
+    /// Every value problem, as (field under `early_terminate`, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        use crate::spec::hyperband::BandError;
+        let mut out = Vec::new();
+        if self.min_iter == Some(0) {
+            out.push(("min_iter", "must be at least 1 (evaluations)".to_string()));
+        }
+        if self.max_iter == Some(0) {
+            out.push(("max_iter", "must be at least 1 (evaluations)".to_string()));
+        }
+        if self.min_iter.is_none() && self.max_iter.is_some() && self.s.unwrap_or(0) == 0 {
+            out.push((
+                "s",
+                "with max_iter, give s >= 1: the number of bands below max_iter".to_string(),
+            ));
+            return out;
+        }
+        match self.hyperband().bands(usize::MAX) {
+            Ok(_) => {}
+            Err(e @ BandError::Eta(_)) => out.push(("eta", e.to_string())),
+            Err(e @ BandError::NoBands) => out.push(("min_iter", e.to_string())),
+            Err(e @ BandError::Empty { .. }) => out.push(("max_iter", e.to_string())),
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EarlyTerminateKind {
+    Hyperband,
+}
+
+impl EarlyTerminate {
+    /// The stop rule these settings describe.
+    pub fn hyperband(&self) -> crate::spec::hyperband::Hyperband {
+        crate::spec::hyperband::Hyperband {
+            min_iter: self.min_iter,
+            max_iter: self.max_iter,
+            s: self.s.unwrap_or(0),
+            eta: self.eta.unwrap_or(3.0),
+            strict: self.strict.unwrap_or(false),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -137,6 +210,8 @@ pub enum SearchMethod {
     #[default]
     Grid,
     Random,
+    /// A Tree-structured Parzen Estimator proposes each trial from the ones before it (`tpe`).
+    Bayes,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -145,6 +220,9 @@ pub struct MetricSpec {
     pub name: Metric,
     #[serde(default)]
     pub goal: Option<Goal>,
+    /// W&B's `target`: once a trial's evaluation reaches it (by the goal), no new trial starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
 }
 
 impl Default for MetricSpec {
@@ -152,6 +230,7 @@ impl Default for MetricSpec {
         Self {
             name: Metric::Accuracy,
             goal: None,
+            target: None,
         }
     }
 }
@@ -163,6 +242,21 @@ impl MetricSpec {
             Metric::DevLoss => Goal::Minimize,
         })
     }
+    /// A metric value as a loss (lower is better): negated when the goal is to maximise. What
+    /// the sampler and early termination compare.
+    pub fn as_loss(&self, value: f64) -> f64 {
+        match self.goal() {
+            Goal::Maximize => -value,
+            Goal::Minimize => value,
+        }
+    }
+
+    /// Whether `value` reaches `target` (at or beyond it, by the goal).
+    pub fn reaches_target(&self, value: f64) -> bool {
+        self.target
+            .is_some_and(|t| value.is_finite() && self.as_loss(value) <= self.as_loss(t))
+    }
+
     /// The one ranking of sweep, used for the leaderboard, `best/` and a trial's best epoch:
     /// the metric by its goal, ties broken by lower dev loss, then by fewer seconds. A score
     /// without a finite metric ranks after every score with one. `Less` means `a` is better.
@@ -639,6 +733,20 @@ impl SweepSpec {
                 "random search needs `run_cap` (how many trials)".into(),
             );
         }
+        if self.method == SearchMethod::Bayes && self.run_cap.is_none() {
+            field(
+                "run_cap",
+                "bayes search needs `run_cap` (how many trials it proposes)".into(),
+            );
+        }
+        if let Some(t) = self.metric.target.filter(|t| !t.is_finite()) {
+            field("metric.target", format!("must be a finite number, got {t}"));
+        }
+        if let Some(et) = &self.early_terminate {
+            for (name, problem) in et.problems() {
+                field(&format!("early_terminate.{name}"), problem);
+            }
+        }
         match self.run_cap {
             Some(0) => field("run_cap", "must be at least 1".into()),
             Some(n) if n > MAX_RUN_CAP => field(
@@ -719,6 +827,7 @@ mod tests {
         let loss = MetricSpec {
             name: Metric::DevLoss,
             goal: None,
+            target: None,
         };
         use std::cmp::Ordering::*;
         assert_eq!(

@@ -76,6 +76,11 @@ pub struct TrialParams {
     /// config.json and results when false, so sweeps written before it resume unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tf32: bool,
+    /// Evaluate dev loss and accuracy every so many optimizer steps (and after the last one);
+    /// each evaluation is an iteration of `early_terminate`. Default: after every epoch. Left
+    /// out of config.json and results when not set, so older sweeps resume unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<u32>,
     /// Which implementation of the model's inner operations trains (see `trainer::ops`): `fused`
     /// (the default) or `composed`, kept to compare against. Left out of config.json and results
     /// when it is the default, so sweeps written before it resume unchanged.
@@ -164,6 +169,7 @@ pub fn parameter_names() -> Vec<String> {
             TrialParams {
                 tf32: true,
                 kernels: Kernels::Composed,
+                eval_every: Some(1),
                 ..p
             }
             .to_map()
@@ -355,6 +361,9 @@ impl TrialParams {
                 ),
             ));
         }
+        if self.eval_every == Some(0) {
+            out.push(("eval_every", "eval_every must be at least 1 (steps)".into()));
+        }
         if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
             out.push((
                 "max_grad_norm",
@@ -411,7 +420,7 @@ mod tests {
     #[test]
     fn every_field_is_a_known_parameter_even_those_left_out_at_their_default() {
         let names = parameter_names();
-        for name in ["tf32", "kernels", "micro_batch", "seed", "learning_rate"] {
+        for name in ["tf32", "kernels", "eval_every", "micro_batch", "seed", "learning_rate"] {
             assert!(
                 names.iter().any(|n| n == name),
                 "{name} missing from {names:?}"

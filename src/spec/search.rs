@@ -15,6 +15,19 @@ pub type Assignment = BTreeMap<String, Value>;
 
 /// The assignments a sweep will run, in trial order.
 pub fn assignments(spec: &SweepSpec, file: &str) -> Result<Vec<Assignment>, SpecError> {
+    let domains = domains(spec, file)?;
+    match spec.method {
+        SearchMethod::Grid => grid(&domains, spec.run_cap, file),
+        SearchMethod::Random => Ok(random(&domains, spec.run_cap.unwrap_or(1), spec.seed)),
+        // The sampler proposes trials as results arrive (`tpe`); what the checker and the plan
+        // see up front are `run_cap` random draws from the same spaces: valid values, not the
+        // trials that will run.
+        SearchMethod::Bayes => Ok(random(&domains, spec.run_cap.unwrap_or(1), spec.seed)),
+    }
+}
+
+/// Each parameter's search space, by name.
+pub fn domains(spec: &SweepSpec, file: &str) -> Result<Vec<(String, Domain)>, SpecError> {
     let mut domains = Vec::new();
     for (name, p) in &spec.parameters {
         let d = Domain::from_spec(p).map_err(|e| SpecError::Param {
@@ -24,10 +37,7 @@ pub fn assignments(spec: &SweepSpec, file: &str) -> Result<Vec<Assignment>, Spec
         })?;
         domains.push((name.clone(), d));
     }
-    match spec.method {
-        SearchMethod::Grid => grid(&domains, spec.run_cap, file),
-        SearchMethod::Random => Ok(random(&domains, spec.run_cap.unwrap_or(1), spec.seed)),
-    }
+    Ok(domains)
 }
 
 /// The largest grid that runs without an explicit `run_cap`: a bigger one is almost always a

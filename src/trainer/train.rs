@@ -9,7 +9,10 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 
 use crate::protocol::evaluation::{dev_predictions, CheckpointLabels};
-use crate::protocol::trial::{peak_rss_mb, EpochMetrics, ProgressEvent, TrialConfig, TrialResult};
+use crate::protocol::trial::{
+    evaluation_steps, peak_rss_mb, EpochMetrics, ProgressEvent, TrialConfig, TrialResult,
+    METRICS_FILE, PRUNE_FILE,
+};
 use crate::spec::params::{Method, TrialParams};
 use crate::spec::{ModelSource, Score};
 use crate::text::data::{label_set, load_examples, Example};
@@ -165,7 +168,14 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
 
     let batch_size = p.batch_size as usize;
     let steps_per_epoch = train_seqs.len().div_ceil(batch_size);
+    // The schedule always follows the full planned length, so a trial's first k steps are the
+    // same whether or not early termination stops it after them.
     let total_steps = steps_per_epoch * p.epochs as usize;
+    let evaluate_after: std::collections::BTreeSet<usize> =
+        evaluation_steps(steps_per_epoch, p.epochs, p.eval_every)
+            .into_iter()
+            .collect();
+    let prune_file = dir.join(PRUNE_FILE);
     let warmup_steps = (p.warmup * total_steps as f64).round() as usize;
     // `batch_size` is the global batch: each step's examples are split over the devices, the
     // first `batch_size % k` devices taking one more, and `micro_batch` is per forward pass on
@@ -180,7 +190,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     let resumed =
         replicas.restore(|model, opt| crate::trainer::resume::load(dir, p, model, opt))?;
     let model = replicas.primary();
-    let metrics_path = dir.join("metrics.jsonl");
+    let metrics_path = dir.join(METRICS_FILE);
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -245,7 +255,8 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         train_tokens = state.train_tokens;
         first_epoch = state.epoch + 1;
     }
-    for epoch in first_epoch..=p.epochs {
+    let mut pruned = false;
+    'epochs: for epoch in first_epoch..=p.epochs {
         // Each epoch's order depends on the seed and the epoch alone, so a resumed trial sees
         // the same batches as an uninterrupted one.
         let mut rng = SplitMix64::new(
@@ -309,111 +320,128 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                 )?;
                 return Err(TrainError::SavedOnSignal { epoch, step });
             }
-        }
-        train_seconds += epoch_start.elapsed().as_secs_f64();
-        // Evaluation and checkpoints use the primary replica; the others are identical to it.
-        let model = replicas.primary();
-        // Evaluation batches are micro-batches: forward-only, they need less memory than a
-        // training step, which is what the plan-time estimate predicts. With k devices that is
-        // the per-device micro-batch, as the first device also trains with.
-        let eval_batch = micro_batch;
-        let eval_start = Instant::now();
-        let dev_loss = dev_loss(model, &dev_seqs, tokenizer.pad, eval_batch)?;
-        let mut epoch_scores = None;
-        let accuracy = match &scoring {
-            Some((cands, prompts, gold)) => {
-                let scores = candidate_scores(
-                    model,
-                    prompts,
-                    cands,
-                    tokenizer.bos.is_some(),
-                    max_len,
-                    tokenizer.pad,
-                    eval_batch,
-                )?;
-                let acc = accuracy(&scores, gold);
-                epoch_scores = Some(scores);
-                Some(acc)
+            if !evaluate_after.contains(&step) {
+                if prune_file.exists() {
+                    pruned = true;
+                    train_seconds += epoch_start.elapsed().as_secs_f64();
+                    break 'epochs;
+                }
+                continue;
             }
-            None => None,
-        };
-        let m = EpochMetrics {
-            epoch,
-            step,
-            train_loss: epoch_loss / epoch_steps.max(1) as f64,
-            dev_loss,
-            accuracy,
-            tokens_per_sec: train_tokens as f64 / train_seconds.max(1e-9),
-            peak_rss_mb: peak_rss_mb(),
-            elapsed_s: started.elapsed().as_secs_f64(),
-            eval_seconds: eval_start.elapsed().as_secs_f64(),
-        };
-        eval_seconds += m.eval_seconds;
-        eprintln!(
-            "trial {} epoch {epoch}: train_loss {:.4} dev_loss {:.4} accuracy {} ({:.0} tokens/s)",
-            cfg.trial,
-            m.train_loss,
-            m.dev_loss,
-            m.accuracy
-                .map(|a| format!("{a:.4}"))
-                .unwrap_or_else(|| "-".into()),
-            m.tokens_per_sec
-        );
-        record(&ProgressEvent::Epoch(m.clone()), &mut emit)?;
-        // Seconds over all runs of the trial, so a tie is resolved the same after a resume.
-        let seconds_so_far = prior_seconds + started.elapsed().as_secs_f64();
-        let score = Score {
-            value: m.metric(cfg.metric.name),
-            dev_loss: m.dev_loss,
-            seconds: seconds_so_far,
-        };
-        let improves = match &best {
-            None => true,
-            Some(b) => cfg.metric.rank(&score, &b.score(cfg.metric.name)) == Ordering::Less,
-        };
-        if improves {
-            // With what `sweep eval` and `sweep predict` need besides the weights; then the dev
-            // predictions behind this epoch's accuracy (for per-class metrics and confusions).
-            let mut extra = vec![(
-                CheckpointLabels::FILE,
-                labels_file(&checkpoint_dir, &labels, p.max_seq_len, eval_batch)?,
-            )];
-            // The base folder's chat template, which rendered every prompt and answer.
-            if let ModelSource::Path(src) = &cfg.model {
-                for name in ["tokenizer_config.json", "chat_template.jinja"] {
-                    if let Ok(bytes) = std::fs::read(src.join(name)) {
-                        extra.push((name, bytes));
+            let epoch_train_seconds = train_seconds + epoch_start.elapsed().as_secs_f64();
+            // Evaluation and checkpoints use the primary replica; the others are identical to it.
+            let model = replicas.primary();
+            // Evaluation batches are micro-batches: forward-only, they need less memory than a
+            // training step, which is what the plan-time estimate predicts. With k devices that is
+            // the per-device micro-batch, as the first device also trains with.
+            let eval_batch = micro_batch;
+            let eval_start = Instant::now();
+            let dev_loss = dev_loss(model, &dev_seqs, tokenizer.pad, eval_batch)?;
+            let mut epoch_scores = None;
+            let accuracy = match &scoring {
+                Some((cands, prompts, gold)) => {
+                    let scores = candidate_scores(
+                        model,
+                        prompts,
+                        cands,
+                        tokenizer.bos.is_some(),
+                        max_len,
+                        tokenizer.pad,
+                        eval_batch,
+                    )?;
+                    let acc = accuracy(&scores, gold);
+                    epoch_scores = Some(scores);
+                    Some(acc)
+                }
+                None => None,
+            };
+            let m = EpochMetrics {
+                epoch,
+                step,
+                train_loss: epoch_loss / epoch_steps.max(1) as f64,
+                dev_loss,
+                accuracy,
+                tokens_per_sec: train_tokens as f64 / epoch_train_seconds.max(1e-9),
+                peak_rss_mb: peak_rss_mb(),
+                elapsed_s: started.elapsed().as_secs_f64(),
+                eval_seconds: eval_start.elapsed().as_secs_f64(),
+            };
+            eval_seconds += m.eval_seconds;
+            eprintln!(
+                    "trial {} epoch {epoch} step {step}: train_loss {:.4} dev_loss {:.4} accuracy {} ({:.0} tokens/s)",
+                    cfg.trial,
+                    m.train_loss,
+                    m.dev_loss,
+                    m.accuracy
+                        .map(|a| format!("{a:.4}"))
+                        .unwrap_or_else(|| "-".into()),
+                    m.tokens_per_sec
+                );
+            record(&ProgressEvent::Epoch(m.clone()), &mut emit)?;
+            // Seconds over all runs of the trial, so a tie is resolved the same after a resume.
+            let seconds_so_far = prior_seconds + started.elapsed().as_secs_f64();
+            let score = Score {
+                value: m.metric(cfg.metric.name),
+                dev_loss: m.dev_loss,
+                seconds: seconds_so_far,
+            };
+            let improves = match &best {
+                None => true,
+                Some(b) => cfg.metric.rank(&score, &b.score(cfg.metric.name)) == Ordering::Less,
+            };
+            if improves {
+                // With what `sweep eval` and `sweep predict` need besides the weights; then the dev
+                // predictions behind this epoch's accuracy (for per-class metrics and confusions).
+                let mut extra = vec![(
+                    CheckpointLabels::FILE,
+                    labels_file(&checkpoint_dir, &labels, p.max_seq_len, eval_batch)?,
+                )];
+                // The base folder's chat template, which rendered every prompt and answer.
+                if let ModelSource::Path(src) = &cfg.model {
+                    for name in ["tokenizer_config.json", "chat_template.jinja"] {
+                        if let Ok(bytes) = std::fs::read(src.join(name)) {
+                            extra.push((name, bytes));
+                        }
                     }
                 }
+                crate::trainer::checkpoint::save_with(
+                    model,
+                    &tokenizer,
+                    &base,
+                    &checkpoint_dir,
+                    &extra,
+                )?;
+                if let Some(scores) = &epoch_scores {
+                    save_predictions(dir, &dev, scores, &labels)?;
+                }
+                best = Some(TrialResult {
+                    best_epoch: epoch,
+                    accuracy: m.accuracy,
+                    dev_loss: m.dev_loss,
+                    train_loss: m.train_loss,
+                    // When this epoch was reached; the whole trial's time once it finishes.
+                    seconds: seconds_so_far,
+                    tokens_per_sec: 0.0,
+                    peak_rss_mb: 0.0,
+                    eval_seconds: 0.0,
+                    trainable_params: model.trainable_parameter_count(),
+                    micro_batch: micro_batch as u32,
+                    grad_accum: grad_accum as u32,
+                    devices: replica_count as u32,
+                    per_device_batch: Some(per_device_batch as u32),
+                    best_step: Some(step),
+                    steps: None,
+                    checkpoint: checkpoint_dir.clone(),
+                });
             }
-            crate::trainer::checkpoint::save_with(
-                model,
-                &tokenizer,
-                &base,
-                &checkpoint_dir,
-                &extra,
-            )?;
-            if let Some(scores) = &epoch_scores {
-                save_predictions(dir, &dev, scores, &labels)?;
+            if prune_file.exists() {
+                pruned = true;
+                train_seconds += epoch_start.elapsed().as_secs_f64();
+                break 'epochs;
             }
-            best = Some(TrialResult {
-                best_epoch: epoch,
-                accuracy: m.accuracy,
-                dev_loss: m.dev_loss,
-                train_loss: m.train_loss,
-                // When this epoch was reached; the whole trial's time once it finishes.
-                seconds: seconds_so_far,
-                tokens_per_sec: 0.0,
-                peak_rss_mb: 0.0,
-                eval_seconds: 0.0,
-                trainable_params: model.trainable_parameter_count(),
-                micro_batch: micro_batch as u32,
-                grad_accum: grad_accum as u32,
-                devices: replica_count as u32,
-                per_device_batch: Some(per_device_batch as u32),
-                checkpoint: checkpoint_dir.clone(),
-            });
         }
+        train_seconds += epoch_start.elapsed().as_secs_f64();
+        let model = replicas.primary();
         crate::trainer::resume::save(
             dir,
             &crate::trainer::resume::ResumeState {
@@ -440,6 +468,14 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
     result.tokens_per_sec = train_tokens as f64 / train_seconds.max(1e-9);
     result.peak_rss_mb = peak_rss_mb();
     result.eval_seconds = eval_seconds;
+    result.steps = Some(step);
+    if pruned {
+        eprintln!(
+            "trial {}: stopped by early termination after step {step} of {total_steps}; its best evaluation (step {}) is its result",
+            cfg.trial,
+            result.best_step.unwrap_or(0)
+        );
+    }
     let result_path = dir.join(TrialResult::FILE);
     write_atomic(
         &result_path,

@@ -12,5 +12,6 @@ mod hf_reference;
 mod report;
 mod resources;
 mod resume;
+mod search;
 mod shared_prefix;
 mod slurm;

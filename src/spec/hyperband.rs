@@ -99,6 +99,47 @@ impl Hyperband {
     }
 }
 
+/// A band a trial has just been judged at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Due {
+    pub band: usize,
+    pub judgement: Judgement,
+}
+
+impl Hyperband {
+    /// The judgements due for a trial now: at every band in `bands` its `losses` (one per
+    /// evaluation so far, in order) have reached and that is not in `judged` yet, in band
+    /// order, up to the first that stops it. `earlier(band)` gives the values other trials
+    /// were judged by at a band. A trial whose `total` evaluations end at the band is never
+    /// stopped there: nothing would be saved, and its value still counts for the others.
+    pub fn due(
+        &self,
+        bands: &[usize],
+        losses: &[f64],
+        judged: &[usize],
+        total: usize,
+        earlier: impl Fn(usize) -> Vec<f64>,
+    ) -> Vec<Due> {
+        let mut out = Vec::new();
+        for &band in bands {
+            if judged.contains(&band) {
+                continue;
+            }
+            let Some(value) = self.judged_value(losses, band) else {
+                break;
+            };
+            let mut judgement = self.judge(value, &earlier(band));
+            judgement.stop &= band < total;
+            let stop = judgement.stop;
+            out.push(Due { band, judgement });
+            if stop {
+                break;
+            }
+        }
+        out
+    }
+}
+
 /// One trial at one band.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Judgement {
@@ -196,6 +237,30 @@ mod tests {
         let j = rule.judge(9.0, &[1.0, 1.1, 1.2]);
         assert!(j.stop);
         assert_eq!(j.threshold, 1.1);
+    }
+
+    #[test]
+    fn due_judges_each_band_once_and_stops_at_the_first_prune() {
+        let rule = hb(Some(1), None, 0, 3.0);
+        let bands = rule.bands(9).unwrap();
+        assert_eq!(bands, vec![1, 3, 9]);
+        let history = |band: usize| match band {
+            1 => vec![0.1, 0.2, 0.3],
+            _ => vec![],
+        };
+        // A bad trial at its first evaluation: judged at band 1 and stopped.
+        let d = rule.due(&bands, &[5.0], &[], 9, history);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].judgement.stop && d[0].band == 1);
+        // Already judged at band 1: nothing due until band 3.
+        assert!(rule.due(&bands, &[5.0, 4.0], &[1], 9, history).is_empty());
+        // A trial whose last evaluation is the band is judged but never stopped.
+        let d = rule.due(&bands, &[5.0], &[], 1, history);
+        assert!(!d[0].judgement.stop && d[0].judgement.value == 5.0);
+        // A good trial passes band 1 and, reaching band 3 first, passes it too.
+        let d = rule.due(&bands, &[0.05, 0.04, 0.03], &[], 9, history);
+        assert_eq!(d.iter().map(|d| d.band).collect::<Vec<_>>(), vec![1, 3]);
+        assert!(d.iter().all(|d| !d.judgement.stop));
     }
 
     #[test]
