@@ -17,6 +17,8 @@ use candle_core::Device;
 pub mod attention;
 pub mod cpu;
 pub mod cross_entropy;
+#[cfg(test)]
+mod equivalence;
 
 pub use crate::spec::params::Kernels;
 
