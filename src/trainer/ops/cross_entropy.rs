@@ -206,7 +206,8 @@ impl FusedLinearNll {
     ) -> Result<(Vec<T>, Option<Vec<T>>)> {
         let (row_blocks, chunks) = self.blocks(d);
         let block = self.row_block.min(d.n) * self.vocab_chunk;
-        if !weight_grad {
+        let threads = rayon::current_num_threads();
+        if !weight_grad && row_blocks >= 2 * threads {
             // Each task owns a block of rows of the hidden gradient and walks the vocabulary.
             let mut dh = vec![T::zero(); d.n * d.h];
             dh.par_chunks_mut(self.row_block * d.h)
@@ -243,17 +244,23 @@ impl FusedLinearNll {
                 })?;
             return Ok((dh, None));
         }
-        // Each task owns a chunk of the weight's gradient and walks the rows; the hidden
-        // gradient sums over chunks, in one buffer per rayon job.
-        let mut dw = vec![T::zero(); d.vocab * d.h];
-        let per_job = chunks / (4 * rayon::current_num_threads()).max(1);
-        let dh = dw
-            .par_chunks_mut(self.vocab_chunk * d.h)
+        // Each task owns a chunk of the vocabulary (and of the weight's gradient, if any) and
+        // walks the rows; the hidden gradient sums over chunks, in one buffer per rayon job.
+        // Also the frozen head's way when there are too few rows to share out.
+        let mut dw = vec![T::zero(); if weight_grad { d.vocab * d.h } else { 0 }];
+        let slots: Vec<Option<&mut [T]>> = if weight_grad {
+            dw.chunks_mut(self.vocab_chunk * d.h).map(Some).collect()
+        } else {
+            (0..chunks).map(|_| None).collect()
+        };
+        let per_job = chunks / (4 * threads).max(1);
+        let dh = slots
+            .into_par_iter()
             .enumerate()
             .with_min_len(per_job.max(1))
             .try_fold(
                 || vec![T::zero(); d.n * d.h],
-                |mut dh, (vc, dw)| -> Result<Vec<T>> {
+                |mut dh, (vc, mut dw)| -> Result<Vec<T>> {
                     let c0 = vc * self.vocab_chunk;
                     let width = self.vocab_chunk.min(d.vocab - c0);
                     let mut buf = vec![T::zero(); block];
@@ -270,16 +277,18 @@ impl FusedLinearNll {
                             (r0, rows),
                             (c0, width),
                         )?;
-                        matmul(
-                            dw,
-                            View::rows(width, d.h, d.h),
-                            true,
-                            &buf,
-                            View::rows(rows, width, self.vocab_chunk).t(),
-                            &hidden[r0 * d.h..],
-                            View::rows(rows, d.h, d.h),
-                            T::one(),
-                        )?;
+                        if let Some(dw) = dw.as_deref_mut() {
+                            matmul(
+                                dw,
+                                View::rows(width, d.h, d.h),
+                                true,
+                                &buf,
+                                View::rows(rows, width, self.vocab_chunk).t(),
+                                &hidden[r0 * d.h..],
+                                View::rows(rows, d.h, d.h),
+                                T::one(),
+                            )?;
+                        }
                         matmul(
                             &mut dh[r0 * d.h..],
                             View::rows(rows, d.h, d.h),
@@ -301,7 +310,7 @@ impl FusedLinearNll {
                     Ok(a)
                 },
             )?;
-        Ok((dh, Some(dw)))
+        Ok((dh, weight_grad.then_some(dw)))
     }
 }
 
@@ -489,24 +498,27 @@ mod tests {
         let hidden = Var::from_tensor(&random(&mut rng, &[N, H], DType::F64)).unwrap();
         let frozen = random(&mut rng, &[V, H], DType::F64);
         let trained = Var::from_tensor(&frozen).unwrap();
-        let grads_of = |w: &Tensor| {
-            linear_nll_in_blocks(&hidden, w, &targets(), 4, 4)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-        };
-        let g_frozen = grads_of(&frozen);
-        let g_trained = grads_of(trained.as_tensor());
-        assert!(g_frozen.get(&frozen).is_none());
-        assert!(g_trained.get(trained.as_tensor()).is_some());
-        assert!(
-            max_abs_diff(
-                g_frozen.get(hidden.as_tensor()).unwrap(),
-                g_trained.get(hidden.as_tensor()).unwrap()
-            ) < 1e-12
-        );
+        // Blocks of 1 row: shared out by rows (on up to 3 threads); of 4: by vocabulary.
+        for row_block in [1, 4] {
+            let grads_of = |w: &Tensor| {
+                linear_nll_in_blocks(&hidden, w, &targets(), row_block, 4)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            };
+            let g_frozen = grads_of(&frozen);
+            let g_trained = grads_of(trained.as_tensor());
+            assert!(g_frozen.get(&frozen).is_none());
+            assert!(g_trained.get(trained.as_tensor()).is_some());
+            assert!(
+                max_abs_diff(
+                    g_frozen.get(hidden.as_tensor()).unwrap(),
+                    g_trained.get(hidden.as_tensor()).unwrap()
+                ) < 1e-12
+            );
+        }
     }
 
     #[test]
