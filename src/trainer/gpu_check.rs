@@ -840,11 +840,11 @@ fn forced_oom(args: &Args, device: &Device, out: &Path) -> Result<Vec<Row>> {
     let dir = out.join("oom");
     let batch = 64usize;
     let (devices, model, extra) = if args.cpu_dry_run {
-        // As tests/resources.rs: 60 MiB per trial fits post-pretraining the `test` preset at
-        // micro-batch 16, not 64.
+        // As tests/resources.rs: 22 MiB per trial fits post-pretraining the `test` preset at
+        // micro-batch 32, not 64.
         // A CUDA build's libraries (libcublasLt above all) need 200 to 220 MiB of data mappings
         // before main runs (measured with `ulimit -d`), which the limit also counts.
-        let limit = 60
+        let limit = 22
             + if crate::trainer::gpu::CUDA_BUILT {
                 CUDA_LIBRARIES_DATA_MIB
             } else {
