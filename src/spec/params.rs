@@ -420,7 +420,14 @@ mod tests {
     #[test]
     fn every_field_is_a_known_parameter_even_those_left_out_at_their_default() {
         let names = parameter_names();
-        for name in ["tf32", "kernels", "eval_every", "micro_batch", "seed", "learning_rate"] {
+        for name in [
+            "tf32",
+            "kernels",
+            "eval_every",
+            "micro_batch",
+            "seed",
+            "learning_rate",
+        ] {
             assert!(
                 names.iter().any(|n| n == name),
                 "{name} missing from {names:?}"

@@ -5,6 +5,7 @@ use candle_core::{Device, Tensor, D};
 
 use crate::text::encode::Seq;
 use crate::trainer::model::CausalLm;
+use crate::trainer::ops::Kernels;
 
 /// A right-padded batch. Inputs are ids[..n-1]; the loss counts the targets ids[t+1] at the
 /// positions listed in `positions` (flat indices into batch x width), and only those.
@@ -135,6 +136,10 @@ fn nll_at_counted(model: &CausalLm, hidden: &Tensor, batch: &Batch) -> candle_co
     let counted = hidden
         .reshape((b * t, h))?
         .index_select(&batch.positions, 0)?;
+    if model.kernels() == Kernels::Fused && crate::trainer::ops::cpu::runs_fused(&counted) {
+        // Never materialises the (counted, vocabulary) logits.
+        return model.head_nll(&counted, &batch.targets);
+    }
     let logits = model.logits(&counted)?;
     // Half-precision logits are normalised in f32: bf16's 8 bits of mantissa would blur the loss.
     let logits = match logits.dtype() {

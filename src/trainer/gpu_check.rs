@@ -836,10 +836,10 @@ fn forced_oom(args: &Args, device: &Device, out: &Path) -> Result<Vec<Row>> {
     let dir = out.join("oom");
     let batch = 64usize;
     let (devices, model, extra) = if args.cpu_dry_run {
-        // As tests/resources.rs: 60 MiB per trial fits post-pretraining the `test` preset at
-        // micro-batch 16, not 64.
-        // The run loop adds what a CUDA build's libraries map (`CUDA_LIBRARIES_DATA_MB`).
-        let limit = 60;
+        // As tests/resources.rs: 22 MiB per trial fits post-pretraining the `test` preset at
+        // micro-batch 32, not 64. The run loop adds what a CUDA build's libraries map
+        // (`CUDA_LIBRARIES_DATA_MB`).
+        let limit = 22;
         (
             "cpu",
             "{preset: test}".to_string(),

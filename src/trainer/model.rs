@@ -537,6 +537,14 @@ impl CausalLm {
         }
     }
 
+    /// The negative log-likelihood of `targets` (n,) at hidden states (n, hidden), from the
+    /// head's logits without keeping them (`ops::cross_entropy`): what `logits` and a
+    /// log-softmax give, in one pass. The head gets a gradient only when it trains. For f32/f64
+    /// CPU tensors (`ops::cpu::runs_fused`).
+    pub fn head_nll(&self, hidden: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+        ops::cross_entropy::linear_nll(hidden, &self.lm_head, targets)
+    }
+
     fn attention(
         &self,
         layer: &Layer,
@@ -589,14 +597,14 @@ impl CausalLm {
             }
             None => (k.clone(), v.clone()),
         };
-        let k_rep = repeat_kv(k_all, nh / nkv)?;
-        let v_rep = repeat_kv(v_all, nh / nkv)?;
-        let scores = (q.matmul(&k_rep.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = probs
-            .matmul(&v_rep)?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let out = match self.kernels {
+            Kernels::Fused => ops::attention::attention(&q, &k_all, &v_all, mask, scale)?,
+            Kernels::Composed => {
+                ops::attention::composed_attention(&q, &k_all, &v_all, mask, scale)?
+            }
+        };
+        let out = out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         Ok((layer.o.forward(&out)?, (k, v)))
     }
 
@@ -816,17 +824,6 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Ten
     let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
-}
-
-/// Grouped-query attention: each key/value head serves `n_rep` query heads.
-fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
-    }
-    let (b, nkv, t, hd) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, nkv, n_rep, t, hd))?
-        .reshape((b, nkv * n_rep, t, hd))
 }
 
 /// Loads a Hugging Face model folder's config.json and safetensors weights (single file or shards).

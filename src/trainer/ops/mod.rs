@@ -14,6 +14,12 @@
 
 use candle_core::Device;
 
+pub mod attention;
+pub mod cpu;
+pub mod cross_entropy;
+#[cfg(test)]
+mod equivalence;
+
 pub use crate::spec::params::Kernels;
 
 /// The kernels a model on `device` trains with when `requested`: fused ones are CPU kernels, so a

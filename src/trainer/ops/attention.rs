@@ -1,0 +1,626 @@
+//! Causal (any-mask) attention in one pass: scores, mask, softmax and the value product block of
+//! query rows by block, keeping only the output and each row's log-sum-exp for the backward,
+//! which recomputes the probabilities from them.
+//!
+//! Why: composed from candle's ops, attention saves the (batch, heads, t, s) scores and the
+//! probabilities (twice: softmax's and the matmul's inputs), repeats the grouped key/value heads
+//! into full copies, and runs the softmax's reductions on one thread.
+
+use std::sync::Mutex;
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::cpu::{dot, matmul, runs_fused, slice_of, Data, Real, View};
+
+/// Query rows per block: each block's scores (rows x s) are the only transient.
+const ROW_BLOCK: usize = 64;
+
+/// `softmax(q k^T * scale + mask) v` for q (b, nh, t, hd) and k, v (b, nkv, s, hd) (`nh` a
+/// multiple of `nkv`: query head `h` reads key/value head `h / (nh / nkv)`), with the additive
+/// `mask` (t, s) or (b or 1, 1, t, s). Result (b, nh, t, hd). Fused on the CPU in f32/f64,
+/// composed elsewhere. A row whose mask is -inf everywhere gives zeros (the composed one NaN).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    if !runs_fused(q) {
+        return composed_attention(q, k, v, mask, scale);
+    }
+    let (b, nh, t, hd) = q.dims4()?;
+    let (kb, nkv, s, khd) = k.dims4()?;
+    if kb != b || khd != hd || v.dims() != k.dims() || nkv == 0 || nh % nkv != 0 {
+        bail!(
+            "fused attention: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let mask_batch_stride = match mask.dims() {
+        [mt, ms] if (*mt, *ms) == (t, s) => 0,
+        [1, 1, mt, ms] if (*mt, *ms) == (t, s) => 0,
+        [mb, 1, mt, ms] if (*mb, *mt, *ms) == (b, t, s) => t * s,
+        other => bail!("fused attention: mask {other:?} for {t} queries and {s} keys"),
+    };
+    let op = FusedAttention {
+        mask: mask.to_dtype(q.dtype())?.contiguous()?,
+        mask_batch_stride,
+        scale,
+        row_block: ROW_BLOCK,
+        lse: Mutex::new(None),
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// The same attention from candle's elementary ops: what `Kernels::Composed` computes.
+pub fn composed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let k = repeat_kv(k.clone(), n_rep)?;
+    let v = repeat_kv(v.clone(), n_rep)?;
+    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    probs.matmul(&v)
+}
+
+/// Grouped-query attention: each key/value head serves `n_rep` query heads.
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, nkv, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, nkv, n_rep, t, hd))?
+        .reshape((b, nkv * n_rep, t, hd))
+}
+
+struct FusedAttention {
+    /// Contiguous, the dtype of q; (t, s) per batch row, `mask_batch_stride` apart (0: shared).
+    mask: Tensor,
+    mask_batch_stride: usize,
+    scale: f64,
+    row_block: usize,
+    /// Each query row's log-sum-exp of its masked scores (b, nh, t), set by the forward.
+    lse: Mutex<Option<CpuStorage>>,
+}
+
+/// The dimensions of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    nh: usize,
+    nkv: usize,
+    t: usize,
+    s: usize,
+    hd: usize,
+}
+
+impl Dims {
+    fn n_rep(&self) -> usize {
+        self.nh / self.nkv
+    }
+}
+
+/// One past the last key any of the query rows `rows` of `mask` ((t, s) row-major) may see:
+/// the products skip the keys after it (half the work of a causal mask).
+fn keys_seen<T: Real>(mask: &[T], s: usize, rows: std::ops::Range<usize>) -> usize {
+    let mut end = 0;
+    for i in rows {
+        let row = &mask[i * s..(i + 1) * s];
+        if let Some(j) = row.iter().rposition(|m| *m != T::neg_infinity()) {
+            end = end.max(j + 1);
+        }
+    }
+    end
+}
+
+impl FusedAttention {
+    fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T], d: Dims) -> Result<(Vec<T>, Vec<T>)> {
+        let Dims {
+            nh, nkv, t, s, hd, ..
+        } = d;
+        let mask_data = Data::of(&self.mask);
+        let mask: &[T] = mask_data.slice("fused attention mask")?;
+        let scale = T::from_f64(self.scale);
+        let mut out = vec![T::zero(); q.len()];
+        let mut lse = vec![T::zero(); d.b * nh * t];
+        out.par_chunks_mut(t * hd)
+            .zip(lse.par_chunks_mut(t))
+            .enumerate()
+            .try_for_each(|(bh, (out, lse))| -> Result<()> {
+                let (bi, h) = (bh / nh, bh % nh);
+                let kvh = bi * nkv + h / d.n_rep();
+                let q = &q[bh * t * hd..(bh + 1) * t * hd];
+                let k = &k[kvh * s * hd..(kvh + 1) * s * hd];
+                let v = &v[kvh * s * hd..(kvh + 1) * s * hd];
+                let mask = &mask[bi * self.mask_batch_stride..][..t * s];
+                let mut probs = vec![T::zero(); self.row_block.min(t) * s];
+                for r0 in (0..t).step_by(self.row_block) {
+                    let rows = self.row_block.min(t - r0);
+                    let seen = keys_seen(mask, s, r0..r0 + rows);
+                    matmul(
+                        &mut probs,
+                        View::rows(rows, seen, s),
+                        false,
+                        &q[r0 * hd..],
+                        View::rows(rows, hd, hd),
+                        k,
+                        View::rows(seen, hd, hd).t(),
+                        scale,
+                    )?;
+                    for i in 0..rows {
+                        let row = &mut probs[i * s..i * s + seen];
+                        let m_row = &mask[(r0 + i) * s..];
+                        let mut max = T::neg_infinity();
+                        for (p, m) in row.iter_mut().zip(m_row) {
+                            *p += *m;
+                            if *p > max {
+                                max = *p;
+                            }
+                        }
+                        if max == T::neg_infinity() {
+                            row.iter_mut().for_each(|p| *p = T::zero());
+                            lse[r0 + i] = T::neg_infinity();
+                            continue;
+                        }
+                        let mut sum = T::zero();
+                        for p in row.iter_mut() {
+                            *p = (*p - max).exp();
+                            sum += *p;
+                        }
+                        let inv = T::one() / sum;
+                        row.iter_mut().for_each(|p| *p *= inv);
+                        lse[r0 + i] = max + sum.ln();
+                    }
+                    matmul(
+                        &mut out[r0 * hd..],
+                        View::rows(rows, hd, hd),
+                        false,
+                        &probs,
+                        View::rows(rows, seen, s),
+                        v,
+                        View::rows(seen, hd, hd),
+                        T::one(),
+                    )?;
+                }
+                Ok(())
+            })?;
+        Ok((out, lse))
+    }
+
+    /// dq, dk, dv from the output's gradient `dout`, the inputs and the forward's output `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward<T: Real>(
+        &self,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        out: &[T],
+        dout: &[T],
+        lse: &[T],
+        d: Dims,
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let Dims {
+            nh, nkv, t, s, hd, ..
+        } = d;
+        let n_rep = d.n_rep();
+        let mask_data = Data::of(&self.mask);
+        let mask: &[T] = mask_data.slice("fused attention mask")?;
+        let scale = T::from_f64(self.scale);
+        let mut dq = vec![T::zero(); q.len()];
+        let mut dk = vec![T::zero(); k.len()];
+        let mut dv = vec![T::zero(); v.len()];
+        // One task per (batch row, key/value head): it alone writes that head's dk, dv and the
+        // dq of the query heads that read it.
+        dq.par_chunks_mut(n_rep * t * hd)
+            .zip(dk.par_chunks_mut(s * hd))
+            .zip(dv.par_chunks_mut(s * hd))
+            .enumerate()
+            .try_for_each(|(bkv, ((dq, dk), dv))| -> Result<()> {
+                let bi = bkv / nkv;
+                let k = &k[bkv * s * hd..(bkv + 1) * s * hd];
+                let v = &v[bkv * s * hd..(bkv + 1) * s * hd];
+                let mask = &mask[bi * self.mask_batch_stride..][..t * s];
+                let block = self.row_block.min(t) * s;
+                let (mut probs, mut dprobs) = (vec![T::zero(); block], vec![T::zero(); block]);
+                for r in 0..n_rep {
+                    let bh = bi * nh + (bkv % nkv) * n_rep + r;
+                    let head = bh * t * hd..(bh + 1) * t * hd;
+                    let (q, out, dout) = (&q[head.clone()], &out[head.clone()], &dout[head]);
+                    let lse = &lse[bh * t..(bh + 1) * t];
+                    let dq = &mut dq[r * t * hd..(r + 1) * t * hd];
+                    for r0 in (0..t).step_by(self.row_block) {
+                        let rows = self.row_block.min(t - r0);
+                        let seen = keys_seen(mask, s, r0..r0 + rows);
+                        let q_rows = &q[r0 * hd..];
+                        let dout_rows = &dout[r0 * hd..];
+                        matmul(
+                            &mut probs,
+                            View::rows(rows, seen, s),
+                            false,
+                            q_rows,
+                            View::rows(rows, hd, hd),
+                            k,
+                            View::rows(seen, hd, hd).t(),
+                            scale,
+                        )?;
+                        matmul(
+                            &mut dprobs,
+                            View::rows(rows, seen, s),
+                            false,
+                            dout_rows,
+                            View::rows(rows, hd, hd),
+                            v,
+                            View::rows(seen, hd, hd).t(),
+                            T::one(),
+                        )?;
+                        for i in 0..rows {
+                            let row = r0 + i;
+                            let l = lse[row];
+                            // d_i = dout_i . out_i = sum_j p_ij dp_ij
+                            let d_i = dot(
+                                &dout[row * hd..(row + 1) * hd],
+                                &out[row * hd..(row + 1) * hd],
+                            );
+                            let p_row = &mut probs[i * s..i * s + seen];
+                            let dp_row = &mut dprobs[i * s..i * s + seen];
+                            let m_row = &mask[row * s..];
+                            for ((p, dp), m) in p_row.iter_mut().zip(dp_row.iter_mut()).zip(m_row) {
+                                *p = if l == T::neg_infinity() {
+                                    T::zero()
+                                } else {
+                                    (*p + *m - l).exp()
+                                };
+                                // The score's gradient, in place of the probability's.
+                                *dp = *p * (*dp - d_i);
+                            }
+                        }
+                        // dq = scale * dS k; dk += scale * dS^T q; dv += P^T dout
+                        matmul(
+                            &mut dq[r0 * hd..],
+                            View::rows(rows, hd, hd),
+                            false,
+                            &dprobs,
+                            View::rows(rows, seen, s),
+                            k,
+                            View::rows(seen, hd, hd),
+                            scale,
+                        )?;
+                        matmul(
+                            dk,
+                            View::rows(seen, hd, hd),
+                            true,
+                            &dprobs,
+                            View::rows(rows, seen, s).t(),
+                            q_rows,
+                            View::rows(rows, hd, hd),
+                            scale,
+                        )?;
+                        matmul(
+                            dv,
+                            View::rows(seen, hd, hd),
+                            true,
+                            &probs,
+                            View::rows(rows, seen, s).t(),
+                            dout_rows,
+                            View::rows(rows, hd, hd),
+                            T::one(),
+                        )?;
+                    }
+                }
+                Ok(())
+            })?;
+        Ok((dq, dk, dv))
+    }
+}
+
+fn dims_of(l1: &Layout, l2: &Layout) -> Result<Dims> {
+    let (b, nh, t, hd) = l1.shape().dims4()?;
+    let (_, nkv, s, _) = l2.shape().dims4()?;
+    Ok(Dims {
+        b,
+        nh,
+        nkv,
+        t,
+        s,
+        hd,
+    })
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = dims_of(l1, l2)?;
+        let what = "fused attention";
+        let (out, lse) = match s1 {
+            CpuStorage::F32(_) => {
+                let (o, l) = self.forward::<f32>(
+                    slice_of(s1, l1, what)?,
+                    slice_of(s2, l2, what)?,
+                    slice_of(s3, l3, what)?,
+                    d,
+                )?;
+                (CpuStorage::F32(o), CpuStorage::F32(l))
+            }
+            CpuStorage::F64(_) => {
+                let (o, l) = self.forward::<f64>(
+                    slice_of(s1, l1, what)?,
+                    slice_of(s2, l2, what)?,
+                    slice_of(s3, l3, what)?,
+                    d,
+                )?;
+                (CpuStorage::F64(o), CpuStorage::F64(l))
+            }
+            _ => bail!("fused attention: only f32 and f64"),
+        };
+        if let Ok(mut saved) = self.lse.lock() {
+            *saved = Some(lse);
+        }
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        dout: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = dims_of(q.layout(), k.layout())?;
+        let saved = match self.lse.lock() {
+            Ok(saved) => saved,
+            Err(_) => bail!("fused attention: the forward's saved state is poisoned"),
+        };
+        let Some(lse) = saved.as_ref() else {
+            bail!("fused attention: backward before forward");
+        };
+        let dout = dout.contiguous()?;
+        let (qd, kd, vd, od, gd) = (
+            Data::of(q),
+            Data::of(k),
+            Data::of(v),
+            Data::of(out),
+            Data::of(&dout),
+        );
+        let what = "fused attention backward";
+        let (dq, dk, dv) = match lse {
+            CpuStorage::F32(lse) => {
+                let (dq, dk, dv) = self.backward::<f32>(
+                    qd.slice(what)?,
+                    kd.slice(what)?,
+                    vd.slice(what)?,
+                    od.slice(what)?,
+                    gd.slice(what)?,
+                    lse,
+                    d,
+                )?;
+                (
+                    Tensor::from_vec(dq, q.shape(), q.device())?,
+                    Tensor::from_vec(dk, k.shape(), k.device())?,
+                    Tensor::from_vec(dv, v.shape(), v.device())?,
+                )
+            }
+            CpuStorage::F64(lse) => {
+                let (dq, dk, dv) = self.backward::<f64>(
+                    qd.slice(what)?,
+                    kd.slice(what)?,
+                    vd.slice(what)?,
+                    od.slice(what)?,
+                    gd.slice(what)?,
+                    lse,
+                    d,
+                )?;
+                (
+                    Tensor::from_vec(dq, q.shape(), q.device())?,
+                    Tensor::from_vec(dk, k.shape(), k.device())?,
+                    Tensor::from_vec(dv, v.shape(), v.device())?,
+                )
+            }
+            _ => bail!("fused attention: only f32 and f64"),
+        };
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::rng::SplitMix64;
+    use candle_core::{DType, Device, Var};
+
+    const B: usize = 2;
+    const NH: usize = 4;
+    const NKV: usize = 2;
+    const T: usize = 5;
+    const S: usize = 7;
+    const HD: usize = 8;
+
+    fn random(rng: &mut SplitMix64, shape: &[usize], dtype: DType) -> Tensor {
+        let n: usize = shape.iter().product();
+        let data: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        Tensor::from_vec(data, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    /// Masks of the shapes and kinds the model uses: causal after 2 past keys (t, s), and one
+    /// per batch row (b, 1, t, s) with a tree-like pattern (each row sees the past and some of
+    /// the earlier rows).
+    fn masks(dtype: DType) -> Vec<Tensor> {
+        let past = S - T;
+        let causal: Vec<bool> = (0..T)
+            .flat_map(|i| (0..S).map(move |j| j < past || j - past <= i))
+            .collect();
+        let tree: Vec<bool> = (0..B)
+            .flat_map(|bi| {
+                (0..T).flat_map(move |i| {
+                    (0..S).map(move |j| {
+                        j < past || j - past == i || (j - past < i && (j + bi + i) % 3 != 0)
+                    })
+                })
+            })
+            .collect();
+        let dev = Device::Cpu;
+        vec![
+            crate::trainer::model::additive_mask(&causal, &[T, S], dtype, &dev).unwrap(),
+            crate::trainer::model::additive_mask(&tree, &[B, 1, T, S], dtype, &dev).unwrap(),
+        ]
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    fn with_row_block(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        row_block: usize,
+    ) -> Tensor {
+        let stride = if mask.rank() == 4 { T * S } else { 0 };
+        let op = FusedAttention {
+            mask: mask.to_dtype(q.dtype()).unwrap(),
+            mask_batch_stride: stride,
+            scale: 1.0 / (HD as f64).sqrt(),
+            row_block,
+            lse: Mutex::new(None),
+        };
+        q.apply_op3(k, v, op).unwrap()
+    }
+
+    #[test]
+    fn fused_attention_equals_the_composed_one_in_f32() {
+        let mut rng = SplitMix64::new(7);
+        let q = random(&mut rng, &[B, NH, T, HD], DType::F32);
+        let k = random(&mut rng, &[B, NKV, S, HD], DType::F32);
+        let v = random(&mut rng, &[B, NKV, S, HD], DType::F32);
+        let scale = 1.0 / (HD as f64).sqrt();
+        for mask in masks(DType::F32) {
+            let composed = composed_attention(&q, &k, &v, &mask, scale).unwrap();
+            let fused = attention(&q, &k, &v, &mask, scale).unwrap();
+            assert!(max_abs_diff(&fused, &composed) < 1e-5);
+            // Blocks of 2 query rows, the last one partial.
+            let blocked = with_row_block(&q, &k, &v, &mask, 2);
+            assert!(max_abs_diff(&blocked, &composed) < 1e-5);
+        }
+    }
+
+    /// sum(attention(q, k, v) * weights): a scalar whose gradient reaches every output.
+    fn objective(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, w: &Tensor) -> f64 {
+        (with_row_block(q, k, v, mask, 2) * w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_attention_gradients_match_finite_differences_in_f64() {
+        let mut rng = SplitMix64::new(8);
+        let q = Var::from_tensor(&random(&mut rng, &[B, NH, T, HD], DType::F64)).unwrap();
+        let k = Var::from_tensor(&random(&mut rng, &[B, NKV, S, HD], DType::F64)).unwrap();
+        let v = Var::from_tensor(&random(&mut rng, &[B, NKV, S, HD], DType::F64)).unwrap();
+        let w = random(&mut rng, &[B, NH, T, HD], DType::F64);
+        for mask in masks(DType::F64) {
+            let y = (with_row_block(&q, &k, &v, &mask, 2) * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = y.backward().unwrap();
+            // The composed attention's gradients agree too.
+            let yc = (composed_attention(&q, &k, &v, &mask, 1.0 / (HD as f64).sqrt()).unwrap()
+                * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads_c = yc.backward().unwrap();
+            for (which, var) in [&q, &k, &v].into_iter().enumerate() {
+                let analytic = grads.get(var.as_tensor()).unwrap();
+                assert!(max_abs_diff(analytic, grads_c.get(var.as_tensor()).unwrap()) < 1e-10);
+                let values = var
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                let analytic = analytic.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let eps = 1e-6;
+                for (i, g) in analytic.iter().enumerate() {
+                    let at = |delta: f64| {
+                        let mut shifted = values.clone();
+                        shifted[i] += delta;
+                        let t = Tensor::from_vec(shifted, var.shape(), &Device::Cpu).unwrap();
+                        let mut args =
+                            [q.as_tensor(), k.as_tensor(), v.as_tensor()].map(|a| a.detach());
+                        args[which] = t;
+                        objective(&args[0], &args[1], &args[2], &mask, &w)
+                    };
+                    let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                    assert!(
+                        (numeric - g).abs() < 1e-6 * (1.0 + g.abs()),
+                        "element {i}: analytic {g}, numeric {numeric}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_fully_masked_row_gives_zeros_and_no_gradient() {
+        let mut rng = SplitMix64::new(9);
+        let q = Var::from_tensor(&random(&mut rng, &[1, 2, 2, 4], DType::F64)).unwrap();
+        let k = Var::from_tensor(&random(&mut rng, &[1, 1, 3, 4], DType::F64)).unwrap();
+        let v = random(&mut rng, &[1, 1, 3, 4], DType::F64);
+        let mask = crate::trainer::model::additive_mask(
+            &[false, false, false, true, true, false],
+            &[2, 3],
+            DType::F64,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let out = attention(&q, &k, &v, &mask, 0.5).unwrap();
+        let first_rows = out
+            .narrow(2, 0, 1)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        assert_eq!(first_rows.to_scalar::<f64>().unwrap(), 0.0);
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        let dq = grads.get(q.as_tensor()).unwrap();
+        assert!(dq
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .all(|x| x.is_finite()));
+    }
+}

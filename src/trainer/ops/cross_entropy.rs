@@ -1,0 +1,537 @@
+//! The language-model head and its cross-entropy in one op: from hidden states (n, h), the head's
+//! weight (V, h) and the targets (n), each position's negative log-likelihood, computing the
+//! logits a block of vocabulary at a time (a chunked log-sum-exp) and never keeping them; the
+//! backward recomputes each block and turns it into `softmax - one-hot` on the spot.
+//!
+//! Why: composed, the head's (n, V) logits, the log-softmax's (n, V) result and their gradients
+//! are whole tensors (about 100 MB each for 512 positions of a 49k vocabulary), and the
+//! log-softmax's reductions run on one thread.
+
+use std::sync::Mutex;
+
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::cpu::{dot, matmul, runs_fused, slice_of, Data, Real, View};
+
+/// Positions per block.
+const ROW_BLOCK: usize = 128;
+/// Vocabulary entries per block: a block's logits (rows x chunk) are the only transient.
+const VOCAB_CHUNK: usize = 1024;
+
+/// The negative log-likelihood of `targets` (n, u32) under `softmax(hidden weight^T)`, for
+/// `hidden` (n, h) and `weight` (V, h): shape (n,). The weight gets a gradient only when it
+/// tracks one (a frozen head, as under LoRA, costs no weight-gradient work). Fused on the CPU
+/// in f32/f64, composed elsewhere.
+pub fn linear_nll(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if !runs_fused(hidden) {
+        return composed_linear_nll(hidden, weight, targets);
+    }
+    linear_nll_in_blocks(hidden, weight, targets, ROW_BLOCK, VOCAB_CHUNK)
+}
+
+fn linear_nll_in_blocks(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    row_block: usize,
+    vocab_chunk: usize,
+) -> Result<Tensor> {
+    let (n, h) = hidden.dims2()?;
+    let (vocab, wh) = weight.dims2()?;
+    let targets = targets.to_vec1::<u32>()?;
+    if wh != h || targets.len() != n {
+        bail!(
+            "fused cross-entropy: hidden {:?}, weight {:?}, {} targets",
+            hidden.dims(),
+            weight.dims(),
+            targets.len()
+        );
+    }
+    if let Some(t) = targets.iter().find(|t| **t as usize >= vocab) {
+        bail!("fused cross-entropy: target {t} outside a vocabulary of {vocab}");
+    }
+    let op = FusedLinearNll {
+        targets,
+        row_block,
+        vocab_chunk,
+        lse: Mutex::new(None),
+    };
+    hidden
+        .contiguous()?
+        .apply_op2(&weight.to_dtype(hidden.dtype())?.contiguous()?, op)
+}
+
+/// The same loss from candle's elementary ops: the logits, a log-softmax over the whole
+/// vocabulary, the targets' entries.
+pub fn composed_linear_nll(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = hidden.matmul(&weight.t()?)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+}
+
+struct FusedLinearNll {
+    targets: Vec<u32>,
+    row_block: usize,
+    vocab_chunk: usize,
+    /// Each position's log-sum-exp of its logits, set by the forward.
+    lse: Mutex<Option<CpuStorage>>,
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    n: usize,
+    h: usize,
+    vocab: usize,
+}
+
+impl FusedLinearNll {
+    fn blocks(&self, d: Dims) -> (usize, usize) {
+        (
+            d.n.div_ceil(self.row_block),
+            d.vocab.div_ceil(self.vocab_chunk),
+        )
+    }
+
+    /// The logits of rows `r0..r0 + rows` for the vocabulary `c0..c0 + width` into `buf`
+    /// (rows x width, `vocab_chunk` apart).
+    #[allow(clippy::too_many_arguments)]
+    fn logits<T: Real>(
+        &self,
+        buf: &mut [T],
+        hidden: &[T],
+        weight: &[T],
+        d: Dims,
+        r0: usize,
+        rows: usize,
+        c0: usize,
+        width: usize,
+    ) -> Result<()> {
+        matmul(
+            buf,
+            View::rows(rows, width, self.vocab_chunk),
+            false,
+            &hidden[r0 * d.h..],
+            View::rows(rows, d.h, d.h),
+            &weight[c0 * d.h..],
+            View::rows(width, d.h, d.h).t(),
+            T::one(),
+        )
+    }
+
+    /// `grad * (softmax - one-hot)` of rows `r0..` for the vocabulary `c0..`, in `buf`.
+    #[allow(clippy::too_many_arguments)]
+    fn logit_grads<T: Real>(
+        &self,
+        buf: &mut [T],
+        hidden: &[T],
+        weight: &[T],
+        lse: &[T],
+        grad: &[T],
+        d: Dims,
+        (r0, rows): (usize, usize),
+        (c0, width): (usize, usize),
+    ) -> Result<()> {
+        self.logits(buf, hidden, weight, d, r0, rows, c0, width)?;
+        for i in 0..rows {
+            let (l, g) = (lse[r0 + i], grad[r0 + i]);
+            let row = &mut buf[i * self.vocab_chunk..i * self.vocab_chunk + width];
+            row.iter_mut().for_each(|z| *z = (*z - l).exp() * g);
+            let target = self.targets[r0 + i] as usize;
+            if (c0..c0 + width).contains(&target) {
+                row[target - c0] -= g;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each position's log-sum-exp and negative log-likelihood.
+    fn forward<T: Real>(&self, hidden: &[T], weight: &[T], d: Dims) -> Result<(Vec<T>, Vec<T>)> {
+        let (row_blocks, chunks) = self.blocks(d);
+        // Per (row block, vocabulary chunk): each row's (max, sum of exp(z - max)) there.
+        let partials: Vec<Vec<(T, T)>> = (0..row_blocks * chunks)
+            .into_par_iter()
+            .map(|task| -> Result<Vec<(T, T)>> {
+                let (rb, vc) = (task / chunks, task % chunks);
+                let r0 = rb * self.row_block;
+                let rows = self.row_block.min(d.n - r0);
+                let c0 = vc * self.vocab_chunk;
+                let width = self.vocab_chunk.min(d.vocab - c0);
+                let mut buf = vec![T::zero(); rows * self.vocab_chunk];
+                self.logits(&mut buf, hidden, weight, d, r0, rows, c0, width)?;
+                Ok((0..rows)
+                    .map(|i| {
+                        let row = &buf[i * self.vocab_chunk..i * self.vocab_chunk + width];
+                        let max = row
+                            .iter()
+                            .fold(T::neg_infinity(), |m, z| if *z > m { *z } else { m });
+                        let sum = row.iter().fold(T::zero(), |s, z| s + (*z - max).exp());
+                        (max, sum)
+                    })
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        let mut lse = vec![T::zero(); d.n];
+        let mut nll = vec![T::zero(); d.n];
+        for (i, (l, out)) in lse.iter_mut().zip(nll.iter_mut()).enumerate() {
+            let (rb, within) = (i / self.row_block, i % self.row_block);
+            let parts = &partials[rb * chunks..(rb + 1) * chunks];
+            let max = parts
+                .iter()
+                .map(|p| p[within].0)
+                .fold(T::neg_infinity(), |m, z| if z > m { z } else { m });
+            let sum = parts.iter().fold(T::zero(), |s, p| {
+                s + p[within].1 * (p[within].0 - max).exp()
+            });
+            *l = max + sum.ln();
+            let t = self.targets[i] as usize;
+            let target_logit = dot(
+                &hidden[i * d.h..(i + 1) * d.h],
+                &weight[t * d.h..(t + 1) * d.h],
+            );
+            *out = *l - target_logit;
+        }
+        Ok((lse, nll))
+    }
+
+    /// The gradients of the hidden states and, when `weight_grad`, of the weight.
+    fn backward<T: Real>(
+        &self,
+        hidden: &[T],
+        weight: &[T],
+        lse: &[T],
+        grad: &[T],
+        d: Dims,
+        weight_grad: bool,
+    ) -> Result<(Vec<T>, Option<Vec<T>>)> {
+        let (row_blocks, chunks) = self.blocks(d);
+        let block = self.row_block.min(d.n) * self.vocab_chunk;
+        let threads = rayon::current_num_threads();
+        if !weight_grad && row_blocks >= 2 * threads {
+            // Each task owns a block of rows of the hidden gradient and walks the vocabulary.
+            let mut dh = vec![T::zero(); d.n * d.h];
+            dh.par_chunks_mut(self.row_block * d.h)
+                .enumerate()
+                .try_for_each(|(rb, dh)| -> Result<()> {
+                    let r0 = rb * self.row_block;
+                    let rows = self.row_block.min(d.n - r0);
+                    let mut buf = vec![T::zero(); block];
+                    for vc in 0..chunks {
+                        let c0 = vc * self.vocab_chunk;
+                        let width = self.vocab_chunk.min(d.vocab - c0);
+                        self.logit_grads(
+                            &mut buf,
+                            hidden,
+                            weight,
+                            lse,
+                            grad,
+                            d,
+                            (r0, rows),
+                            (c0, width),
+                        )?;
+                        matmul(
+                            dh,
+                            View::rows(rows, d.h, d.h),
+                            true,
+                            &buf,
+                            View::rows(rows, width, self.vocab_chunk),
+                            &weight[c0 * d.h..],
+                            View::rows(width, d.h, d.h),
+                            T::one(),
+                        )?;
+                    }
+                    Ok(())
+                })?;
+            return Ok((dh, None));
+        }
+        // Each task owns a chunk of the vocabulary (and of the weight's gradient, if any) and
+        // walks the rows; the hidden gradient sums over chunks, in one buffer per rayon job.
+        // Also the frozen head's way when there are too few rows to share out.
+        let mut dw = vec![T::zero(); if weight_grad { d.vocab * d.h } else { 0 }];
+        let slots: Vec<Option<&mut [T]>> = if weight_grad {
+            dw.chunks_mut(self.vocab_chunk * d.h).map(Some).collect()
+        } else {
+            (0..chunks).map(|_| None).collect()
+        };
+        let per_job = chunks / (4 * threads).max(1);
+        let dh = slots
+            .into_par_iter()
+            .enumerate()
+            .with_min_len(per_job.max(1))
+            .try_fold(
+                || vec![T::zero(); d.n * d.h],
+                |mut dh, (vc, mut dw)| -> Result<Vec<T>> {
+                    let c0 = vc * self.vocab_chunk;
+                    let width = self.vocab_chunk.min(d.vocab - c0);
+                    let mut buf = vec![T::zero(); block];
+                    for rb in 0..row_blocks {
+                        let r0 = rb * self.row_block;
+                        let rows = self.row_block.min(d.n - r0);
+                        self.logit_grads(
+                            &mut buf,
+                            hidden,
+                            weight,
+                            lse,
+                            grad,
+                            d,
+                            (r0, rows),
+                            (c0, width),
+                        )?;
+                        if let Some(dw) = dw.as_deref_mut() {
+                            matmul(
+                                dw,
+                                View::rows(width, d.h, d.h),
+                                true,
+                                &buf,
+                                View::rows(rows, width, self.vocab_chunk).t(),
+                                &hidden[r0 * d.h..],
+                                View::rows(rows, d.h, d.h),
+                                T::one(),
+                            )?;
+                        }
+                        matmul(
+                            &mut dh[r0 * d.h..],
+                            View::rows(rows, d.h, d.h),
+                            true,
+                            &buf,
+                            View::rows(rows, width, self.vocab_chunk),
+                            &weight[c0 * d.h..],
+                            View::rows(width, d.h, d.h),
+                            T::one(),
+                        )?;
+                    }
+                    Ok(dh)
+                },
+            )
+            .try_reduce(
+                || vec![T::zero(); d.n * d.h],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
+                    Ok(a)
+                },
+            )?;
+        Ok((dh, weight_grad.then_some(dw)))
+    }
+}
+
+impl CustomOp2 for FusedLinearNll {
+    fn name(&self) -> &'static str {
+        "fused-linear-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, h) = l1.shape().dims2()?;
+        let vocab = l2.shape().dims2()?.0;
+        let d = Dims { n, h, vocab };
+        let what = "fused cross-entropy";
+        let (lse, nll) = match s1 {
+            CpuStorage::F32(_) => {
+                let (l, o) =
+                    self.forward::<f32>(slice_of(s1, l1, what)?, slice_of(s2, l2, what)?, d)?;
+                (CpuStorage::F32(l), CpuStorage::F32(o))
+            }
+            CpuStorage::F64(_) => {
+                let (l, o) =
+                    self.forward::<f64>(slice_of(s1, l1, what)?, slice_of(s2, l2, what)?, d)?;
+                (CpuStorage::F64(l), CpuStorage::F64(o))
+            }
+            _ => bail!("fused cross-entropy: only f32 and f64"),
+        };
+        if let Ok(mut saved) = self.lse.lock() {
+            *saved = Some(lse);
+        }
+        Ok((nll, n.into()))
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        _nll: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, h) = hidden.dims2()?;
+        let vocab = weight.dim(0)?;
+        let d = Dims { n, h, vocab };
+        let weight_grad = weight.track_op();
+        let saved = match self.lse.lock() {
+            Ok(saved) => saved,
+            Err(_) => bail!("fused cross-entropy: the forward's saved state is poisoned"),
+        };
+        let Some(lse) = saved.as_ref() else {
+            bail!("fused cross-entropy: backward before forward");
+        };
+        let grad = grad.contiguous()?;
+        let (hd, wd, gd) = (Data::of(hidden), Data::of(weight), Data::of(&grad));
+        let what = "fused cross-entropy backward";
+        macro_rules! run {
+            ($t:ty, $lse:expr) => {{
+                let (dh, dw) = self.backward::<$t>(
+                    hd.slice(what)?,
+                    wd.slice(what)?,
+                    $lse,
+                    gd.slice(what)?,
+                    d,
+                    weight_grad,
+                )?;
+                let dh = Tensor::from_vec(dh, (n, h), hidden.device())?;
+                let dw = dw
+                    .map(|dw| Tensor::from_vec(dw, (vocab, h), weight.device()))
+                    .transpose()?;
+                (dh, dw)
+            }};
+        }
+        let (dh, dw) = match lse {
+            CpuStorage::F32(lse) => run!(f32, lse),
+            CpuStorage::F64(lse) => run!(f64, lse),
+            _ => bail!("fused cross-entropy: only f32 and f64"),
+        };
+        Ok((Some(dh), dw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::rng::SplitMix64;
+    use candle_core::{DType, Device, Var};
+
+    const N: usize = 6;
+    const H: usize = 5;
+    const V: usize = 13;
+
+    fn random(rng: &mut SplitMix64, shape: &[usize], dtype: DType) -> Tensor {
+        let n: usize = shape.iter().product();
+        let data: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        Tensor::from_vec(data, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    fn targets() -> Tensor {
+        // Targets in the first, a middle and the last (partial) chunk of 4.
+        Tensor::new(&[0u32, 5, 12, 3, 8, 12], &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_nll_equals_the_composed_one_in_f32() {
+        let mut rng = SplitMix64::new(3);
+        let hidden = random(&mut rng, &[N, H], DType::F32);
+        let weight = random(&mut rng, &[V, H], DType::F32);
+        let composed = composed_linear_nll(&hidden, &weight, &targets()).unwrap();
+        let fused = linear_nll(&hidden, &weight, &targets()).unwrap();
+        assert!(max_abs_diff(&fused, &composed) < 1e-5);
+        let blocked = linear_nll_in_blocks(&hidden, &weight, &targets(), 4, 4).unwrap();
+        assert!(max_abs_diff(&blocked, &composed) < 1e-5);
+    }
+
+    #[test]
+    fn fused_nll_gradients_match_finite_differences_in_f64() {
+        let mut rng = SplitMix64::new(4);
+        let hidden = Var::from_tensor(&random(&mut rng, &[N, H], DType::F64)).unwrap();
+        let weight = Var::from_tensor(&random(&mut rng, &[V, H], DType::F64)).unwrap();
+        // Weighted, so that each position's gradient scale is exercised.
+        let w = random(&mut rng, &[N], DType::F64);
+        let objective = |h: &Tensor, wt: &Tensor| -> Tensor {
+            (linear_nll_in_blocks(h, wt, &targets(), 4, 4).unwrap() * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let grads = objective(&hidden, &weight).backward().unwrap();
+        let composed = (composed_linear_nll(&hidden, &weight, &targets()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (which, var) in [&hidden, &weight].into_iter().enumerate() {
+            let analytic = grads.get(var.as_tensor()).unwrap();
+            assert!(max_abs_diff(analytic, composed.get(var.as_tensor()).unwrap()) < 1e-10);
+            let values = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let analytic = analytic.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let eps = 1e-6;
+            for (i, g) in analytic.iter().enumerate() {
+                let at = |delta: f64| {
+                    let mut shifted = values.clone();
+                    shifted[i] += delta;
+                    let t = Tensor::from_vec(shifted, var.shape(), &Device::Cpu).unwrap();
+                    let mut args = [hidden.as_tensor(), weight.as_tensor()].map(|a| a.detach());
+                    args[which] = t;
+                    objective(&args[0], &args[1]).to_scalar::<f64>().unwrap()
+                };
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                assert!(
+                    (numeric - g).abs() < 1e-6 * (1.0 + g.abs()),
+                    "{which}/{i}: analytic {g}, numeric {numeric}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_frozen_head_gets_no_gradient_and_the_hidden_states_the_same() {
+        let mut rng = SplitMix64::new(5);
+        let hidden = Var::from_tensor(&random(&mut rng, &[N, H], DType::F64)).unwrap();
+        let frozen = random(&mut rng, &[V, H], DType::F64);
+        let trained = Var::from_tensor(&frozen).unwrap();
+        // Blocks of 1 row: shared out by rows (on up to 3 threads); of 4: by vocabulary.
+        for row_block in [1, 4] {
+            let grads_of = |w: &Tensor| {
+                linear_nll_in_blocks(&hidden, w, &targets(), row_block, 4)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            };
+            let g_frozen = grads_of(&frozen);
+            let g_trained = grads_of(trained.as_tensor());
+            assert!(g_frozen.get(&frozen).is_none());
+            assert!(g_trained.get(trained.as_tensor()).is_some());
+            assert!(
+                max_abs_diff(
+                    g_frozen.get(hidden.as_tensor()).unwrap(),
+                    g_trained.get(hidden.as_tensor()).unwrap()
+                ) < 1e-12
+            );
+        }
+    }
+
+    #[test]
+    fn a_target_outside_the_vocabulary_is_an_error() {
+        let hidden = Tensor::zeros((1, H), DType::F32, &Device::Cpu).unwrap();
+        let weight = Tensor::zeros((V, H), DType::F32, &Device::Cpu).unwrap();
+        let err = linear_nll(
+            &hidden,
+            &weight,
+            &Tensor::new(&[13u32], &Device::Cpu).unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("target 13"), "{err}");
+    }
+}
