@@ -73,7 +73,7 @@ pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
         .collect();
     let refs: Vec<&Seq> = seqs.iter().collect();
     let vars: Vec<Var> = model.trainable().iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = AdamW::new(vars, 0.0)?;
+    let mut opt = AdamW::new(vars, 0.0)?.with_kernels(model.kernels())?;
     // One step to warm up allocations and kernels, then the timed steps.
     train_step(&model, &mut opt, &refs, c.batch, 0, 1e-4, 1.0)?;
     device.synchronize()?;

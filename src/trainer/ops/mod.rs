@@ -14,6 +14,11 @@
 
 use candle_core::Device;
 
+pub mod cpu;
+pub mod rms_norm;
+pub mod rope;
+pub mod swiglu;
+
 pub use crate::spec::params::Kernels;
 
 /// The kernels a model on `device` trains with when `requested`: fused ones are CPU kernels, so a
