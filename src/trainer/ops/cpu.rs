@@ -45,6 +45,22 @@ pub fn runs_here(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
 }
 
+/// How long candle's elementwise workers spin before sleeping, unless `CANDLE_BARRIER_POOL_SPIN_LIMIT`
+/// says otherwise.
+pub const BARRIER_SPIN_LIMIT: u32 = 100;
+
+/// Makes candle 0.11's elementwise thread pool sleep soon when idle instead of spinning 25,000
+/// times (its default): its workers then yield the cores to gemm's rayon threads, to the other
+/// trials of a sweep and to whatever else runs. Measured under load (a shared 2-core machine, load
+/// 12 to 20): tiny sft 3 to 5 times the tokens/s. Call before the first tensor op (candle reads the
+/// setting once); a value the user set is kept.
+pub fn park_idle_threads() {
+    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(VAR).is_none() {
+        std::env::set_var(VAR, BARRIER_SPIN_LIMIT.to_string());
+    }
+}
+
 /// `sum(a[i] * b[i])` in eight independent lanes, so that the compiler vectorises it (one running
 /// sum is a chain of dependent additions it may not reorder).
 pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
