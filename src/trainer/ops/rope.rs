@@ -19,18 +19,17 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if !runs_here(x) || cos.dtype() != x.dtype() || sin.dtype() != x.dtype() {
         return rope_composed(x, cos, sin);
     }
-    let (b, _, t, hd) = x.dims4()?;
+    let Ok((b, _, t, hd)) = x.dims4() else {
+        return rope_composed(x, cos, sin);
+    };
     let table_rows = match cos.dims() {
         [tt, d] if (*tt, *d) == (t, hd) => 1,
         [bb, 1, tt, d] if (*bb, *tt, *d) == (b, t, hd) => b,
-        other => candle_core::bail!("{NAME}: tables of shape {other:?} for input {:?}", x.dims()),
+        // Any other shape: the composed ops broadcast it, or say why they cannot.
+        _ => return rope_composed(x, cos, sin),
     };
-    if sin.dims() != cos.dims() || hd % 2 != 0 {
-        candle_core::bail!(
-            "{NAME}: sin {:?}, cos {:?}, head_dim {hd}",
-            sin.dims(),
-            cos.dims()
-        );
+    if sin.dims() != cos.dims() || hd == 0 || hd % 2 != 0 {
+        return rope_composed(x, cos, sin);
     }
     x.contiguous()?.apply_op1(Rope {
         cos: cos.contiguous()?,
