@@ -42,6 +42,7 @@ pub struct Measured {
 
 /// One warm-up step, then `steps` timed ones (synchronised with the device before and after).
 pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
+    crate::trainer::ops::cpu::park_idle_threads();
     let mut config = crate::spec::shape::preset(&c.preset)
         .ok_or_else(|| TrainError::UnknownPreset(c.preset.clone()))?;
     config.vocab_size = c.vocab;
@@ -73,7 +74,7 @@ pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
         .collect();
     let refs: Vec<&Seq> = seqs.iter().collect();
     let vars: Vec<Var> = model.trainable().iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = AdamW::new(vars, 0.0)?;
+    let mut opt = AdamW::new(vars, 0.0)?.with_kernels(model.kernels())?;
     // One step to warm up allocations and kernels, then the timed steps.
     train_step(&model, &mut opt, &refs, c.batch, 0, 1e-4, 1.0)?;
     device.synchronize()?;

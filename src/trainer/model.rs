@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::spec::shape::{weight_shapes, ModelConfig, ShapeError};
 use crate::text::model_folder::read_checked_config;
@@ -162,20 +162,14 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Composed from basic ops so that gradients flow (candle-nn's fused kernel has no backward).
-    /// Half precision is normalised in f32, as transformers does.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = x.dtype();
-        let x = if is_half(dtype) {
-            x.to_dtype(DType::F32)?
-        } else {
-            x.clone()
-        };
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .to_dtype(dtype)?;
-        normed.broadcast_mul(&self.weight)
+    /// Fused (`ops::rms_norm`, with its own backward) or composed from basic ops so that gradients
+    /// flow (candle-nn's fused kernel has no backward). Half precision is normalised in f32, as
+    /// transformers does.
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> candle_core::Result<Tensor> {
+        match kernels {
+            Kernels::Fused => ops::rms_norm::rms_norm(x, &self.weight, self.eps),
+            Kernels::Composed => ops::rms_norm::rms_norm_composed(x, &self.weight, self.eps),
+        }
     }
 }
 
@@ -467,19 +461,24 @@ impl CausalLm {
         let mut cache = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
-            let normed = layer.input_norm.forward(&x)?;
+            let normed = layer.input_norm.forward(&x, self.kernels)?;
             let layer_past = past.map(|p| &p.layers[i]);
             let (attn, kv) = self.attention(layer, &normed, &cos, &sin, &mask, layer_past)?;
             cache.push(kv);
             x = (residual + attn)?;
             let residual = x.clone();
-            let normed = layer.post_norm.forward(&x)?;
-            let mlp = layer
-                .down
-                .forward(&(layer.gate.forward(&normed)?.silu()? * layer.up.forward(&normed)?)?)?;
+            let normed = layer.post_norm.forward(&x, self.kernels)?;
+            let (gate, up) = (layer.gate.forward(&normed)?, layer.up.forward(&normed)?);
+            let mlp = layer.down.forward(&match self.kernels {
+                Kernels::Fused => ops::swiglu::swiglu(&gate, &up)?,
+                Kernels::Composed => ops::swiglu::swiglu_composed(&gate, &up)?,
+            })?;
             x = (residual + mlp)?;
         }
-        Ok((self.norm.forward(&x)?, KvCache { layers: cache }))
+        Ok((
+            self.norm.forward(&x, self.kernels)?,
+            KvCache { layers: cache },
+        ))
     }
 
     /// The same model with every weight detached from the autograd graph: computing with it
@@ -576,8 +575,8 @@ impl CausalLm {
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = apply_rope(&q, cos, sin)?;
-        let k = apply_rope(&k, cos, sin)?;
+        let q = apply_rope(&q, cos, sin, self.kernels)?;
+        let k = apply_rope(&k, cos, sin, self.kernels)?;
         let (k_all, v_all) = match past {
             Some((pk, pv)) => {
                 // A past of batch 1 serves every row: broadcast, whose backward sums the rows'
@@ -817,13 +816,18 @@ fn causal_mask(t: usize, dtype: DType, device: &Device) -> candle_core::Result<T
     Tensor::from_vec(data, (t, t), device)?.to_dtype(dtype)
 }
 
-/// Rotary positions, HF "rotate half" convention, composed from differentiable ops.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let hd = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+/// Rotary positions, HF "rotate half" convention: fused (`ops::rope`, with its own backward) or
+/// composed from differentiable ops.
+fn apply_rope(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    kernels: Kernels,
+) -> candle_core::Result<Tensor> {
+    match kernels {
+        Kernels::Fused => ops::rope::rope(x, cos, sin),
+        Kernels::Composed => ops::rope::rope_composed(x, cos, sin),
+    }
 }
 
 /// Loads a Hugging Face model folder's config.json and safetensors weights (single file or shards).
@@ -879,7 +883,7 @@ pub fn load_hf_folder(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Largest absolute difference between two f32 tensors of one shape.

@@ -3,19 +3,33 @@
 //! Our own rather than candle-nn's `AdamW` because the trainer needs gradients accumulated over
 //! micro-batches, clipped by global norm and averaged across devices before one step.
 
-use candle_core::{Result, Tensor, Var};
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::trainer::ops::{self, Kernels};
 
 pub struct AdamW {
     params: Vec<Var>,
     /// Decoupled weight decay applies to matrices only, not to norm gains.
     decays: Vec<bool>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    moments: Moments,
     step: i32,
     beta1: f64,
     beta2: f64,
     eps: f64,
     weight_decay: f64,
+}
+
+/// The first and second moments, one per parameter, in the form the update computes with.
+enum Moments {
+    /// Tensors updated by candle's elementary ops, about 14 per parameter (`Kernels::Composed`,
+    /// and wherever the fused update does not run: CUDA, half precision).
+    Tensors { m: Vec<Tensor>, v: Vec<Tensor> },
+    /// Plain f32 buffers, updated with the parameter in one in-place pass over the four arrays
+    /// (`Kernels::Fused` on the CPU): no temporaries, no new parameter storage each step.
+    Flat { m: Vec<Vec<f32>>, v: Vec<Vec<f32>> },
 }
 
 impl AdamW {
@@ -29,8 +43,7 @@ impl AdamW {
         Ok(Self {
             params,
             decays,
-            m,
-            v,
+            moments: Moments::Tensors { m, v },
             step: 0,
             beta1: 0.9,
             beta2: 0.999,
@@ -39,9 +52,54 @@ impl AdamW {
         })
     }
 
+    /// The same optimizer updating with `kernels`: the fused in-place update where every parameter
+    /// is an f32 CPU tensor (the model's `kernels()`), the composed one otherwise. The moments
+    /// carry over.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Result<Self> {
+        let fused = kernels == Kernels::Fused
+            && self.params.iter().all(|p| {
+                ops::effective(kernels, p.device()) == Kernels::Fused && p.dtype() == DType::F32
+            });
+        let (_, m, v) = self.state();
+        self.moments = if fused {
+            let flat = |ts: Vec<Tensor>| -> Result<Vec<Vec<f32>>> {
+                ts.iter()
+                    .map(|t| t.flatten_all()?.to_vec1::<f32>())
+                    .collect()
+            };
+            Moments::Flat {
+                m: flat(m)?,
+                v: flat(v)?,
+            }
+        } else {
+            Moments::Tensors { m, v }
+        };
+        Ok(self)
+    }
+
+    /// Whether `step` updates with the fused in-place pass.
+    pub fn is_fused(&self) -> bool {
+        matches!(self.moments, Moments::Flat { .. })
+    }
+
     /// The moments and step count, to save with a resumable trial.
-    pub fn state(&self) -> (usize, &[Tensor], &[Tensor]) {
-        (self.step as usize, &self.m, &self.v)
+    pub fn state(&self) -> (usize, Vec<Tensor>, Vec<Tensor>) {
+        let step = self.step as usize;
+        match &self.moments {
+            Moments::Tensors { m, v } => (step, m.clone(), v.clone()),
+            Moments::Flat { m, v } => {
+                let tensors = |flat: &[Vec<f32>]| -> Vec<Tensor> {
+                    flat.iter()
+                        .zip(&self.params)
+                        .map(|(values, p)| {
+                            Tensor::from_slice(values, p.shape(), p.device())
+                                .expect("a flat moment has its parameter's element count")
+                        })
+                        .collect()
+                };
+                (step, tensors(m), tensors(v))
+            }
+        }
     }
 
     /// Restores what `state` gave; shapes must match the parameters.
@@ -63,8 +121,20 @@ impl AdamW {
             }
         }
         self.step = step as i32;
-        self.m = m;
-        self.v = v;
+        self.moments = match self.moments {
+            Moments::Tensors { .. } => Moments::Tensors { m, v },
+            Moments::Flat { .. } => {
+                let flat = |ts: Vec<Tensor>| -> Result<Vec<Vec<f32>>> {
+                    ts.iter()
+                        .map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
+                        .collect()
+                };
+                Moments::Flat {
+                    m: flat(m)?,
+                    v: flat(v)?,
+                }
+            }
+        };
         Ok(())
     }
 
@@ -73,19 +143,120 @@ impl AdamW {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step);
         let bc2 = 1.0 - self.beta2.powi(self.step);
-        for (i, p) in self.params.iter().enumerate() {
-            let g = &grads[i];
-            let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
-            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + self.eps)?)?;
-            let mut theta = p.as_tensor().clone();
-            if self.decays[i] && self.weight_decay > 0.0 {
-                theta = (&theta * (1.0 - lr * self.weight_decay))?;
+        match &mut self.moments {
+            Moments::Tensors { m: ms, v: vs } => {
+                for (i, p) in self.params.iter().enumerate() {
+                    let g = &grads[i];
+                    let m = ((&ms[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+                    let v = ((&vs[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+                    let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + self.eps)?)?;
+                    let mut theta = p.as_tensor().clone();
+                    if self.decays[i] && self.weight_decay > 0.0 {
+                        theta = (&theta * (1.0 - lr * self.weight_decay))?;
+                    }
+                    p.set(&(theta - (update * lr)?)?)?;
+                    ms[i] = m;
+                    vs[i] = v;
+                }
             }
-            p.set(&(theta - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            Moments::Flat { m: ms, v: vs } => {
+                for (i, p) in self.params.iter().enumerate() {
+                    let decay = if self.decays[i] {
+                        lr * self.weight_decay
+                    } else {
+                        0.0
+                    };
+                    let constants = UpdateConstants {
+                        beta1: self.beta1 as f32,
+                        beta2: self.beta2 as f32,
+                        one_minus_beta1: (1.0 - self.beta1) as f32,
+                        one_minus_beta2: (1.0 - self.beta2) as f32,
+                        inv_bc1: (1.0 / bc1) as f32,
+                        inv_bc2: (1.0 / bc2) as f32,
+                        eps: self.eps as f32,
+                        lr: lr as f32,
+                        keep: (1.0 - decay) as f32,
+                    };
+                    ops::cpu::with_slice::<f32, _>(&grads[i], "fused-adamw", |g| {
+                        p.as_tensor().inplace_op1(&FusedUpdate {
+                            moments: RefCell::new((&mut ms[i], &mut vs[i])),
+                            grad: g,
+                            constants,
+                        })
+                    })?;
+                }
+            }
         }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+struct UpdateConstants {
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    inv_bc1: f32,
+    inv_bc2: f32,
+    eps: f32,
+    lr: f32,
+    /// `1 - lr * weight_decay`, or 1 where the parameter does not decay.
+    keep: f32,
+}
+
+/// AdamW on one parameter in place: moments, bias correction, decoupled decay and the step in one
+/// pass over the parameter, its moments and its gradient, split over rayon's threads.
+struct FusedUpdate<'a> {
+    moments: RefCell<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+    grad: &'a [f32],
+    constants: UpdateConstants,
+}
+
+/// The elementwise update: the same arithmetic, in the same order, as the composed path's tensor
+/// ops (candle's affine ops multiply by the f64 constant rounded to f32), so the two agree to
+/// rounding.
+fn adamw_update(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: UpdateConstants) {
+    for i in 0..p.len() {
+        let m1 = m[i] * c.beta1 + g[i] * c.one_minus_beta1;
+        let v1 = v[i] * c.beta2 + (g[i] * g[i]) * c.one_minus_beta2;
+        let update = (m1 * c.inv_bc1) / ((v1 * c.inv_bc2).sqrt() + c.eps);
+        p[i] = p[i] * c.keep - update * c.lr;
+        m[i] = m1;
+        v[i] = v1;
+    }
+}
+
+impl candle_core::InplaceOp1 for FusedUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "fused-adamw"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let CpuStorage::F32(all) = storage else {
+            candle_core::bail!("fused-adamw: only f32 parameters");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("fused-adamw: the parameter must be contiguous");
+        };
+        let p = &mut all[start..end];
+        let mut moments = self.moments.borrow_mut();
+        let (m, v) = &mut *moments;
+        if m.len() != p.len() || v.len() != p.len() || self.grad.len() != p.len() {
+            candle_core::bail!(
+                "fused-adamw: parameter of {}, moments of {} and {}, gradient of {}",
+                p.len(),
+                m.len(),
+                v.len(),
+                self.grad.len()
+            );
+        }
+        let n = ops::cpu::MIN_TASK_ELEMENTS * 4;
+        let c = self.constants;
+        p.par_chunks_mut(n)
+            .zip(m.par_chunks_mut(n))
+            .zip(v.par_chunks_mut(n).zip(self.grad.par_chunks(n)))
+            .for_each(|((p, m), (v, g))| adamw_update(p, m, v, g, c));
         Ok(())
     }
 }
@@ -162,5 +333,73 @@ mod tests {
             .sqrt();
         assert!((after - 1.0).abs() < 1e-4);
         let _ = DType::F32;
+    }
+
+    #[test]
+    fn fused_adamw_equals_composed_over_steps_and_resumes() {
+        let dev = Device::Cpu;
+        let mut rng = crate::util::rng::SplitMix64::new(3);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        // A matrix big enough to be split over threads (decays) and a vector (does not).
+        let shapes: [&[usize]; 2] = [&[300, 250], &[7]];
+        let init: Vec<Vec<f32>> = shapes.iter().map(|s| rand(s.iter().product())).collect();
+        let grads: Vec<Vec<Tensor>> = (0..4)
+            .map(|_| {
+                shapes
+                    .iter()
+                    .map(|s| Tensor::from_vec(rand(s.iter().product()), *s, &dev).unwrap())
+                    .collect()
+            })
+            .collect();
+        let make = |kernels: Kernels| {
+            let vars: Vec<Var> = shapes
+                .iter()
+                .zip(&init)
+                .map(|(s, v)| Var::from_vec(v.clone(), *s, &dev).unwrap())
+                .collect();
+            let opt = AdamW::new(vars.clone(), 0.1)
+                .unwrap()
+                .with_kernels(kernels)
+                .unwrap();
+            (vars, opt)
+        };
+        let (fused_vars, mut fused) = make(Kernels::Fused);
+        let (composed_vars, mut composed) = make(Kernels::Composed);
+        assert!(fused.is_fused() && !composed.is_fused());
+        for (step, g) in grads.iter().enumerate() {
+            let lr = 1e-2 * (step + 1) as f64;
+            fused.step(g, lr).unwrap();
+            composed.step(g, lr).unwrap();
+        }
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        for (a, b) in fused_vars.iter().zip(&composed_vars) {
+            assert!(diff(a.as_tensor(), b.as_tensor()) < 1e-6);
+        }
+        let (fs, fm, fv) = fused.state();
+        let (cs, cm, cv) = composed.state();
+        assert_eq!(fs, cs);
+        for (a, b) in fm.iter().chain(&fv).zip(cm.iter().chain(&cv)) {
+            assert!(diff(a, b) < 1e-6);
+        }
+        // Resume: the saved state loaded into a fresh fused optimizer continues alike.
+        let (_, mut resumed) = make(Kernels::Fused);
+        resumed.params = fused_vars.clone();
+        resumed.load_state(fs, fm, fv).unwrap();
+        resumed.step(&grads[0], 1e-2).unwrap();
+        composed.step(&grads[0], 1e-2).unwrap();
+        for (a, b) in fused_vars.iter().zip(&composed_vars) {
+            assert!(diff(a.as_tensor(), b.as_tensor()) < 1e-6);
+        }
     }
 }

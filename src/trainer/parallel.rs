@@ -123,9 +123,10 @@ impl Replicas {
             .iter()
             .map(|(_, v)| v.clone())
             .collect();
+        let kernels = models[0].kernels();
         let replicas = Self {
             models,
-            optimizer: AdamW::new(vars, weight_decay)?,
+            optimizer: AdamW::new(vars, weight_decay)?.with_kernels(kernels)?,
         };
         replicas.check_alike()?;
         replicas.broadcast()?;

@@ -135,3 +135,128 @@ pub fn shard_gradients_with(
         input_tokens,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trainer::model::{tests::tiny_config, LoraSettings, Trainable};
+    use crate::trainer::ops::Kernels;
+    use crate::util::rng::SplitMix64;
+    use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// A tiny model computing with `kernels`; LoRA's B matrices random (not zero), so that every
+    /// adapter gets a gradient.
+    fn model(trainable: Trainable, kernels: Kernels) -> CausalLm {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(19);
+        let w = CausalLm::random_weights(&cfg, 5, DType::F32, &dev).unwrap();
+        let m = CausalLm::new(cfg, &w, trainable, 1, &dev, "t")
+            .unwrap()
+            .with_kernels(kernels);
+        let mut rng = SplitMix64::new(8);
+        for (name, var) in m.trainable() {
+            if name.contains("lora_B") {
+                let values: Vec<f32> = (0..var.elem_count())
+                    .map(|_| 0.05 * rng.normal() as f32)
+                    .collect();
+                var.set(&Tensor::from_vec(values, var.shape(), &dev).unwrap())
+                    .unwrap();
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn fused_and_composed_kernels_give_one_training_step() {
+        let lora = LoraSettings {
+            rank: 2,
+            alpha: 4.0,
+            targets: [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        // Three sequences sharing a 3-token prefix (computed once, with per-row rotary tables),
+        // of unequal lengths (padding).
+        let seqs = [
+            Seq {
+                ids: vec![1, 2, 3, 4, 5, 6, 7, 8],
+                loss_from: 3,
+            },
+            Seq {
+                ids: vec![1, 2, 3, 9, 10, 11],
+                loss_from: 3,
+            },
+            Seq {
+                ids: vec![1, 2, 3, 12, 13, 14, 15],
+                loss_from: 1,
+            },
+        ];
+        let refs: Vec<&Seq> = seqs.iter().collect();
+        for trainable in [Trainable::All, Trainable::Lora(lora)] {
+            for share_prefix in [true, false] {
+                let mut results = Vec::new();
+                for kernels in [Kernels::Fused, Kernels::Composed] {
+                    let m = model(trainable.clone(), kernels);
+                    assert_eq!(m.kernels(), kernels);
+                    let shard = shard_gradients_with(&m, &refs, 2, 0, 17.0, share_prefix).unwrap();
+                    let vars = m.trainable().iter().map(|(_, v)| v.clone()).collect();
+                    let mut opt = AdamW::new(vars, 0.1)
+                        .unwrap()
+                        .with_kernels(kernels)
+                        .unwrap();
+                    assert_eq!(opt.is_fused(), kernels == Kernels::Fused);
+                    for _ in 0..2 {
+                        opt.step(&shard.grads, 1e-2).unwrap();
+                    }
+                    let params: Vec<Tensor> = m
+                        .trainable()
+                        .iter()
+                        .map(|(_, v)| v.as_tensor().copy().unwrap())
+                        .collect();
+                    results.push((shard, params));
+                }
+                let ((fused, fused_params), (composed, composed_params)) =
+                    (&results[0], &results[1]);
+                assert!((fused.loss - composed.loss).abs() < 1e-5);
+                assert_eq!(fused.input_tokens, composed.input_tokens);
+                for (a, b) in fused.grads.iter().zip(&composed.grads) {
+                    assert!(
+                        max_diff(a, b) < 1e-5,
+                        "gradient differs by {}",
+                        max_diff(a, b)
+                    );
+                }
+                for (a, b) in fused_params.iter().zip(composed_params) {
+                    assert!(
+                        max_diff(a, b) < 1e-5,
+                        "parameter differs by {}",
+                        max_diff(a, b)
+                    );
+                }
+            }
+        }
+    }
+}

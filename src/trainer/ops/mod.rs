@@ -19,6 +19,9 @@ pub mod cpu;
 pub mod cross_entropy;
 #[cfg(test)]
 mod equivalence;
+pub mod rms_norm;
+pub mod rope;
+pub mod swiglu;
 
 pub use crate::spec::params::Kernels;
 
