@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::spec::params::{Method, TrialParams};
+use crate::spec::params::{Kernels, Method, TrialParams};
 use crate::spec::shape::ModelConfig;
 
 /// What the estimate needs to know about a trial.
@@ -64,17 +64,59 @@ pub const CUDA_LIBRARIES_DATA_MB: f64 = if cfg!(feature = "cuda") { 224.0 } else
 const PROCESS_OVERHEAD: f64 = 24.0 * MB;
 
 /// Values (not bytes) alive at the peak of a step, per token and layer, as multiples of the
-/// hidden and intermediate sizes, and per attention score. Counted from `CausalLm::hidden_states`
-/// (norms keep about 5 hidden-sized tensors each, projections and reshapes 10, rotary positions 8,
-/// residuals 2; the MLP 4 intermediate-sized; attention 4 score-sized), then fitted, with the
-/// gradients alive during backward, to peaks measured with examples/train_speed.rs.
-const PER_TOKEN_HIDDEN: f64 = 38.0;
-const PER_TOKEN_INTERMEDIATE: f64 = 5.0;
-const PER_SCORE: f64 = 5.0;
-/// LoRA keeps two more output-sized tensors per adapted projection (its delta and the sum).
-const PER_ADAPTED_OUTPUT: f64 = 2.0;
-/// Vocabulary-sized values per counted position: logits, log-softmax intermediates, their grads.
-const PER_COUNTED_VOCAB: f64 = 9.0;
+/// hidden and intermediate sizes, and per attention score, for each implementation of the
+/// model's inner operations (`kernels`), fitted to peaks measured with examples/train_speed.rs
+/// and `scripts/validate-memory.sh`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Coefficients {
+    per_token_hidden: f64,
+    per_token_intermediate: f64,
+    per_score: f64,
+    /// LoRA keeps more output-sized tensors per adapted projection (its delta and the sum).
+    per_adapted_output: f64,
+    /// Vocabulary-sized values per counted position.
+    per_counted_vocab: f64,
+    /// Whether those are alive during a training step (else only during evaluation, which
+    /// computes at most a micro-batch's counted rows at once: `trainer::eval`).
+    vocabulary_in_training: bool,
+}
+
+/// Composed ops (candle's autograd of elementary ops; CUDA, or `kernels: composed`): norms keep
+/// about 5 hidden-sized tensors each, projections and reshapes 10, rotary positions 8, residuals
+/// 2; the MLP 4 intermediate-sized; attention 4 score-sized (scores, masked, probabilities and
+/// their gradient); the loss the logits, log-softmax intermediates and their gradients.
+const COMPOSED: Coefficients = Coefficients {
+    per_token_hidden: 38.0,
+    per_token_intermediate: 5.0,
+    per_score: 5.0,
+    per_adapted_output: 2.0,
+    per_counted_vocab: 9.0,
+    vocabulary_in_training: true,
+};
+
+/// Fused CPU ops (`trainer::ops`): norms, rotary positions and SwiGLU save only their inputs,
+/// attention keeps no score-sized tensor (one log-sum-exp per row), and the training loss never
+/// holds vocabulary-sized rows; what remains vocabulary-sized is evaluation's scoring (composed:
+/// logits and log-softmax of at most as many rows as a micro-batch counts). Measured with
+/// `train_speed --kernels fused`: the 135M shape at 4 x 128 peaks at 2,937 MiB (sft) and
+/// 1,904 MiB (LoRA), against 4,595 and 3,850 composed.
+const FUSED: Coefficients = Coefficients {
+    per_token_hidden: 7.0,
+    per_token_intermediate: 7.0,
+    per_score: 0.0,
+    per_adapted_output: 2.0,
+    per_counted_vocab: 3.0,
+    vocabulary_in_training: true,
+};
+
+/// The coefficients of the ops a trial trains with: fused kernels are CPU kernels (as
+/// `trainer::ops::effective` decides), so a CUDA trial computes composed.
+fn coefficients(w: &Workload) -> Coefficients {
+    match (w.params.kernels, w.on_cuda) {
+        (Kernels::Fused, false) => FUSED,
+        _ => COMPOSED,
+    }
+}
 
 /// Trainable parameter count for the method.
 pub fn trainable_parameters(config: &ModelConfig, params: &TrialParams) -> usize {
@@ -136,21 +178,33 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
             .sum(),
         Method::Sft | Method::PostPretrain => 0,
     };
+    let k = coefficients(w);
     let per_layer = tokens
-        * (PER_TOKEN_HIDDEN * c.hidden_size as f64
-            + PER_TOKEN_INTERMEDIATE * c.intermediate_size as f64
-            + PER_ADAPTED_OUTPUT * adapted_outputs as f64)
-        + PER_SCORE
+        * (k.per_token_hidden * c.hidden_size as f64
+            + k.per_token_intermediate * c.intermediate_size as f64
+            + k.per_adapted_output * adapted_outputs as f64)
+        + k.per_score
             * c.num_attention_heads as f64
             * (micro_batch as f64 * (t - prefix) * t + prefix * prefix);
     let counted = match w.counted_longest_first {
         Some(lengths) if !lengths.is_empty() => likely_counted(lengths, micro_batch),
         _ => micro_batch as f64 * w.counted_per_sequence.max(1) as f64,
     };
-    let activations = (per_layer * c.num_hidden_layers as f64
-        + PER_COUNTED_VOCAB * counted * c.vocab_size as f64
-        + 2.0 * tokens * c.hidden_size as f64)
-        * b;
+    let layers = per_layer * c.num_hidden_layers as f64;
+    // Fused, the vocabulary-sized rows are evaluation's label scoring, which post-pretraining
+    // (no labels to choose between) does without.
+    let vocabulary = match (k.per_score == 0.0, w.params.method) {
+        (true, Method::PostPretrain) => 0.0,
+        _ => k.per_counted_vocab * counted * c.vocab_size as f64,
+    };
+    // Training's vocabulary-sized values live beside the layers' saved tensors; evaluation's
+    // (fused training keeps none) only while evaluation runs, when the step's are gone.
+    let alive = if k.vocabulary_in_training {
+        layers + vocabulary
+    } else {
+        layers.max(vocabulary)
+    };
+    let activations = (alive + 2.0 * tokens * c.hidden_size as f64) * b;
     let tensors = weights + gradients + optimizer + activations;
     let cuda = |bytes| w.on_cuda.then(|| cuda_process_overhead(bytes));
     let overhead = PROCESS_OVERHEAD + cuda(tensors).unwrap_or(0.0);
@@ -308,7 +362,11 @@ mod tests {
         let mut cfg = crate::spec::shape::preset("llama-135m").expect("preset");
         cfg.vocab_size = 49152;
         for method in ["sft", "lora"] {
-            let p = workload_params(method);
+            // Composed on both devices (a CUDA trial always is), so only the overhead differs.
+            let p = TrialParams {
+                kernels: Kernels::Composed,
+                ..workload_params(method)
+            };
             let w = |on_cuda| Workload {
                 config: &cfg,
                 params: &p,
@@ -339,6 +397,40 @@ mod tests {
                 added / MB
             );
         }
+    }
+
+    #[test]
+    fn fused_kernels_need_less_on_the_cpu_and_change_nothing_on_cuda() {
+        let mut cfg = crate::spec::shape::preset("llama-135m").expect("preset");
+        cfg.vocab_size = 49152;
+        let fused = workload_params("sft");
+        let composed = TrialParams {
+            kernels: Kernels::Composed,
+            ..fused.clone()
+        };
+        let at = |p: &TrialParams, on_cuda| {
+            estimate(
+                &Workload {
+                    config: &cfg,
+                    params: p,
+                    longest_sequence: 128,
+                    counted_per_sequence: 127,
+                    counted_longest_first: None,
+                    bytes_per_value: 4,
+                    on_cuda,
+                    shared_prefix: 0,
+                },
+                4,
+            )
+        };
+        // Measured with train_speed at 4 x 128: 2,937 MiB fused, 4,597 composed.
+        let (f, c) = (
+            at(&fused, false).total_mb(),
+            at(&composed, false).total_mb(),
+        );
+        assert!(f < 0.75 * c, "fused {f} MiB, composed {c} MiB");
+        assert!((2900.0..3600.0).contains(&f), "fused {f} MiB");
+        assert_eq!(at(&fused, true), at(&composed, true));
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
         &[
             ("method".to_string(), serde_json::json!(c.method)),
             ("batch_size".to_string(), serde_json::json!(c.batch)),
+            ("kernels".to_string(), serde_json::json!(c.kernels)),
         ]
         .into_iter()
         .collect(),
