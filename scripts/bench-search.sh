@@ -12,7 +12,8 @@
 # Usage: scripts/bench-search.sh [OUT_DIR]        (default: results/bench-search)
 #        scripts/bench-search.sh --table [OUT_DIR] (only the table, from finished runs)
 # Needs models/tiny-base (scripts/make-tiny-base.sh). Runs that ended are kept: rerunning the
-# script resumes or skips them. Takes about 45 min on 2 cores.
+# script resumes or skips them. Took 51 min of wall time on 2 cores shared with other jobs (load
+# average 10 to 20), two runs at a time for part of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 table_only=0
