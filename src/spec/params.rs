@@ -143,8 +143,9 @@ pub struct ParamProblem {
 pub fn parameter_names() -> Vec<String> {
     TrialParams::from_assignment(&BTreeMap::new(), 0)
         .map(|mut p| {
-            // Left out of the map when not set; still a parameter.
+            // Left out of the map when not set (false for tf32); still parameters.
             p.eval_every.get_or_insert(1);
+            p.tf32 = true;
             p.to_map().into_keys().collect()
         })
         .unwrap_or_default()
