@@ -93,6 +93,12 @@ const EARLY_TERMINATE: &[Key] = &[
     key("s", Shape::Count, false, true),
     key("eta", Shape::Text, false, true),
     key("strict", Shape::Text, false, true),
+    key(
+        "metric",
+        Shape::OneOf(&["accuracy", "dev_loss"]),
+        false,
+        true,
+    ),
 ];
 const CHECKPOINTS: &[Key] = &[key("keep", Shape::Count, true, false)];
 const DATA: &[Key] = &[

@@ -634,10 +634,13 @@ fn judge_trial(
     }
     let tdir = trial_dir(&record.dir, t.id);
     let evaluations = read_evaluations(&tdir);
+    let judged_by = spec
+        .early_terminate
+        .map_or_else(|| spec.metric.clone(), |e| e.judged_metric(&spec.metric));
     let mut losses = Vec::new();
     for m in &evaluations {
-        match m.metric(spec.metric.name).filter(|v| v.is_finite()) {
-            Some(v) => losses.push(spec.metric.as_loss(v)),
+        match m.metric(judged_by.name).filter(|v| v.is_finite()) {
+            Some(v) => losses.push(judged_by.as_loss(v)),
             None => break,
         }
     }

@@ -89,6 +89,11 @@ pub struct EarlyTerminate {
     /// Judge the value at the band itself (true) or the best one up to it (default false).
     #[serde(default)]
     pub strict: Option<bool>,
+    /// What trials are judged by (not in W&B): `accuracy` or `dev_loss`, by its own goal.
+    /// Default: the sweep's metric. Early accuracy can sit at the majority-class rate for a
+    /// quarter of training while dev loss already orders the trials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
 }
 
 impl EarlyTerminate {
@@ -126,6 +131,18 @@ pub enum EarlyTerminateKind {
 }
 
 impl EarlyTerminate {
+    /// What trials are judged by: `metric` by its own goal, else the sweep's metric.
+    pub fn judged_metric(&self, sweep: &MetricSpec) -> MetricSpec {
+        match self.metric {
+            Some(name) if name != sweep.name => MetricSpec {
+                name,
+                goal: None,
+                target: None,
+            },
+            _ => sweep.clone(),
+        }
+    }
+
     /// The stop rule these settings describe.
     pub fn hyperband(&self) -> crate::spec::hyperband::Hyperband {
         crate::spec::hyperband::Hyperband {
@@ -895,6 +912,28 @@ resources: {devices: cpu, slots: 2, parallel: 2}
         );
         assert_eq!(s.swept_parameters(), vec!["learning_rate", "method"]);
         assert_eq!(s.results_dir(), PathBuf::from("results/t"));
+    }
+
+    #[test]
+    fn early_termination_judges_the_sweep_metric_unless_told_otherwise() {
+        let text = format!("{SPEC}early_terminate: {{type: hyperband, min_iter: 2}}\n");
+        let s = SweepSpec::from_yaml(&text, "s.yaml").unwrap();
+        let et = s.early_terminate.unwrap();
+        assert_eq!(et.judged_metric(&s.metric), s.metric);
+        assert_eq!(et.hyperband().eta, 3.0);
+        assert!(!et.hyperband().strict);
+        let text = format!(
+            "{SPEC}early_terminate: {{type: hyperband, min_iter: 2, eta: 2, metric: dev_loss}}\n"
+        );
+        let s = SweepSpec::from_yaml(&text, "s.yaml").unwrap();
+        let judged = s.early_terminate.unwrap().judged_metric(&s.metric);
+        assert_eq!(
+            (judged.name, judged.goal()),
+            (Metric::DevLoss, Goal::Minimize)
+        );
+        assert_eq!(judged.as_loss(1.5), 1.5);
+        assert_eq!(s.metric.as_loss(0.8), -0.8);
+        assert!(!s.metric.reaches_target(0.8));
     }
 
     #[test]
