@@ -320,7 +320,8 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
         let mut epoch_best = None;
         let accuracy = match &scoring {
             Some((cands, prompts, gold)) => {
-                // Accuracy and the dev predictions need only the best labels, not every score.
+                // Accuracy and the dev predictions need only the best label, not every score
+                // (`sweep predict` on the dev file gives the others).
                 let best = candidate_top_k(
                     model,
                     prompts,
@@ -329,7 +330,7 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                     max_len,
                     tokenizer.pad,
                     eval_batch,
-                    3,
+                    1,
                 )?;
                 let acc = top_accuracy(&best, gold);
                 epoch_best = Some(best);
