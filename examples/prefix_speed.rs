@@ -4,14 +4,21 @@
 //! with prefix-shared scoring (system prompt once per evaluation, each query once, the labels as
 //! a token trie) against scoring every (example, label) sequence whole.
 //!
-//!     cargo run --release --example prefix_speed -- DATA_DIR PRESET BATCH STEPS DEV [PLAIN_LABELS]
+//!     cargo run --release --example prefix_speed -- DATA_DIR PRESET BATCH STEPS DEV [PLAIN_LABELS [WARM_STEPS]]
 //!     cargo run --release --example prefix_speed -- ../shared/data/clinc150 tiny 8 3 20
 //!
 //! DATA_DIR holds train.json and dev.json in the seed's format. The preset gets random weights
 //! and its tokenizer is learned from train, as `sweep run` does. PLAIN_LABELS (default: all)
 //! scores only that many labels the plain way and scales the time up to all labels (the plain
-//! way costs the same per label), for models too slow to score every label whole. Prints one
-//! JSON line. `scripts/bench-prefix.sh` runs the README's table.
+//! way costs the same per label), for models too slow to score every label whole. WARM_STEPS
+//! (default 0) first trains that many untimed steps at learning rate 3e-3 on successive batches,
+//! so that the search for the best label (`candidate_top_k` with k 1, what a trial's evaluation
+//! runs) and the best three,
+//! whose cost depends on how sure the model is, is also timed on a model that has learned
+//! something. The fraction of one epoch's time that evaluation takes is this data set's dev
+//! lines times seconds per dev example over its training lines times seconds per training
+//! example (shared-prefix training). Prints one JSON line. `scripts/bench-prefix.sh` runs the
+//! README's table.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,7 +29,7 @@ use sweep::spec::ModelSource;
 use sweep::text::data::load_examples;
 use sweep::text::encode::{answer_ids, prompt_ids, supervised, Seq};
 use sweep::text::tokenizer::load_tokenizer;
-use sweep::trainer::eval::{candidate_scores, candidate_scores_plain, Candidates};
+use sweep::trainer::eval::{candidate_scores, candidate_scores_plain, candidate_top_k, Candidates};
 use sweep::trainer::model::{CausalLm, Trainable};
 use sweep::trainer::optim::{clip_by_global_norm, AdamW};
 use sweep::trainer::step::{counted_tokens, shard_gradients_with};
@@ -30,7 +37,7 @@ use sweep::trainer::step::{counted_tokens, shard_gradients_with};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
-        bail!("usage: prefix_speed DATA_DIR PRESET BATCH STEPS DEV [PLAIN_LABELS]");
+        bail!("usage: prefix_speed DATA_DIR PRESET BATCH STEPS DEV [PLAIN_LABELS [WARM_STEPS]]");
     }
     let dir = PathBuf::from(&args[0]);
     let preset = args[1].clone();
@@ -94,6 +101,32 @@ fn main() -> Result<()> {
     };
     let plain_tps = train_speed(false)?;
     let shared_tps = train_speed(true)?;
+    let train_s_per_example = seq_tokens as f64 / shared_tps;
+    let warm_steps: usize = match args.get(6) {
+        Some(n) => n.parse().context("WARM_STEPS")?,
+        None => 0,
+    };
+    let labelled: Vec<Seq> = train
+        .iter()
+        .map(|e| -> Result<Seq> {
+            let p = prompt_ids(&tok, e)?;
+            let a = answer_ids(&tok, e.tgt.as_deref().context("unlabelled")?)?;
+            Ok(supervised(&p, &a, true, p.len() + a.len(), e.line)?)
+        })
+        .collect::<Result<_>>()?;
+    // Successive batches of a fixed shuffle (every 97th line, wrapping), untimed.
+    let order: Vec<usize> = (0..labelled.len())
+        .map(|i| i * 97 % labelled.len().max(1))
+        .collect();
+    for step in 0..warm_steps {
+        let picked: Vec<&Seq> = (0..batch)
+            .map(|j| &labelled[order[(step * batch + j) % order.len()]])
+            .collect();
+        let d = counted_tokens(&picked).max(1) as f64;
+        let mut g = shard_gradients_with(&model, &picked, batch, 0, d, true)?;
+        clip_by_global_norm(&mut g.grads, 1.0)?;
+        opt.step(&g.grads, 3e-3)?;
+    }
 
     let prompts: Vec<Vec<u32>> = dev
         .iter()
@@ -108,6 +141,25 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let shared = candidate_scores(&model, &prompts, &all, true, max_len, 0, batch)?;
     let shared_s = start.elapsed().as_secs_f64() / prompts.len() as f64;
+    let start = Instant::now();
+    let best = candidate_top_k(&model, &prompts, &all, true, max_len, 0, batch, 3)?;
+    let top_s = start.elapsed().as_secs_f64() / prompts.len() as f64;
+    let start = Instant::now();
+    let first = candidate_top_k(&model, &prompts, &all, true, max_len, 0, batch, 1)?;
+    let top1_s = start.elapsed().as_secs_f64() / prompts.len() as f64;
+    let same_first = best.iter().zip(&first).all(|(b, f)| b.first() == f.first());
+    let same_best = best
+        .iter()
+        .zip(&shared)
+        .all(|(b, s)| b.first().map(|x| x.0) == sweep::stats::classify::argmax(s));
+    let dev_correct = best
+        .iter()
+        .zip(&dev)
+        .filter(|(b, e)| b.first().map(|x| labels[x.0].as_str()) == e.tgt.as_deref())
+        .count();
+    // One epoch: every training line once, then every dev line scored.
+    let epoch_fraction =
+        |eval_s: f64| eval_s * dev.len() as f64 / (train_s_per_example * train.len() as f64);
     let some = Candidates {
         answers: answers[..plain_labels.min(answers.len())].to_vec(),
         labels: labels[..plain_labels.min(labels.len())].to_vec(),
@@ -139,6 +191,17 @@ fn main() -> Result<()> {
             "plain_labels_timed": some.answers.len(),
             "eval_s_per_dev_example_shared": shared_s,
             "max_score_difference": worst,
+            "warm_steps": warm_steps,
+            "dev_accuracy_after_warm_steps": dev_correct as f64 / prompts.len().max(1) as f64,
+            "eval_s_per_dev_example_top3_search": top_s,
+            "search_best_equals_full_argmax": same_best && same_first,
+            "eval_s_per_dev_example_top1_search": top1_s,
+            "train_s_per_example_shared": train_s_per_example,
+            "train_lines": train.len(),
+            "dev_lines": dev.len(),
+            "epoch_eval_over_train_shared_scores": epoch_fraction(shared_s),
+            "epoch_eval_over_train_top3_search": epoch_fraction(top_s),
+            "epoch_eval_over_train_top1_search": epoch_fraction(top1_s),
         })
     );
     Ok(())

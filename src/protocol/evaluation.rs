@@ -44,8 +44,12 @@ pub struct LabelScore {
     pub label: String,
     /// Sum of the answer tokens' log-probabilities.
     pub logprob: f64,
-    /// Softmax of `logprob` over the candidates.
-    pub p: f64,
+    /// Softmax of `logprob` over the candidates: in `sweep predict` and `sweep eval`, which
+    /// score every candidate. A trial's `dev_predictions.jsonl` leaves it out (and lists the
+    /// best label only): its evaluation finds that label without scoring the others
+    /// (`trainer::eval::candidate_top_k`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p: Option<f64>,
 }
 
 /// The prediction for one example: a line of `sweep predict`'s output, and of a trial's

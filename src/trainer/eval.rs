@@ -191,26 +191,7 @@ fn shared_scores(
     let trie = Trie::new(answers);
     let is_parent = trie.parents();
     let n = trie.nodes.len();
-    // The prefix all prompts share, leaving each at least its last token.
-    let shortest = prompts.iter().map(|p| p.len()).min().unwrap_or(1);
-    let mut common = shortest.saturating_sub(1);
-    for p in &prompts[1..] {
-        common = common.min(
-            prompts[0]
-                .iter()
-                .zip(*p)
-                .take_while(|(a, b)| a == b)
-                .count(),
-        );
-    }
-    let past = if common > 0 {
-        let ids = Tensor::from_slice(&prompts[0][..common], (1, common), device)?;
-        let positions: Vec<usize> = (0..common).collect();
-        let mask = crate::trainer::model::prefix_causal_mask(0, common, dtype, device)?;
-        Some(model.forward_with_past(&ids, None, &positions, &mask)?.1)
-    } else {
-        None
-    };
+    let (common, past) = common_prefix(model, prompts)?;
     let vocab = model.config.vocab_size;
     let mut out = Vec::with_capacity(prompts.len());
     let mut start = 0;
@@ -263,8 +244,7 @@ fn shared_scores(
         }
         let ids = Tensor::from_vec(ids, (b, width), device)?;
         let mask = additive_mask(&allowed, &[b, width, common + width], dtype, device)?;
-        let row_past: Option<KvCache> = past.clone();
-        let (hidden, _) = model.forward_with_past(&ids, row_past.as_ref(), &positions, &mask)?;
+        let (hidden, _) = model.forward_with_past(&ids, past.as_ref(), &positions, &mask)?;
         let h = hidden.dim(2)?;
         let flat = hidden.reshape((b * width, h))?;
         // Log-probabilities in slices of `vocab_rows` contexts, so that at most that many
@@ -310,6 +290,458 @@ fn shared_scores(
         start = end;
     }
     Ok(out)
+}
+
+/// The prefix all `prompts` share (leaving each at least its last token), its length and its
+/// keys and values, computed once.
+fn common_prefix(model: &CausalLm, prompts: &[&[u32]]) -> Result<(usize, Option<KvCache>)> {
+    let shortest = prompts.iter().map(|p| p.len()).min().unwrap_or(1);
+    let mut common = shortest.saturating_sub(1);
+    for p in prompts.iter().skip(1) {
+        common = common.min(
+            prompts[0]
+                .iter()
+                .zip(*p)
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    if common == 0 {
+        return Ok((0, None));
+    }
+    let device = model.device();
+    let ids = Tensor::from_slice(&prompts[0][..common], (1, common), device)?;
+    let positions: Vec<usize> = (0..common).collect();
+    let mask = crate::trainer::model::prefix_causal_mask(0, common, model.dtype(), device)?;
+    Ok((
+        common,
+        Some(model.forward_with_past(&ids, None, &positions, &mask)?.1),
+    ))
+}
+/// The `k` best candidates after every prompt, best first, as (label index, score): the labels
+/// and exact scores `candidate_scores` would rank first (ties: the lower label index first, as
+/// `accuracy` and `stats::classify::top_k` break them), found without scoring every label.
+///
+/// Why: accuracy and the dev predictions need only the best few labels. Log-probabilities are at
+/// most 0, so a label prefix's partial score bounds every label that continues it; the search
+/// (`TopSearch`) expands the best prefixes first and stops once no unexpanded prefix can reach
+/// the `k`-th best complete label. A confident model looks at a handful of trie nodes instead of
+/// all of them. Prompts that do not fit whole are scored in full (`candidate_scores`) and ranked.
+#[allow(clippy::too_many_arguments)]
+pub fn candidate_top_k(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    candidates: &Candidates,
+    has_bos: bool,
+    max_len: usize,
+    pad: u32,
+    eval_batch: usize,
+    k: usize,
+) -> Result<Vec<Vec<(usize, f64)>>> {
+    top_k_scored(
+        model,
+        prompts,
+        candidates,
+        (has_bos, max_len, pad, eval_batch),
+        k,
+        SEARCH_FROM_INNER_NODES,
+    )
+}
+
+/// Labels whose trie has fewer nodes with children than this are all scored (and ranked) by
+/// `candidate_top_k` instead of searched: the search's extra forward passes (one per trie level
+/// at least) cost more than the few vocabulary rows they could save (10 THUCNews labels of 3
+/// tokens, 20 such nodes: 33 s searching against 29 s scoring all, README).
+pub const SEARCH_FROM_INNER_NODES: usize = 64;
+
+/// `candidate_top_k` that always searches, however small the trie (for tests and benchmarks).
+#[allow(clippy::too_many_arguments)]
+pub fn candidate_top_k_by_search(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    candidates: &Candidates,
+    has_bos: bool,
+    max_len: usize,
+    pad: u32,
+    eval_batch: usize,
+    k: usize,
+) -> Result<Vec<Vec<(usize, f64)>>> {
+    top_k_scored(
+        model,
+        prompts,
+        candidates,
+        (has_bos, max_len, pad, eval_batch),
+        k,
+        0,
+    )
+}
+
+/// `candidate_top_k`, searching when the trie has at least `search_from` nodes with children.
+fn top_k_scored(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    candidates: &Candidates,
+    (has_bos, max_len, pad, eval_batch): (bool, usize, u32, usize),
+    k: usize,
+    search_from: usize,
+) -> Result<Vec<Vec<(usize, f64)>>> {
+    let inner = Trie::new(&candidates.answers)
+        .parents()
+        .into_iter()
+        .filter(|p| *p)
+        .count();
+    if inner < search_from {
+        let scores = candidate_scores(
+            model, prompts, candidates, has_bos, max_len, pad, eval_batch,
+        )?;
+        return Ok(scores
+            .iter()
+            .map(|s| crate::stats::classify::top_k(s, k))
+            .collect());
+    }
+    let model = &model.detached();
+    let longest = candidates.answers.iter().map(Vec::len).max().unwrap_or(0);
+    let (whole, cut): (Vec<usize>, Vec<usize>) = (0..prompts.len())
+        .partition(|i| !prompts[*i].is_empty() && prompts[*i].len() + longest <= max_len);
+    let mut out = vec![Vec::new(); prompts.len()];
+    if !cut.is_empty() {
+        let subset: Vec<Vec<u32>> = cut.iter().map(|i| prompts[*i].clone()).collect();
+        let plain = candidate_scores_plain(
+            model, &subset, candidates, has_bos, max_len, pad, eval_batch,
+        )?;
+        for (i, s) in cut.iter().zip(plain) {
+            out[*i] = crate::stats::classify::top_k(&s, k);
+        }
+    }
+    if !whole.is_empty() && !candidates.answers.is_empty() {
+        let subset: Vec<&[u32]> = whole.iter().map(|i| prompts[*i].as_slice()).collect();
+        let batch = eval_batch.clamp(1, MAX_EVAL_BATCH);
+        let budget = batch * max_len.max(1);
+        let vocab_rows = batch * longest.max(1);
+        let found = searched_top_k(model, &subset, &candidates.answers, k, budget, vocab_rows)?;
+        for (i, s) in whole.iter().zip(found) {
+            out[*i] = s;
+        }
+    }
+    Ok(out)
+}
+
+/// The exact best-first search over the answer trie behind `candidate_top_k`, for one prompt,
+/// as pure bookkeeping: which prefixes to expand next, and what an expansion teaches. The model
+/// is asked for the log-probabilities that follow a prefix (the prompt itself, or a trie node).
+pub struct TopSearch<'a> {
+    trie: &'a Trie,
+    k: usize,
+    /// Per node: its children.
+    children: Vec<Vec<usize>>,
+    /// The first tokens' nodes.
+    roots: Vec<usize>,
+    /// Per node: the answers that end there.
+    ending: Vec<Vec<usize>>,
+    /// Per node: the lowest index of an answer that continues past it (usize::MAX: none).
+    lowest_below: Vec<usize>,
+    /// Answers with no tokens (score 0).
+    empty: Vec<usize>,
+}
+
+/// One prompt's progress in a `TopSearch`.
+#[derive(Debug, Clone)]
+pub struct SearchState {
+    /// Per node: its partial score (the sum of its path's log-probabilities), once known.
+    partial: Vec<Option<f64>>,
+    expanded: Vec<bool>,
+    root_expanded: bool,
+    /// Complete answers: (score, index).
+    complete: Vec<(f64, usize)>,
+}
+
+/// What to expand: the prompt itself (its next-token distribution scores the first tokens) or a
+/// trie node (scores its children).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expand {
+    Prompt,
+    Node(usize),
+}
+
+impl<'a> TopSearch<'a> {
+    pub fn new(trie: &'a Trie, k: usize) -> Self {
+        let n = trie.nodes.len();
+        let mut children = vec![Vec::new(); n];
+        let mut roots = Vec::new();
+        for (i, (parent, _, _)) in trie.nodes.iter().enumerate() {
+            match parent {
+                Some(p) => children[*p].push(i),
+                None => roots.push(i),
+            }
+        }
+        let mut ending = vec![Vec::new(); n];
+        let mut lowest_below = vec![usize::MAX; n];
+        let mut empty = Vec::new();
+        for (a, path) in trie.paths.iter().enumerate() {
+            match path.split_last() {
+                Some((last, inner)) => {
+                    ending[*last].push(a);
+                    for node in inner {
+                        lowest_below[*node] = lowest_below[*node].min(a);
+                    }
+                }
+                None => empty.push(a),
+            }
+        }
+        Self {
+            trie,
+            k: k.max(1),
+            children,
+            roots,
+            ending,
+            lowest_below,
+            empty,
+        }
+    }
+
+    pub fn start(&self) -> SearchState {
+        SearchState {
+            partial: vec![None; self.trie.nodes.len()],
+            expanded: vec![false; self.trie.nodes.len()],
+            root_expanded: false,
+            complete: self.empty.iter().map(|a| (0.0, *a)).collect(),
+        }
+    }
+
+    /// The `k` best complete answers so far, best first (ties: lower index first).
+    fn best(&self, state: &SearchState) -> Vec<(f64, usize)> {
+        let mut best = state.complete.clone();
+        best.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        best.truncate(self.k);
+        best
+    }
+
+    /// Up to `most` expansions that could still change the `k` best, most promising first;
+    /// none when the search is done. Until `k` answers are complete nothing can be ruled out,
+    /// so only the `k` most promising prefixes go first (each expansion costs a vocabulary-sized
+    /// row of logits); after that every prefix that can still win must be expanded anyway.
+    pub fn next(&self, state: &SearchState, most: usize) -> Vec<Expand> {
+        if !state.root_expanded {
+            return vec![Expand::Prompt];
+        }
+        let best = self.best(state);
+        // The k-th best so far: a prefix must be able to beat it (or tie it with a lower index).
+        let bar = (best.len() >= self.k).then(|| best[best.len() - 1]);
+        let mut open: Vec<(f64, usize)> = (0..self.trie.nodes.len())
+            .filter(|i| !state.expanded[*i] && !self.children[*i].is_empty())
+            .filter_map(|i| state.partial[i].map(|p| (p, i)))
+            .filter(|(p, i)| match bar {
+                None => !p.is_nan(),
+                Some((s, a)) => *p > s || (*p == s && self.lowest_below[*i] < a),
+            })
+            .collect();
+        open.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let most = if bar.is_some() {
+            most
+        } else {
+            most.min(self.k)
+        };
+        open.into_iter()
+            .take(most.max(1))
+            .map(|(_, i)| Expand::Node(i))
+            .collect()
+    }
+
+    /// The tokens whose log-probabilities `what`'s expansion needs, in order.
+    pub fn wanted(&self, what: Expand) -> Vec<u32> {
+        let nodes = match what {
+            Expand::Prompt => &self.roots,
+            Expand::Node(i) => &self.children[i],
+        };
+        nodes.iter().map(|c| self.trie.nodes[*c].1).collect()
+    }
+
+    /// Records an expansion: `logp[j]` is the log-probability of `wanted(what)[j]` after it.
+    pub fn record(&self, state: &mut SearchState, what: Expand, logp: &[f64]) {
+        let (base, nodes) = match what {
+            Expand::Prompt => {
+                state.root_expanded = true;
+                (None, &self.roots)
+            }
+            Expand::Node(i) => {
+                state.expanded[i] = true;
+                (state.partial[i], &self.children[i])
+            }
+        };
+        for (c, lp) in nodes.iter().zip(logp) {
+            // Summed in path order from the first token, as `candidate_scores` sums.
+            let score = match base {
+                Some(b) => b + lp,
+                None => *lp,
+            };
+            state.partial[*c] = Some(score);
+            for a in &self.ending[*c] {
+                state.complete.push((score, *a));
+            }
+        }
+    }
+
+    /// The `k` best answers, best first, as (index, score).
+    pub fn result(&self, state: &SearchState) -> Vec<(usize, f64)> {
+        self.best(state).into_iter().map(|(s, a)| (a, s)).collect()
+    }
+}
+
+/// Most prefixes expanded per prompt in one forward pass of the search.
+const EXPANSIONS_PER_PASS: usize = 64;
+
+/// `candidate_top_k` for prompts that fit whole: the common prefix once, then rounds of the
+/// search, each one forward pass per group of prompts that holds each prompt's own part followed
+/// by the trie nodes its expansions need (the expanded nodes and their ancestors), laid out and
+/// masked as in `shared_scores`.
+fn searched_top_k(
+    model: &CausalLm,
+    prompts: &[&[u32]],
+    answers: &[Vec<u32>],
+    k: usize,
+    budget: usize,
+    vocab_rows: usize,
+) -> Result<Vec<Vec<(usize, f64)>>> {
+    let device = model.device();
+    let dtype = model.dtype();
+    let trie = Trie::new(answers);
+    let search = TopSearch::new(&trie, k);
+    let n = trie.nodes.len();
+    let (common, past) = common_prefix(model, prompts)?;
+    let vocab = model.config.vocab_size;
+    let mut out = Vec::with_capacity(prompts.len());
+    let mut start = 0;
+    while start < prompts.len() {
+        // Groups as `shared_scores` makes them: a round never holds more than the whole trie.
+        let mut end = start + 1;
+        let width_of = |s: usize, e: usize| {
+            prompts[s..e]
+                .iter()
+                .map(|p| p.len() - common)
+                .max()
+                .unwrap_or(0)
+                + n
+        };
+        while end < prompts.len() && (end + 1 - start) * width_of(start, end + 1) <= budget {
+            end += 1;
+        }
+        let group = &prompts[start..end];
+        let mut states: Vec<SearchState> = group.iter().map(|_| search.start()).collect();
+        loop {
+            let rounds: Vec<Vec<Expand>> = states
+                .iter()
+                .map(|s| search.next(s, EXPANSIONS_PER_PASS))
+                .collect();
+            let active: Vec<usize> = (0..group.len())
+                .filter(|r| !rounds[*r].is_empty())
+                .collect();
+            if active.is_empty() {
+                break;
+            }
+            // Per active prompt: the sub-trie of the expanded nodes and their ancestors.
+            let subs: Vec<(Trie, Vec<Option<usize>>)> = active
+                .iter()
+                .map(|r| sub_trie(&trie, &rounds[*r]))
+                .collect();
+            let width = active
+                .iter()
+                .zip(&subs)
+                .map(|(r, (sub, _))| group[*r].len() - common + sub.nodes.len())
+                .max()
+                .unwrap_or(1);
+            let b = active.len();
+            let mut ids = Vec::with_capacity(b * width);
+            let mut allowed = Vec::with_capacity(b * width * (common + width));
+            let mut positions = Vec::with_capacity(b * width);
+            // Per expansion (in `active`, then `rounds` order): the flat row of its context.
+            let mut contexts: Vec<u32> = Vec::new();
+            for (row, (r, (sub, local))) in active.iter().zip(&subs).enumerate() {
+                let rest = &group[*r][common..];
+                ids.extend_from_slice(rest);
+                ids.extend(sub.nodes.iter().map(|(_, tok, _)| *tok));
+                ids.resize((row + 1) * width, 0);
+                let (a, pos) = trie_row_layout(common, rest.len(), sub, width);
+                allowed.extend(a);
+                positions.extend(pos);
+                for what in &rounds[*r] {
+                    let at = match what {
+                        Expand::Prompt => rest.len() - 1,
+                        Expand::Node(i) => rest.len() + local[*i].unwrap_or(0),
+                    };
+                    contexts.push((row * width + at) as u32);
+                }
+            }
+            let ids = Tensor::from_vec(ids, (b, width), device)?;
+            let mask = additive_mask(&allowed, &[b, width, common + width], dtype, device)?;
+            let (hidden, _) = model.forward_with_past(&ids, past.as_ref(), &positions, &mask)?;
+            let flat = hidden.reshape((b * width, hidden.dim(2)?))?;
+            let expansions: Vec<(usize, Expand)> = active
+                .iter()
+                .flat_map(|r| rounds[*r].iter().map(move |w| (*r, *w)))
+                .collect();
+            let step = vocab_rows.max(1);
+            for first in (0..contexts.len()).step_by(step) {
+                let last = (first + step).min(contexts.len());
+                let rows = Tensor::from_slice(&contexts[first..last], last - first, device)?;
+                let logits = model
+                    .logits(&flat.index_select(&rows, 0)?)?
+                    .to_dtype(DType::F32)?;
+                let logp =
+                    candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.flatten_all()?;
+                let mut flat_index = Vec::new();
+                let mut counts = Vec::new();
+                for (c, (_, what)) in expansions[first..last].iter().enumerate() {
+                    let wanted = search.wanted(*what);
+                    counts.push(wanted.len());
+                    flat_index.extend(wanted.iter().map(|t| (c * vocab + *t as usize) as u32));
+                }
+                let n_picked = flat_index.len();
+                let values = logp
+                    .index_select(&Tensor::from_vec(flat_index, n_picked, device)?, 0)?
+                    .to_dtype(DType::F64)?
+                    .to_vec1::<f64>()?;
+                let mut at = 0;
+                for ((r, what), count) in expansions[first..last].iter().zip(counts) {
+                    search.record(&mut states[*r], *what, &values[at..at + count]);
+                    at += count;
+                }
+            }
+        }
+        out.extend(states.iter().map(|s| search.result(s)));
+        start = end;
+    }
+    Ok(out)
+}
+
+/// The nodes that expansions `rounds` need (the expanded nodes and their ancestors) as a trie of
+/// their own, and each full-trie node's index in it.
+fn sub_trie(trie: &Trie, rounds: &[Expand]) -> (Trie, Vec<Option<usize>>) {
+    let mut keep = vec![false; trie.nodes.len()];
+    for what in rounds {
+        if let Expand::Node(i) = what {
+            let mut node = Some(*i);
+            while let Some(k) = node {
+                keep[k] = true;
+                node = trie.nodes[k].0;
+            }
+        }
+    }
+    let mut local = vec![None; trie.nodes.len()];
+    let mut nodes = Vec::new();
+    // Parents come before their children in the full trie, so their local index is known.
+    for (i, (parent, tok, depth)) in trie.nodes.iter().enumerate() {
+        if keep[i] {
+            local[i] = Some(nodes.len());
+            nodes.push((parent.and_then(|p| local[p]), *tok, *depth));
+        }
+    }
+    (
+        Trie {
+            nodes,
+            paths: Vec::new(),
+        },
+        local,
+    )
 }
 
 /// `candidate_scores` the plain way: every (prompt, candidate) pair as its own whole sequence.
@@ -376,6 +808,17 @@ pub fn accuracy(scores: &[Vec<f64>], gold: &[Option<usize>]) -> f64 {
     correct as f64 / scores.len().max(1) as f64
 }
 
+/// Fraction of prompts whose best label (`candidate_top_k`'s first) is the gold one; the same
+/// figure `accuracy` gives from every score.
+pub fn top_accuracy(best: &[Vec<(usize, f64)>], gold: &[Option<usize>]) -> f64 {
+    let correct = best
+        .iter()
+        .zip(gold)
+        .filter(|(b, g)| g.is_some() && b.first().map(|x| x.0) == **g)
+        .count();
+    correct as f64 / best.len().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +832,116 @@ mod tests {
         ];
         assert_eq!(accuracy(&scores, &[Some(1), Some(0), Some(0)]), 1.0);
         assert!((accuracy(&scores, &[Some(1), None, Some(2)]) - 1.0 / 3.0).abs() < 1e-12);
+        let best: Vec<Vec<(usize, f64)>> = scores
+            .iter()
+            .map(|s| crate::stats::classify::top_k(s, 1))
+            .collect();
+        assert_eq!(top_accuracy(&best, &[Some(1), Some(0), Some(0)]), 1.0);
+        assert!((top_accuracy(&best, &[Some(1), None, Some(2)]) - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    /// Runs a `TopSearch` to the end against `logp(context, token)`, counting expansions.
+    fn search_with(
+        trie: &Trie,
+        k: usize,
+        most: usize,
+        logp: &dyn Fn(Expand, u32) -> f64,
+    ) -> (Vec<(usize, f64)>, usize) {
+        let search = TopSearch::new(trie, k);
+        let mut state = search.start();
+        let mut expansions = 0;
+        loop {
+            let round = search.next(&state, most);
+            if round.is_empty() {
+                return (search.result(&state), expansions);
+            }
+            for what in round {
+                let values: Vec<f64> = search.wanted(what).iter().map(|t| logp(what, *t)).collect();
+                search.record(&mut state, what, &values);
+                expansions += 1;
+            }
+        }
+    }
+
+    /// Every answer's full score under `logp`, summed along its path as `candidate_scores` does.
+    fn full_scores(trie: &Trie, logp: &dyn Fn(Expand, u32) -> f64) -> Vec<f64> {
+        trie.paths
+            .iter()
+            .map(|path| {
+                path.iter()
+                    .map(|k| {
+                        let (parent, tok, _) = trie.nodes[*k];
+                        logp(parent.map_or(Expand::Prompt, Expand::Node), tok)
+                    })
+                    .sum()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_search_finds_the_exact_top_k_with_ties_broken_by_label_order() {
+        let mut rng = crate::util::rng::SplitMix64::new(11);
+        for case in 0..300 {
+            // Few distinct tokens and short answers: shared prefixes, answers that are prefixes
+            // of others, duplicates; log-probabilities from a handful of values: many ties.
+            let count = 1 + (rng.next_u64() % 12) as usize;
+            let answers: Vec<Vec<u32>> = (0..count)
+                .map(|_| {
+                    // Real answers always hold at least their end-of-sequence token.
+                    let len = 1 + (rng.next_u64() % 4) as usize;
+                    (0..len).map(|_| (rng.next_u64() % 3) as u32).collect()
+                })
+                .collect();
+            let trie = Trie::new(&answers);
+            let salt = rng.next_u64();
+            let levels = [0.0, -0.5, -1.0, -7.25];
+            let logp = move |what: Expand, tok: u32| -> f64 {
+                let context = match what {
+                    Expand::Prompt => 0u64,
+                    Expand::Node(i) => i as u64 + 1,
+                };
+                let mut h = crate::util::rng::SplitMix64::new(salt ^ (context * 31 + tok as u64));
+                levels[(h.next_u64() % 4) as usize]
+            };
+            let full = full_scores(&trie, &logp);
+            for k in [1, 2, 3, 20] {
+                for most in [1, 4] {
+                    let (found, _) = search_with(&trie, k, most, &logp);
+                    assert_eq!(
+                        found,
+                        crate::stats::classify::top_k(&full, k),
+                        "case {case}, k {k}: answers {answers:?}, scores {full:?}"
+                    );
+                }
+            }
+            let best = crate::stats::classify::argmax(&full);
+            assert_eq!(search_with(&trie, 1, 4, &logp).0.first().map(|b| b.0), best);
+        }
+    }
+
+    #[test]
+    fn a_confident_model_expands_only_the_prefixes_that_could_win() {
+        // Ten labels of three tokens each, sharing nothing; the model is sure of label 7.
+        let answers: Vec<Vec<u32>> = (0..10u32).map(|a| vec![a, 10 + a, 20]).collect();
+        let trie = Trie::new(&answers);
+        let gold = &trie.paths[7];
+        let logp = |what: Expand, tok: u32| -> f64 {
+            let on_path = match what {
+                Expand::Prompt => tok == 7,
+                Expand::Node(i) => gold.contains(&i),
+            };
+            if on_path {
+                -0.01
+            } else {
+                -9.0
+            }
+        };
+        let (found, expansions) = search_with(&trie, 1, 1, &logp);
+        assert_eq!(found[0].0, 7);
+        // The prompt and label 7's first two tokens; the 20 other inner nodes stay untouched.
+        assert_eq!(expansions, 3);
+        let full = full_scores(&trie, &logp);
+        assert_eq!(found, crate::stats::classify::top_k(&full, 1));
     }
 
     #[test]

@@ -201,10 +201,40 @@ pub fn predictions(
                     .map(|(i, logprob)| LabelScore {
                         label: labels.get(i).cloned().unwrap_or_default(),
                         logprob,
-                        p: p[i],
+                        p: Some(p[i]),
                     })
                     .collect(),
             }
+        })
+        .collect()
+}
+
+/// Predictions from the best labels of `eval::candidate_top_k`, best first: the first is the
+/// prediction; without every label's score there are no softmax shares.
+pub fn predictions_from_top(
+    examples: &[Example],
+    tops: &[Vec<(usize, f64)>],
+    labels: &[String],
+) -> Vec<Prediction> {
+    examples
+        .iter()
+        .zip(tops)
+        .map(|(e, top)| Prediction {
+            line: e.line,
+            src: e.src.clone(),
+            gold: e.tgt.clone(),
+            predicted: top
+                .first()
+                .and_then(|(i, _)| labels.get(*i).cloned())
+                .unwrap_or_default(),
+            top: top
+                .iter()
+                .map(|(i, logprob)| LabelScore {
+                    label: labels.get(*i).cloned().unwrap_or_default(),
+                    logprob: *logprob,
+                    p: None,
+                })
+                .collect(),
         })
         .collect()
 }
@@ -306,6 +336,13 @@ mod tests {
         assert_eq!(p[1].line, 3);
         assert_eq!(p[1].predicted, "x");
         assert_eq!(p[1].top.len(), 2);
-        assert!((p[1].top[0].p - p[1].top[1].p).abs() < 1e-12);
+        assert!((p[1].top[0].p.unwrap() - p[1].top[1].p.unwrap()).abs() < 1e-12);
+        // From the search's best labels: the same prediction and log-probabilities, no shares.
+        let tops = vec![vec![(1, -1.0), (0, -2.0)], vec![(0, -1.0), (1, -1.0)]];
+        let q = predictions_from_top(&examples, &tops, &labels);
+        assert_eq!(q[0].predicted, "y");
+        assert_eq!(q[1].predicted, "x");
+        assert_eq!(q[1].top[1].label, "y");
+        assert!(q.iter().flat_map(|x| &x.top).all(|t| t.p.is_none()));
     }
 }

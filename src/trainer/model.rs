@@ -753,31 +753,6 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// These positions followed by `next`'s (both of one batch size, or `self` of batch 1).
-    pub fn append(&self, next: &KvCache) -> candle_core::Result<KvCache> {
-        let layers = self
-            .layers
-            .iter()
-            .zip(&next.layers)
-            .map(|((pk, pv), (k, v))| {
-                let b = k.dim(0)?;
-                let widen = |x: &Tensor| -> candle_core::Result<Tensor> {
-                    let (pb, h, p, d) = x.dims4()?;
-                    if pb == b {
-                        Ok(x.clone())
-                    } else {
-                        x.broadcast_as((b, h, p, d))
-                    }
-                };
-                Ok((
-                    Tensor::cat(&[&widen(pk)?, k], 2)?,
-                    Tensor::cat(&[&widen(pv)?, v], 2)?,
-                ))
-            })
-            .collect::<candle_core::Result<_>>()?;
-        Ok(KvCache { layers })
-    }
 }
 
 /// An additive attention mask from a boolean one, `allowed` row-major of `shape`.

@@ -19,7 +19,7 @@ use crate::text::data::{label_set, load_examples, Example};
 use crate::text::encode::{answer_ids, encode_all, prompt_ids, Seq};
 use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
 use crate::trainer::error::{AtPath, Result, TrainError};
-use crate::trainer::eval::{accuracy, candidate_scores, dev_loss, Candidates};
+use crate::trainer::eval::{candidate_top_k, dev_loss, top_accuracy, Candidates};
 use crate::trainer::gpu::{open_failure_message, set_tf32, CUDA_BUILT};
 use crate::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
 use crate::trainer::optim::learning_rate;
@@ -338,10 +338,12 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
             let eval_batch = micro_batch;
             let eval_start = Instant::now();
             let dev_loss = dev_loss(model, &dev_seqs, tokenizer.pad, eval_batch)?;
-            let mut epoch_scores = None;
+            let mut epoch_best = None;
             let accuracy = match &scoring {
                 Some((cands, prompts, gold)) => {
-                    let scores = candidate_scores(
+                    // Accuracy and the dev predictions need only the best label, not every
+                    // score (`sweep predict` on the dev file gives the others).
+                    let best = candidate_top_k(
                         model,
                         prompts,
                         cands,
@@ -349,9 +351,10 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                         max_len,
                         tokenizer.pad,
                         eval_batch,
+                        1,
                     )?;
-                    let acc = accuracy(&scores, gold);
-                    epoch_scores = Some(scores);
+                    let acc = top_accuracy(&best, gold);
+                    epoch_best = Some(best);
                     Some(acc)
                 }
                 None => None,
@@ -412,8 +415,8 @@ pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<Tri
                     &checkpoint_dir,
                     &extra,
                 )?;
-                if let Some(scores) = &epoch_scores {
-                    save_predictions(dir, &dev, scores, &labels)?;
+                if let Some(best_labels) = &epoch_best {
+                    save_predictions(dir, &dev, best_labels, &labels)?;
                 }
                 best = Some(TrialResult {
                     best_epoch: epoch,
@@ -506,12 +509,12 @@ fn labels_file(
 fn save_predictions(
     dir: &Path,
     dev: &[Example],
-    scores: &[Vec<f64>],
+    best: &[Vec<(usize, f64)>],
     labels: &[String],
 ) -> Result<()> {
     let path = dev_predictions(dir);
     let mut out = Vec::new();
-    for p in crate::trainer::evaluate::predictions(dev, scores, labels, 3) {
+    for p in crate::trainer::evaluate::predictions_from_top(dev, best, labels) {
         out.extend(serde_json::to_vec(&p).at(&path)?);
         out.push(b'\n');
     }

@@ -1,16 +1,21 @@
 //! Shared-prefix scoring and training against the plain computation: candidate scores from one
 //! prompt pass and a label trie equal every (prompt, label) sequence scored whole (the tiny base
-//! through a chat template, with and without LoRA, and Qwen2's biases and grouped heads); and
+//! through a chat template, with and without LoRA, and Qwen2's biases and grouped heads), and the
+//! search for the best labels finds the labels those scores rank first; and
 //! gradients with each micro-batch's common prefix computed once equal the plain gradients (sft,
 //! LoRA, micro-batches, two devices).
 
 use candle_core::{DType, Device, Tensor, Var};
 use sweep::spec::shape::ModelConfig;
 use sweep::spec::ModelSource;
+use sweep::stats::classify::{argmax, top_k};
 use sweep::text::data::load_examples;
 use sweep::text::encode::{answer_ids, prompt_ids, Seq};
 use sweep::text::tokenizer::load_tokenizer;
-use sweep::trainer::eval::{candidate_scores, candidate_scores_plain, Candidates};
+use sweep::trainer::eval::{
+    candidate_scores, candidate_scores_plain, candidate_top_k, candidate_top_k_by_search,
+    Candidates,
+};
 use sweep::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
 use sweep::trainer::optim::{clip_by_global_norm, AdamW};
 use sweep::trainer::parallel::Replicas;
@@ -109,6 +114,44 @@ fn shared_scoring_equals_whole_sequences_through_a_chat_template_with_and_withou
             let d = worst(&shared, &plain);
             assert!(d < 1e-4, "max_len {max_len}, eval_batch {eval_batch}: {d}");
             assert!(shared.iter().flatten().all(|s| s.is_finite() && *s < 0.0));
+            // The search for the best three labels: the labels the full scores rank first, in
+            // their order (ties: lower index), with the same scores.
+            let searched = candidate_top_k_by_search(
+                &model,
+                &prompts,
+                &candidates,
+                false,
+                max_len,
+                0,
+                eval_batch,
+                3,
+            )
+            .unwrap();
+            // The small trie here is scored whole by `candidate_top_k`: the same answer.
+            let ranked = candidate_top_k(
+                &model,
+                &prompts,
+                &candidates,
+                false,
+                max_len,
+                0,
+                eval_batch,
+                3,
+            )
+            .unwrap();
+            assert_eq!(
+                searched.iter().map(|t| t[0].0).collect::<Vec<_>>(),
+                ranked.iter().map(|t| t[0].0).collect::<Vec<_>>()
+            );
+            for ((found, full), whole) in searched.iter().zip(&shared).zip(&plain) {
+                let want = top_k(full, 3);
+                let labels = |v: &[(usize, f64)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+                assert_eq!(labels(found), labels(&want), "{found:?} vs {want:?}");
+                assert_eq!(found.first().map(|x| x.0), argmax(whole));
+                for ((_, a), (_, b)) in found.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+                }
+            }
         }
     }
 }
