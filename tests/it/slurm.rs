@@ -340,14 +340,15 @@ fn an_out_of_memory_job_is_resubmitted_with_half_the_micro_batch() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let name = unique("m");
-    // 60 MiB per trial does not hold a micro-batch of 256 post-pretraining sequences of the
-    // `test` preset; a quarter of it does.
+    // 16 MiB per trial does not hold a micro-batch of 256 post-pretraining sequences of the
+    // `test` preset with the fused kernels on one thread; an eighth of it does (measured: 32
+    // finishes after three halvings, 64 needs 18 MiB).
     let spec = spec_file(
         tmp.path(),
         &name,
         600,
         "parameters:\n  method: {value: post_pretrain}\n  batch_size: {value: 256}\n  epochs: {value: 1}\n",
-        "{executor: slurm, devices: cpu, parallel: 1, memory_per_device: 60}",
+        "{executor: slurm, devices: cpu, parallel: 1, memory_per_device: 16}",
     );
     let out = run(&[
         "run".as_ref(),
