@@ -441,6 +441,7 @@ impl CustomOp3 for FusedAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trainer::ops::cpu::check;
     use crate::util::rng::SplitMix64;
     use candle_core::{DType, Device, Var};
 
@@ -452,12 +453,7 @@ mod tests {
     const HD: usize = 8;
 
     fn random(rng: &mut SplitMix64, shape: &[usize], dtype: DType) -> Tensor {
-        let n: usize = shape.iter().product();
-        let data: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
+        check::random(shape, rng.next_u64(), dtype)
     }
 
     /// Masks of the shapes and kinds the model uses: causal after 2 past keys (t, s), and one
@@ -482,17 +478,6 @@ mod tests {
             crate::trainer::model::additive_mask(&causal, &[T, S], dtype, &dev).unwrap(),
             crate::trainer::model::additive_mask(&tree, &[B, 1, T, S], dtype, &dev).unwrap(),
         ]
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     fn with_row_block(
@@ -523,70 +508,35 @@ mod tests {
         for mask in masks(DType::F32) {
             let composed = composed_attention(&q, &k, &v, &mask, scale).unwrap();
             let fused = attention(&q, &k, &v, &mask, scale).unwrap();
-            assert!(max_abs_diff(&fused, &composed) < 1e-5);
+            assert!(check::max_diff(&fused, &composed) < 1e-5);
             // Blocks of 2 query rows, the last one partial.
             let blocked = with_row_block(&q, &k, &v, &mask, 2);
-            assert!(max_abs_diff(&blocked, &composed) < 1e-5);
+            assert!(check::max_diff(&blocked, &composed) < 1e-5);
         }
-    }
-
-    /// sum(attention(q, k, v) * weights): a scalar whose gradient reaches every output.
-    fn objective(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, w: &Tensor) -> f64 {
-        (with_row_block(q, k, v, mask, 2) * w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     #[test]
     fn fused_attention_gradients_match_finite_differences_in_f64() {
         let mut rng = SplitMix64::new(8);
-        let q = Var::from_tensor(&random(&mut rng, &[B, NH, T, HD], DType::F64)).unwrap();
-        let k = Var::from_tensor(&random(&mut rng, &[B, NKV, S, HD], DType::F64)).unwrap();
-        let v = Var::from_tensor(&random(&mut rng, &[B, NKV, S, HD], DType::F64)).unwrap();
+        let q = random(&mut rng, &[B, NH, T, HD], DType::F64);
+        let k = random(&mut rng, &[B, NKV, S, HD], DType::F64);
+        let v = random(&mut rng, &[B, NKV, S, HD], DType::F64);
         let w = random(&mut rng, &[B, NH, T, HD], DType::F64);
+        let scale = 1.0 / (HD as f64).sqrt();
         for mask in masks(DType::F64) {
-            let y = (with_row_block(&q, &k, &v, &mask, 2) * &w)
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            let grads = y.backward().unwrap();
+            check::gradients_match_finite_differences(
+                &|xs| Ok(with_row_block(&xs[0], &xs[1], &xs[2], &mask, 2)),
+                &[q.clone(), k.clone(), v.clone()],
+            );
             // The composed attention's gradients agree too.
-            let yc = (composed_attention(&q, &k, &v, &mask, 1.0 / (HD as f64).sqrt()).unwrap()
-                * &w)
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            let grads_c = yc.backward().unwrap();
-            for (which, var) in [&q, &k, &v].into_iter().enumerate() {
-                let analytic = grads.get(var.as_tensor()).unwrap();
-                assert!(max_abs_diff(analytic, grads_c.get(var.as_tensor()).unwrap()) < 1e-10);
-                let values = var
-                    .as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap();
-                let analytic = analytic.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-                let eps = 1e-6;
-                for (i, g) in analytic.iter().enumerate() {
-                    let at = |delta: f64| {
-                        let mut shifted = values.clone();
-                        shifted[i] += delta;
-                        let t = Tensor::from_vec(shifted, var.shape(), &Device::Cpu).unwrap();
-                        let mut args =
-                            [q.as_tensor(), k.as_tensor(), v.as_tensor()].map(|a| a.detach());
-                        args[which] = t;
-                        objective(&args[0], &args[1], &args[2], &mask, &w)
-                    };
-                    let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-                    assert!(
-                        (numeric - g).abs() < 1e-6 * (1.0 + g.abs()),
-                        "element {i}: analytic {g}, numeric {numeric}"
-                    );
-                }
+            let vars = [&q, &k, &v].map(|t| Var::from_tensor(t).unwrap());
+            let [tq, tk, tv] = [0, 1, 2].map(|i| vars[i].as_tensor().clone());
+            let grads = |y: Tensor| (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let fused = grads(with_row_block(&tq, &tk, &tv, &mask, 2));
+            let composed = grads(composed_attention(&tq, &tk, &tv, &mask, scale).unwrap());
+            for var in &vars {
+                let (f, c) = (fused.get(var.as_tensor()), composed.get(var.as_tensor()));
+                assert!(check::max_diff(f.unwrap(), c.unwrap()) < 1e-10);
             }
         }
     }

@@ -399,6 +399,7 @@ impl CustomOp2 for FusedLinearNll {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trainer::ops::cpu::check;
     use crate::util::rng::SplitMix64;
     use candle_core::{DType, Device, Var};
 
@@ -407,28 +408,12 @@ mod tests {
     const V: usize = 13;
 
     fn random(rng: &mut SplitMix64, shape: &[usize], dtype: DType) -> Tensor {
-        let n: usize = shape.iter().product();
-        let data: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
+        check::random(shape, rng.next_u64(), dtype)
     }
 
     fn targets() -> Tensor {
         // Targets in the first, a middle and the last (partial) chunk of 4.
         Tensor::new(&[0u32, 5, 12, 3, 8, 12], &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     }
 
     #[test]
@@ -438,57 +423,30 @@ mod tests {
         let weight = random(&mut rng, &[V, H], DType::F32);
         let composed = composed_linear_nll(&hidden, &weight, &targets()).unwrap();
         let fused = linear_nll(&hidden, &weight, &targets()).unwrap();
-        assert!(max_abs_diff(&fused, &composed) < 1e-5);
+        assert!(check::max_diff(&fused, &composed) < 1e-5);
         let blocked = linear_nll_in_blocks(&hidden, &weight, &targets(), 4, 4).unwrap();
-        assert!(max_abs_diff(&blocked, &composed) < 1e-5);
+        assert!(check::max_diff(&blocked, &composed) < 1e-5);
     }
 
     #[test]
     fn fused_nll_gradients_match_finite_differences_in_f64() {
         let mut rng = SplitMix64::new(4);
-        let hidden = Var::from_tensor(&random(&mut rng, &[N, H], DType::F64)).unwrap();
-        let weight = Var::from_tensor(&random(&mut rng, &[V, H], DType::F64)).unwrap();
-        // Weighted, so that each position's gradient scale is exercised.
-        let w = random(&mut rng, &[N], DType::F64);
-        let objective = |h: &Tensor, wt: &Tensor| -> Tensor {
-            (linear_nll_in_blocks(h, wt, &targets(), 4, 4).unwrap() * &w)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-        };
-        let grads = objective(&hidden, &weight).backward().unwrap();
-        let composed = (composed_linear_nll(&hidden, &weight, &targets()).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (which, var) in [&hidden, &weight].into_iter().enumerate() {
-            let analytic = grads.get(var.as_tensor()).unwrap();
-            assert!(max_abs_diff(analytic, composed.get(var.as_tensor()).unwrap()) < 1e-10);
-            let values = var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            let analytic = analytic.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let eps = 1e-6;
-            for (i, g) in analytic.iter().enumerate() {
-                let at = |delta: f64| {
-                    let mut shifted = values.clone();
-                    shifted[i] += delta;
-                    let t = Tensor::from_vec(shifted, var.shape(), &Device::Cpu).unwrap();
-                    let mut args = [hidden.as_tensor(), weight.as_tensor()].map(|a| a.detach());
-                    args[which] = t;
-                    objective(&args[0], &args[1]).to_scalar::<f64>().unwrap()
-                };
-                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-                assert!(
-                    (numeric - g).abs() < 1e-6 * (1.0 + g.abs()),
-                    "{which}/{i}: analytic {g}, numeric {numeric}"
-                );
-            }
+        let hidden = random(&mut rng, &[N, H], DType::F64);
+        let weight = random(&mut rng, &[V, H], DType::F64);
+        // Blocks of 4 rows and 4 vocabulary entries, the last ones partial.
+        check::gradients_match_finite_differences(
+            &|xs| linear_nll_in_blocks(&xs[0], &xs[1], &targets(), 4, 4),
+            &[hidden.clone(), weight.clone()],
+        );
+        // The composed loss's gradients agree too.
+        let vars = [&hidden, &weight].map(|t| Var::from_tensor(t).unwrap());
+        let [th, tw] = [0, 1].map(|i| vars[i].as_tensor().clone());
+        let grads = |y: Tensor| y.sum_all().unwrap().backward().unwrap();
+        let fused = grads(linear_nll_in_blocks(&th, &tw, &targets(), 4, 4).unwrap());
+        let composed = grads(composed_linear_nll(&th, &tw, &targets()).unwrap());
+        for var in &vars {
+            let (f, c) = (fused.get(var.as_tensor()), composed.get(var.as_tensor()));
+            assert!(check::max_diff(f.unwrap(), c.unwrap()) < 1e-10);
         }
     }
 
@@ -513,7 +471,7 @@ mod tests {
             assert!(g_frozen.get(&frozen).is_none());
             assert!(g_trained.get(trained.as_tensor()).is_some());
             assert!(
-                max_abs_diff(
+                check::max_diff(
                     g_frozen.get(hidden.as_tensor()).unwrap(),
                     g_trained.get(hidden.as_tensor()).unwrap()
                 ) < 1e-12
