@@ -542,6 +542,8 @@ impl Lengths {
             counted_longest_first: Some(counted_longest_first),
             bytes_per_value: 4,
             on_cuda: false,
+            // Evaluation scores dev by label whenever the data has labels, whatever the method.
+            scored_answer_tokens: self.supervised.iter().map(|(_, a)| *a).max().unwrap_or(0),
             // A prompt cut to max_seq_len keeps only bos of what the prompts share.
             shared_prefix: match params.method {
                 Method::PostPretrain => 0,

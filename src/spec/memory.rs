@@ -31,7 +31,14 @@ pub struct Workload<'a> {
     /// Tokens every training sequence starts with (the system prompt): a micro-batch of two or
     /// more computes them once (shared-prefix training), not once per sequence.
     pub shared_prefix: usize,
+    /// Tokens of the longest answer when evaluation scores the dev set by label (0 when it does
+    /// not): it computes vocabulary rows for at most `MAX_EVAL_BATCH` examples' answers at once.
+    pub scored_answer_tokens: usize,
 }
+
+/// The most sequences evaluation computes per forward pass (`trainer::eval`), whatever the
+/// micro-batch: what bounds its memory.
+pub const MAX_EVAL_BATCH: usize = 64;
 
 /// The parts of a trial's predicted peak, in bytes.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -61,7 +68,7 @@ pub const MB: f64 = 1024.0 * 1024.0;
 pub const CUDA_LIBRARIES_DATA_MB: f64 = if cfg!(feature = "cuda") { 224.0 } else { 0.0 };
 
 /// Resident memory of a trial process before the model (measured: runtime, rayon, data).
-const PROCESS_OVERHEAD: f64 = 24.0 * MB;
+const PROCESS_OVERHEAD: f64 = 20.0 * MB;
 
 /// Values (not bytes) alive at the peak of a step, per token and layer, as multiples of the
 /// hidden and intermediate sizes, and per attention score, for each implementation of the
@@ -74,11 +81,10 @@ struct Coefficients {
     per_score: f64,
     /// LoRA keeps more output-sized tensors per adapted projection (its delta and the sum).
     per_adapted_output: f64,
-    /// Vocabulary-sized values per counted position.
+    /// Vocabulary-sized values per counted position of a training step.
     per_counted_vocab: f64,
-    /// Whether those are alive during a training step (else only during evaluation, which
-    /// computes at most a micro-batch's counted rows at once: `trainer::eval`).
-    vocabulary_in_training: bool,
+    /// Vocabulary-sized values per answer row evaluation scores at once (logits, log-softmax).
+    per_scored_vocab: f64,
 }
 
 /// Composed ops (candle's autograd of elementary ops; CUDA, or `kernels: composed`): norms keep
@@ -91,13 +97,14 @@ const COMPOSED: Coefficients = Coefficients {
     per_score: 5.0,
     per_adapted_output: 2.0,
     per_counted_vocab: 9.0,
-    vocabulary_in_training: true,
+    per_scored_vocab: 0.0,
 };
 
 /// Fused CPU ops (`trainer::ops`): norms, rotary positions and SwiGLU save only their inputs,
 /// attention keeps no score-sized tensor (one log-sum-exp per row), and the training loss never
-/// holds vocabulary-sized rows; what remains vocabulary-sized is evaluation's scoring (composed:
-/// logits and log-softmax of at most as many rows as a micro-batch counts). Measured with
+/// holds vocabulary-sized rows; what remains vocabulary-sized is evaluation's label scoring
+/// (logits and log-softmax of at most `MAX_EVAL_BATCH` examples' answers at once), which the
+/// composed coefficients' training vocabulary already covers. Measured with
 /// `train_speed --kernels fused`: the 135M shape at 4 x 128 peaks at 2,937 MiB (sft) and
 /// 1,904 MiB (LoRA), against 4,595 and 3,850 composed.
 const FUSED: Coefficients = Coefficients {
@@ -105,8 +112,8 @@ const FUSED: Coefficients = Coefficients {
     per_token_intermediate: 7.0,
     per_score: 0.0,
     per_adapted_output: 2.0,
-    per_counted_vocab: 3.0,
-    vocabulary_in_training: true,
+    per_counted_vocab: 0.0,
+    per_scored_vocab: 2.0,
 };
 
 /// The coefficients of the ops a trial trains with: fused kernels are CPU kernels (as
@@ -191,20 +198,11 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
         _ => micro_batch as f64 * w.counted_per_sequence.max(1) as f64,
     };
     let layers = per_layer * c.num_hidden_layers as f64;
-    // Fused, the vocabulary-sized rows are evaluation's label scoring, which post-pretraining
-    // (no labels to choose between) does without.
-    let vocabulary = match (k.per_score == 0.0, w.params.method) {
-        (true, Method::PostPretrain) => 0.0,
-        _ => k.per_counted_vocab * counted * c.vocab_size as f64,
-    };
-    // Training's vocabulary-sized values live beside the layers' saved tensors; evaluation's
-    // (fused training keeps none) only while evaluation runs, when the step's are gone.
-    let alive = if k.vocabulary_in_training {
-        layers + vocabulary
-    } else {
-        layers.max(vocabulary)
-    };
-    let activations = (alive + 2.0 * tokens * c.hidden_size as f64) * b;
+    // Vocabulary-sized rows: a composed training step's loss, or, fused, evaluation's scoring.
+    let scored_rows = (micro_batch.min(MAX_EVAL_BATCH) * w.scored_answer_tokens) as f64;
+    let vocabulary =
+        (k.per_counted_vocab * counted + k.per_scored_vocab * scored_rows) * c.vocab_size as f64;
+    let activations = (layers + vocabulary + 2.0 * tokens * c.hidden_size as f64) * b;
     let tensors = weights + gradients + optimizer + activations;
     let cuda = |bytes| w.on_cuda.then(|| cuda_process_overhead(bytes));
     let overhead = PROCESS_OVERHEAD + cuda(tensors).unwrap_or(0.0);
@@ -311,6 +309,7 @@ mod tests {
             bytes_per_value: 4,
             on_cuda: false,
             shared_prefix: 0,
+            scored_answer_tokens: 0,
         };
         let (s, l) = (estimate(&w(&sft), 8), estimate(&w(&lora), 8));
         assert!(l.total < s.total);
@@ -341,6 +340,7 @@ mod tests {
             bytes_per_value: 4,
             on_cuda: false,
             shared_prefix: 0,
+            scored_answer_tokens: 0,
         };
         let full = estimate(&w, 16).total;
         let quarter = estimate(&w, 4).total;
@@ -376,6 +376,7 @@ mod tests {
                 bytes_per_value: 4,
                 on_cuda,
                 shared_prefix: 0,
+                scored_answer_tokens: 0,
             };
             let (cpu, gpu) = (estimate(&w(false), 8), estimate(&w(true), 8));
             let tensors = cpu.weights + cpu.gradients + cpu.optimizer + cpu.activations;
@@ -419,6 +420,7 @@ mod tests {
                     bytes_per_value: 4,
                     on_cuda,
                     shared_prefix: 0,
+                    scored_answer_tokens: 0,
                 },
                 4,
             )

@@ -108,6 +108,8 @@ pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
             bytes_per_value: 4,
             on_cuda: device.is_cuda(),
             shared_prefix: 0,
+            // The benchmark times training steps only; nothing is scored.
+            scored_answer_tokens: 0,
         },
         c.batch,
     );

@@ -15,9 +15,8 @@ use crate::trainer::batch::{make_batch, token_nll};
 use crate::trainer::model::{additive_mask, CausalLm, KvCache};
 
 /// Most sequences scored per forward pass during evaluation. Callers pass the trial's
-/// micro-batch, so evaluation never needs more memory than a training step (the memory estimate
-/// relies on that).
-pub const MAX_EVAL_BATCH: usize = 64;
+/// micro-batch, so evaluation never needs more memory than the plan-time estimate allows for.
+pub use crate::spec::memory::MAX_EVAL_BATCH;
 
 /// Mean negative log-likelihood per counted token.
 pub fn dev_loss(model: &CausalLm, seqs: &[Seq], pad: u32, eval_batch: usize) -> Result<f64> {
