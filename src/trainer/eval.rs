@@ -191,26 +191,11 @@ fn shared_scores(
     let is_parent = trie.parents();
     let n = trie.nodes.len();
     let (common, past) = common_prefix(model, prompts)?;
-    let vocab = model.config.vocab_size;
     let mut out = Vec::with_capacity(prompts.len());
-    let mut start = 0;
-    while start < prompts.len() {
-        // As many prompts per forward pass as the token budget allows (at least one).
-        let mut end = start + 1;
-        let width_of = |s: usize, e: usize| {
-            prompts[s..e]
-                .iter()
-                .map(|p| p.len() - common)
-                .max()
-                .unwrap_or(0)
-                + n
-        };
-        while end < prompts.len() && (end + 1 - start) * width_of(start, end + 1) <= budget {
-            end += 1;
-        }
-        let rows = &prompts[start..end];
+    for group in prompt_groups(prompts, common, n, budget) {
+        let rows = &prompts[group];
         let b = rows.len();
-        let width = width_of(start, end);
+        let width = rows.iter().map(|p| p.len() - common).max().unwrap_or(0) + n;
         let mut ids = Vec::with_capacity(b * width);
         let mut allowed = Vec::with_capacity(b * width * (common + width));
         let mut positions = Vec::with_capacity(b * width);
@@ -244,39 +229,16 @@ fn shared_scores(
         let ids = Tensor::from_vec(ids, (b, width), device)?;
         let mask = additive_mask(&allowed, &[b, width, common + width], dtype, device)?;
         let (hidden, _) = model.forward_with_past(&ids, past.as_ref(), &positions, &mask)?;
-        let h = hidden.dim(2)?;
-        let flat = hidden.reshape((b * width, h))?;
-        // Log-probabilities in slices of `vocab_rows` contexts, so that at most that many
-        // vocabulary-sized rows exist at once.
-        let mut picked = vec![0.0f64; picks.len()];
-        let mut order: Vec<usize> = (0..picks.len()).collect();
-        order.sort_by_key(|i| picks[*i].0);
-        let mut next = 0;
-        for first in (0..contexts.len()).step_by(vocab_rows.max(1)) {
-            let last = (first + vocab_rows.max(1)).min(contexts.len());
-            let rows = Tensor::from_slice(&contexts[first..last], last - first, device)?;
-            let logits = model
-                .logits(&flat.index_select(&rows, 0)?)?
-                .to_dtype(DType::F32)?;
-            let logp =
-                candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.flatten_all()?;
-            let mut which = Vec::new();
-            let mut flat_index = Vec::new();
-            while next < order.len() && picks[order[next]].0 < last {
-                let (c, tok) = picks[order[next]];
-                which.push(order[next]);
-                flat_index.push(((c - first) * vocab + tok as usize) as u32);
-                next += 1;
-            }
-            let n_picked = flat_index.len();
-            let values = logp
-                .index_select(&Tensor::from_vec(flat_index, n_picked, device)?, 0)?
-                .to_dtype(DType::F64)?
-                .to_vec1::<f64>()?;
-            for (i, v) in which.into_iter().zip(values) {
-                picked[i] = v;
-            }
+        let flat = hidden.reshape((b * width, hidden.dim(2)?))?;
+        // Each context's wanted tokens, in the order of `picks`, then each pick's value.
+        let mut wanted: Vec<Vec<u32>> = vec![Vec::new(); contexts.len()];
+        let mut slot = Vec::with_capacity(picks.len());
+        for (c, tok) in &picks {
+            slot.push((*c, wanted[*c].len()));
+            wanted[*c].push(*tok);
         }
+        let values = log_probs_at(model, &flat, &contexts, &wanted, vocab_rows)?;
+        let picked: Vec<f64> = slot.iter().map(|(c, i)| values[*c][*i]).collect();
         for r in 0..b {
             let node_logp = &picked[r * n..(r + 1) * n];
             out.push(
@@ -286,7 +248,74 @@ fn shared_scores(
                     .collect(),
             );
         }
+    }
+    Ok(out)
+}
+
+/// Consecutive groups of `prompts` computed in one forward pass each: as many as the token
+/// budget allows (each row holds a prompt's own part, past the `common` prefix, and the
+/// `trie_nodes`), at least one.
+fn prompt_groups(
+    prompts: &[&[u32]],
+    common: usize,
+    trie_nodes: usize,
+    budget: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < prompts.len() {
+        let mut end = start + 1;
+        let mut widest = prompts[start].len() - common;
+        while end < prompts.len() {
+            let wider = widest.max(prompts[end].len() - common);
+            if (end + 1 - start) * (wider + trie_nodes) > budget {
+                break;
+            }
+            widest = wider;
+            end += 1;
+        }
+        groups.push(start..end);
         start = end;
+    }
+    groups
+}
+
+/// The log-probabilities of `wanted[c]`'s tokens after the hidden state at flat row
+/// `contexts[c]`, for every context c; in slices of `vocab_rows` contexts, so that at most that
+/// many vocabulary-sized rows exist at once.
+fn log_probs_at(
+    model: &CausalLm,
+    flat: &Tensor,
+    contexts: &[u32],
+    wanted: &[Vec<u32>],
+    vocab_rows: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let device = model.device();
+    let vocab = model.config.vocab_size;
+    let step = vocab_rows.max(1);
+    let mut out = Vec::with_capacity(contexts.len());
+    for first in (0..contexts.len()).step_by(step) {
+        let last = (first + step).min(contexts.len());
+        let rows = Tensor::from_slice(&contexts[first..last], last - first, device)?;
+        let logits = model
+            .logits(&flat.index_select(&rows, 0)?)?
+            .to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.flatten_all()?;
+        let flat_index: Vec<u32> = wanted[first..last]
+            .iter()
+            .enumerate()
+            .flat_map(|(c, toks)| toks.iter().map(move |t| (c * vocab + *t as usize) as u32))
+            .collect();
+        let n_picked = flat_index.len();
+        let values = logp
+            .index_select(&Tensor::from_vec(flat_index, n_picked, device)?, 0)?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        let mut at = 0;
+        for toks in &wanted[first..last] {
+            out.push(values[at..at + toks.len()].to_vec());
+            at += toks.len();
+        }
     }
     Ok(out)
 }
@@ -607,24 +636,10 @@ fn searched_top_k(
     let search = TopSearch::new(&trie, k);
     let n = trie.nodes.len();
     let (common, past) = common_prefix(model, prompts)?;
-    let vocab = model.config.vocab_size;
     let mut out = Vec::with_capacity(prompts.len());
-    let mut start = 0;
-    while start < prompts.len() {
-        // Groups as `shared_scores` makes them: a round never holds more than the whole trie.
-        let mut end = start + 1;
-        let width_of = |s: usize, e: usize| {
-            prompts[s..e]
-                .iter()
-                .map(|p| p.len() - common)
-                .max()
-                .unwrap_or(0)
-                + n
-        };
-        while end < prompts.len() && (end + 1 - start) * width_of(start, end + 1) <= budget {
-            end += 1;
-        }
-        let group = &prompts[start..end];
+    // Groups as `shared_scores` makes them: a round never holds more than the whole trie.
+    for range in prompt_groups(prompts, common, n, budget) {
+        let group = &prompts[range];
         let mut states: Vec<SearchState> = group.iter().map(|_| search.start()).collect();
         loop {
             let rounds: Vec<Vec<Expand>> = states
@@ -678,36 +693,16 @@ fn searched_top_k(
                 .iter()
                 .flat_map(|r| rounds[*r].iter().map(move |w| (*r, *w)))
                 .collect();
-            let step = vocab_rows.max(1);
-            for first in (0..contexts.len()).step_by(step) {
-                let last = (first + step).min(contexts.len());
-                let rows = Tensor::from_slice(&contexts[first..last], last - first, device)?;
-                let logits = model
-                    .logits(&flat.index_select(&rows, 0)?)?
-                    .to_dtype(DType::F32)?;
-                let logp =
-                    candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.flatten_all()?;
-                let mut flat_index = Vec::new();
-                let mut counts = Vec::new();
-                for (c, (_, what)) in expansions[first..last].iter().enumerate() {
-                    let wanted = search.wanted(*what);
-                    counts.push(wanted.len());
-                    flat_index.extend(wanted.iter().map(|t| (c * vocab + *t as usize) as u32));
-                }
-                let n_picked = flat_index.len();
-                let values = logp
-                    .index_select(&Tensor::from_vec(flat_index, n_picked, device)?, 0)?
-                    .to_dtype(DType::F64)?
-                    .to_vec1::<f64>()?;
-                let mut at = 0;
-                for ((r, what), count) in expansions[first..last].iter().zip(counts) {
-                    search.record(&mut states[*r], *what, &values[at..at + count]);
-                    at += count;
-                }
+            let wanted: Vec<Vec<u32>> = expansions
+                .iter()
+                .map(|(_, what)| search.wanted(*what))
+                .collect();
+            let values = log_probs_at(model, &flat, &contexts, &wanted, vocab_rows)?;
+            for ((r, what), v) in expansions.iter().zip(&values) {
+                search.record(&mut states[*r], *what, v);
             }
         }
         out.extend(states.iter().map(|s| search.result(s)));
-        start = end;
     }
     Ok(out)
 }

@@ -45,7 +45,7 @@ fn killed_ten_times_at_random_the_sweep_resumes_and_runs_each_trial_once() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = write_spec(
         tmp.path(),
-        "parameters:\n  learning_rate: {values: [1.0e-2, 5.0e-3, 3.0e-3, 2.0e-3, 1.0e-3, 5.0e-4]}\n  epochs: {values: [4, 6]}\n  batch_size: {value: 8}\nresources: {devices: cpu, slots: 2, parallel: 2}\n",
+        "parameters:\n  learning_rate: {values: [1.0e-2, 5.0e-3, 3.0e-3, 2.0e-3, 1.0e-3, 5.0e-4]}\n  epochs: {values: [12, 18]}\n  batch_size: {value: 8}\nresources: {devices: cpu, slots: 2, parallel: 2}\n",
     );
     let results = tmp.path().join("results");
     let mut rng = SplitMix64::new(42);
