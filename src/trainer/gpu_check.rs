@@ -834,11 +834,13 @@ fn memory_rows(measured: &[BenchResult], dry_run: bool) -> Vec<Row> {
 /// process instead. Either way it must finish after halving its micro-batch.
 fn forced_oom(args: &Args, device: &Device, out: &Path) -> Result<Vec<Row>> {
     let dir = out.join("oom");
-    let batch = 64usize;
+    // The dry run starts at 256: 22 MiB per trial fits post-pretraining the `test` preset at
+    // micro-batch 32, not 64 (as tests/resources.rs), and a CUDA build's trial may have up to
+    // about 20 MiB more, the part of the run loop's allowance for the CUDA libraries
+    // (`CUDA_LIBRARIES_DATA_MB`, 224 MiB) they leave unused (they map 200 to 220); 256 fails
+    // either way.
+    let batch = if args.cpu_dry_run { 256 } else { 64usize };
     let (devices, model, extra) = if args.cpu_dry_run {
-        // As tests/resources.rs: 22 MiB per trial fits post-pretraining the `test` preset at
-        // micro-batch 32, not 64. The run loop adds what a CUDA build's libraries map
-        // (`CUDA_LIBRARIES_DATA_MB`).
         let limit = 22;
         (
             "cpu",
