@@ -818,6 +818,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prompt_groups_fill_the_token_budget_in_order_and_never_leave_a_prompt_out() {
+        // Own parts (past a common prefix of 2) of 3, 1, 5 and 2 tokens; a trie of 4 nodes.
+        let prompts: Vec<Vec<u32>> = [5, 3, 7, 4].iter().map(|n| vec![0; *n]).collect();
+        let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+        // Widths: {0,1} -> 2 x (3 + 4) = 14; adding 2 -> 3 x 9 = 27 > 20; {2,3} -> 2 x 9 = 18.
+        assert_eq!(prompt_groups(&refs, 2, 4, 20), vec![0..2, 2..4]);
+        // A budget smaller than one prompt's row still takes each prompt alone.
+        assert_eq!(prompt_groups(&refs, 2, 4, 1), vec![0..1, 1..2, 2..3, 3..4]);
+        assert_eq!(prompt_groups(&refs, 2, 4, 1000), vec![0..4]);
+        assert!(prompt_groups(&[], 0, 4, 10).is_empty());
+    }
+
+    #[test]
     fn accuracy_takes_the_argmax_and_counts_unknown_gold_as_wrong() {
         let scores = vec![
             vec![-1.0, -0.5, -3.0],
