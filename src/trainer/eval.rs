@@ -62,18 +62,43 @@ pub fn candidate_scores(
     pad: u32,
     eval_batch: usize,
 ) -> Result<Vec<Vec<f64>>> {
+    by_prompt_fit(
+        model,
+        prompts,
+        candidates,
+        (has_bos, max_len, pad, eval_batch),
+        |scores| scores,
+        |model, whole, budget, vocab_rows| {
+            shared_scores(model, whole, &candidates.answers, budget, vocab_rows)
+        },
+    )
+}
+
+/// What `candidate_scores` and `candidate_top_k` share: with weights detached, prompts that fit
+/// whole with the longest candidate go to `whole` (shared work, given the token `budget` of a
+/// forward pass and the vocabulary rows allowed at once), the others, cut differently for each
+/// candidate length, are scored one sequence per candidate (`candidate_scores_plain`) and turned
+/// into the result by `from_plain`. Results in the order of `prompts`.
+fn by_prompt_fit<T: Clone + Default>(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    candidates: &Candidates,
+    (has_bos, max_len, pad, eval_batch): (bool, usize, u32, usize),
+    from_plain: impl Fn(Vec<f64>) -> T,
+    whole_scored: impl FnOnce(&CausalLm, &[&[u32]], usize, usize) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
     let model = &model.detached();
     let longest = candidates.answers.iter().map(Vec::len).max().unwrap_or(0);
     let (whole, cut): (Vec<usize>, Vec<usize>) = (0..prompts.len())
         .partition(|i| !prompts[*i].is_empty() && prompts[*i].len() + longest <= max_len);
-    let mut scores = vec![Vec::new(); prompts.len()];
+    let mut out = vec![T::default(); prompts.len()];
     if !cut.is_empty() {
         let subset: Vec<Vec<u32>> = cut.iter().map(|i| prompts[*i].clone()).collect();
         let plain = candidate_scores_plain(
             model, &subset, candidates, has_bos, max_len, pad, eval_batch,
         )?;
         for (i, s) in cut.iter().zip(plain) {
-            scores[*i] = s;
+            out[*i] = from_plain(s);
         }
     }
     if !whole.is_empty() && !candidates.answers.is_empty() {
@@ -82,12 +107,14 @@ pub fn candidate_scores(
         // Tokens per forward pass and vocabulary-sized rows at once: a training micro-batch's.
         let budget = batch * max_len.max(1);
         let vocab_rows = batch * longest.max(1);
-        let shared = shared_scores(model, &subset, &candidates.answers, budget, vocab_rows)?;
-        for (i, s) in whole.iter().zip(shared) {
-            scores[*i] = s;
+        for (i, s) in whole
+            .iter()
+            .zip(whole_scored(model, &subset, budget, vocab_rows)?)
+        {
+            out[*i] = s;
         }
     }
-    Ok(scores)
+    Ok(out)
 }
 
 /// The candidate answers as a token trie: one node per distinct answer prefix.
@@ -427,31 +454,16 @@ fn top_k_scored(
             .map(|s| crate::stats::classify::top_k(s, k))
             .collect());
     }
-    let model = &model.detached();
-    let longest = candidates.answers.iter().map(Vec::len).max().unwrap_or(0);
-    let (whole, cut): (Vec<usize>, Vec<usize>) = (0..prompts.len())
-        .partition(|i| !prompts[*i].is_empty() && prompts[*i].len() + longest <= max_len);
-    let mut out = vec![Vec::new(); prompts.len()];
-    if !cut.is_empty() {
-        let subset: Vec<Vec<u32>> = cut.iter().map(|i| prompts[*i].clone()).collect();
-        let plain = candidate_scores_plain(
-            model, &subset, candidates, has_bos, max_len, pad, eval_batch,
-        )?;
-        for (i, s) in cut.iter().zip(plain) {
-            out[*i] = crate::stats::classify::top_k(&s, k);
-        }
-    }
-    if !whole.is_empty() && !candidates.answers.is_empty() {
-        let subset: Vec<&[u32]> = whole.iter().map(|i| prompts[*i].as_slice()).collect();
-        let batch = eval_batch.clamp(1, MAX_EVAL_BATCH);
-        let budget = batch * max_len.max(1);
-        let vocab_rows = batch * longest.max(1);
-        let found = searched_top_k(model, &subset, &candidates.answers, k, budget, vocab_rows)?;
-        for (i, s) in whole.iter().zip(found) {
-            out[*i] = s;
-        }
-    }
-    Ok(out)
+    by_prompt_fit(
+        model,
+        prompts,
+        candidates,
+        (has_bos, max_len, pad, eval_batch),
+        |scores| crate::stats::classify::top_k(&scores, k),
+        |model, whole, budget, vocab_rows| {
+            searched_top_k(model, whole, &candidates.answers, k, budget, vocab_rows)
+        },
+    )
 }
 
 /// The exact best-first search over the answer trie behind `candidate_top_k`, for one prompt,
