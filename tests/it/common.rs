@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn sweep() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sweep"))
@@ -81,4 +82,35 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// The events of a sweep's journal.jsonl (none when it does not exist yet).
+pub fn journal_events(results: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(results.join("journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// `sweep run SPEC --quiet` (with `--resume`) in the background, its output discarded.
+pub fn spawn_run(spec: &Path, resume: bool) -> Child {
+    let mut cmd = sweep();
+    cmd.args(["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]);
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls every `poll` until `ready`, failing after `deadline` (only against hangs).
+pub fn wait_until(what: &str, deadline: Duration, poll: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + deadline;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(poll);
+    }
 }

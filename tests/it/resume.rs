@@ -10,34 +10,18 @@ use std::time::{Duration, Instant};
 
 use sweep::util::rng::SplitMix64;
 
-use crate::common::{csv_rows, run, small_data, sweep, write_spec};
+use crate::common::{
+    self, csv_rows, journal_events, run, small_data, spawn_run, sweep, write_spec,
+};
 
-fn journal_events(results: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(results.join("journal.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn start_run(spec: &Path, resume: bool) -> Child {
-    let mut cmd = sweep();
-    cmd.args(["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]);
-    if resume {
-        cmd.arg("--resume");
-    }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Polls every 10 ms, for at most 2 minutes.
+fn wait_until(what: &str, ready: impl FnMut() -> bool) {
+    common::wait_until(
+        what,
+        Duration::from_secs(120),
+        Duration::from_millis(10),
+        ready,
+    )
 }
 
 #[test]
@@ -51,7 +35,7 @@ fn killed_ten_times_at_random_the_sweep_resumes_and_runs_each_trial_once() {
     let mut rng = SplitMix64::new(42);
     let mut kills = 0;
     while kills < 10 {
-        let mut child = start_run(&spec, kills > 0);
+        let mut child = spawn_run(&spec, kills > 0);
         // SIGKILL at a random moment 50 to 800 ms in: while planning, training, or writing results.
         let delay = Duration::from_millis(50 + rng.below(750) as u64);
         let t0 = Instant::now();
@@ -65,7 +49,7 @@ fn killed_ten_times_at_random_the_sweep_resumes_and_runs_each_trial_once() {
         child.wait().unwrap();
         kills += 1;
     }
-    let status = start_run(&spec, true).wait().unwrap();
+    let status = spawn_run(&spec, true).wait().unwrap();
     assert!(status.success(), "the final resume failed: {status}");
     assert!(kills >= 10);
     let rows = csv_rows(&results);
@@ -180,7 +164,7 @@ fn ctrl_c_stops_running_trials_cleanly_and_only_the_same_spec_resumes() {
         "parameters:\n  learning_rate: {values: [1.0e-2, 3.0e-3, 1.0e-3]}\n  epochs: {value: 200}\n  batch_size: {value: 8}\nresources: {devices: cpu, slots: 2, parallel: 2}\n",
     );
     let results = tmp.path().join("results");
-    let mut child = start_run(&spec, false);
+    let mut child = spawn_run(&spec, false);
     wait_until("two trials to start", || {
         journal_events(&results)
             .iter()
@@ -230,7 +214,7 @@ fn a_folder_in_use_is_refused() {
         "parameters:\n  epochs: {value: 300}\n  batch_size: {value: 8}\n",
     );
     let results = tmp.path().join("results");
-    let mut first = start_run(&spec, false);
+    let mut first = spawn_run(&spec, false);
     wait_until("the trial to start", || {
         journal_events(&results)
             .iter()

@@ -4,15 +4,7 @@
 
 use std::path::Path;
 
-use crate::common::{csv_rows, run, write_spec};
-
-fn journal(results: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(results.join("journal.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use crate::common::{csv_rows, journal_events, run, write_spec};
 
 fn count(events: &[serde_json::Value], kind: &str, trial: u64) -> usize {
     events
@@ -67,7 +59,7 @@ fn a_clearly_bad_trial_is_pruned_at_the_first_band_and_its_steps_match_an_unstop
         (good["status"].as_str(), good["steps"].as_str()),
         ("finished", "12")
     );
-    let events = journal(&results);
+    let events = journal_events(&results);
     let judged: Vec<&serde_json::Value> = events
         .iter()
         .filter(|e| e["event"] == "trial_judged" && e["trial"] == 2)
@@ -133,7 +125,7 @@ fn a_pruned_trial_is_not_run_again_on_resume() {
         "--resume".as_ref(),
     ]);
     assert!(out.status.success());
-    let events = journal(&results);
+    let events = journal_events(&results);
     assert_eq!(
         count(&events, "trial_started", 2),
         1,
@@ -190,7 +182,7 @@ fn bayes_proposes_run_cap_trials_and_a_resume_proposes_no_more() {
     let rows = csv_rows(&results);
     assert_eq!(rows.len(), 5);
     assert!(rows.iter().all(|r| r["status"] == "finished"), "{rows:?}");
-    let events = journal(&results);
+    let events = journal_events(&results);
     let planned: Vec<&serde_json::Value> = events
         .iter()
         .filter(|e| e["event"] == "trial_planned")
@@ -206,7 +198,7 @@ fn bayes_proposes_run_cap_trials_and_a_resume_proposes_no_more() {
         "--resume".as_ref(),
     ]);
     assert!(out.status.success());
-    let after = journal(&results);
+    let after = journal_events(&results);
     assert_eq!(
         after
             .iter()
@@ -260,7 +252,7 @@ fn a_resumed_bayes_sweep_re_derives_its_sampler_from_the_journal() {
             .map(|e| e["assignment"].clone())
             .unwrap()
     };
-    let before = journal(&results);
+    let before = journal_events(&results);
     let third = assignment_of(&before, 3);
     // As if killed right after trial 2 finished: trials 3 and 4 were never proposed.
     let path = results.join("journal.jsonl");
@@ -281,7 +273,7 @@ fn a_resumed_bayes_sweep_re_derives_its_sampler_from_the_journal() {
         "--resume".as_ref(),
     ]);
     assert!(out.status.success());
-    let after = journal(&results);
+    let after = journal_events(&results);
     assert_eq!(
         assignment_of(&after, 3),
         third,

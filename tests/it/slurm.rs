@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use crate::common::{csv_rows, repo, sweep};
+use crate::common::{self, csv_rows, journal_events as events, repo, run, spawn_run, sweep};
 
 fn slurm_is_up() -> bool {
     let required = std::env::var("SWEEP_REQUIRE_SLURM").is_ok_and(|v| v == "1");
@@ -78,24 +78,6 @@ fn spec_file(dir: &Path, name: &str, n_train: usize, body: &str, resources: &str
     path
 }
 
-fn run(args: &[&std::ffi::OsStr]) -> Output {
-    let out = sweep().args(args).output().unwrap();
-    eprintln!(
-        "--- stdout\n{}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn events(results: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(results.join("journal.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn of_kind<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
     events.iter().filter(|e| e["event"] == kind).collect()
 }
@@ -114,25 +96,14 @@ fn jobs_in(trial_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Polls (generous deadline, only against hangs) until `ready`.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn spawn_run(spec: &Path, resume: bool) -> Child {
-    let mut cmd = sweep();
-    cmd.args(["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]);
-    if resume {
-        cmd.arg("--resume");
-    }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// Polls every 50 ms (Slurm's commands are not free), for at most 5 minutes.
+fn wait_until(what: &str, ready: impl FnMut() -> bool) {
+    common::wait_until(
+        what,
+        Duration::from_secs(300),
+        Duration::from_millis(50),
+        ready,
+    )
 }
 
 fn started_job(results: &Path, trial: u64) -> Option<u64> {
