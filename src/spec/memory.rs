@@ -116,12 +116,12 @@ const FUSED: Coefficients = Coefficients {
     per_scored_vocab: 2.0,
 };
 
-/// The coefficients of the ops a trial trains with: fused kernels are CPU kernels (as
-/// `trainer::ops::effective` decides), so a CUDA trial computes composed.
+/// The coefficients of the ops a trial trains with (`Kernels::on`: a CUDA trial computes
+/// composed).
 fn coefficients(w: &Workload) -> Coefficients {
-    match (w.params.kernels, w.on_cuda) {
-        (Kernels::Fused, false) => FUSED,
-        _ => COMPOSED,
+    match w.params.kernels.on(!w.on_cuda) {
+        Kernels::Fused => FUSED,
+        Kernels::Composed => COMPOSED,
     }
 }
 

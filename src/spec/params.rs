@@ -103,6 +103,17 @@ impl Kernels {
     pub fn is_default(&self) -> bool {
         *self == Kernels::default()
     }
+
+    /// The kernels a trial asking for `self` computes with: the fused ones are CPU kernels, so
+    /// on any other device (CUDA) every operation is composed (candle's own kernels). The one
+    /// rule the trainer (`ops::effective`) and the memory estimate both follow.
+    pub fn on(self, cpu: bool) -> Kernels {
+        if cpu {
+            self
+        } else {
+            Kernels::Composed
+        }
+    }
 }
 
 /// The `max_seq_len` of a sweep that does not set it: its longest training example, so no
@@ -416,6 +427,13 @@ impl TrialParams {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn fused_kernels_are_cpu_kernels() {
+        assert_eq!(Kernels::Fused.on(true), Kernels::Fused);
+        assert_eq!(Kernels::Composed.on(true), Kernels::Composed);
+        assert_eq!(Kernels::Fused.on(false), Kernels::Composed);
+    }
 
     #[test]
     fn every_field_is_a_known_parameter_even_those_left_out_at_their_default() {

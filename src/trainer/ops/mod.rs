@@ -28,10 +28,7 @@ pub use crate::spec::params::Kernels;
 /// The kernels a model on `device` trains with when `requested`: fused ones are CPU kernels, so a
 /// CUDA model always computes the composed ops (candle's own CUDA kernels).
 pub fn effective(requested: Kernels, device: &Device) -> Kernels {
-    match device {
-        Device::Cpu => requested,
-        _ => Kernels::Composed,
-    }
+    requested.on(device.is_cpu())
 }
 
 #[cfg(test)]
