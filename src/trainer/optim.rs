@@ -60,21 +60,41 @@ impl AdamW {
             && self.params.iter().all(|p| {
                 ops::effective(kernels, p.device()) == Kernels::Fused && p.dtype() == DType::F32
             });
-        let (_, m, v) = self.state();
-        self.moments = if fused {
-            let flat = |ts: Vec<Tensor>| -> Result<Vec<Vec<f32>>> {
-                ts.iter()
-                    .map(|t| t.flatten_all()?.to_vec1::<f32>())
-                    .collect()
-            };
-            Moments::Flat {
-                m: flat(m)?,
-                v: flat(v)?,
+        let empty = Moments::Flat {
+            m: Vec::new(),
+            v: Vec::new(),
+        };
+        self.moments = match (std::mem::replace(&mut self.moments, empty), fused) {
+            (Moments::Tensors { m, v }, true) => {
+                // One moment at a time, each tensor dropped once copied: never two whole sets.
+                let flat = |ts: Vec<Tensor>| -> Result<Vec<Vec<f32>>> {
+                    ts.into_iter()
+                        .map(|t| t.flatten_all()?.to_vec1::<f32>())
+                        .collect()
+                };
+                Moments::Flat {
+                    m: flat(m)?,
+                    v: flat(v)?,
+                }
             }
-        } else {
-            Moments::Tensors { m, v }
+            (Moments::Flat { m, v }, false) => Moments::Tensors {
+                m: self.as_tensors(&m),
+                v: self.as_tensors(&v),
+            },
+            (unchanged, _) => unchanged,
         };
         Ok(self)
+    }
+
+    /// Flat moments as tensors of their parameters' shapes and devices.
+    fn as_tensors(&self, flat: &[Vec<f32>]) -> Vec<Tensor> {
+        flat.iter()
+            .zip(&self.params)
+            .map(|(values, p)| {
+                Tensor::from_slice(values, p.shape(), p.device())
+                    .expect("a flat moment has its parameter's element count")
+            })
+            .collect()
     }
 
     /// Whether `step` updates with the fused in-place pass.
@@ -87,18 +107,7 @@ impl AdamW {
         let step = self.step as usize;
         match &self.moments {
             Moments::Tensors { m, v } => (step, m.clone(), v.clone()),
-            Moments::Flat { m, v } => {
-                let tensors = |flat: &[Vec<f32>]| -> Vec<Tensor> {
-                    flat.iter()
-                        .zip(&self.params)
-                        .map(|(values, p)| {
-                            Tensor::from_slice(values, p.shape(), p.device())
-                                .expect("a flat moment has its parameter's element count")
-                        })
-                        .collect()
-                };
-                (step, tensors(m), tensors(v))
-            }
+            Moments::Flat { m, v } => (step, self.as_tensors(m), self.as_tensors(v)),
         }
     }
 
