@@ -54,6 +54,18 @@ fn main() -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let start = Instant::now();
+    let best = candidate_top_k_by_search(
+        &scorer.model,
+        &prompts,
+        &candidates,
+        has_bos,
+        max_len,
+        tok.pad,
+        batch,
+        3,
+    )?;
+    let top_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
     let loss = dev_loss(&scorer.model, &seqs, tok.pad, batch)?;
     let loss_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
@@ -67,18 +79,6 @@ fn main() -> Result<()> {
         batch,
     )?;
     let full_s = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    let best = candidate_top_k_by_search(
-        &scorer.model,
-        &prompts,
-        &candidates,
-        has_bos,
-        max_len,
-        tok.pad,
-        batch,
-        3,
-    )?;
-    let top_s = start.elapsed().as_secs_f64();
     let correct = |picked: &[Option<usize>]| {
         picked
             .iter()

@@ -35,6 +35,8 @@ use sweep::trainer::optim::{clip_by_global_norm, AdamW};
 use sweep::trainer::step::{counted_tokens, shard_gradients_with};
 
 fn main() -> Result<()> {
+    // As a trial's process does (`trainer::train::run_trial`).
+    sweep::trainer::ops::cpu::tune_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
         bail!("usage: prefix_speed DATA_DIR PRESET BATCH STEPS DEV [PLAIN_LABELS [WARM_STEPS]]");

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor, D};
 
 use crate::text::encode::Seq;
-use crate::trainer::model::CausalLm;
+use crate::trainer::model::{CausalLm, KvCache};
 use crate::trainer::ops::Kernels;
 
 /// A right-padded batch. Inputs are ids[..n-1]; the loss counts the targets ids[t+1] at the
@@ -107,11 +107,31 @@ pub fn shared_prefix_nll(
     if p == 0 {
         return Ok(None);
     }
+    let past = prefix_past(model, &seqs[0].ids[..p])?;
+    Ok(Some(nll_after_prefix(model, seqs, &past, pad)?))
+}
+
+/// The keys and values of `prefix`, computed as one sequence of its own.
+pub fn prefix_past(model: &CausalLm, prefix: &[u32]) -> candle_core::Result<KvCache> {
     let device = model.device();
-    let prefix = Tensor::from_slice(&seqs[0].ids[..p], (1, p), device)?;
+    let p = prefix.len();
+    let ids = Tensor::from_slice(prefix, (1, p), device)?;
     let positions: Vec<usize> = (0..p).collect();
     let mask = crate::trainer::model::prefix_causal_mask(0, p, model.dtype(), device)?;
-    let (_, past) = model.forward_with_past(&prefix, None, &positions, &mask)?;
+    Ok(model.forward_with_past(&ids, &[], &positions, &mask)?.1)
+}
+
+/// `token_nll` of `seqs` whose first `past.len()` tokens are the prefix `past` holds (computed
+/// by `prefix_past`, and at most `shared_prefix_len` of them): only each sequence's own part
+/// runs, attending to the prefix's keys and values.
+pub fn nll_after_prefix(
+    model: &CausalLm,
+    seqs: &[&Seq],
+    past: &KvCache,
+    pad: u32,
+) -> candle_core::Result<(Tensor, Batch)> {
+    let device = model.device();
+    let p = past.len();
     let rest: Vec<Seq> = seqs
         .iter()
         .map(|s| Seq {
@@ -126,8 +146,8 @@ pub fn shared_prefix_nll(
     let t = batch.inputs.dim(1)?;
     let positions: Vec<usize> = (p..p + t).collect();
     let mask = crate::trainer::model::prefix_causal_mask(p, t, model.dtype(), device)?;
-    let (hidden, _) = model.forward_with_past(&batch.inputs, Some(&past), &positions, &mask)?;
-    Ok(Some((nll_at_counted(model, &hidden, &batch)?, batch)))
+    let (hidden, _) = model.forward_with_past(&batch.inputs, &[past], &positions, &mask)?;
+    Ok((nll_at_counted(model, &hidden, &batch)?, batch))
 }
 
 /// The negative log-likelihood at a batch's counted positions from its hidden states.

@@ -42,7 +42,7 @@ pub struct Measured {
 
 /// One warm-up step, then `steps` timed ones (synchronised with the device before and after).
 pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
-    crate::trainer::ops::cpu::park_idle_threads();
+    crate::trainer::ops::cpu::tune_process();
     let mut config = crate::spec::shape::preset(&c.preset)
         .ok_or_else(|| TrainError::UnknownPreset(c.preset.clone()))?;
     config.vocab_size = c.vocab;

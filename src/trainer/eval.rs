@@ -8,28 +8,48 @@
 //! log-probability of that label after that prompt. Evaluation computes with detached weights:
 //! no backward graph is recorded.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 use crate::text::encode::{supervised, Seq};
-use crate::trainer::batch::{make_batch, token_nll};
+use crate::trainer::batch::{
+    make_batch, nll_after_prefix, prefix_past, shared_prefix_len, token_nll,
+};
 use crate::trainer::model::{additive_mask, CausalLm, KvCache};
 
 /// Most sequences scored per forward pass during evaluation. Callers pass the trial's
 /// micro-batch, so evaluation never needs more memory than the plan-time estimate allows for.
 pub use crate::spec::memory::MAX_EVAL_BATCH;
 
-/// Mean negative log-likelihood per counted token.
+/// Mean negative log-likelihood per counted token. The prefix every sequence shares (the
+/// system prompt) is computed once for the whole evaluation (`batch::shared_prefix_len`), and
+/// each chunk of `eval_batch` sequences runs only its own parts after it; equal to the plain
+/// computation up to rounding (integration test `shared_prefix`). Why: with the seed's system
+/// prompt the plain way computed 630 tokens per dev line, more than the whole label search.
 pub fn dev_loss(model: &CausalLm, seqs: &[Seq], pad: u32, eval_batch: usize) -> Result<f64> {
     let model = &model.detached();
+    let all: Vec<&Seq> = seqs.iter().collect();
+    let shared = shared_prefix_len(&all);
+    let past = if shared > 0 {
+        Some(prefix_past(model, &seqs[0].ids[..shared])?)
+    } else {
+        None
+    };
     let mut total = 0.0f64;
     let mut tokens = 0usize;
-    for chunk in seqs.chunks(eval_batch.clamp(1, MAX_EVAL_BATCH)) {
-        let refs: Vec<&Seq> = chunk.iter().collect();
-        let batch = make_batch(&refs, pad, model.device())?;
+    for refs in all.chunks(eval_batch.clamp(1, MAX_EVAL_BATCH)) {
+        if refs.iter().all(|s| s.ids.len() <= s.loss_from.max(1)) {
+            continue; // nothing counted
+        }
+        let (nll, batch) = match &past {
+            Some(past) => nll_after_prefix(model, refs, past, pad)?,
+            None => {
+                let batch = make_batch(refs, pad, model.device())?;
+                (token_nll(model, &batch)?, batch)
+            }
+        };
         if batch.tokens == 0 {
             continue;
         }
-        let nll = token_nll(model, &batch)?;
         total += nll
             .sum_all()?
             .to_dtype(candle_core::DType::F64)?
@@ -255,7 +275,8 @@ fn shared_scores(
         }
         let ids = Tensor::from_vec(ids, (b, width), device)?;
         let mask = additive_mask(&allowed, &[b, width, common + width], dtype, device)?;
-        let (hidden, _) = model.forward_with_past(&ids, past.as_ref(), &positions, &mask)?;
+        let pasts: Vec<&KvCache> = past.iter().collect();
+        let (hidden, _) = model.forward_with_past(&ids, &pasts, &positions, &mask)?;
         let flat = hidden.reshape((b * width, hidden.dim(2)?))?;
         // Each context's wanted tokens, in the order of `picks`, then each pick's value.
         let mut wanted: Vec<Vec<u32>> = vec![Vec::new(); contexts.len()];
@@ -309,7 +330,7 @@ fn prompt_groups(
 
 /// The log-probabilities of `wanted[c]`'s tokens after the hidden state at flat row
 /// `contexts[c]`, for every context c; in slices of `vocab_rows` contexts, so that at most that
-/// many vocabulary-sized rows exist at once.
+/// many vocabulary-sized rows exist at once (the composed kernels' case; fused ones keep a block).
 fn log_probs_at(
     model: &CausalLm,
     flat: &Tensor,
@@ -318,31 +339,12 @@ fn log_probs_at(
     vocab_rows: usize,
 ) -> Result<Vec<Vec<f64>>> {
     let device = model.device();
-    let vocab = model.config.vocab_size;
     let step = vocab_rows.max(1);
     let mut out = Vec::with_capacity(contexts.len());
     for first in (0..contexts.len()).step_by(step) {
         let last = (first + step).min(contexts.len());
         let rows = Tensor::from_slice(&contexts[first..last], last - first, device)?;
-        let logits = model
-            .logits(&flat.index_select(&rows, 0)?)?
-            .to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.flatten_all()?;
-        let flat_index: Vec<u32> = wanted[first..last]
-            .iter()
-            .enumerate()
-            .flat_map(|(c, toks)| toks.iter().map(move |t| (c * vocab + *t as usize) as u32))
-            .collect();
-        let n_picked = flat_index.len();
-        let values = logp
-            .index_select(&Tensor::from_vec(flat_index, n_picked, device)?, 0)?
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?;
-        let mut at = 0;
-        for toks in &wanted[first..last] {
-            out.push(values[at..at + toks.len()].to_vec());
-            at += toks.len();
-        }
+        out.extend(model.chosen_log_probs(&flat.index_select(&rows, 0)?, &wanted[first..last])?);
     }
     Ok(out)
 }
@@ -370,7 +372,7 @@ fn common_prefix(model: &CausalLm, prompts: &[&[u32]]) -> Result<(usize, Option<
     let mask = crate::trainer::model::prefix_causal_mask(0, common, model.dtype(), device)?;
     Ok((
         common,
-        Some(model.forward_with_past(&ids, None, &positions, &mask)?.1),
+        Some(model.forward_with_past(&ids, &[], &positions, &mask)?.1),
     ))
 }
 /// The `k` best candidates after every prompt, best first, as (label index, score): the labels
@@ -630,10 +632,11 @@ impl<'a> TopSearch<'a> {
 /// Most prefixes expanded per prompt in one forward pass of the search.
 const EXPANSIONS_PER_PASS: usize = 64;
 
-/// `candidate_top_k` for prompts that fit whole: the common prefix once, then rounds of the
-/// search, each one forward pass per group of prompts that holds each prompt's own part followed
-/// by the trie nodes its expansions need (the expanded nodes and their ancestors), laid out and
-/// masked as in `shared_scores`.
+/// `candidate_top_k` for prompts that fit whole: the common prefix once; per group of prompts,
+/// each prompt's own part once (which expands the prompt itself), then rounds of the search, each
+/// one forward pass that holds, per prompt, the trie nodes its expansions need (the expanded
+/// nodes and their ancestors) attending to the common prefix and the prompt's own keys and
+/// values (`nodes_after_own_layout`).
 fn searched_top_k(
     model: &CausalLm,
     prompts: &[&[u32]],
@@ -649,10 +652,39 @@ fn searched_top_k(
     let n = trie.nodes.len();
     let (common, past) = common_prefix(model, prompts)?;
     let mut out = Vec::with_capacity(prompts.len());
+    let common_past: Vec<&KvCache> = past.iter().collect();
     // Groups as `shared_scores` makes them: a round never holds more than the whole trie.
     for range in prompt_groups(prompts, common, n, budget) {
         let group = &prompts[range];
         let mut states: Vec<SearchState> = group.iter().map(|_| search.start()).collect();
+        // Each prompt's own part (past the common prefix), once: its last hidden state scores
+        // the first tokens, and its keys and values serve every later round.
+        let rests: Vec<usize> = group.iter().map(|p| p.len() - common).collect();
+        let own_width = rests.iter().copied().max().unwrap_or(1);
+        let b = group.len();
+        let mut ids = Vec::with_capacity(b * own_width);
+        let mut allowed = Vec::with_capacity(b * own_width * (common + own_width));
+        let mut positions = Vec::with_capacity(b * own_width);
+        let no_nodes = Trie::new(&[]);
+        for (row, p) in group.iter().enumerate() {
+            ids.extend_from_slice(&p[common..]);
+            ids.resize((row + 1) * own_width, 0);
+            let (a, pos) = trie_row_layout(common, rests[row], &no_nodes, own_width);
+            allowed.extend(a);
+            positions.extend(pos);
+        }
+        let ids = Tensor::from_vec(ids, (b, own_width), device)?;
+        let mask = additive_mask(&allowed, &[b, own_width, common + own_width], dtype, device)?;
+        let (hidden, own) = model.forward_with_past(&ids, &common_past, &positions, &mask)?;
+        let flat = hidden.reshape((b * own_width, hidden.dim(2)?))?;
+        let contexts: Vec<u32> = (0..b)
+            .map(|row| (row * own_width + rests[row] - 1) as u32)
+            .collect();
+        let wanted = vec![search.wanted(Expand::Prompt); b];
+        let values = log_probs_at(model, &flat, &contexts, &wanted, vocab_rows)?;
+        for (state, v) in states.iter_mut().zip(&values) {
+            search.record(state, Expand::Prompt, v);
+        }
         loop {
             let rounds: Vec<Vec<Expand>> = states
                 .iter()
@@ -669,41 +701,54 @@ fn searched_top_k(
                 .iter()
                 .map(|r| sub_trie(&trie, &rounds[*r]))
                 .collect();
-            let width = active
+            let width = subs
                 .iter()
-                .zip(&subs)
-                .map(|(r, (sub, _))| group[*r].len() - common + sub.nodes.len())
+                .map(|(sub, _)| sub.nodes.len())
                 .max()
-                .unwrap_or(1);
+                .unwrap_or(1)
+                .max(1);
             let b = active.len();
+            let cols = common + own_width + width;
             let mut ids = Vec::with_capacity(b * width);
-            let mut allowed = Vec::with_capacity(b * width * (common + width));
+            let mut allowed = Vec::with_capacity(b * width * cols);
             let mut positions = Vec::with_capacity(b * width);
             // Per expansion (in `active`, then `rounds` order): the flat row of its context.
             let mut contexts: Vec<u32> = Vec::new();
             for (row, (r, (sub, local))) in active.iter().zip(&subs).enumerate() {
-                let rest = &group[*r][common..];
-                ids.extend_from_slice(rest);
                 ids.extend(sub.nodes.iter().map(|(_, tok, _)| *tok));
                 ids.resize((row + 1) * width, 0);
-                let (a, pos) = trie_row_layout(common, rest.len(), sub, width);
+                let (a, pos) = nodes_after_own_layout(common, rests[*r], own_width, sub, width);
                 allowed.extend(a);
                 positions.extend(pos);
                 for what in &rounds[*r] {
-                    let at = match what {
-                        Expand::Prompt => rest.len() - 1,
-                        Expand::Node(i) => rest.len() + local[*i].unwrap_or(0),
-                    };
-                    contexts.push((row * width + at) as u32);
+                    // The prompt itself was expanded before the rounds (`next` offers it first).
+                    if let Expand::Node(i) = what {
+                        contexts.push((row * width + local[*i].unwrap_or(0)) as u32);
+                    }
                 }
             }
             let ids = Tensor::from_vec(ids, (b, width), device)?;
-            let mask = additive_mask(&allowed, &[b, width, common + width], dtype, device)?;
-            let (hidden, _) = model.forward_with_past(&ids, past.as_ref(), &positions, &mask)?;
+            let mask = additive_mask(&allowed, &[b, width, cols], dtype, device)?;
+            let rows = Tensor::from_vec(
+                active.iter().map(|r| *r as u32).collect::<Vec<u32>>(),
+                b,
+                device,
+            )?;
+            let own_active = KvCache {
+                layers: own
+                    .layers
+                    .iter()
+                    .map(|(k, v)| Ok((k.index_select(&rows, 0)?, v.index_select(&rows, 0)?)))
+                    .collect::<Result<_>>()?,
+            };
+            let mut pasts = common_past.clone();
+            pasts.push(&own_active);
+            let (hidden, _) = model.forward_with_past(&ids, &pasts, &positions, &mask)?;
             let flat = hidden.reshape((b * width, hidden.dim(2)?))?;
             let expansions: Vec<(usize, Expand)> = active
                 .iter()
                 .flat_map(|r| rounds[*r].iter().map(move |w| (*r, *w)))
+                .filter(|(_, what)| matches!(what, Expand::Node(_)))
                 .collect();
             let wanted: Vec<Vec<u32>> = expansions
                 .iter()
@@ -717,6 +762,41 @@ fn searched_top_k(
         out.extend(states.iter().map(|s| search.result(s)));
     }
     Ok(out)
+}
+
+/// What a row of a search round attends to, on lengths alone: the row holds the trie's nodes,
+/// padded to `width`, after the `common` prefix and the prompt's own keys and values (`rest` of
+/// the `own_width` columns kept for it). Returns the mask (width x (common + own_width + width),
+/// row-major) and each token's position.
+pub fn nodes_after_own_layout(
+    common: usize,
+    rest: usize,
+    own_width: usize,
+    trie: &Trie,
+    width: usize,
+) -> (Vec<bool>, Vec<usize>) {
+    let before = common + own_width;
+    let cols = before + width;
+    let mut allowed = vec![false; width * cols];
+    let mut positions = Vec::with_capacity(width);
+    for i in 0..width {
+        let row = &mut allowed[i * cols..(i + 1) * cols];
+        if i < trie.nodes.len() {
+            // The whole prompt, then the node's ancestors and itself.
+            row[..common + rest].iter_mut().for_each(|a| *a = true);
+            let mut node = Some(i);
+            while let Some(k) = node {
+                row[before + k] = true;
+                node = trie.nodes[k].0;
+            }
+            positions.push(common + rest + trie.nodes[i].2);
+        } else {
+            // Padding sees itself only (never seen by a real token), so no row is all -inf.
+            row[before + i] = true;
+            positions.push(before + i);
+        }
+    }
+    (allowed, positions)
 }
 
 /// The nodes that expansions `rounds` need (the expanded nodes and their ancestors) as a trie of
@@ -986,5 +1066,18 @@ mod tests {
         assert_eq!(row(9), vec![11], "padding sees only itself");
         assert_eq!(positions[..4], [2, 3, 4, 5]);
         assert_eq!(positions[2 + 4], 6, "depth 2 after 4 prompt tokens");
+
+        // A search round: common 2, this prompt's own 2 of 3 kept columns, then 7 nodes of 8.
+        let (allowed, positions) = nodes_after_own_layout(2, 2, 3, &trie, 8);
+        let cols = 2 + 3 + 8;
+        let row =
+            |i: usize| -> Vec<usize> { (0..cols).filter(|j| allowed[i * cols + j]).collect() };
+        // Node 4 (5-7-9): the common prefix, its own two tokens (not the third, padding
+        // column), nodes 0 and 3 and itself.
+        assert_eq!(row(4), vec![0, 1, 2, 3, 5, 8, 9]);
+        assert_eq!(row(0), vec![0, 1, 2, 3, 5]);
+        assert_eq!(row(7), vec![12], "padding sees only itself");
+        assert_eq!(positions[4], 6, "depth 2 after 4 prompt tokens");
+        assert_eq!(positions[0], 4);
     }
 }

@@ -428,11 +428,12 @@ impl CausalLm {
         let t = ids.dim(1)?;
         let positions: Vec<usize> = (0..t).collect();
         let mask = causal_mask(t, self.dtype(), &self.device)?;
-        Ok(self.forward_with_past(ids, None, &positions, &mask)?.0)
+        Ok(self.forward_with_past(ids, &[], &positions, &mask)?.0)
     }
 
     /// The hidden states of `ids` (batch, t) that continue after `past` (the keys and values of
-    /// earlier positions, of batch 1 or `batch`), and the keys and values of these tokens.
+    /// earlier positions, in order: each of batch 1, shared by every row, or of `batch`), and the
+    /// keys and values of these tokens.
     /// `positions` gives each token's position, `t` of them (the same for every row) or
     /// `batch * t`; `mask` is added to the attention scores, (t, past + t) or
     /// (batch, t, past + t): 0 where a token may attend, -inf where not.
@@ -443,7 +444,7 @@ impl CausalLm {
     pub fn forward_with_past(
         &self,
         ids: &Tensor,
-        past: Option<&KvCache>,
+        past: &[&KvCache],
         positions: &[usize],
         mask: &Tensor,
     ) -> candle_core::Result<(Tensor, KvCache)> {
@@ -462,8 +463,8 @@ impl CausalLm {
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let normed = layer.input_norm.forward(&x, self.kernels)?;
-            let layer_past = past.map(|p| &p.layers[i]);
-            let (attn, kv) = self.attention(layer, &normed, &cos, &sin, &mask, layer_past)?;
+            let layer_past: Vec<&(Tensor, Tensor)> = past.iter().map(|p| &p.layers[i]).collect();
+            let (attn, kv) = self.attention(layer, &normed, &cos, &sin, &mask, &layer_past)?;
             cache.push(kv);
             x = (residual + attn)?;
             let residual = x.clone();
@@ -536,6 +537,23 @@ impl CausalLm {
         }
     }
 
+    /// The log-probabilities of `wanted[i]`'s tokens after hidden state row i of `hidden` (n,
+    /// hidden), with no gradient: evaluation's label scoring. With fused kernels the
+    /// vocabulary-sized logits exist a block at a time (`ops::cross_entropy`).
+    pub fn chosen_log_probs(
+        &self,
+        hidden: &Tensor,
+        wanted: &[Vec<u32>],
+    ) -> candle_core::Result<Vec<Vec<f64>>> {
+        let head = self.lm_head.detach();
+        match self.kernels {
+            Kernels::Fused => ops::cross_entropy::chosen_log_probs(hidden, &head, wanted),
+            Kernels::Composed => {
+                ops::cross_entropy::composed_chosen_log_probs(hidden, &head, wanted)
+            }
+        }
+    }
+
     /// The negative log-likelihood of `targets` (n,) at hidden states (n, hidden), from the
     /// head's logits without keeping them (`ops::cross_entropy`): what `logits` and a
     /// log-softmax give, in one pass. The head gets a gradient only when it trains. For f32/f64
@@ -551,7 +569,7 @@ impl CausalLm {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
-        past: Option<&(Tensor, Tensor)>,
+        past: &[&(Tensor, Tensor)],
     ) -> candle_core::Result<(Tensor, (Tensor, Tensor))> {
         let (b, t, _) = x.dims3()?;
         let nh = self.config.num_attention_heads;
@@ -577,24 +595,30 @@ impl CausalLm {
             .contiguous()?;
         let q = apply_rope(&q, cos, sin, self.kernels)?;
         let k = apply_rope(&k, cos, sin, self.kernels)?;
-        let (k_all, v_all) = match past {
-            Some((pk, pv)) => {
-                // A past of batch 1 serves every row: broadcast, whose backward sums the rows'
-                // gradients into the one shared prefix.
-                let (pb, _, p, _) = pk.dims4()?;
-                let widen = |x: &Tensor| -> candle_core::Result<Tensor> {
-                    if pb == b {
-                        Ok(x.clone())
-                    } else {
-                        x.broadcast_as((b, nkv, p, hd))
-                    }
-                };
-                (
-                    Tensor::cat(&[&widen(pk)?, &k], 2)?,
-                    Tensor::cat(&[&widen(pv)?, &v], 2)?,
-                )
-            }
-            None => (k.clone(), v.clone()),
+        let (k_all, v_all) = if past.is_empty() {
+            (k.clone(), v.clone())
+        } else {
+            // A past of batch 1 serves every row: broadcast, whose backward sums the rows'
+            // gradients into the one shared prefix.
+            let widen = |x: &Tensor| -> candle_core::Result<Tensor> {
+                let (pb, _, p, _) = x.dims4()?;
+                if pb == b {
+                    Ok(x.clone())
+                } else {
+                    x.broadcast_as((b, nkv, p, hd))
+                }
+            };
+            let mut ks = past
+                .iter()
+                .map(|(pk, _)| widen(pk))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let mut vs = past
+                .iter()
+                .map(|(_, pv)| widen(pv))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            ks.push(k.clone());
+            vs.push(v.clone());
+            (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?)
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let out = match self.kernels {

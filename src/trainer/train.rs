@@ -110,7 +110,7 @@ pub fn load_model(
 /// Runs the trial in `dir`: writes metrics.jsonl, checkpoint/ (best epoch) and result.json, and
 /// hands every progress event to `emit` (the CLI prints them for the orchestrator).
 pub fn run_trial(dir: &Path, mut emit: impl FnMut(&ProgressEvent)) -> Result<TrialResult> {
-    crate::trainer::ops::cpu::park_idle_threads();
+    crate::trainer::ops::cpu::tune_process();
     let started = Instant::now();
     let cfg = TrialConfig::read(dir)?;
     let p = &cfg.params;

@@ -1,7 +1,8 @@
 //! Shared-prefix scoring and training against the plain computation: candidate scores from one
 //! prompt pass and a label trie equal every (prompt, label) sequence scored whole (the tiny base
 //! through a chat template, with and without LoRA, and Qwen2's biases and grouped heads), and the
-//! search for the best labels finds the labels those scores rank first; and
+//! search for the best labels finds the labels those scores rank first; the dev loss with the
+//! dev set's common prefix computed once equals the plain mean; and
 //! gradients with each micro-batch's common prefix computed once equal the plain gradients (sft,
 //! LoRA, micro-batches, two devices).
 
@@ -10,10 +11,11 @@ use sweep::spec::shape::ModelConfig;
 use sweep::spec::ModelSource;
 use sweep::stats::classify::{argmax, top_k};
 use sweep::text::data::load_examples;
-use sweep::text::encode::{answer_ids, prompt_ids, Seq};
+use sweep::text::encode::{answer_ids, prompt_ids, supervised, Seq};
 use sweep::text::tokenizer::load_tokenizer;
+use sweep::trainer::batch::{make_batch, token_nll};
 use sweep::trainer::eval::{
-    candidate_scores, candidate_scores_plain, candidate_top_k, candidate_top_k_by_search,
+    candidate_scores, candidate_scores_plain, candidate_top_k, candidate_top_k_by_search, dev_loss,
     Candidates,
 };
 use sweep::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
@@ -113,6 +115,29 @@ fn shared_scoring_equals_whole_sequences_through_a_chat_template_with_and_withou
             .unwrap();
             let d = worst(&shared, &plain);
             assert!(d < 1e-4, "max_len {max_len}, eval_batch {eval_batch}: {d}");
+            // The dev loss with the dev set's common prefix computed once: the plain mean.
+            let seqs: Vec<Seq> = dev
+                .iter()
+                .zip(&prompts)
+                .map(|(e, p)| {
+                    let a = answer_ids(&tok, e.tgt.as_deref().unwrap()).unwrap();
+                    supervised(p, &a, false, max_len, e.line).unwrap()
+                })
+                .collect();
+            let refs: Vec<&Seq> = seqs.iter().collect();
+            let batch = make_batch(&refs, 0, &Device::Cpu).unwrap();
+            let plain_loss = token_nll(&model.detached(), &batch)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+                / batch.tokens as f64;
+            let shared_loss = dev_loss(&model, &seqs, 0, eval_batch).unwrap();
+            assert!(
+                (shared_loss - plain_loss).abs() < 1e-5 * plain_loss.max(1.0),
+                "dev loss, max_len {max_len}, eval_batch {eval_batch}: {shared_loss} vs {plain_loss}"
+            );
             assert!(shared.iter().flatten().all(|s| s.is_finite() && *s < 0.0));
             // The search for the best three labels: the labels the full scores rank first, in
             // their order (ties: lower index), with the same scores.

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::cpu::{dot, matmul, runs_fused, slice_of, Data, Real, View};
+use super::cpu::{self, dot, matmul, runs_fused, slice_of, Data, Real, View};
 
 /// Query rows per block: each block's scores (rows x s) are the only transient.
 const ROW_BLOCK: usize = 64;
@@ -155,23 +155,16 @@ impl FusedAttention {
                     for i in 0..rows {
                         let row = &mut probs[i * s..i * s + seen];
                         let m_row = &mask[(r0 + i) * s..];
-                        let mut max = T::neg_infinity();
-                        for (p, m) in row.iter_mut().zip(m_row) {
-                            *p += *m;
-                            if *p > max {
-                                max = *p;
-                            }
-                        }
+                        row.iter_mut().zip(m_row).for_each(|(p, m)| *p += *m);
+                        let max = cpu::max(row);
                         if max == T::neg_infinity() {
                             row.iter_mut().for_each(|p| *p = T::zero());
                             lse[r0 + i] = T::neg_infinity();
                             continue;
                         }
-                        let mut sum = T::zero();
-                        for p in row.iter_mut() {
-                            *p = (*p - max).exp();
-                            sum += *p;
-                        }
+                        row.iter_mut().for_each(|p| *p -= max);
+                        T::exp_in_place(row);
+                        let sum = cpu::sum(row);
                         let inv = T::one() / sum;
                         row.iter_mut().for_each(|p| *p *= inv);
                         lse[r0 + i] = max + sum.ln();
@@ -269,12 +262,13 @@ impl FusedAttention {
                             let p_row = &mut probs[i * s..i * s + seen];
                             let dp_row = &mut dprobs[i * s..i * s + seen];
                             let m_row = &mask[row * s..];
-                            for ((p, dp), m) in p_row.iter_mut().zip(dp_row.iter_mut()).zip(m_row) {
-                                *p = if l == T::neg_infinity() {
-                                    T::zero()
-                                } else {
-                                    (*p + *m - l).exp()
-                                };
+                            if l == T::neg_infinity() {
+                                p_row.iter_mut().for_each(|p| *p = T::zero());
+                            } else {
+                                p_row.iter_mut().zip(m_row).for_each(|(p, m)| *p += *m - l);
+                                T::exp_in_place(p_row);
+                            }
+                            for (p, dp) in p_row.iter().zip(dp_row.iter_mut()) {
                                 // The score's gradient, in place of the probability's.
                                 *dp = *p * (*dp - d_i);
                             }

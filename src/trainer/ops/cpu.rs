@@ -7,8 +7,17 @@ use candle_core::{bail, CpuStorage, Layout, Result, Storage, StorageRef, Tensor,
 
 /// The element types the fused kernels compute in: f32 for training, f64 for the tests'
 /// finite differences.
-pub trait Real: WithDType + num_traits::Float + num_traits::NumAssign + Send + Sync {}
-impl Real for f32 {}
+pub trait Real: WithDType + num_traits::Float + num_traits::NumAssign + Send + Sync {
+    /// `xs[i] = exp(xs[i])`: vectorised for f32 (`ops::exp`), where the kernels' time goes.
+    fn exp_in_place(xs: &mut [Self]) {
+        xs.iter_mut().for_each(|x| *x = x.exp());
+    }
+}
+impl Real for f32 {
+    fn exp_in_place(xs: &mut [f32]) {
+        super::exp::exp_in_place(xs);
+    }
+}
 impl Real for f64 {}
 
 /// Whether the fused kernels compute tensors of this device and dtype (CPU, f32 or f64); any
@@ -197,6 +206,45 @@ pub fn park_idle_threads() {
     }
 }
 
+/// The process settings the CPU trainer wants, before its first tensor op: candle's idle threads
+/// sleep (`park_idle_threads`) and freed memory is kept for the next step (`keep_freed_memory`).
+pub fn tune_process() {
+    park_idle_threads();
+    keep_freed_memory();
+}
+
+/// Blocks below this many bytes come from malloc's heap and, once freed, stay there for the next
+/// step (`keep_freed_memory`).
+pub const KEEP_FREED_BELOW: usize = 256 << 20;
+
+/// Makes glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+///
+/// Why: a training step allocates and frees the same tensors every step. By default glibc maps
+/// every block over 128 KiB (up to 32 MiB as it adapts) and unmaps it when freed, and trims the
+/// heap's top, so each step pays again for page faults and the kernel zeroing its pages
+/// (a tenth of a `tiny` LoRA step in perf). With both thresholds at `KEEP_FREED_BELOW`, measured
+/// with `train_speed` (tiny, 16 x 64, 60 steps, 3 runs each): LoRA 19,000-21,600 to
+/// 26,900-37,400 tokens/s, SFT 26,800-30,000 to 28,200-32,300; peak memory within 1 MB.
+/// Settings the user gave glibc (`GLIBC_TUNABLES`, `MALLOC_*_`) are kept.
+pub fn keep_freed_memory() {
+    let user_set = std::env::vars_os().any(|(k, v)| {
+        let (k, v) = (k.to_string_lossy(), v.to_string_lossy());
+        k.starts_with("MALLOC_") || (k == "GLIBC_TUNABLES" && v.contains("glibc.malloc."))
+    });
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if !user_set {
+        let bytes = KEEP_FREED_BELOW as libc::c_int;
+        // SAFETY: mallopt only changes two of malloc's thresholds; it is called before the
+        // trainer's threads start allocating, and is safe to call at any time anyway.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, bytes);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, bytes);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = user_set;
+}
+
 /// `sum(a[i] * b[i])` in eight independent lanes, so that the compiler vectorises it (one running
 /// sum is a chain of dependent additions it may not reorder).
 pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
@@ -214,9 +262,49 @@ pub fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     sum
 }
 
+/// `sum(xs[i])` in eight independent lanes, so that the compiler vectorises it (as `dot`).
+pub fn sum<T: Real>(xs: &[T]) -> T {
+    let mut lanes = [T::zero(); 8];
+    let chunks = xs.len() / 8 * 8;
+    for c in xs[..chunks].chunks_exact(8) {
+        for k in 0..8 {
+            lanes[k] += c[k];
+        }
+    }
+    let total = lanes.iter().fold(T::zero(), |s, &l| s + l);
+    xs[chunks..].iter().fold(total, |s, &x| s + x)
+}
+
+/// The largest of `xs` (-inf when empty), in eight lanes as `sum`.
+pub fn max<T: Real>(xs: &[T]) -> T {
+    let mut lanes = [T::neg_infinity(); 8];
+    let chunks = xs.len() / 8 * 8;
+    for c in xs[..chunks].chunks_exact(8) {
+        for k in 0..8 {
+            lanes[k] = if c[k] > lanes[k] { c[k] } else { lanes[k] };
+        }
+    }
+    let most = lanes
+        .iter()
+        .fold(T::neg_infinity(), |m, &l| if l > m { l } else { m });
+    xs[chunks..]
+        .iter()
+        .fold(most, |m, &x| if x > m { x } else { m })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sum_and_max_see_every_element_whatever_the_length() {
+        for n in [0usize, 1, 7, 8, 9, 17, 64] {
+            let xs: Vec<f64> = (0..n).map(|i| ((i * 7) % 11) as f64 - 3.0).collect();
+            assert_eq!(sum(&xs), xs.iter().sum::<f64>(), "n = {n}");
+            let want = xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(max(&xs), want, "n = {n}");
+        }
+    }
 
     #[test]
     fn matmul_on_views_matches_the_definition() {

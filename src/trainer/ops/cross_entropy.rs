@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::cpu::{dot, matmul, runs_fused, slice_of, Data, Real, View};
+use super::cpu::{self, dot, matmul, runs_fused, slice_of, Data, Real, View};
 
 /// Positions per block.
 const ROW_BLOCK: usize = 128;
@@ -68,6 +68,99 @@ pub fn composed_linear_nll(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -
     let logits = hidden.matmul(&weight.t()?)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+}
+
+/// The log-probabilities of chosen tokens after each hidden state: `wanted[i]`'s tokens under
+/// `softmax(hidden[i] weight^T)`, for `hidden` (n, h) and `weight` (V, h), with no gradient
+/// (evaluation's label scoring). Fused on the CPU in f32/f64: the logits exist a block at a
+/// time, and only the wanted tokens' logits are computed whole (one dot product each); composed
+/// elsewhere.
+pub fn chosen_log_probs(
+    hidden: &Tensor,
+    weight: &Tensor,
+    wanted: &[Vec<u32>],
+) -> Result<Vec<Vec<f64>>> {
+    let (n, h) = hidden.dims2()?;
+    let (vocab, wh) = weight.dims2()?;
+    if wh != h || wanted.len() != n {
+        bail!(
+            "chosen log-probabilities: hidden {:?}, weight {:?}, {} rows of tokens",
+            hidden.dims(),
+            weight.dims(),
+            wanted.len()
+        );
+    }
+    if let Some(t) = wanted.iter().flatten().find(|t| **t as usize >= vocab) {
+        bail!("chosen log-probabilities: token {t} outside a vocabulary of {vocab}");
+    }
+    if !runs_fused(hidden) || n == 0 {
+        return composed_chosen_log_probs(hidden, weight, wanted);
+    }
+    let op = FusedLinearNll {
+        targets: Vec::new(),
+        row_block: ROW_BLOCK,
+        vocab_chunk: VOCAB_CHUNK,
+        lse: Mutex::new(None),
+    };
+    let d = Dims { n, h, vocab };
+    let weight = weight.to_dtype(hidden.dtype())?;
+    macro_rules! run {
+        ($t:ty) => {
+            cpu::with_slice::<$t, _>(hidden, "chosen log-probabilities", |hs| {
+                cpu::with_slice::<$t, _>(&weight, "chosen log-probabilities", |ws| {
+                    let lse = op.log_sum_exp(hs, ws, d)?;
+                    Ok(wanted
+                        .iter()
+                        .enumerate()
+                        .map(|(i, toks)| {
+                            let row = &hs[i * h..(i + 1) * h];
+                            toks.iter()
+                                .map(|t| {
+                                    let t = *t as usize;
+                                    (dot(row, &ws[t * h..(t + 1) * h]) - lse[i]) as f64
+                                })
+                                .collect()
+                        })
+                        .collect())
+                })
+            })
+        };
+    }
+    match hidden.dtype() {
+        candle_core::DType::F32 => run!(f32),
+        _ => run!(f64),
+    }
+}
+
+/// `chosen_log_probs` from candle's ops: the whole (n, V) logits and their log-softmax.
+pub fn composed_chosen_log_probs(
+    hidden: &Tensor,
+    weight: &Tensor,
+    wanted: &[Vec<u32>],
+) -> Result<Vec<Vec<f64>>> {
+    let vocab = weight.dim(0)?;
+    let logits = hidden
+        .matmul(&weight.to_dtype(hidden.dtype())?.t()?)?
+        .to_dtype(candle_core::DType::F32)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.flatten_all()?;
+    let flat_index: Vec<u32> = wanted
+        .iter()
+        .enumerate()
+        .flat_map(|(c, toks)| toks.iter().map(move |t| (c * vocab + *t as usize) as u32))
+        .collect();
+    let picked = flat_index.len();
+    let values = logp
+        .index_select(&Tensor::from_vec(flat_index, picked, hidden.device())?, 0)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1::<f64>()?;
+    let mut at = 0;
+    Ok(wanted
+        .iter()
+        .map(|toks| {
+            at += toks.len();
+            values[at - toks.len()..at].to_vec()
+        })
+        .collect())
 }
 
 struct FusedLinearNll {
@@ -136,7 +229,9 @@ impl FusedLinearNll {
         for i in 0..rows {
             let (l, g) = (lse[r0 + i], grad[r0 + i]);
             let row = &mut buf[i * self.vocab_chunk..i * self.vocab_chunk + width];
-            row.iter_mut().for_each(|z| *z = (*z - l).exp() * g);
+            row.iter_mut().for_each(|z| *z -= l);
+            T::exp_in_place(row);
+            row.iter_mut().for_each(|z| *z *= g);
             let target = self.targets[r0 + i] as usize;
             if (c0..c0 + width).contains(&target) {
                 row[target - c0] -= g;
@@ -147,6 +242,23 @@ impl FusedLinearNll {
 
     /// Each position's log-sum-exp and negative log-likelihood.
     fn forward<T: Real>(&self, hidden: &[T], weight: &[T], d: Dims) -> Result<(Vec<T>, Vec<T>)> {
+        let lse = self.log_sum_exp(hidden, weight, d)?;
+        let nll = lse
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let t = self.targets[i] as usize;
+                *l - dot(
+                    &hidden[i * d.h..(i + 1) * d.h],
+                    &weight[t * d.h..(t + 1) * d.h],
+                )
+            })
+            .collect();
+        Ok((lse, nll))
+    }
+
+    /// Each position's log-sum-exp of its logits, a block at a time.
+    fn log_sum_exp<T: Real>(&self, hidden: &[T], weight: &[T], d: Dims) -> Result<Vec<T>> {
         let (row_blocks, chunks) = self.blocks(d);
         // Per (row block, vocabulary chunk): each row's (max, sum of exp(z - max)) there.
         let partials: Vec<Vec<(T, T)>> = (0..row_blocks * chunks)
@@ -161,19 +273,17 @@ impl FusedLinearNll {
                 self.logits(&mut buf, hidden, weight, d, r0, rows, c0, width)?;
                 Ok((0..rows)
                     .map(|i| {
-                        let row = &buf[i * self.vocab_chunk..i * self.vocab_chunk + width];
-                        let max = row
-                            .iter()
-                            .fold(T::neg_infinity(), |m, z| if *z > m { *z } else { m });
-                        let sum = row.iter().fold(T::zero(), |s, z| s + (*z - max).exp());
-                        (max, sum)
+                        let row = &mut buf[i * self.vocab_chunk..i * self.vocab_chunk + width];
+                        let max = cpu::max(row);
+                        row.iter_mut().for_each(|z| *z -= max);
+                        T::exp_in_place(row);
+                        (max, cpu::sum(row))
                     })
                     .collect())
             })
             .collect::<Result<_>>()?;
         let mut lse = vec![T::zero(); d.n];
-        let mut nll = vec![T::zero(); d.n];
-        for (i, (l, out)) in lse.iter_mut().zip(nll.iter_mut()).enumerate() {
+        for (i, l) in lse.iter_mut().enumerate() {
             let (rb, within) = (i / self.row_block, i % self.row_block);
             let parts = &partials[rb * chunks..(rb + 1) * chunks];
             let max = parts
@@ -184,14 +294,8 @@ impl FusedLinearNll {
                 s + p[within].1 * (p[within].0 - max).exp()
             });
             *l = max + sum.ln();
-            let t = self.targets[i] as usize;
-            let target_logit = dot(
-                &hidden[i * d.h..(i + 1) * d.h],
-                &weight[t * d.h..(t + 1) * d.h],
-            );
-            *out = *l - target_logit;
         }
-        Ok((lse, nll))
+        Ok(lse)
     }
 
     /// The gradients of the hidden states and, when `weight_grad`, of the weight.
@@ -477,6 +581,80 @@ mod tests {
                 ) < 1e-12
             );
         }
+    }
+
+    #[test]
+    fn chosen_log_probs_equal_the_composed_ones() {
+        let mut rng = SplitMix64::new(11);
+        let wanted: Vec<Vec<u32>> = vec![
+            vec![0, 12],
+            vec![],
+            vec![5],
+            vec![3, 4, 11],
+            vec![8],
+            vec![12],
+        ];
+        for dtype in [DType::F32, DType::F64] {
+            let hidden = random(&mut rng, &[N, H], dtype);
+            let weight = random(&mut rng, &[V, H], dtype);
+            let fused = chosen_log_probs(&hidden, &weight, &wanted).unwrap();
+            let composed = composed_chosen_log_probs(&hidden, &weight, &wanted).unwrap();
+            assert_eq!(fused.len(), N);
+            for (f, c) in fused.iter().zip(&composed) {
+                assert_eq!(f.len(), c.len());
+                for (a, b) in f.iter().zip(c) {
+                    assert!((a - b).abs() < 1e-5, "{dtype:?}: {a} against {b}");
+                }
+            }
+            // Across vocabulary blocks too: chunks of 4 entries, rows one block each.
+            let op = FusedLinearNll {
+                targets: Vec::new(),
+                row_block: 2,
+                vocab_chunk: 4,
+                lse: Mutex::new(None),
+            };
+            let d = Dims {
+                n: N,
+                h: H,
+                vocab: V,
+            };
+            let hs = hidden
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let ws = weight
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let lse = op.log_sum_exp(&hs, &ws, d).unwrap();
+            let logits = hidden
+                .to_dtype(DType::F64)
+                .unwrap()
+                .matmul(&weight.to_dtype(DType::F64).unwrap().t().unwrap())
+                .unwrap();
+            let want: Vec<f64> = logits
+                .exp()
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .log()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (a, b) in lse.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{dtype:?} blocks: {a} against {b}");
+            }
+        }
+        let hidden = random(&mut rng, &[1, H], DType::F32);
+        let weight = random(&mut rng, &[V, H], DType::F32);
+        assert!(chosen_log_probs(&hidden, &weight, &[vec![V as u32]]).is_err());
+        assert!(chosen_log_probs(&hidden, &weight, &[vec![0], vec![1]]).is_err());
     }
 
     #[test]

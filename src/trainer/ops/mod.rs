@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod cross_entropy;
 #[cfg(test)]
 mod equivalence;
+pub mod exp;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;

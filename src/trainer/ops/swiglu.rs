@@ -27,8 +27,11 @@ const NAME: &str = "fused-swiglu";
 
 struct SwiGlu;
 
-fn sigmoid<T: Real>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
+/// `out[i] = sigmoid(x[i])`, through one vectorised `exp` pass.
+fn sigmoid<T: Real>(x: &[T], out: &mut [T]) {
+    out.iter_mut().zip(x).for_each(|(o, x)| *o = -*x);
+    T::exp_in_place(out);
+    out.iter_mut().for_each(|o| *o = T::one() / (T::one() + *o));
 }
 
 fn forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
@@ -39,8 +42,9 @@ fn forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
                 .zip(up.par_chunks(MIN_TASK_ELEMENTS)),
         )
         .for_each(|(y, (g, u))| {
+            sigmoid(g, y);
             for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                *y = g * sigmoid(g) * u;
+                *y = g * *y * u;
             }
         });
     out
@@ -60,8 +64,10 @@ fn backward<T: Real>(gate: &[T], up: &[T], grad: &[T]) -> (Vec<T>, Vec<T>) {
                 .zip(grad.par_chunks(n)),
         )
         .for_each(|((dg, du), ((g, u), gr))| {
+            // dg holds the sigmoid until it is overwritten with the gradient.
+            sigmoid(g, dg);
             for i in 0..dg.len() {
-                let s = sigmoid(g[i]);
+                let s = dg[i];
                 du[i] = gr[i] * g[i] * s;
                 dg[i] = gr[i] * u[i] * s * (T::one() + g[i] * (T::one() - s));
             }
