@@ -618,21 +618,13 @@ mod tests {
                 h: H,
                 vocab: V,
             };
-            let hs = hidden
-                .to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            let ws = weight
-                .to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            let lse = op.log_sum_exp(&hs, &ws, d).unwrap();
+            let f64s = |t: &Tensor| -> Vec<f64> {
+                t.to_dtype(DType::F64)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1())
+                    .unwrap()
+            };
+            let lse = op.log_sum_exp(&f64s(&hidden), &f64s(&weight), d).unwrap();
             let logits = hidden
                 .to_dtype(DType::F64)
                 .unwrap()
