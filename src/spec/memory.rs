@@ -104,14 +104,15 @@ const COMPOSED: Coefficients = Coefficients {
 /// attention keeps no score-sized tensor (one log-sum-exp per row), and the training loss never
 /// holds vocabulary-sized rows; what remains vocabulary-sized is evaluation's label scoring
 /// (logits and log-softmax of at most `MAX_EVAL_BATCH` examples' answers at once), which the
-/// composed coefficients' training vocabulary already covers. Measured with
-/// `train_speed --kernels fused`: the 135M shape at 4 x 128 peaks at 2,937 MiB (sft) and
-/// 1,904 MiB (LoRA), against 4,595 and 3,850 composed.
+/// composed coefficients' training vocabulary already covers. An adapted projection is one op
+/// (`ops::lora`) that keeps no tensor of its own. Measured with `train_speed --kernels fused`:
+/// the 135M shape at 4 x 128 peaks at 2,937 MiB (sft) and 1,278 MiB (LoRA), against 4,595 and
+/// 3,850 composed.
 const FUSED: Coefficients = Coefficients {
     per_token_hidden: 7.0,
     per_token_intermediate: 7.0,
     per_score: 0.0,
-    per_adapted_output: 2.0,
+    per_adapted_output: 0.0,
     per_counted_vocab: 0.0,
     per_scored_vocab: 2.0,
 };

@@ -66,9 +66,23 @@ struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// With fused kernels, an adapted projection is one op (`ops::lora`) where it can be.
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> candle_core::Result<Tensor> {
         let (b, t, i) = x.dims3()?;
         let flat = x.reshape((b * t, i))?;
+        let fused_lora = self.lora.as_ref().filter(|l| {
+            kernels == Kernels::Fused
+                && self.frozen
+                && ops::lora::fuses(&flat, &self.weight, &l.a, &l.b)
+        });
+        if let Some(l) = fused_lora {
+            let mut y = ops::lora::lora_linear(&flat, &self.weight, &l.a, &l.b, l.scale)?;
+            if let Some(bias) = &self.bias {
+                y = y.broadcast_add(bias)?;
+            }
+            let out = y.dim(1)?;
+            return y.reshape((b, t, out));
+        }
         let mut y = if self.frozen {
             frozen_matmul(&flat, &self.weight)?
         } else {
@@ -469,11 +483,16 @@ impl CausalLm {
             x = (residual + attn)?;
             let residual = x.clone();
             let normed = layer.post_norm.forward(&x, self.kernels)?;
-            let (gate, up) = (layer.gate.forward(&normed)?, layer.up.forward(&normed)?);
-            let mlp = layer.down.forward(&match self.kernels {
+            let k = self.kernels;
+            let (gate, up) = (
+                layer.gate.forward(&normed, k)?,
+                layer.up.forward(&normed, k)?,
+            );
+            let act = match k {
                 Kernels::Fused => ops::swiglu::swiglu(&gate, &up)?,
                 Kernels::Composed => ops::swiglu::swiglu_composed(&gate, &up)?,
-            })?;
+            };
+            let mlp = layer.down.forward(&act, k)?;
             x = (residual + mlp)?;
         }
         Ok((
@@ -577,19 +596,19 @@ impl CausalLm {
         let hd = self.config.head_dim();
         let q = layer
             .q
-            .forward(x)?
+            .forward(x, self.kernels)?
             .reshape((b, t, nh, hd))?
             .transpose(1, 2)?
             .contiguous()?;
         let k = layer
             .k
-            .forward(x)?
+            .forward(x, self.kernels)?
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
         let v = layer
             .v
-            .forward(x)?
+            .forward(x, self.kernels)?
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -628,7 +647,7 @@ impl CausalLm {
             }
         };
         let out = out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        Ok((layer.o.forward(&out)?, (k, v)))
+        Ok((layer.o.forward(&out, self.kernels)?, (k, v)))
     }
 
     /// cos/sin tables for `positions`: (t, head_dim) when they are one row's, (batch, 1, t,

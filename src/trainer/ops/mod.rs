@@ -20,6 +20,7 @@ pub mod cross_entropy;
 #[cfg(test)]
 mod equivalence;
 pub mod exp;
+pub mod lora;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;
