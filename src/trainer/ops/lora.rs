@@ -71,10 +71,11 @@ struct Dims {
 }
 
 impl Dims {
-    /// Rows per rayon task: a few tasks per thread, and enough rows for gemm to be efficient.
+    /// Rows per rayon task: one block per thread (each block costs its own small gemm calls,
+    /// whose fixed cost dominates on small shapes), at least 16 rows.
     fn row_block(&self) -> usize {
         let threads = rayon::current_num_threads().max(1);
-        self.n.div_ceil(2 * threads).max(16)
+        self.n.div_ceil(threads).max(16)
     }
 }
 
