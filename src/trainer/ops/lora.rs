@@ -79,6 +79,23 @@ impl Dims {
     }
 }
 
+/// `scale x A^T` for a block of `rows` rows of `x`: the adapter's rank-sized intermediate, which
+/// the backward recomputes rather than keeps.
+fn scaled_low<T: Real>(xb: &[T], rows: usize, a: &[T], d: Dims, scale: T) -> Result<Vec<T>> {
+    let mut low = vec![T::zero(); rows * d.rank];
+    matmul(
+        &mut low,
+        View::rows(rows, d.rank, d.rank),
+        false,
+        xb,
+        View::rows(rows, d.inp, d.inp),
+        a,
+        View::rows(d.rank, d.inp, d.inp).t(),
+        scale,
+    )?;
+    Ok(low)
+}
+
 fn forward<T: Real>(x: &[T], w: &[T], a: &[T], b: &[T], d: Dims, scale: T) -> Result<Vec<T>> {
     let mut y = vec![T::zero(); d.n * d.out];
     let block = d.row_block();
@@ -99,18 +116,8 @@ fn forward<T: Real>(x: &[T], w: &[T], a: &[T], b: &[T], d: Dims, scale: T) -> Re
                 View::rows(d.out, d.inp, d.inp).t(),
                 T::one(),
             )?;
-            let mut low = vec![T::zero(); rows * d.rank];
             let lv = View::rows(rows, d.rank, d.rank);
-            matmul(
-                &mut low,
-                lv,
-                false,
-                xb,
-                xv,
-                a,
-                View::rows(d.rank, d.inp, d.inp).t(),
-                scale,
-            )?;
+            let low = scaled_low(xb, rows, a, d, scale)?;
             matmul(
                 yb,
                 yv,
@@ -172,17 +179,7 @@ fn backward<T: Real>(
                 View::rows(d.out, d.rank, d.rank),
                 T::one(),
             )?;
-            let mut low = vec![T::zero(); rows * d.rank];
-            matmul(
-                &mut low,
-                lv,
-                false,
-                xb,
-                xv,
-                a,
-                View::rows(d.rank, d.inp, d.inp).t(),
-                scale,
-            )?;
+            let low = scaled_low(xb, rows, a, d, scale)?;
             if let Some(dxb) = dxb {
                 matmul(
                     dxb,
