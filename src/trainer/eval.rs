@@ -47,9 +47,6 @@ pub fn dev_loss(model: &CausalLm, seqs: &[Seq], pad: u32, eval_batch: usize) -> 
                 (token_nll(model, &batch)?, batch)
             }
         };
-        if batch.tokens == 0 {
-            continue;
-        }
         total += nll
             .sum_all()?
             .to_dtype(candle_core::DType::F64)?

@@ -53,8 +53,10 @@ fn linear_nll_in_blocks(
     }
     let op = FusedLinearNll {
         targets,
-        row_block,
-        vocab_chunk,
+        blocking: Blocking {
+            row_block,
+            vocab_chunk,
+        },
         lse: Mutex::new(None),
     };
     hidden
@@ -96,19 +98,13 @@ pub fn chosen_log_probs(
     if !runs_fused(hidden) || n == 0 {
         return composed_chosen_log_probs(hidden, weight, wanted);
     }
-    let op = FusedLinearNll {
-        targets: Vec::new(),
-        row_block: ROW_BLOCK,
-        vocab_chunk: VOCAB_CHUNK,
-        lse: Mutex::new(None),
-    };
     let d = Dims { n, h, vocab };
     let weight = weight.to_dtype(hidden.dtype())?;
     macro_rules! run {
         ($t:ty) => {
             cpu::with_slice::<$t, _>(hidden, "chosen log-probabilities", |hs| {
                 cpu::with_slice::<$t, _>(&weight, "chosen log-probabilities", |ws| {
-                    let lse = op.log_sum_exp(hs, ws, d)?;
+                    let lse = BLOCKING.log_sum_exp(hs, ws, d)?;
                     Ok(wanted
                         .iter()
                         .enumerate()
@@ -163,10 +159,23 @@ pub fn composed_chosen_log_probs(
         .collect())
 }
 
-struct FusedLinearNll {
-    targets: Vec<u32>,
+/// How the logits are cut into blocks: `row_block` positions by `vocab_chunk` vocabulary
+/// entries, a block's logits (rows x chunk) the only transient.
+#[derive(Clone, Copy)]
+struct Blocking {
     row_block: usize,
     vocab_chunk: usize,
+}
+
+/// The default blocks.
+const BLOCKING: Blocking = Blocking {
+    row_block: ROW_BLOCK,
+    vocab_chunk: VOCAB_CHUNK,
+};
+
+struct FusedLinearNll {
+    targets: Vec<u32>,
+    blocking: Blocking,
     /// Each position's log-sum-exp of its logits, set by the forward.
     lse: Mutex<Option<CpuStorage>>,
 }
@@ -178,7 +187,7 @@ struct Dims {
     vocab: usize,
 }
 
-impl FusedLinearNll {
+impl Blocking {
     fn blocks(&self, d: Dims) -> (usize, usize) {
         (
             d.n.div_ceil(self.row_block),
@@ -210,51 +219,6 @@ impl FusedLinearNll {
             View::rows(width, d.h, d.h).t(),
             T::one(),
         )
-    }
-
-    /// `grad * (softmax - one-hot)` of rows `r0..` for the vocabulary `c0..`, in `buf`.
-    #[allow(clippy::too_many_arguments)]
-    fn logit_grads<T: Real>(
-        &self,
-        buf: &mut [T],
-        hidden: &[T],
-        weight: &[T],
-        lse: &[T],
-        grad: &[T],
-        d: Dims,
-        (r0, rows): (usize, usize),
-        (c0, width): (usize, usize),
-    ) -> Result<()> {
-        self.logits(buf, hidden, weight, d, r0, rows, c0, width)?;
-        for i in 0..rows {
-            let (l, g) = (lse[r0 + i], grad[r0 + i]);
-            let row = &mut buf[i * self.vocab_chunk..i * self.vocab_chunk + width];
-            row.iter_mut().for_each(|z| *z -= l);
-            T::exp_in_place(row);
-            row.iter_mut().for_each(|z| *z *= g);
-            let target = self.targets[r0 + i] as usize;
-            if (c0..c0 + width).contains(&target) {
-                row[target - c0] -= g;
-            }
-        }
-        Ok(())
-    }
-
-    /// Each position's log-sum-exp and negative log-likelihood.
-    fn forward<T: Real>(&self, hidden: &[T], weight: &[T], d: Dims) -> Result<(Vec<T>, Vec<T>)> {
-        let lse = self.log_sum_exp(hidden, weight, d)?;
-        let nll = lse
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let t = self.targets[i] as usize;
-                *l - dot(
-                    &hidden[i * d.h..(i + 1) * d.h],
-                    &weight[t * d.h..(t + 1) * d.h],
-                )
-            })
-            .collect();
-        Ok((lse, nll))
     }
 
     /// Each position's log-sum-exp of its logits, a block at a time.
@@ -297,6 +261,55 @@ impl FusedLinearNll {
         }
         Ok(lse)
     }
+}
+
+impl FusedLinearNll {
+    /// `grad * (softmax - one-hot)` of rows `r0..` for the vocabulary `c0..`, in `buf`.
+    #[allow(clippy::too_many_arguments)]
+    fn logit_grads<T: Real>(
+        &self,
+        buf: &mut [T],
+        hidden: &[T],
+        weight: &[T],
+        lse: &[T],
+        grad: &[T],
+        d: Dims,
+        (r0, rows): (usize, usize),
+        (c0, width): (usize, usize),
+    ) -> Result<()> {
+        self.blocking
+            .logits(buf, hidden, weight, d, r0, rows, c0, width)?;
+        for i in 0..rows {
+            let (l, g) = (lse[r0 + i], grad[r0 + i]);
+            let row =
+                &mut buf[i * self.blocking.vocab_chunk..i * self.blocking.vocab_chunk + width];
+            row.iter_mut().for_each(|z| *z -= l);
+            T::exp_in_place(row);
+            row.iter_mut().for_each(|z| *z *= g);
+            let target = self.targets[r0 + i] as usize;
+            if (c0..c0 + width).contains(&target) {
+                row[target - c0] -= g;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each position's log-sum-exp and negative log-likelihood.
+    fn forward<T: Real>(&self, hidden: &[T], weight: &[T], d: Dims) -> Result<(Vec<T>, Vec<T>)> {
+        let lse = self.blocking.log_sum_exp(hidden, weight, d)?;
+        let nll = lse
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let t = self.targets[i] as usize;
+                *l - dot(
+                    &hidden[i * d.h..(i + 1) * d.h],
+                    &weight[t * d.h..(t + 1) * d.h],
+                )
+            })
+            .collect();
+        Ok((lse, nll))
+    }
 
     /// The gradients of the hidden states and, when `weight_grad`, of the weight.
     fn backward<T: Real>(
@@ -308,21 +321,21 @@ impl FusedLinearNll {
         d: Dims,
         weight_grad: bool,
     ) -> Result<(Vec<T>, Option<Vec<T>>)> {
-        let (row_blocks, chunks) = self.blocks(d);
-        let block = self.row_block.min(d.n) * self.vocab_chunk;
+        let (row_blocks, chunks) = self.blocking.blocks(d);
+        let block = self.blocking.row_block.min(d.n) * self.blocking.vocab_chunk;
         let threads = rayon::current_num_threads();
         if !weight_grad && row_blocks >= 2 * threads {
             // Each task owns a block of rows of the hidden gradient and walks the vocabulary.
             let mut dh = vec![T::zero(); d.n * d.h];
-            dh.par_chunks_mut(self.row_block * d.h)
+            dh.par_chunks_mut(self.blocking.row_block * d.h)
                 .enumerate()
                 .try_for_each(|(rb, dh)| -> Result<()> {
-                    let r0 = rb * self.row_block;
-                    let rows = self.row_block.min(d.n - r0);
+                    let r0 = rb * self.blocking.row_block;
+                    let rows = self.blocking.row_block.min(d.n - r0);
                     let mut buf = vec![T::zero(); block];
                     for vc in 0..chunks {
-                        let c0 = vc * self.vocab_chunk;
-                        let width = self.vocab_chunk.min(d.vocab - c0);
+                        let c0 = vc * self.blocking.vocab_chunk;
+                        let width = self.blocking.vocab_chunk.min(d.vocab - c0);
                         self.logit_grads(
                             &mut buf,
                             hidden,
@@ -338,7 +351,7 @@ impl FusedLinearNll {
                             View::rows(rows, d.h, d.h),
                             true,
                             &buf,
-                            View::rows(rows, width, self.vocab_chunk),
+                            View::rows(rows, width, self.blocking.vocab_chunk),
                             &weight[c0 * d.h..],
                             View::rows(width, d.h, d.h),
                             T::one(),
@@ -353,7 +366,9 @@ impl FusedLinearNll {
         // Also the frozen head's way when there are too few rows to share out.
         let mut dw = vec![T::zero(); if weight_grad { d.vocab * d.h } else { 0 }];
         let slots: Vec<Option<&mut [T]>> = if weight_grad {
-            dw.chunks_mut(self.vocab_chunk * d.h).map(Some).collect()
+            dw.chunks_mut(self.blocking.vocab_chunk * d.h)
+                .map(Some)
+                .collect()
         } else {
             (0..chunks).map(|_| None).collect()
         };
@@ -365,12 +380,12 @@ impl FusedLinearNll {
             .try_fold(
                 || vec![T::zero(); d.n * d.h],
                 |mut dh, (vc, mut dw)| -> Result<Vec<T>> {
-                    let c0 = vc * self.vocab_chunk;
-                    let width = self.vocab_chunk.min(d.vocab - c0);
+                    let c0 = vc * self.blocking.vocab_chunk;
+                    let width = self.blocking.vocab_chunk.min(d.vocab - c0);
                     let mut buf = vec![T::zero(); block];
                     for rb in 0..row_blocks {
-                        let r0 = rb * self.row_block;
-                        let rows = self.row_block.min(d.n - r0);
+                        let r0 = rb * self.blocking.row_block;
+                        let rows = self.blocking.row_block.min(d.n - r0);
                         self.logit_grads(
                             &mut buf,
                             hidden,
@@ -387,7 +402,7 @@ impl FusedLinearNll {
                                 View::rows(width, d.h, d.h),
                                 true,
                                 &buf,
-                                View::rows(rows, width, self.vocab_chunk).t(),
+                                View::rows(rows, width, self.blocking.vocab_chunk).t(),
                                 &hidden[r0 * d.h..],
                                 View::rows(rows, d.h, d.h),
                                 T::one(),
@@ -398,7 +413,7 @@ impl FusedLinearNll {
                             View::rows(rows, d.h, d.h),
                             true,
                             &buf,
-                            View::rows(rows, width, self.vocab_chunk),
+                            View::rows(rows, width, self.blocking.vocab_chunk),
                             &weight[c0 * d.h..],
                             View::rows(width, d.h, d.h),
                             T::one(),
@@ -607,11 +622,9 @@ mod tests {
                 }
             }
             // Across vocabulary blocks too: chunks of 4 entries, rows one block each.
-            let op = FusedLinearNll {
-                targets: Vec::new(),
+            let op = Blocking {
                 row_block: 2,
                 vocab_chunk: 4,
-                lse: Mutex::new(None),
             };
             let d = Dims {
                 n: N,
