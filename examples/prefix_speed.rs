@@ -31,7 +31,7 @@ use sweep::text::encode::{answer_ids, prompt_ids, supervised, Seq};
 use sweep::text::tokenizer::load_tokenizer;
 use sweep::trainer::eval::{candidate_scores, candidate_scores_plain, candidate_top_k, Candidates};
 use sweep::trainer::model::{CausalLm, Trainable};
-use sweep::trainer::optim::{clip_by_global_norm, AdamW};
+use sweep::trainer::optim::{AdamW, Clip};
 use sweep::trainer::step::{counted_tokens, shard_gradients_with};
 
 fn main() -> Result<()> {
@@ -94,9 +94,8 @@ fn main() -> Result<()> {
         let start = Instant::now();
         let mut tokens = 0;
         for _ in 0..steps {
-            let mut g = shard_gradients_with(&model, &refs, batch, 0, denominator, share)?;
-            clip_by_global_norm(&mut g.grads, 1.0)?;
-            opt.step(&g.grads, 1e-4)?;
+            let g = shard_gradients_with(&model, &refs, batch, 0, denominator, share)?;
+            opt.step_scaled(&g.grads, Clip::of(&g.grads, 1.0)?.scale, 1e-4)?;
             tokens += g.input_tokens;
         }
         Ok(tokens as f64 / start.elapsed().as_secs_f64())
@@ -125,9 +124,8 @@ fn main() -> Result<()> {
             .map(|j| &labelled[order[(step * batch + j) % order.len()]])
             .collect();
         let d = counted_tokens(&picked).max(1) as f64;
-        let mut g = shard_gradients_with(&model, &picked, batch, 0, d, true)?;
-        clip_by_global_norm(&mut g.grads, 1.0)?;
-        opt.step(&g.grads, 3e-3)?;
+        let g = shard_gradients_with(&model, &picked, batch, 0, d, true)?;
+        opt.step_scaled(&g.grads, Clip::of(&g.grads, 1.0)?.scale, 3e-3)?;
     }
 
     let prompts: Vec<Vec<u32>> = dev

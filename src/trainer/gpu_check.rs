@@ -283,11 +283,11 @@ fn logits_and_gradients(model: &CausalLm, ids: &[Vec<u32>]) -> Result<(Vec<f32>,
     let refs: Vec<&Seq> = seqs.iter().collect();
     let batch = make_batch(&refs, 0, device)?;
     let loss = token_nll(model, &batch)?.sum_all()?.to_dtype(DType::F32)?;
-    let grads = loss.backward()?;
+    let grads = model.gradients(&loss.backward()?)?;
     let mut all = Vec::new();
-    for (name, var) in model.trainable() {
-        let g = grads
-            .get(var.as_tensor())
+    for ((name, _), g) in model.trainable().iter().zip(&grads) {
+        let g = g
+            .as_ref()
             .with_context(|| format!("no gradient for {name}"))?;
         all.extend(flat(g)?);
     }

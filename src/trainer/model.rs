@@ -7,11 +7,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::spec::shape::{weight_shapes, ModelConfig, ShapeError};
 use crate::text::model_folder::read_checked_config;
+use crate::trainer::ops::grad_sink::GradSink;
 use crate::trainer::ops::{self, Kernels};
 use crate::util::rng::SplitMix64;
 
@@ -62,6 +65,8 @@ struct Linear {
     bias: Option<Tensor>,
     /// Frozen weights get no gradient (see `frozen_matmul`).
     frozen: bool,
+    /// A trained weight's: where the fused op adds its gradient (`ops::linear`).
+    sink: Option<Arc<GradSink>>,
     lora: Option<LoraAdapter>,
 }
 
@@ -83,10 +88,10 @@ impl Linear {
             let out = y.dim(1)?;
             return y.reshape((b, t, out));
         }
-        let mut y = if self.frozen {
-            frozen_matmul(&flat, &self.weight)?
-        } else {
-            flat.matmul(&self.weight.t()?)?
+        let mut y = match (&self.sink, kernels) {
+            _ if self.frozen => frozen_matmul(&flat, &self.weight)?,
+            (Some(sink), Kernels::Fused) => ops::linear::trained_linear(&flat, &self.weight, sink)?,
+            _ => ops::linear::trained_linear_composed(&flat, &self.weight)?,
         };
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
@@ -209,6 +214,12 @@ pub struct CausalLm {
     lm_head: Tensor,
     /// Trainable parameters by checkpoint name: HF names for full training, PEFT names for LoRA.
     trainable: Vec<(String, Var)>,
+    /// `trainable[i]`'s gradient sink, where fused ops add its gradient instead of candle's
+    /// gradient store (`gradients` reads both).
+    sinks: Vec<Option<Arc<GradSink>>>,
+    /// The trained embedding's and head's sinks (one and the same when tied).
+    embed_sink: Option<Arc<GradSink>>,
+    head_sink: Option<Arc<GradSink>>,
     lora: Option<LoraSettings>,
     device: Device,
     /// Fused or composed inner operations (`ops::effective` for this device).
@@ -285,6 +296,7 @@ impl CausalLm {
             Trainable::All => None,
         };
         let mut trainable_vars = Vec::new();
+        let mut sinks: HashMap<String, Arc<GradSink>> = HashMap::new();
         let mut rng = SplitMix64::new(seed ^ 0x10_4a);
         let mut take = |name: &str, expected: Vec<usize>| -> Result<Tensor> {
             let t = checked_tensor(weights, name, &expected, source)?;
@@ -304,6 +316,14 @@ impl CausalLm {
             "model.embed_tokens.weight",
             shape_of("model.embed_tokens.weight"),
         )?;
+        let mut new_sink = |name: &str| {
+            train_all.then(|| {
+                let sink = GradSink::new();
+                sinks.insert(name.to_string(), sink.clone());
+                sink
+            })
+        };
+        let embed_sink = new_sink("model.embed_tokens.weight");
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         let mut adapters: Vec<(String, Var)> = Vec::new();
         for i in 0..config.num_hidden_layers {
@@ -342,10 +362,12 @@ impl CausalLm {
                 } else {
                     None
                 };
+                let sink = new_sink(&name);
                 Ok(Linear {
                     weight,
                     bias,
                     frozen: !train_all,
+                    sink,
                     lora,
                 })
             };
@@ -380,12 +402,19 @@ impl CausalLm {
             weight: take("model.norm.weight", shape_of("model.norm.weight"))?,
             eps: config.rms_norm_eps,
         };
-        let lm_head = if config.tie_word_embeddings {
-            embed.clone()
+        let (lm_head, head_sink) = if config.tie_word_embeddings {
+            (embed.clone(), embed_sink.clone())
         } else {
-            take("lm_head.weight", shape_of("lm_head.weight"))?
+            (
+                take("lm_head.weight", shape_of("lm_head.weight"))?,
+                new_sink("lm_head.weight"),
+            )
         };
         trainable_vars.extend(adapters);
+        let sinks = trainable_vars
+            .iter()
+            .map(|(name, _)| sinks.get(name).cloned())
+            .collect();
         Ok(Self {
             config,
             embed,
@@ -393,6 +422,9 @@ impl CausalLm {
             norm,
             lm_head,
             trainable: trainable_vars,
+            sinks,
+            embed_sink,
+            head_sink,
             lora,
             device: device.clone(),
             kernels: ops::effective(Kernels::default(), device),
@@ -423,6 +455,32 @@ impl CausalLm {
     /// The parameters the optimizer updates, with their checkpoint names.
     pub fn trainable(&self) -> &[(String, Var)] {
         &self.trainable
+    }
+
+    /// The gradient of each `trainable()` parameter after `backward` gave `store`, in the same
+    /// order (None where nothing reached it): from the store, plus what fused ops added to the
+    /// parameter's sink since the last call (which empties the sinks).
+    pub fn gradients(&self, store: &GradStore) -> candle_core::Result<Vec<Option<Tensor>>> {
+        self.trainable
+            .iter()
+            .zip(&self.sinks)
+            .map(|((_, var), sink)| {
+                let stored = store.get(var.as_tensor()).cloned();
+                let sunk = match sink {
+                    Some(sink) => sink.take(var.shape())?,
+                    None => None,
+                };
+                Ok(match (stored, sunk) {
+                    (Some(a), Some(b)) => Some((a + b)?),
+                    (a, b) => a.or(b),
+                })
+            })
+            .collect()
+    }
+
+    /// Empties the gradient sinks (what a failed step may have left there).
+    pub fn clear_gradients(&self) -> candle_core::Result<()> {
+        self.sinks.iter().flatten().try_for_each(|s| s.clear())
     }
 
     pub fn trainable_parameter_count(&self) -> usize {
@@ -463,11 +521,10 @@ impl CausalLm {
         mask: &Tensor,
     ) -> candle_core::Result<(Tensor, KvCache)> {
         let (b, t) = ids.dims2()?;
-        let h = self.config.hidden_size;
-        let mut x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, h))?;
+        let mut x = match (&self.embed_sink, self.kernels) {
+            (Some(sink), Kernels::Fused) => ops::embedding::embedding(ids, &self.embed, sink)?,
+            _ => ops::embedding::embedding_composed(ids, &self.embed)?,
+        };
         let (cos, sin) = self.rope_tables(positions, b, t)?;
         let mask = match mask.rank() {
             3 => mask.unsqueeze(1)?,
@@ -509,6 +566,7 @@ impl CausalLm {
             weight: l.weight.detach(),
             bias: l.bias.as_ref().map(|b| b.detach()),
             frozen: true,
+            sink: None,
             lora: l.lora.as_ref().map(|a| LoraAdapter {
                 a: a.a.detach(),
                 b: a.b.detach(),
@@ -540,6 +598,9 @@ impl CausalLm {
             norm: norm(&self.norm),
             lm_head: self.lm_head.detach(),
             trainable: Vec::new(),
+            sinks: Vec::new(),
+            embed_sink: None,
+            head_sink: None,
             lora: self.lora.clone(),
             device: self.device.clone(),
             kernels: self.kernels,
@@ -578,7 +639,11 @@ impl CausalLm {
     /// log-softmax give, in one pass. The head gets a gradient only when it trains. For f32/f64
     /// CPU tensors (`ops::cpu::runs_fused`).
     pub fn head_nll(&self, hidden: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
-        ops::cross_entropy::linear_nll(hidden, &self.lm_head, targets)
+        let sink = self
+            .head_sink
+            .as_ref()
+            .filter(|_| self.kernels == Kernels::Fused);
+        ops::cross_entropy::linear_nll(hidden, &self.lm_head, targets, sink)
     }
 
     fn attention(
@@ -1163,6 +1228,46 @@ pub(crate) mod tests {
             assert!(tracked.track_op(), "training records the graph");
             assert!(!detached.track_op(), "evaluation records none");
             assert_eq!(max_abs_diff(&tracked, &detached), 0.0);
+        }
+    }
+
+    #[test]
+    fn fused_full_training_sinks_weight_gradients_and_gradients_reads_them() {
+        let dev = Device::Cpu;
+        for tie in [true, false] {
+            let mut cfg = tiny_config(11);
+            cfg.tie_word_embeddings = tie;
+            let w = CausalLm::random_weights(&cfg, 3, DType::F32, &dev).unwrap();
+            let m = CausalLm::new(cfg, &w, Trainable::All, 1, &dev, "t")
+                .unwrap()
+                .with_kernels(Kernels::Fused);
+            // Every position predicts the next token: the head's loss, as training computes it.
+            let ids = Tensor::new(&[[1u32, 4, 5, 6]], &dev).unwrap();
+            let hidden = m.hidden_states(&ids).unwrap().squeeze(0).unwrap();
+            let targets = Tensor::new(&[4u32, 5, 6, 2], &dev).unwrap();
+            let loss = m.head_nll(&hidden, &targets).unwrap().sum_all().unwrap();
+            let store = loss.backward().unwrap();
+            let sunk = |name: &str| {
+                name.ends_with("proj.weight")
+                    || name == "model.embed_tokens.weight"
+                    || name == "lm_head.weight"
+            };
+            let grads = m.gradients(&store).unwrap();
+            for ((name, var), g) in m.trainable().iter().zip(&grads) {
+                let sunk = sunk(name);
+                assert_eq!(
+                    store.get(var.as_tensor()).is_none(),
+                    sunk,
+                    "{name}: in the store or in a sink"
+                );
+                let g = g.as_ref().unwrap_or_else(|| panic!("{name}: no gradient"));
+                assert_eq!(g.dims(), var.dims(), "{name}");
+            }
+            // Read once: the sinks are empty after.
+            let again = m.gradients(&store).unwrap();
+            for ((name, _), g) in m.trainable().iter().zip(&again) {
+                assert_eq!(g.is_none(), sunk(name), "{name}");
+            }
         }
     }
 

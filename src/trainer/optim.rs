@@ -149,13 +149,25 @@ impl AdamW {
 
     /// One update with `grads[i]` for `params[i]`.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+        self.step_scaled(grads, 1.0, lr)
+    }
+
+    /// One update with `grad_scale * grads[i]` for `params[i]`: how a clipped step is taken
+    /// (`Clip::scale`) without a scaled copy of every gradient.
+    pub fn step_scaled(&mut self, grads: &[Tensor], grad_scale: f64, lr: f64) -> Result<()> {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step);
         let bc2 = 1.0 - self.beta2.powi(self.step);
         match &mut self.moments {
             Moments::Tensors { m: ms, v: vs } => {
                 for (i, p) in self.params.iter().enumerate() {
-                    let g = &grads[i];
+                    let scaled;
+                    let g = if grad_scale == 1.0 {
+                        &grads[i]
+                    } else {
+                        scaled = (&grads[i] * grad_scale)?;
+                        &scaled
+                    };
                     let m = ((&ms[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
                     let v = ((&vs[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
                     let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + self.eps)?)?;
@@ -185,6 +197,7 @@ impl AdamW {
                         eps: self.eps as f32,
                         lr: lr as f32,
                         keep: (1.0 - decay) as f32,
+                        grad_scale: grad_scale as f32,
                     };
                     ops::cpu::with_slice::<f32, _>(&grads[i], "fused-adamw", |g| {
                         p.as_tensor().inplace_op1(&FusedUpdate {
@@ -212,6 +225,8 @@ struct UpdateConstants {
     lr: f32,
     /// `1 - lr * weight_decay`, or 1 where the parameter does not decay.
     keep: f32,
+    /// What the gradient is multiplied by first (clipping).
+    grad_scale: f32,
 }
 
 /// AdamW on one parameter in place: moments, bias correction, decoupled decay and the step in one
@@ -227,8 +242,9 @@ struct FusedUpdate<'a> {
 /// rounding.
 fn adamw_update(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: UpdateConstants) {
     for i in 0..p.len() {
-        let m1 = m[i] * c.beta1 + g[i] * c.one_minus_beta1;
-        let v1 = v[i] * c.beta2 + (g[i] * g[i]) * c.one_minus_beta2;
+        let g = g[i] * c.grad_scale;
+        let m1 = m[i] * c.beta1 + g * c.one_minus_beta1;
+        let v1 = v[i] * c.beta2 + (g * g) * c.one_minus_beta2;
         let update = (m1 * c.inv_bc1) / ((v1 * c.inv_bc2).sqrt() + c.eps);
         p[i] = p[i] * c.keep - update * c.lr;
         m[i] = m1;
@@ -281,25 +297,47 @@ pub fn learning_rate(peak: f64, step: usize, warmup_steps: usize, total_steps: u
     floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
-/// Scales gradients so their global L2 norm is at most `max_norm` (0 disables); returns the norm
-/// before clipping.
-pub fn clip_by_global_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let mut sum = 0.0f64;
-    for g in grads.iter() {
-        sum += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-    }
-    let norm = sum.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        for g in grads.iter_mut() {
-            *g = (&*g * scale)?;
+/// Gradient clipping by global norm: the norm of all gradients together, and the factor that
+/// brings it down to the limit (`AdamW::step_scaled` applies it inside the update).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clip {
+    /// The global L2 norm before clipping.
+    pub norm: f64,
+    /// 1, or `max_norm / (norm + 1e-6)` when the norm is over `max_norm` (0 disables).
+    pub scale: f64,
+}
+
+impl Clip {
+    pub fn of(grads: &[Tensor], max_norm: f64) -> Result<Self> {
+        let mut sum = 0.0f64;
+        for g in grads {
+            sum += squared_norm(g)?;
         }
+        Ok(Self::from_norm(sum.sqrt(), max_norm))
     }
-    Ok(norm)
+
+    pub fn from_norm(norm: f64, max_norm: f64) -> Self {
+        let scale = if max_norm > 0.0 && norm > max_norm {
+            max_norm / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        Clip { norm, scale }
+    }
+}
+
+/// `sum(g^2)`: on rayon's threads for an f32 CPU tensor (composed, candle squares it into a new
+/// tensor and sums that on one thread), with candle's ops otherwise.
+fn squared_norm(g: &Tensor) -> Result<f64> {
+    if g.device().is_cpu() && g.dtype() == DType::F32 {
+        return ops::cpu::with_slice::<f32, _>(g, "gradient norm", |xs| {
+            Ok(xs
+                .par_chunks(ops::cpu::MIN_TASK_ELEMENTS)
+                .map(|c| ops::cpu::dot(c, c) as f64)
+                .sum())
+        });
+    }
+    g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
 
 #[cfg(test)]
@@ -329,19 +367,21 @@ mod tests {
         }
         let v = x.as_tensor().to_vec1::<f32>().unwrap();
         assert!(v.iter().all(|a| a.abs() < 0.05), "{v:?}");
-        let mut g = vec![Tensor::new(&[3.0f32, 4.0], &dev).unwrap()];
-        let n = clip_by_global_norm(&mut g, 1.0).unwrap();
-        assert!((n - 5.0).abs() < 1e-6);
-        let after = g[0]
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .sqrt();
-        assert!((after - 1.0).abs() < 1e-4);
-        let _ = DType::F32;
+        for dtype in [DType::F32, DType::F64] {
+            let g = [
+                Tensor::new(&[3.0f32, 0.0], &dev).unwrap(),
+                Tensor::new(&[4.0f32], &dev).unwrap(),
+            ]
+            .map(|t| t.to_dtype(dtype).unwrap());
+            let clip = Clip::of(&g, 1.0).unwrap();
+            assert!((clip.norm - 5.0).abs() < 1e-6);
+            assert!((clip.norm * clip.scale - 1.0).abs() < 1e-6);
+            assert_eq!(Clip::of(&g, 10.0).unwrap().scale, 1.0);
+            assert_eq!(Clip::of(&g, 0.0).unwrap().scale, 1.0, "0 disables");
+        }
+        // Large enough to be summed on several threads.
+        let big = Tensor::ones(100_000, DType::F32, &dev).unwrap();
+        assert!((Clip::of(&[big], 0.0).unwrap().norm - 100_000f64.sqrt()).abs() < 1e-6);
     }
 
     #[test]
@@ -377,8 +417,10 @@ mod tests {
         assert!(fused.is_fused() && !composed.is_fused());
         for (step, g) in grads.iter().enumerate() {
             let lr = 1e-2 * (step + 1) as f64;
-            fused.step(g, lr).unwrap();
-            composed.step(g, lr).unwrap();
+            // Clipped steps too: the scale inside the fused update, a scaled copy composed.
+            let scale = if step % 2 == 1 { 0.25 } else { 1.0 };
+            fused.step_scaled(g, scale, lr).unwrap();
+            composed.step_scaled(g, scale, lr).unwrap();
         }
         let diff = |a: &Tensor, b: &Tensor| -> f32 {
             (a - b)

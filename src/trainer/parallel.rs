@@ -19,7 +19,7 @@ use candle_core::Device;
 
 use crate::text::encode::Seq;
 use crate::trainer::model::{CausalLm, ModelError, Trainable};
-use crate::trainer::optim::{clip_by_global_norm, AdamW};
+use crate::trainer::optim::{AdamW, Clip};
 use crate::trainer::step::{counted_tokens, shard_gradients, ShardGradients, StepStats};
 
 /// Errors of building or stepping replicas.
@@ -206,7 +206,7 @@ impl Replicas {
             });
         }
         let ShardGradients {
-            mut grads,
+            grads,
             loss,
             input_tokens,
         } = match summed {
@@ -214,12 +214,12 @@ impl Replicas {
             // An empty batch: every shard was empty. Zero gradients, as one device would take.
             None => shard_gradients(&self.models[0], &[], micro, pad, denominator)?,
         };
-        let grad_norm = clip_by_global_norm(&mut grads, max_grad_norm)?;
-        self.optimizer.step(&grads, lr)?;
+        let clip = Clip::of(&grads, max_grad_norm)?;
+        self.optimizer.step_scaled(&grads, clip.scale, lr)?;
         self.broadcast()?;
         Ok(StepStats {
             loss,
-            grad_norm,
+            grad_norm: clip.norm,
             input_tokens,
         })
     }

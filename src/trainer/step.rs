@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor};
 use crate::text::encode::Seq;
 use crate::trainer::batch::{make_batch, shared_prefix_nll, token_nll};
 use crate::trainer::model::CausalLm;
-use crate::trainer::optim::{clip_by_global_norm, AdamW};
+use crate::trainer::optim::{AdamW, Clip};
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy)]
@@ -31,15 +31,15 @@ pub fn train_step(
 ) -> candle_core::Result<StepStats> {
     let denominator = counted_tokens(seqs).max(1) as f64;
     let ShardGradients {
-        mut grads,
+        grads,
         loss,
         input_tokens,
     } = shard_gradients(model, seqs, micro, pad, denominator)?;
-    let grad_norm = clip_by_global_norm(&mut grads, max_grad_norm)?;
-    opt.step(&grads, lr)?;
+    let clip = Clip::of(&grads, max_grad_norm)?;
+    opt.step_scaled(&grads, clip.scale, lr)?;
     Ok(StepStats {
         loss,
-        grad_norm,
+        grad_norm: clip.norm,
         input_tokens,
     })
 }
@@ -88,6 +88,8 @@ pub fn shard_gradients_with(
     share_prefix: bool,
 ) -> candle_core::Result<ShardGradients> {
     let vars = model.trainable();
+    // Whatever a failed earlier step left in the fused ops' gradient sinks is not this step's.
+    model.clear_gradients()?;
     let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut loss_total = 0.0;
     let mut input_tokens = 0;
@@ -111,12 +113,12 @@ pub fn shard_gradients_with(
         input_tokens += batch.input_tokens;
         let loss = (nll.sum_all()? / denominator)?;
         loss_total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let grads = loss.backward()?;
-        for (slot, (_, var)) in acc.iter_mut().zip(vars) {
-            if let Some(g) = grads.get(var.as_tensor()) {
+        let grads = model.gradients(&loss.backward()?)?;
+        for (slot, g) in acc.iter_mut().zip(grads) {
+            if let Some(g) = g {
                 *slot = Some(match slot.take() {
                     Some(prev) => (prev + g)?,
-                    None => g.clone(),
+                    None => g,
                 });
             }
         }

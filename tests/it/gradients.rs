@@ -73,13 +73,13 @@ fn scalar(t: &Tensor) -> f64 {
 
 /// Central differences at a few entries of every trainable tensor; returns the worst relative error.
 fn check(model: &CausalLm) -> f64 {
-    let grads = loss(model).backward().unwrap();
+    let grads = model.gradients(&loss(model).backward().unwrap()).unwrap();
     let eps = 1e-6;
     let mut worst = 0.0f64;
     let mut checked = 0;
-    for (name, var) in model.trainable() {
-        let analytic = grads
-            .get(var.as_tensor())
+    for ((name, var), g) in model.trainable().iter().zip(&grads) {
+        let analytic = g
+            .as_ref()
             .unwrap_or_else(|| panic!("no gradient for {name}"))
             .flatten_all()
             .unwrap()

@@ -7,12 +7,13 @@
 //! are whole tensors (about 100 MB each for 512 positions of a 49k vocabulary), and the
 //! log-softmax's reductions run on one thread.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::cpu::{self, dot, matmul, runs_fused, slice_of, Data, Real, View};
+use super::grad_sink::GradSink;
 
 /// Positions per block.
 const ROW_BLOCK: usize = 128;
@@ -21,21 +22,28 @@ const VOCAB_CHUNK: usize = 1024;
 
 /// The negative log-likelihood of `targets` (n, u32) under `softmax(hidden weight^T)`, for
 /// `hidden` (n, h) and `weight` (V, h): shape (n,). The weight gets a gradient only when it
-/// tracks one (a frozen head, as under LoRA, costs no weight-gradient work). Fused on the CPU
-/// in f32/f64, composed elsewhere.
-pub fn linear_nll(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Result<Tensor> {
+/// tracks one (a frozen head, as under LoRA, costs no weight-gradient work), or, fused, into
+/// `sink` when given one (`ops::grad_sink`; only while `hidden` is on the tape, so that the
+/// backward runs). Fused on the CPU in f32/f64, composed elsewhere.
+pub fn linear_nll(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    sink: Option<&Arc<GradSink>>,
+) -> Result<Tensor> {
     if !runs_fused(hidden) {
         return composed_linear_nll(hidden, weight, targets);
     }
-    linear_nll_in_blocks(hidden, weight, targets, ROW_BLOCK, VOCAB_CHUNK)
+    let sink = sink.filter(|_| hidden.track_op() && weight.dtype() == hidden.dtype());
+    linear_nll_in_blocks(hidden, weight, targets, sink, BLOCKING)
 }
 
 fn linear_nll_in_blocks(
     hidden: &Tensor,
     weight: &Tensor,
     targets: &Tensor,
-    row_block: usize,
-    vocab_chunk: usize,
+    sink: Option<&Arc<GradSink>>,
+    blocking: Blocking,
 ) -> Result<Tensor> {
     let (n, h) = hidden.dims2()?;
     let (vocab, wh) = weight.dims2()?;
@@ -53,15 +61,16 @@ fn linear_nll_in_blocks(
     }
     let op = FusedLinearNll {
         targets,
-        blocking: Blocking {
-            row_block,
-            vocab_chunk,
-        },
+        blocking,
         lse: Mutex::new(None),
+        sink: sink.cloned(),
     };
-    hidden
-        .contiguous()?
-        .apply_op2(&weight.to_dtype(hidden.dtype())?.contiguous()?, op)
+    // A sunk weight is off the tape: its gradient goes to the sink, none to candle.
+    let weight = match sink {
+        Some(_) => weight.detach(),
+        None => weight.to_dtype(hidden.dtype())?,
+    };
+    hidden.contiguous()?.apply_op2(&weight.contiguous()?, op)
 }
 
 /// The same loss from candle's elementary ops: the logits, a log-softmax over the whole
@@ -178,6 +187,8 @@ struct FusedLinearNll {
     blocking: Blocking,
     /// Each position's log-sum-exp of its logits, set by the forward.
     lse: Mutex<Option<CpuStorage>>,
+    /// Where the weight's gradient goes, if not to candle.
+    sink: Option<Arc<GradSink>>,
 }
 
 #[derive(Clone, Copy)]
@@ -311,7 +322,8 @@ impl FusedLinearNll {
         Ok((lse, nll))
     }
 
-    /// The gradients of the hidden states and, when `weight_grad`, of the weight.
+    /// The gradient of the hidden states; the weight's is added into `dw` when given one.
+    #[allow(clippy::too_many_arguments)]
     fn backward<T: Real>(
         &self,
         hidden: &[T],
@@ -319,8 +331,9 @@ impl FusedLinearNll {
         lse: &[T],
         grad: &[T],
         d: Dims,
-        weight_grad: bool,
-    ) -> Result<(Vec<T>, Option<Vec<T>>)> {
+        dw: Option<&mut [T]>,
+    ) -> Result<Vec<T>> {
+        let weight_grad = dw.is_some();
         let (row_blocks, chunks) = self.blocking.blocks(d);
         let block = self.blocking.row_block.min(d.n) * self.blocking.vocab_chunk;
         let threads = rayon::current_num_threads();
@@ -359,18 +372,17 @@ impl FusedLinearNll {
                     }
                     Ok(())
                 })?;
-            return Ok((dh, None));
+            return Ok(dh);
         }
         // Each task owns a chunk of the vocabulary (and of the weight's gradient, if any) and
         // walks the rows; the hidden gradient sums over chunks, in one buffer per rayon job.
         // Also the frozen head's way when there are too few rows to share out.
-        let mut dw = vec![T::zero(); if weight_grad { d.vocab * d.h } else { 0 }];
-        let slots: Vec<Option<&mut [T]>> = if weight_grad {
-            dw.chunks_mut(self.blocking.vocab_chunk * d.h)
+        let slots: Vec<Option<&mut [T]>> = match dw {
+            Some(dw) => dw
+                .chunks_mut(self.blocking.vocab_chunk * d.h)
                 .map(Some)
-                .collect()
-        } else {
-            (0..chunks).map(|_| None).collect()
+                .collect(),
+            None => (0..chunks).map(|_| None).collect(),
         };
         let per_job = chunks / (4 * threads).max(1);
         let dh = slots
@@ -429,7 +441,7 @@ impl FusedLinearNll {
                     Ok(a)
                 },
             )?;
-        Ok((dh, weight_grad.then_some(dw)))
+        Ok(dh)
     }
 }
 
@@ -478,7 +490,6 @@ impl CustomOp2 for FusedLinearNll {
         let (n, h) = hidden.dims2()?;
         let vocab = weight.dim(0)?;
         let d = Dims { n, h, vocab };
-        let weight_grad = weight.track_op();
         let saved = match self.lse.lock() {
             Ok(saved) => saved,
             Err(_) => bail!("fused cross-entropy: the forward's saved state is poisoned"),
@@ -489,21 +500,39 @@ impl CustomOp2 for FusedLinearNll {
         let grad = grad.contiguous()?;
         let (hd, wd, gd) = (Data::of(hidden), Data::of(weight), Data::of(&grad));
         let what = "fused cross-entropy backward";
+        // The weight's gradient: into the sink, or a fresh tensor for candle if it trains.
         macro_rules! run {
             ($t:ty, $lse:expr) => {{
-                let (dh, dw) = self.backward::<$t>(
-                    hd.slice(what)?,
-                    wd.slice(what)?,
-                    $lse,
-                    gd.slice(what)?,
-                    d,
-                    weight_grad,
-                )?;
-                let dh = Tensor::from_vec(dh, (n, h), hidden.device())?;
-                let dw = dw
-                    .map(|dw| Tensor::from_vec(dw, (vocab, h), weight.device()))
-                    .transpose()?;
-                (dh, dw)
+                let backward = |dw: Option<&mut [$t]>| {
+                    self.backward::<$t>(
+                        hd.slice(what)?,
+                        wd.slice(what)?,
+                        $lse,
+                        gd.slice(what)?,
+                        d,
+                        dw,
+                    )
+                };
+                let (dh, dw) = match &self.sink {
+                    Some(sink) => {
+                        let mut dh = None;
+                        sink.add_with::<$t>(vocab * h, |dw, _| {
+                            dh = Some(backward(Some(dw))?);
+                            Ok(())
+                        })?;
+                        match dh {
+                            Some(dh) => (dh, None),
+                            None => bail!("fused cross-entropy: no hidden gradient"),
+                        }
+                    }
+                    None if weight.track_op() => {
+                        let mut dw = vec![<$t as num_traits::Zero>::zero(); vocab * h];
+                        let dh = backward(Some(&mut dw))?;
+                        (dh, Some(Tensor::from_vec(dw, (vocab, h), weight.device())?))
+                    }
+                    None => (backward(None)?, None),
+                };
+                (Tensor::from_vec(dh, (n, h), hidden.device())?, dw)
             }};
         }
         let (dh, dw) = match lse {
@@ -530,6 +559,13 @@ mod tests {
         check::random(shape, rng.next_u64(), dtype)
     }
 
+    fn blocks(row_block: usize, vocab_chunk: usize) -> Blocking {
+        Blocking {
+            row_block,
+            vocab_chunk,
+        }
+    }
+
     fn targets() -> Tensor {
         // Targets in the first, a middle and the last (partial) chunk of 4.
         Tensor::new(&[0u32, 5, 12, 3, 8, 12], &Device::Cpu).unwrap()
@@ -541,9 +577,10 @@ mod tests {
         let hidden = random(&mut rng, &[N, H], DType::F32);
         let weight = random(&mut rng, &[V, H], DType::F32);
         let composed = composed_linear_nll(&hidden, &weight, &targets()).unwrap();
-        let fused = linear_nll(&hidden, &weight, &targets()).unwrap();
+        let fused = linear_nll(&hidden, &weight, &targets(), None).unwrap();
         assert!(check::max_diff(&fused, &composed) < 1e-5);
-        let blocked = linear_nll_in_blocks(&hidden, &weight, &targets(), 4, 4).unwrap();
+        let blocked =
+            linear_nll_in_blocks(&hidden, &weight, &targets(), None, blocks(4, 4)).unwrap();
         assert!(check::max_diff(&blocked, &composed) < 1e-5);
     }
 
@@ -554,14 +591,14 @@ mod tests {
         let weight = random(&mut rng, &[V, H], DType::F64);
         // Blocks of 4 rows and 4 vocabulary entries, the last ones partial.
         check::gradients_match_finite_differences(
-            &|xs| linear_nll_in_blocks(&xs[0], &xs[1], &targets(), 4, 4),
+            &|xs| linear_nll_in_blocks(&xs[0], &xs[1], &targets(), None, blocks(4, 4)),
             &[hidden.clone(), weight.clone()],
         );
         // The composed loss's gradients agree too.
         let vars = [&hidden, &weight].map(|t| Var::from_tensor(t).unwrap());
         let [th, tw] = [0, 1].map(|i| vars[i].as_tensor().clone());
         let grads = |y: Tensor| y.sum_all().unwrap().backward().unwrap();
-        let fused = grads(linear_nll_in_blocks(&th, &tw, &targets(), 4, 4).unwrap());
+        let fused = grads(linear_nll_in_blocks(&th, &tw, &targets(), None, blocks(4, 4)).unwrap());
         let composed = grads(composed_linear_nll(&th, &tw, &targets()).unwrap());
         for var in &vars {
             let (f, c) = (fused.get(var.as_tensor()), composed.get(var.as_tensor()));
@@ -578,7 +615,7 @@ mod tests {
         // Blocks of 1 row: shared out by rows (on up to 3 threads); of 4: by vocabulary.
         for row_block in [1, 4] {
             let grads_of = |w: &Tensor| {
-                linear_nll_in_blocks(&hidden, w, &targets(), row_block, 4)
+                linear_nll_in_blocks(&hidden, w, &targets(), None, blocks(row_block, 4))
                     .unwrap()
                     .sum_all()
                     .unwrap()
@@ -595,6 +632,40 @@ mod tests {
                     g_trained.get(hidden.as_tensor()).unwrap()
                 ) < 1e-12
             );
+        }
+    }
+
+    #[test]
+    fn a_sunk_head_gradient_is_the_composed_one_and_sums_over_backwards() {
+        let mut rng = SplitMix64::new(6);
+        let hidden = Var::from_tensor(&random(&mut rng, &[N, H], DType::F64)).unwrap();
+        let weight = Var::from_tensor(&random(&mut rng, &[V, H], DType::F64)).unwrap();
+        let composed = composed_linear_nll(hidden.as_tensor(), weight.as_tensor(), &targets())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        // By rows (blocks of 1) and by vocabulary (blocks of 4): the weight's way is the latter.
+        for row_block in [1, 4] {
+            let sink = GradSink::new();
+            for _ in 0..2 {
+                let y = linear_nll_in_blocks(
+                    hidden.as_tensor(),
+                    weight.as_tensor(),
+                    &targets(),
+                    Some(&sink),
+                    blocks(row_block, 4),
+                )
+                .unwrap();
+                let grads = y.sum_all().unwrap().backward().unwrap();
+                assert!(grads.get(weight.as_tensor()).is_none(), "sunk, not stored");
+                let dh = grads.get(hidden.as_tensor()).unwrap();
+                assert!(check::max_diff(dh, composed.get(hidden.as_tensor()).unwrap()) < 1e-10);
+            }
+            let sunk = sink.take(weight.shape()).unwrap().unwrap();
+            let twice = (composed.get(weight.as_tensor()).unwrap() * 2.0).unwrap();
+            assert!(check::max_diff(&sunk, &twice) < 1e-10);
         }
     }
 
@@ -670,6 +741,7 @@ mod tests {
             &hidden,
             &weight,
             &Tensor::new(&[13u32], &Device::Cpu).unwrap(),
+            None,
         )
         .unwrap_err()
         .to_string();

@@ -1,5 +1,7 @@
 //! One training step computed with the fused ops equals the composed one: the loss and every
-//! trainable gradient, for full training and LoRA, with and without a shared prefix.
+//! trainable gradient, for full training and LoRA, with and without a shared prefix, with a tied
+//! and an untied head, in one micro-batch and in several (whose weight gradients the fused ops
+//! sum in place, `ops::grad_sink`).
 
 use candle_core::{DType, Device, Tensor};
 
@@ -22,10 +24,17 @@ fn max_abs(t: &Tensor) -> f64 {
 
 #[test]
 fn a_fused_training_step_equals_the_composed_one() {
+    for tie in [true, false] {
+        let mut config = preset("test").unwrap();
+        config.vocab_size = 40;
+        config.tie_word_embeddings = tie;
+        steps_agree(&config);
+    }
+}
+
+fn steps_agree(config: &crate::spec::shape::ModelConfig) {
     let dev = Device::Cpu;
-    let mut config = preset("test").unwrap();
-    config.vocab_size = 40;
-    let weights = CausalLm::random_weights(&config, 11, DType::F32, &dev).unwrap();
+    let weights = CausalLm::random_weights(config, 11, DType::F32, &dev).unwrap();
     // A shared 5-token prefix, answers of different lengths (so padding), loss from position 6.
     let seq = |tail: &[u32]| Seq {
         ids: [&[1u32, 7, 8, 9, 10, 11][..], tail].concat(),
@@ -58,15 +67,18 @@ fn a_fused_training_step_equals_the_composed_one() {
         };
         let (fused, composed) = (model(Kernels::Fused), model(Kernels::Composed));
         assert_eq!(fused.kernels(), Kernels::Fused);
-        for share_prefix in [true, false] {
-            let f = shard_gradients_with(&fused, &refs, 3, 0, 9.0, share_prefix).unwrap();
-            let c = shard_gradients_with(&composed, &refs, 3, 0, 9.0, share_prefix).unwrap();
+        for (share_prefix, micro) in [(true, 3), (false, 3), (true, 1), (false, 2)] {
+            let f = shard_gradients_with(&fused, &refs, micro, 0, 9.0, share_prefix).unwrap();
+            let c = shard_gradients_with(&composed, &refs, micro, 0, 9.0, share_prefix).unwrap();
             assert!((f.loss - c.loss).abs() < 1e-5, "{} vs {}", f.loss, c.loss);
             for ((name, _), (gf, gc)) in fused.trainable().iter().zip(f.grads.iter().zip(&c.grads))
             {
                 let diff = max_abs(&(gf - gc).unwrap());
                 assert!(max_abs(gc) > 0.0, "{name}: no gradient");
-                assert!(diff < 1e-5, "{name} (shared prefix {share_prefix}): {diff}");
+                assert!(
+                    diff < 1e-5,
+                    "{name} (prefix {share_prefix}, micro {micro}): {diff}"
+                );
             }
         }
     }

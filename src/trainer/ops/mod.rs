@@ -17,9 +17,12 @@ use candle_core::Device;
 pub mod attention;
 pub mod cpu;
 pub mod cross_entropy;
+pub mod embedding;
 #[cfg(test)]
 mod equivalence;
 pub mod exp;
+pub mod grad_sink;
+pub mod linear;
 pub mod lora;
 pub mod rms_norm;
 pub mod rope;
