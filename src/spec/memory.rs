@@ -62,6 +62,11 @@ impl Estimate {
 
 pub const MB: f64 = 1024.0 * 1024.0;
 
+/// The most logit values (positions x vocabulary) the fused cross-entropy keeps from its forward
+/// for its backward, which then need not compute them again (a sixth of a 135M step's products);
+/// above it, the backward recomputes them block by block. 64 Mi values: 256 MiB in f32.
+pub const SAVED_LOGITS_MAX_VALUES: usize = 64 << 20;
+
 /// RLIMIT_DATA counts the data mappings of a CUDA build's libraries (libcublasLt above all: 200
 /// to 220 MiB measured with `ulimit -d`) before main runs, even in a trial on the CPU; a memory
 /// limit meant for a trial's own data allows them on top.
@@ -85,6 +90,8 @@ struct Coefficients {
     per_counted_vocab: f64,
     /// Vocabulary-sized values per answer row evaluation scores at once (logits, log-softmax).
     per_scored_vocab: f64,
+    /// Whether the loss keeps its logits for the backward, up to `SAVED_LOGITS_MAX_VALUES`.
+    saves_logits: bool,
 }
 
 /// Composed ops (candle's autograd of elementary ops; CUDA, or `kernels: composed`): norms keep
@@ -98,6 +105,7 @@ const COMPOSED: Coefficients = Coefficients {
     per_adapted_output: 2.0,
     per_counted_vocab: 9.0,
     per_scored_vocab: 0.0,
+    saves_logits: false,
 };
 
 /// Fused CPU ops (`trainer::ops`): norms, rotary positions and SwiGLU save only their inputs,
@@ -115,6 +123,7 @@ const FUSED: Coefficients = Coefficients {
     per_adapted_output: 0.0,
     per_counted_vocab: 0.0,
     per_scored_vocab: 2.0,
+    saves_logits: true,
 };
 
 /// The coefficients of the ops a trial trains with (`Kernels::on`: a CUDA trial computes
@@ -201,8 +210,14 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
     let layers = per_layer * c.num_hidden_layers as f64;
     // Vocabulary-sized rows: a composed training step's loss, or, fused, evaluation's scoring.
     let scored_rows = (micro_batch.min(MAX_EVAL_BATCH) * w.scored_answer_tokens) as f64;
-    let vocabulary =
-        (k.per_counted_vocab * counted + k.per_scored_vocab * scored_rows) * c.vocab_size as f64;
+    let saved_logits = if k.saves_logits {
+        (counted * c.vocab_size as f64).min(SAVED_LOGITS_MAX_VALUES as f64)
+    } else {
+        0.0
+    };
+    let vocabulary = (k.per_counted_vocab * counted + k.per_scored_vocab * scored_rows)
+        * c.vocab_size as f64
+        + saved_logits;
     let activations = (layers + vocabulary + 2.0 * tokens * c.hidden_size as f64) * b;
     let tensors = weights + gradients + optimizer + activations;
     let cuda = |bytes| w.on_cuda.then(|| cuda_process_overhead(bytes));

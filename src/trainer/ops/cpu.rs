@@ -207,10 +207,22 @@ pub fn park_idle_threads() {
 }
 
 /// The process settings the CPU trainer wants, before its first tensor op: candle's idle threads
-/// sleep (`park_idle_threads`) and freed memory is kept for the next step (`keep_freed_memory`).
+/// sleep (`park_idle_threads`) and start now (`start_elementwise_threads`), and freed memory is
+/// kept for the next step (`keep_freed_memory`).
 pub fn tune_process() {
     park_idle_threads();
+    start_elementwise_threads();
     keep_freed_memory();
+}
+
+/// Starts candle's elementwise thread pool now, while the process has memory to spare.
+///
+/// Why: candle spawns it at its first large elementwise op and panics if a thread cannot start.
+/// A trial under its memory limit (`RLIMIT_DATA`, which counts thread stacks) that first met such
+/// an op late, in evaluation after a halved batch, panicked there, and printing the panic's
+/// backtrace ran out of memory inside std's backtrace lock: the trial hung instead of failing.
+pub fn start_elementwise_threads() {
+    let _ = candle_core::utils::barrier_pool();
 }
 
 /// Blocks below this many bytes come from malloc's heap and, once freed, stay there for the next
@@ -231,7 +243,10 @@ pub const KEEP_FREED_BELOW: usize = 256 << 20;
 /// left that much free at the heap's top to trim and fault in again the next step (100,000 page
 /// faults a step; 3.6-4.1 s of backward against 3.1-3.2 s untrimmed). A trial is a process of
 /// its own, and its resident memory stays at the peak it reached, which the memory estimate is
-/// about. Settings the user gave glibc (`GLIBC_TUNABLES`, `MALLOC_*_`) are kept.
+/// about. Under a data limit (`RLIMIT_DATA`, how sweep holds a trial to its memory) the heap is
+/// trimmed above `KEEP_FREED_BELOW` as before: memory kept by malloc counts against the limit,
+/// and what is not malloc's (thread stacks, the largest tensors' own mappings) needs room too.
+/// Settings the user gave glibc (`GLIBC_TUNABLES`, `MALLOC_*_`) are kept.
 pub fn keep_freed_memory() {
     let user_set = std::env::vars_os().any(|(k, v)| {
         let (k, v) = (k.to_string_lossy(), v.to_string_lossy());
@@ -240,12 +255,20 @@ pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if !user_set {
         let bytes = KEEP_FREED_BELOW as libc::c_int;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only the struct it is given.
+        let limited = unsafe { libc::getrlimit(libc::RLIMIT_DATA, &mut limit) } == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY;
+        // -1: never trim (mallopt(3)).
+        let trim = if limited { bytes } else { -1 };
         // SAFETY: mallopt only changes two of malloc's thresholds; it is called before the
         // trainer's threads start allocating, and is safe to call at any time anyway.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, bytes);
-            // -1: never trim (mallopt(3)).
-            libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, trim);
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

@@ -35,7 +35,10 @@ pub fn linear_nll(
         return composed_linear_nll(hidden, weight, targets);
     }
     let sink = sink.filter(|_| hidden.track_op() && weight.dtype() == hidden.dtype());
-    linear_nll_in_blocks(hidden, weight, targets, sink, BLOCKING)
+    // Keep the logits' blocks for the backward where there will be one and they are not too big.
+    let keep_logits = (hidden.track_op() || weight.track_op())
+        && hidden.dim(0)? * weight.dim(0)? <= crate::spec::memory::SAVED_LOGITS_MAX_VALUES;
+    linear_nll_in_blocks(hidden, weight, targets, sink, BLOCKING, keep_logits)
 }
 
 fn linear_nll_in_blocks(
@@ -44,6 +47,7 @@ fn linear_nll_in_blocks(
     targets: &Tensor,
     sink: Option<&Arc<GradSink>>,
     blocking: Blocking,
+    keep_logits: bool,
 ) -> Result<Tensor> {
     let (n, h) = hidden.dims2()?;
     let (vocab, wh) = weight.dims2()?;
@@ -62,7 +66,8 @@ fn linear_nll_in_blocks(
     let op = FusedLinearNll {
         targets,
         blocking,
-        lse: Mutex::new(None),
+        keep_logits,
+        saved: Mutex::new(None),
         sink: sink.cloned(),
     };
     // A sunk weight is off the tape: its gradient goes to the sink, none to candle.
@@ -176,17 +181,32 @@ struct Blocking {
     vocab_chunk: usize,
 }
 
+/// One (row block, vocabulary chunk) of the forward's log-sum-exp: each row's max and sum of
+/// `exp(z - max)` there, and, when kept, the block's `exp(z - max)` then its rows' maxima.
+struct BlockLse<T> {
+    stats: Vec<(T, T)>,
+    kept: Vec<T>,
+}
+
 /// The default blocks.
 const BLOCKING: Blocking = Blocking {
     row_block: ROW_BLOCK,
     vocab_chunk: VOCAB_CHUNK,
 };
 
+/// Each position's log-sum-exp of its logits and the blocks kept, in the op's element type.
+enum Saved {
+    F32(Vec<f32>, Vec<Vec<f32>>),
+    F64(Vec<f64>, Vec<Vec<f64>>),
+}
+
 struct FusedLinearNll {
     targets: Vec<u32>,
     blocking: Blocking,
-    /// Each position's log-sum-exp of its logits, set by the forward.
-    lse: Mutex<Option<CpuStorage>>,
+    /// Keep the forward's blocks for the backward (`log_sum_exp_keeping`).
+    keep_logits: bool,
+    /// What the forward saved, taken by the backward.
+    saved: Mutex<Option<Saved>>,
     /// Where the weight's gradient goes, if not to candle.
     sink: Option<Arc<GradSink>>,
 }
@@ -234,11 +254,24 @@ impl Blocking {
 
     /// Each position's log-sum-exp of its logits, a block at a time.
     fn log_sum_exp<T: Real>(&self, hidden: &[T], weight: &[T], d: Dims) -> Result<Vec<T>> {
+        Ok(self.log_sum_exp_keeping(hidden, weight, d, false)?.0)
+    }
+
+    /// `log_sum_exp`, and, when `keep`, every block's `exp(z - max)` (rows x `vocab_chunk`,
+    /// block by block in row-block-major order) followed by its rows' maxima: what the backward
+    /// turns into the softmax without computing the logits again (`SavedBlocks`).
+    fn log_sum_exp_keeping<T: Real>(
+        &self,
+        hidden: &[T],
+        weight: &[T],
+        d: Dims,
+        keep: bool,
+    ) -> Result<(Vec<T>, Vec<Vec<T>>)> {
         let (row_blocks, chunks) = self.blocks(d);
         // Per (row block, vocabulary chunk): each row's (max, sum of exp(z - max)) there.
-        let partials: Vec<Vec<(T, T)>> = (0..row_blocks * chunks)
+        let blocks: Vec<BlockLse<T>> = (0..row_blocks * chunks)
             .into_par_iter()
-            .map(|task| -> Result<Vec<(T, T)>> {
+            .map(|task| -> Result<BlockLse<T>> {
                 let (rb, vc) = (task / chunks, task % chunks);
                 let r0 = rb * self.row_block;
                 let rows = self.row_block.min(d.n - r0);
@@ -246,7 +279,7 @@ impl Blocking {
                 let width = self.vocab_chunk.min(d.vocab - c0);
                 let mut buf = vec![T::zero(); rows * self.vocab_chunk];
                 self.logits(&mut buf, hidden, weight, d, r0, rows, c0, width)?;
-                Ok((0..rows)
+                let stats: Vec<(T, T)> = (0..rows)
                     .map(|i| {
                         let row = &mut buf[i * self.vocab_chunk..i * self.vocab_chunk + width];
                         let max = cpu::max(row);
@@ -254,9 +287,17 @@ impl Blocking {
                         T::exp_in_place(row);
                         (max, cpu::sum(row))
                     })
-                    .collect())
+                    .collect();
+                if keep {
+                    buf.extend(stats.iter().map(|(max, _)| *max));
+                } else {
+                    buf = Vec::new();
+                }
+                Ok(BlockLse { stats, kept: buf })
             })
             .collect::<Result<_>>()?;
+        let (partials, kept): (Vec<_>, Vec<_>) =
+            blocks.into_iter().map(|b| (b.stats, b.kept)).unzip();
         let mut lse = vec![T::zero(); d.n];
         for (i, l) in lse.iter_mut().enumerate() {
             let (rb, within) = (i / self.row_block, i % self.row_block);
@@ -270,12 +311,14 @@ impl Blocking {
             });
             *l = max + sum.ln();
         }
-        Ok(lse)
+        Ok((lse, if keep { kept } else { Vec::new() }))
     }
 }
 
 impl FusedLinearNll {
-    /// `grad * (softmax - one-hot)` of rows `r0..` for the vocabulary `c0..`, in `buf`.
+    /// `grad * (softmax - one-hot)` of rows `r0..` for the vocabulary `c0..`, in `buf`: from
+    /// the forward's kept block when there is one (`exp(z - max) * exp(max - lse)`), else from
+    /// the logits computed again.
     #[allow(clippy::too_many_arguments)]
     fn logit_grads<T: Real>(
         &self,
@@ -283,20 +326,35 @@ impl FusedLinearNll {
         hidden: &[T],
         weight: &[T],
         lse: &[T],
+        kept: &[Vec<T>],
         grad: &[T],
         d: Dims,
         (r0, rows): (usize, usize),
         (c0, width): (usize, usize),
     ) -> Result<()> {
-        self.blocking
-            .logits(buf, hidden, weight, d, r0, rows, c0, width)?;
+        let chunk = self.blocking.vocab_chunk;
+        let block = (r0 / self.blocking.row_block) * self.blocking.blocks(d).1 + c0 / chunk;
+        let kept = kept.get(block).filter(|b| b.len() == rows * chunk + rows);
+        if kept.is_none() {
+            self.blocking
+                .logits(buf, hidden, weight, d, r0, rows, c0, width)?;
+        }
         for i in 0..rows {
             let (l, g) = (lse[r0 + i], grad[r0 + i]);
-            let row =
-                &mut buf[i * self.blocking.vocab_chunk..i * self.blocking.vocab_chunk + width];
-            row.iter_mut().for_each(|z| *z -= l);
-            T::exp_in_place(row);
-            row.iter_mut().for_each(|z| *z *= g);
+            let row = &mut buf[i * chunk..i * chunk + width];
+            match kept {
+                Some(kept) => {
+                    let scale = (kept[rows * chunk + i] - l).exp() * g;
+                    row.iter_mut()
+                        .zip(&kept[i * chunk..i * chunk + width])
+                        .for_each(|(z, e)| *z = *e * scale);
+                }
+                None => {
+                    row.iter_mut().for_each(|z| *z -= l);
+                    T::exp_in_place(row);
+                    row.iter_mut().for_each(|z| *z *= g);
+                }
+            }
             let target = self.targets[r0 + i] as usize;
             if (c0..c0 + width).contains(&target) {
                 row[target - c0] -= g;
@@ -305,9 +363,18 @@ impl FusedLinearNll {
         Ok(())
     }
 
-    /// Each position's log-sum-exp and negative log-likelihood.
-    fn forward<T: Real>(&self, hidden: &[T], weight: &[T], d: Dims) -> Result<(Vec<T>, Vec<T>)> {
-        let lse = self.blocking.log_sum_exp(hidden, weight, d)?;
+    /// Each position's log-sum-exp and negative log-likelihood, and the blocks kept for the
+    /// backward (none unless `keep_logits`).
+    #[allow(clippy::type_complexity)]
+    fn forward<T: Real>(
+        &self,
+        hidden: &[T],
+        weight: &[T],
+        d: Dims,
+    ) -> Result<(Vec<T>, Vec<T>, Vec<Vec<T>>)> {
+        let (lse, kept) = self
+            .blocking
+            .log_sum_exp_keeping(hidden, weight, d, self.keep_logits)?;
         let nll = lse
             .iter()
             .enumerate()
@@ -319,7 +386,7 @@ impl FusedLinearNll {
                 )
             })
             .collect();
-        Ok((lse, nll))
+        Ok((lse, nll, kept))
     }
 
     /// The gradient of the hidden states; the weight's is added into `dw` when given one.
@@ -329,6 +396,7 @@ impl FusedLinearNll {
         hidden: &[T],
         weight: &[T],
         lse: &[T],
+        kept: &[Vec<T>],
         grad: &[T],
         d: Dims,
         dw: Option<&mut [T]>,
@@ -354,6 +422,7 @@ impl FusedLinearNll {
                             hidden,
                             weight,
                             lse,
+                            kept,
                             grad,
                             d,
                             (r0, rows),
@@ -403,6 +472,7 @@ impl FusedLinearNll {
                             hidden,
                             weight,
                             lse,
+                            kept,
                             grad,
                             d,
                             (r0, rows),
@@ -461,21 +531,21 @@ impl CustomOp2 for FusedLinearNll {
         let vocab = l2.shape().dims2()?.0;
         let d = Dims { n, h, vocab };
         let what = "fused cross-entropy";
-        let (lse, nll) = match s1 {
+        let (saved, nll) = match s1 {
             CpuStorage::F32(_) => {
-                let (l, o) =
+                let (l, o, k) =
                     self.forward::<f32>(slice_of(s1, l1, what)?, slice_of(s2, l2, what)?, d)?;
-                (CpuStorage::F32(l), CpuStorage::F32(o))
+                (Saved::F32(l, k), CpuStorage::F32(o))
             }
             CpuStorage::F64(_) => {
-                let (l, o) =
+                let (l, o, k) =
                     self.forward::<f64>(slice_of(s1, l1, what)?, slice_of(s2, l2, what)?, d)?;
-                (CpuStorage::F64(l), CpuStorage::F64(o))
+                (Saved::F64(l, k), CpuStorage::F64(o))
             }
             _ => bail!("fused cross-entropy: only f32 and f64"),
         };
-        if let Ok(mut saved) = self.lse.lock() {
-            *saved = Some(lse);
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = Some(saved);
         }
         Ok((nll, n.into()))
     }
@@ -490,24 +560,26 @@ impl CustomOp2 for FusedLinearNll {
         let (n, h) = hidden.dims2()?;
         let vocab = weight.dim(0)?;
         let d = Dims { n, h, vocab };
-        let saved = match self.lse.lock() {
-            Ok(saved) => saved,
+        // Taken, so that the kept blocks are freed as soon as they are used.
+        let saved = match self.saved.lock() {
+            Ok(mut saved) => saved.take(),
             Err(_) => bail!("fused cross-entropy: the forward's saved state is poisoned"),
         };
-        let Some(lse) = saved.as_ref() else {
-            bail!("fused cross-entropy: backward before forward");
+        let Some(saved) = saved else {
+            bail!("fused cross-entropy: backward before forward (or a second backward)");
         };
         let grad = grad.contiguous()?;
         let (hd, wd, gd) = (Data::of(hidden), Data::of(weight), Data::of(&grad));
         let what = "fused cross-entropy backward";
         // The weight's gradient: into the sink, or a fresh tensor for candle if it trains.
         macro_rules! run {
-            ($t:ty, $lse:expr) => {{
+            ($t:ty, $lse:expr, $kept:expr) => {{
                 let backward = |dw: Option<&mut [$t]>| {
                     self.backward::<$t>(
                         hd.slice(what)?,
                         wd.slice(what)?,
                         $lse,
+                        $kept,
                         gd.slice(what)?,
                         d,
                         dw,
@@ -535,10 +607,9 @@ impl CustomOp2 for FusedLinearNll {
                 (Tensor::from_vec(dh, (n, h), hidden.device())?, dw)
             }};
         }
-        let (dh, dw) = match lse {
-            CpuStorage::F32(lse) => run!(f32, lse),
-            CpuStorage::F64(lse) => run!(f64, lse),
-            _ => bail!("fused cross-entropy: only f32 and f64"),
+        let (dh, dw) = match &saved {
+            Saved::F32(lse, kept) => run!(f32, lse, kept),
+            Saved::F64(lse, kept) => run!(f64, lse, kept),
         };
         Ok((Some(dh), dw))
     }
@@ -579,9 +650,12 @@ mod tests {
         let composed = composed_linear_nll(&hidden, &weight, &targets()).unwrap();
         let fused = linear_nll(&hidden, &weight, &targets(), None).unwrap();
         assert!(check::max_diff(&fused, &composed) < 1e-5);
-        let blocked =
-            linear_nll_in_blocks(&hidden, &weight, &targets(), None, blocks(4, 4)).unwrap();
-        assert!(check::max_diff(&blocked, &composed) < 1e-5);
+        for keep in [false, true] {
+            let blocked =
+                linear_nll_in_blocks(&hidden, &weight, &targets(), None, blocks(4, 4), keep)
+                    .unwrap();
+            assert!(check::max_diff(&blocked, &composed) < 1e-5);
+        }
     }
 
     #[test]
@@ -589,16 +663,20 @@ mod tests {
         let mut rng = SplitMix64::new(4);
         let hidden = random(&mut rng, &[N, H], DType::F64);
         let weight = random(&mut rng, &[V, H], DType::F64);
-        // Blocks of 4 rows and 4 vocabulary entries, the last ones partial.
-        check::gradients_match_finite_differences(
-            &|xs| linear_nll_in_blocks(&xs[0], &xs[1], &targets(), None, blocks(4, 4)),
-            &[hidden.clone(), weight.clone()],
-        );
+        // Blocks of 4 rows and 4 vocabulary entries, the last ones partial; the softmax from
+        // the logits computed again, and from the forward's kept blocks.
+        for keep in [false, true] {
+            check::gradients_match_finite_differences(
+                &|xs| linear_nll_in_blocks(&xs[0], &xs[1], &targets(), None, blocks(4, 4), keep),
+                &[hidden.clone(), weight.clone()],
+            );
+        }
         // The composed loss's gradients agree too.
         let vars = [&hidden, &weight].map(|t| Var::from_tensor(t).unwrap());
         let [th, tw] = [0, 1].map(|i| vars[i].as_tensor().clone());
         let grads = |y: Tensor| y.sum_all().unwrap().backward().unwrap();
-        let fused = grads(linear_nll_in_blocks(&th, &tw, &targets(), None, blocks(4, 4)).unwrap());
+        let fused =
+            grads(linear_nll_in_blocks(&th, &tw, &targets(), None, blocks(4, 4), true).unwrap());
         let composed = grads(composed_linear_nll(&th, &tw, &targets()).unwrap());
         for var in &vars {
             let (f, c) = (fused.get(var.as_tensor()), composed.get(var.as_tensor()));
@@ -615,7 +693,7 @@ mod tests {
         // Blocks of 1 row: shared out by rows (on up to 3 threads); of 4: by vocabulary.
         for row_block in [1, 4] {
             let grads_of = |w: &Tensor| {
-                linear_nll_in_blocks(&hidden, w, &targets(), None, blocks(row_block, 4))
+                linear_nll_in_blocks(&hidden, w, &targets(), None, blocks(row_block, 4), false)
                     .unwrap()
                     .sum_all()
                     .unwrap()
@@ -647,7 +725,7 @@ mod tests {
             .backward()
             .unwrap();
         // By rows (blocks of 1) and by vocabulary (blocks of 4): the weight's way is the latter.
-        for row_block in [1, 4] {
+        for (row_block, keep) in [(1, false), (4, false), (1, true), (4, true)] {
             let sink = GradSink::new();
             for _ in 0..2 {
                 let y = linear_nll_in_blocks(
@@ -656,6 +734,7 @@ mod tests {
                     &targets(),
                     Some(&sink),
                     blocks(row_block, 4),
+                    keep,
                 )
                 .unwrap();
                 let grads = y.sum_all().unwrap().backward().unwrap();
