@@ -109,12 +109,13 @@ const COMPOSED: Coefficients = Coefficients {
 };
 
 /// Fused CPU ops (`trainer::ops`): norms, rotary positions and SwiGLU save only their inputs,
-/// attention keeps no score-sized tensor (one log-sum-exp per row), and the training loss never
-/// holds vocabulary-sized rows; what remains vocabulary-sized is evaluation's label scoring
+/// attention keeps no score-sized tensor (one log-sum-exp per row), and the training loss keeps
+/// its logits' exponentials for the backward only up to `SAVED_LOGITS_MAX_VALUES` (counted
+/// apart, `saves_logits`); what else is vocabulary-sized is evaluation's label scoring
 /// (logits and log-softmax of at most `MAX_EVAL_BATCH` examples' answers at once), which the
 /// composed coefficients' training vocabulary already covers. An adapted projection is one op
 /// (`ops::lora`) that keeps no tensor of its own. Measured with `train_speed --kernels fused`:
-/// the 135M shape at 4 x 128 peaks at 2,937 MiB (sft) and 1,278 MiB (LoRA), against 4,595 and
+/// the 135M shape at 4 x 128 peaks at 2,943 MiB (sft) and 1,381 MiB (LoRA), against 4,595 and
 /// 3,850 composed.
 const FUSED: Coefficients = Coefficients {
     per_token_hidden: 7.0,

@@ -6,7 +6,7 @@
 //! it, and adds that strided view to a second fresh zero tensor (one thread, element by element):
 //! four weight-sized passes and two allocations beyond the product itself, for each of the seven
 //! projections of every layer (a 135M sft step: 210 of them, 106 M weights). Measured with
-//! `train_speed` (135M sft, 4 x 128, 2 threads): the backward from 4.1-5.8 s to 3.1-3.2 s.
+//! `step_phases` (135M sft, 4 x 128, 2 threads): the backward from 4.1-5.8 s to 3.1-3.3 s.
 //!
 //! The op's only autograd input is `x`: the weight is held by the op, detached. So it is only
 //! used when `x` is itself on the tape; otherwise candle would never call its backward and the
