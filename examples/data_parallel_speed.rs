@@ -13,11 +13,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use sweep::spec::shape::{ModelConfig, LORA_TARGETS};
+use sweep::spec::shape::ModelConfig;
 use sweep::text::encode::Seq;
-use sweep::trainer::model::{CausalLm, LoraSettings, Trainable};
+use sweep::trainer::model::CausalLm;
 use sweep::trainer::parallel::Replicas;
-use sweep::util::rng::SplitMix64;
 
 /// A preset's shape, or HIDDENxLAYERS.
 fn model_config(name: &str) -> Result<ModelConfig> {
@@ -59,15 +58,7 @@ fn main() -> Result<()> {
     };
     config.validate(model_name)?;
     let weights = CausalLm::random_weights(&config, 1, DType::F32, &Device::Cpu)?;
-    let trainable = match method {
-        "lora" => Trainable::Lora(LoraSettings {
-            rank: 8,
-            alpha: 16.0,
-            targets: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
-        }),
-        "sft" => Trainable::All,
-        other => bail!("METHOD must be sft or lora, got {other}"),
-    };
+    let trainable = sweep::trainer::bench::trainable(method)?;
     let primary = CausalLm::new(
         config.clone(),
         &weights,
@@ -78,15 +69,7 @@ fn main() -> Result<()> {
     )?;
     drop(weights);
     let mut replicas = Replicas::new(primary, &vec![Device::Cpu; devices - 1], 0.0, 1)?;
-    let mut rng = SplitMix64::new(2);
-    let seqs: Vec<Seq> = (0..batch)
-        .map(|_| Seq {
-            ids: (0..seq)
-                .map(|_| 4 + rng.below(config.vocab_size - 4) as u32)
-                .collect(),
-            loss_from: 1,
-        })
-        .collect();
+    let seqs = sweep::trainer::bench::random_sequences(batch, seq, config.vocab_size);
     let refs: Vec<&Seq> = seqs.iter().collect();
     // One step to warm up allocations and thread pools, then the timed steps.
     replicas.step(&refs, batch, 0, 1e-4, 1.0)?;

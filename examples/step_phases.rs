@@ -11,12 +11,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Var};
-use sweep::spec::shape::LORA_TARGETS;
 use sweep::text::encode::Seq;
 use sweep::trainer::batch::{make_batch, token_nll};
-use sweep::trainer::model::{CausalLm, LoraSettings, Trainable};
+use sweep::trainer::bench;
+use sweep::trainer::model::CausalLm;
 use sweep::trainer::optim::{AdamW, Clip};
-use sweep::util::rng::SplitMix64;
 
 fn main() -> Result<()> {
     sweep::trainer::ops::cpu::tune_process();
@@ -33,15 +32,7 @@ fn main() -> Result<()> {
         None if preset == "llama-135m" => 49152,
         None => 3000,
     };
-    let trainable = match args[1].as_str() {
-        "lora" => Trainable::Lora(LoraSettings {
-            rank: 8,
-            alpha: 16.0,
-            targets: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
-        }),
-        "sft" => Trainable::All,
-        other => bail!("METHOD is sft or lora, got `{other}`"),
-    };
+    let trainable = bench::trainable(&args[1])?;
     let device = Device::Cpu;
     let mut config =
         sweep::spec::shape::preset(preset).with_context(|| format!("no preset `{preset}`"))?;
@@ -49,13 +40,7 @@ fn main() -> Result<()> {
     let weights = CausalLm::random_weights(&config, 1, DType::F32, &device)?;
     let model = CausalLm::new(config, &weights, trainable, 1, &device, preset)?;
     drop(weights);
-    let mut rng = SplitMix64::new(2);
-    let seqs: Vec<Seq> = (0..batch)
-        .map(|_| Seq {
-            ids: (0..seq).map(|_| 4 + rng.below(vocab - 4) as u32).collect(),
-            loss_from: 1,
-        })
-        .collect();
+    let seqs = bench::random_sequences(batch, seq, vocab);
     let refs: Vec<&Seq> = seqs.iter().collect();
     let vars: Vec<Var> = model.trainable().iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(vars, 0.0)?.with_kernels(model.kernels())?;

@@ -67,6 +67,12 @@ pub const MB: f64 = 1024.0 * 1024.0;
 /// above it, the backward recomputes them block by block. 64 Mi values: 256 MiB in f32.
 pub const SAVED_LOGITS_MAX_VALUES: usize = 64 << 20;
 
+/// Whether the fused cross-entropy keeps the logits of `positions` x `vocab` for its backward
+/// (all of them or none; the estimate counts at most `SAVED_LOGITS_MAX_VALUES`).
+pub fn keeps_logits(positions: usize, vocab: usize) -> bool {
+    positions.saturating_mul(vocab) <= SAVED_LOGITS_MAX_VALUES
+}
+
 /// RLIMIT_DATA counts the data mappings of a CUDA build's libraries (libcublasLt above all: 200
 /// to 220 MiB measured with `ulimit -d`) before main runs, even in a trial on the CPU; a memory
 /// limit meant for a trial's own data allows them on top.
@@ -298,6 +304,19 @@ pub fn cuda_process_overhead(tensor_bytes: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::{keeps_logits, SAVED_LOGITS_MAX_VALUES};
+
+    #[test]
+    fn the_loss_keeps_logits_up_to_the_bound_only() {
+        // The 135M benchmark's step: 508 positions of a 49,152 vocabulary (100 MB in f32).
+        assert!(keeps_logits(508, 49_152));
+        assert!(keeps_logits(SAVED_LOGITS_MAX_VALUES, 1));
+        assert!(!keeps_logits(SAVED_LOGITS_MAX_VALUES + 1, 1));
+        // Post-pretraining 8 x 512 tokens of Qwen2's vocabulary: 2.5 GB, recomputed instead.
+        assert!(!keeps_logits(4096, 151_936));
+        assert!(!keeps_logits(usize::MAX, 2), "no overflow");
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

@@ -40,6 +40,36 @@ pub struct Measured {
     pub estimate_mb: f64,
 }
 
+/// What the benchmarks train for a method: everything (`sft`), or LoRA r 8, alpha 16 on all
+/// seven projections (`lora`), as the PyTorch side does.
+pub fn trainable(method: &str) -> Result<Trainable> {
+    match method {
+        "lora" => Ok(Trainable::Lora(LoraSettings {
+            rank: 8,
+            alpha: 16.0,
+            targets: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
+        })),
+        "sft" => Ok(Trainable::All),
+        other => Err(TrainError::Setting(format!(
+            "the benchmark's method is sft or lora, got `{other}`"
+        ))),
+    }
+}
+
+/// `batch` sequences of `seq` random tokens from ids 4 and up (below the special tokens nothing
+/// is drawn), loss on every token after the first; the same every run.
+pub fn random_sequences(batch: usize, seq: usize, vocab: usize) -> Vec<Seq> {
+    let mut rng = SplitMix64::new(2);
+    (0..batch)
+        .map(|_| Seq {
+            ids: (0..seq)
+                .map(|_| 4 + rng.below(vocab.saturating_sub(4)) as u32)
+                .collect(),
+            loss_from: 1,
+        })
+        .collect()
+}
+
 /// One warm-up step, then `steps` timed ones (synchronised with the device before and after).
 pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
     crate::trainer::ops::cpu::tune_process();
@@ -47,31 +77,17 @@ pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
         .ok_or_else(|| TrainError::UnknownPreset(c.preset.clone()))?;
     config.vocab_size = c.vocab;
     let weights = CausalLm::random_weights(&config, 1, DType::F32, device)?;
-    let trainable = match c.method.as_str() {
-        "lora" => Trainable::Lora(LoraSettings {
-            rank: 8,
-            alpha: 16.0,
-            targets: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
-        }),
-        "sft" => Trainable::All,
-        other => {
-            return Err(TrainError::Setting(format!(
-                "the benchmark's method is sft or lora, got `{other}`"
-            )))
-        }
-    };
-    let model = CausalLm::new(config.clone(), &weights, trainable, 1, device, &c.preset)?
-        .with_kernels(c.kernels);
+    let model = CausalLm::new(
+        config.clone(),
+        &weights,
+        trainable(&c.method)?,
+        1,
+        device,
+        &c.preset,
+    )?
+    .with_kernels(c.kernels);
     drop(weights);
-    let mut rng = SplitMix64::new(2);
-    let seqs: Vec<Seq> = (0..c.batch)
-        .map(|_| Seq {
-            ids: (0..c.seq)
-                .map(|_| 4 + rng.below(c.vocab - 4) as u32)
-                .collect(),
-            loss_from: 1,
-        })
-        .collect();
+    let seqs = random_sequences(c.batch, c.seq, c.vocab);
     let refs: Vec<&Seq> = seqs.iter().collect();
     let vars: Vec<Var> = model.trainable().iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(vars, 0.0)?.with_kernels(model.kernels())?;

@@ -63,7 +63,7 @@ struct LoraAdapter {
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
-    /// Frozen weights get no gradient (see `frozen_matmul`).
+    /// Frozen weights get no gradient (`ops::linear` without a sink).
     frozen: bool,
     /// A trained weight's: where the fused op adds its gradient (`ops::linear`).
     sink: Option<Arc<GradSink>>,
@@ -88,10 +88,11 @@ impl Linear {
             let out = y.dim(1)?;
             return y.reshape((b, t, out));
         }
+        // A frozen weight never gets gradient work, whatever the kernels (`ops::linear`).
         let mut y = match (&self.sink, kernels) {
-            _ if self.frozen => frozen_matmul(&flat, &self.weight)?,
-            (Some(sink), Kernels::Fused) => ops::linear::trained_linear(&flat, &self.weight, sink)?,
-            _ => ops::linear::trained_linear_composed(&flat, &self.weight)?,
+            _ if self.frozen => ops::linear::linear(&flat, &self.weight, None)?,
+            (Some(sink), Kernels::Fused) => ops::linear::linear(&flat, &self.weight, Some(sink))?,
+            _ => ops::linear::linear_composed(&flat, &self.weight)?,
         };
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
@@ -106,72 +107,6 @@ impl Linear {
         }
         let out = y.dim(1)?;
         y.reshape((b, t, out))
-    }
-}
-
-/// `x W^T` where `W` is frozen: the gradient flows to `x` only.
-///
-/// Why: candle's matmul backward always computes the gradient of both operands, so a frozen
-/// weight still costs a full weight-gradient matmul and a weight-sized buffer per step; for LoRA
-/// that doubled the backward work. This custom op computes the product and, backwards, only
-/// `grad W`.
-fn frozen_matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let custom_op_runs_here =
-        matches!(x.device(), Device::Cpu) && matches!(x.dtype(), DType::F32 | DType::F64);
-    if !x.track_op() || !custom_op_runs_here {
-        // No gradient needed at all; or another device/dtype, where candle's plain matmul is
-        // correct, only wasteful.
-        return x.matmul(&w.t()?);
-    }
-    x.contiguous()?
-        .apply_op1(FrozenMatmul { weight: w.clone() })
-}
-
-/// Forward `x W^T`; backward `grad W`, the gradient of the input only.
-struct FrozenMatmul {
-    weight: Tensor,
-}
-
-impl candle_core::CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (m, k) = layout.shape().dims2()?;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul: input must be contiguous");
-        };
-        // A fresh tensor outside the graph: the product below records no backward op.
-        let x = match storage {
-            candle_core::CpuStorage::F32(v) => {
-                Tensor::from_slice(&v[start..end], (m, k), &Device::Cpu)?
-            }
-            candle_core::CpuStorage::F64(v) => {
-                Tensor::from_slice(&v[start..end], (m, k), &Device::Cpu)?
-            }
-            _ => candle_core::bail!("frozen-matmul: only f32 and f64"),
-        };
-        let y = x.matmul(&self.weight.t()?)?.flatten_all()?;
-        let n = self.weight.dim(0)?;
-        let out = match storage {
-            candle_core::CpuStorage::F64(_) => candle_core::CpuStorage::F64(y.to_vec1::<f64>()?),
-            _ => candle_core::CpuStorage::F32(y.to_vec1::<f32>()?),
-        };
-        Ok((out, (m, n).into()))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.weight)?))
     }
 }
 
@@ -611,7 +546,7 @@ impl CausalLm {
     /// where the loss counts saves most of the work when the vocabulary is large and answers short.
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         if self.lora.is_some() {
-            frozen_matmul(hidden, &self.lm_head)
+            ops::linear::linear(hidden, &self.lm_head, None)
         } else {
             hidden.matmul(&self.lm_head.t()?)
         }
@@ -1180,34 +1115,6 @@ pub(crate) mod tests {
             err.contains("model.norm.weight") && err.contains("[7]"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn frozen_matmul_matches_plain_matmul_forward_and_backward() {
-        let dev = Device::Cpu;
-        let mut rng = SplitMix64::new(4);
-        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
-        let x = Var::from_vec(rand(15), (5, 3), &dev).unwrap();
-        let w = Tensor::from_vec(rand(12), (4, 3), &dev).unwrap();
-        let r = Tensor::from_vec(rand(20), (5, 4), &dev).unwrap();
-        let fast = (frozen_matmul(x.as_tensor(), &w).unwrap() * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let plain = (x.as_tensor().matmul(&w.t().unwrap()).unwrap() * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let close = |a: &Tensor, b: &Tensor| max_abs_diff(a, b) < 1e-5;
-        assert!(close(&fast, &plain));
-        let gf = fast.backward().unwrap();
-        let gp = plain.backward().unwrap();
-        assert!(close(
-            gf.get(x.as_tensor()).unwrap(),
-            gp.get(x.as_tensor()).unwrap()
-        ));
-        // The frozen weight gets no gradient at all.
-        assert!(gf.get(&w).is_none());
     }
 
     #[test]

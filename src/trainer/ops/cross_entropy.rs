@@ -37,7 +37,7 @@ pub fn linear_nll(
     let sink = sink.filter(|_| hidden.track_op() && weight.dtype() == hidden.dtype());
     // Keep the logits' blocks for the backward where there will be one and they are not too big.
     let keep_logits = (hidden.track_op() || weight.track_op())
-        && hidden.dim(0)? * weight.dim(0)? <= crate::spec::memory::SAVED_LOGITS_MAX_VALUES;
+        && crate::spec::memory::keeps_logits(hidden.dim(0)?, weight.dim(0)?);
     linear_nll_in_blocks(hidden, weight, targets, sink, BLOCKING, keep_logits)
 }
 
@@ -586,17 +586,10 @@ impl CustomOp2 for FusedLinearNll {
                     )
                 };
                 let (dh, dw) = match &self.sink {
-                    Some(sink) => {
-                        let mut dh = None;
-                        sink.add_with::<$t>(vocab * h, |dw, _| {
-                            dh = Some(backward(Some(dw))?);
-                            Ok(())
-                        })?;
-                        match dh {
-                            Some(dh) => (dh, None),
-                            None => bail!("fused cross-entropy: no hidden gradient"),
-                        }
-                    }
+                    Some(sink) => (
+                        sink.add_with::<$t, _>(vocab * h, |dw, _| backward(Some(dw)))?,
+                        None,
+                    ),
                     None if weight.track_op() => {
                         let mut dw = vec![<$t as num_traits::Zero>::zero(); vocab * h];
                         let dh = backward(Some(&mut dw))?;

@@ -99,11 +99,11 @@ impl CustomOp1 for Embedding {
         let gd = Data::of(&grad);
         let what = "fused-embedding backward";
         match weight.dtype() {
-            DType::F32 => self.sink.add_with::<f32>(vocab * h, |sum, _| {
+            DType::F32 => self.sink.add_with::<f32, _>(vocab * h, |sum, _| {
                 scatter_add(sum, gd.slice(what)?, &self.ids, h);
                 Ok(())
             })?,
-            DType::F64 => self.sink.add_with::<f64>(vocab * h, |sum, _| {
+            DType::F64 => self.sink.add_with::<f64, _>(vocab * h, |sum, _| {
                 scatter_add(sum, gd.slice(what)?, &self.ids, h);
                 Ok(())
             })?,
@@ -145,7 +145,7 @@ mod tests {
         // The tied head's gradient is in the sink first; the lookup adds its rows to it.
         let w = Var::from_tensor(&random(&[5, 2], 1, DType::F64)).unwrap();
         let sink = GradSink::new();
-        sink.add_with::<f64>(10, |sum, _| {
+        sink.add_with::<f64, _>(10, |sum, _| {
             sum.iter_mut().for_each(|v| *v = 1.0);
             Ok(())
         })

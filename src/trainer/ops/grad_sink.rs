@@ -48,13 +48,14 @@ impl GradSink {
         Ok(())
     }
 
-    /// Runs `add(buffer, accumulate)` on the sum's `len` elements. `accumulate` is false when the
-    /// sink was empty: the buffer is then zeros, which `add` may overwrite instead of adding to.
-    pub fn add_with<T: Real>(
+    /// Runs `add(buffer, accumulate)` on the sum's `len` elements and returns what it returns.
+    /// `accumulate` is false when the sink was empty: the buffer is then zeros, which `add` may
+    /// overwrite instead of adding to.
+    pub fn add_with<T: Real, R>(
         &self,
         len: usize,
-        add: impl FnOnce(&mut [T], bool) -> Result<()>,
-    ) -> Result<()> {
+        add: impl FnOnce(&mut [T], bool) -> Result<R>,
+    ) -> Result<R> {
         let mut guard = self.lock()?;
         let (mut buffer, accumulate) = match guard.take() {
             Some(sum) => (T::cpu_storage_data(sum)?, true),
@@ -66,9 +67,9 @@ impl GradSink {
                 buffer.len()
             );
         }
-        add(&mut buffer, accumulate)?;
+        let out = add(&mut buffer, accumulate)?;
         *guard = Some(T::to_cpu_storage_owned(buffer));
-        Ok(())
+        Ok(out)
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Option<CpuStorage>>> {
@@ -88,7 +89,7 @@ mod tests {
         let shape = Shape::from((2, 2));
         assert!(sink.take(&shape).unwrap().is_none());
         for k in 1..=3 {
-            sink.add_with::<f32>(4, |buf, accumulate| {
+            sink.add_with::<f32, _>(4, |buf, accumulate| {
                 assert_eq!(accumulate, k > 1);
                 if k == 1 {
                     assert!(
@@ -109,8 +110,8 @@ mod tests {
     #[test]
     fn clear_forgets_and_a_wrong_length_is_an_error() {
         let sink = GradSink::new();
-        sink.add_with::<f64>(3, |_, _| Ok(())).unwrap();
-        assert!(sink.add_with::<f64>(4, |_, _| Ok(())).is_err());
+        sink.add_with::<f64, _>(3, |_, _| Ok(())).unwrap();
+        assert!(sink.add_with::<f64, _>(4, |_, _| Ok(())).is_err());
         sink.clear().unwrap();
         assert!(sink.take(&Shape::from(3)).unwrap().is_none());
     }

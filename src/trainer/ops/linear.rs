@@ -1,28 +1,31 @@
-//! A trained projection `y = x W^T` in one op whose weight gradient goes to the weight's
-//! `GradSink` (gemm adding `g^T x` in place); candle gets only `dx = g W`.
+//! A projection `y = x W^T` in one op with its own backward: `dx = g W` for candle, and, for a
+//! trained `W`, `g^T x` added into the weight's `GradSink` (gemm accumulating in place); a frozen
+//! `W` (no sink) gets no gradient work at all.
 //!
-//! Why: composed, `x.matmul(&W.t())` records a matmul and a transpose. Candle's backward then
-//! makes the weight's gradient as an (in, out) product, adds it to a fresh zero tensor, transposes
-//! it, and adds that strided view to a second fresh zero tensor (one thread, element by element):
-//! four weight-sized passes and two allocations beyond the product itself, for each of the seven
-//! projections of every layer (a 135M sft step: 210 of them, 106 M weights). Measured with
-//! `step_phases` (135M sft, 4 x 128, 2 threads): the backward from 4.1-5.8 s to 3.1-3.3 s.
+//! Why: composed, `x.matmul(&W.t())` records a matmul and a transpose. Candle's matmul backward
+//! always computes both operands' gradients, so a frozen weight still cost a weight-gradient
+//! product; and for a trained one its backward makes the gradient as an (in, out) product, adds
+//! it to a fresh zero tensor, transposes it, and adds that strided view to a second fresh zero
+//! tensor (one thread, element by element): four weight-sized passes and two allocations beyond
+//! the product itself, for each of the seven projections of every layer (a 135M sft step: 210 of
+//! them, 106 M weights). Measured with `step_phases` (135M sft, 4 x 128, 2 threads): the
+//! backward from 4.1-5.8 s to 3.1-3.3 s.
 //!
 //! The op's only autograd input is `x`: the weight is held by the op, detached. So it is only
-//! used when `x` is itself on the tape; otherwise candle would never call its backward and the
-//! weight would silently get nothing (`fuses`).
+//! used when `x` is itself on the tape; otherwise candle would never call its backward and a
+//! trained weight would silently get nothing (`fuses`).
 
 use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::cpu::{matmul, runs_fused, slice_of, Data, Real, View};
+use super::cpu::{matmul, rows_per_thread, runs_fused, slice_of, Data, Real, View};
 use super::grad_sink::GradSink;
 
-const NAME: &str = "fused-trained-linear";
+const NAME: &str = "fused-linear";
 
-/// Whether `trained_linear` computes these operands fused: on the CPU, x and W of the same f32
+/// Whether `linear` computes these operands fused: on the CPU, x and W of the same f32
 /// (or f64) dtype, neither empty, and `x` on the autograd tape (see the module's doc).
 pub fn fuses(x: &Tensor, w: &Tensor) -> bool {
     runs_fused(x)
@@ -32,28 +35,30 @@ pub fn fuses(x: &Tensor, w: &Tensor) -> bool {
         && x.track_op()
 }
 
-/// `x W^T` for `x` (n, in) and `W` (out, in): shape (n, out). `W`'s gradient goes to `sink`
-/// where `fuses`; otherwise this is candle's matmul, and `W` (a `Var`'s tensor) gets its gradient
-/// in the gradient store as usual.
-pub fn trained_linear(x: &Tensor, w: &Tensor, sink: &Arc<GradSink>) -> Result<Tensor> {
+/// `x W^T` for `x` (n, in) and `W` (out, in): shape (n, out). Where `fuses`, `W`'s gradient goes
+/// to `sink` if given one (a trained weight) and nowhere if not (a frozen weight). Otherwise this
+/// is candle's matmul: a trained `W` (a `Var`'s tensor) gets its gradient in the gradient store
+/// as usual, and a frozen one (a plain tensor) none.
+pub fn linear(x: &Tensor, w: &Tensor, sink: Option<&Arc<GradSink>>) -> Result<Tensor> {
     if !fuses(x, w) {
-        return trained_linear_composed(x, w);
+        return linear_composed(x, w);
     }
-    let op = TrainedLinear {
+    let op = Linear {
         weight: w.detach().contiguous()?,
-        sink: sink.clone(),
+        sink: sink.cloned(),
     };
     x.contiguous()?.apply_op1(op)
 }
 
 /// The composed twin: candle's product with the transposed weight.
-pub fn trained_linear_composed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub fn linear_composed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.matmul(&w.t()?)
 }
 
-struct TrainedLinear {
+struct Linear {
     weight: Tensor,
-    sink: Arc<GradSink>,
+    /// A trained weight's; none for a frozen one.
+    sink: Option<Arc<GradSink>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -61,12 +66,6 @@ struct Dims {
     n: usize,
     inp: usize,
     out: usize,
-}
-
-/// Rows per rayon task for `rows` rows: one block per thread (each block is its own gemm call,
-/// whose fixed cost dominates on small shapes), at least 16 rows.
-fn block_of(rows: usize) -> usize {
-    rows.div_ceil(rayon::current_num_threads().max(1)).max(16)
 }
 
 /// `dst` (rows x cols, row-major) = `lhs` `rhs` by blocks of `dst`'s rows, one rayon task each.
@@ -80,7 +79,7 @@ fn par_rows<'a, T: Real>(
     rhs_view: View,
 ) -> Result<()> {
     let rows = dst.len() / cols.max(1);
-    let block = block_of(rows);
+    let block = rows_per_thread(rows);
     dst.par_chunks_mut(block * cols)
         .enumerate()
         .try_for_each(|(k, db)| {
@@ -117,14 +116,14 @@ fn forward<T: Real>(x: &[T], w: &[T], d: Dims) -> Result<Vec<T>> {
     Ok(y)
 }
 
-/// `dx = g W`, and `g^T x` added into `dw` (overwriting it unless `accumulate`).
+/// `dx = g W`, and, when given `(dw, accumulate)`, `g^T x` added into `dw` (overwriting it
+/// unless `accumulate`).
 fn backward<T: Real>(
     x: &[T],
     w: &[T],
     g: &[T],
     d: Dims,
-    dw: &mut [T],
-    accumulate: bool,
+    dw: Option<(&mut [T], bool)>,
 ) -> Result<Vec<T>> {
     let mut dx = vec![T::zero(); d.n * d.inp];
     par_rows(
@@ -140,19 +139,21 @@ fn backward<T: Real>(
         w,
         View::rows(d.out, d.inp, d.inp),
     )?;
-    // dW's rows o0..o0+rows are g's columns o0..o0+rows, transposed, times x.
-    par_rows(
-        dw,
-        d.inp,
-        accumulate,
-        |o0, rows| (&g[o0..], View::rows(d.n, rows, d.out).t()),
-        x,
-        View::rows(d.n, d.inp, d.inp),
-    )?;
+    if let Some((dw, accumulate)) = dw {
+        // dW's rows o0..o0+rows are g's columns o0..o0+rows, transposed, times x.
+        par_rows(
+            dw,
+            d.inp,
+            accumulate,
+            |o0, rows| (&g[o0..], View::rows(d.n, rows, d.out).t()),
+            x,
+            View::rows(d.n, d.inp, d.inp),
+        )?;
+    }
     Ok(dx)
 }
 
-impl TrainedLinear {
+impl Linear {
     fn dims(&self, x: &Layout) -> Result<Dims> {
         let (n, inp) = x.shape().dims2()?;
         let (out, w_in) = self.weight.dims2()?;
@@ -167,7 +168,7 @@ impl TrainedLinear {
     }
 }
 
-impl CustomOp1 for TrainedLinear {
+impl CustomOp1 for Linear {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -191,25 +192,17 @@ impl CustomOp1 for TrainedLinear {
         let d = self.dims(x.layout())?;
         let grad = grad.contiguous()?;
         let (xd, wd, gd) = (Data::of(x), Data::of(&self.weight), Data::of(&grad));
-        let what = "fused-trained-linear backward";
+        let what = "fused-linear backward";
         macro_rules! run {
             ($t:ty) => {{
-                let mut dx = None;
-                self.sink.add_with::<$t>(d.out * d.inp, |dw, accumulate| {
-                    dx = Some(backward::<$t>(
-                        xd.slice(what)?,
-                        wd.slice(what)?,
-                        gd.slice(what)?,
-                        d,
-                        dw,
-                        accumulate,
-                    )?);
-                    Ok(())
-                })?;
-                match dx {
-                    Some(dx) => Tensor::from_vec(dx, (d.n, d.inp), x.device())?,
-                    None => bail!("{NAME}: the backward computed no input gradient"),
-                }
+                let (xs, ws, gs) = (xd.slice(what)?, wd.slice(what)?, gd.slice(what)?);
+                let dx = match &self.sink {
+                    Some(sink) => sink.add_with::<$t, _>(d.out * d.inp, |dw, accumulate| {
+                        backward::<$t>(xs, ws, gs, d, Some((dw, accumulate)))
+                    })?,
+                    None => backward::<$t>(xs, ws, gs, d, None)?,
+                };
+                Tensor::from_vec(dx, (d.n, d.inp), x.device())?
             }};
         }
         let dx = match x.dtype() {
@@ -227,27 +220,39 @@ mod tests {
     use crate::trainer::ops::cpu::check::{max_diff, random};
     use candle_core::Var;
 
-    /// Values, the input's gradient and the weight's (from the sink) against candle's matmul.
+    /// Values, the input's gradient and the weight's (from the sink) against candle's matmul;
+    /// frozen (no sink), no gradient for the weight anywhere.
     fn compare(n: usize, inp: usize, out: usize, dtype: DType, tolerance: f64) {
         let x = Var::from_tensor(&random(&[n, inp], 1, dtype)).unwrap();
         let w = Var::from_tensor(&random(&[out, inp], 2, dtype)).unwrap();
         let probe = random(&[n, out], 3, dtype);
-        let sink = GradSink::new();
-        let yf = trained_linear(x.as_tensor(), w.as_tensor(), &sink).unwrap();
-        let yc = trained_linear_composed(x.as_tensor(), w.as_tensor()).unwrap();
-        assert!(max_diff(&yf, &yc) < tolerance, "{}", max_diff(&yf, &yc));
         let backward = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let (gf, gc) = (backward(&yf), backward(&yc));
-        let dx = max_diff(
-            gf.get(x.as_tensor()).unwrap(),
-            gc.get(x.as_tensor()).unwrap(),
-        );
-        assert!(dx < tolerance, "dx {dx}");
-        assert!(gf.get(w.as_tensor()).is_none(), "W's gradient is sunk");
-        let dw = sink.take(w.shape()).unwrap().unwrap();
-        let d = max_diff(&dw, gc.get(w.as_tensor()).unwrap());
-        assert!(d < tolerance, "dW {d}");
-        assert!(sink.take(w.shape()).unwrap().is_none(), "take empties");
+        let yc = linear_composed(x.as_tensor(), w.as_tensor()).unwrap();
+        let gc = backward(&yc);
+        for trained in [true, false] {
+            let sink = GradSink::new();
+            let yf = linear(x.as_tensor(), w.as_tensor(), trained.then_some(&sink)).unwrap();
+            assert!(max_diff(&yf, &yc) < tolerance, "{}", max_diff(&yf, &yc));
+            let gf = backward(&yf);
+            let dx = max_diff(
+                gf.get(x.as_tensor()).unwrap(),
+                gc.get(x.as_tensor()).unwrap(),
+            );
+            assert!(dx < tolerance, "dx {dx}");
+            assert!(
+                gf.get(w.as_tensor()).is_none(),
+                "W's gradient is never stored"
+            );
+            match sink.take(w.shape()).unwrap() {
+                Some(dw) => {
+                    assert!(trained, "a frozen weight gets no gradient");
+                    let d = max_diff(&dw, gc.get(w.as_tensor()).unwrap());
+                    assert!(d < tolerance, "dW {d}");
+                }
+                None => assert!(!trained, "a trained weight's gradient is sunk"),
+            }
+            assert!(sink.take(w.shape()).unwrap().is_none(), "take empties");
+        }
     }
 
     #[test]
@@ -264,7 +269,7 @@ mod tests {
         // the sink below; the input's against finite differences.
         let w = random(&[5, 6], 7, DType::F64);
         crate::trainer::ops::cpu::check::gradients_match_finite_differences(
-            &|t| trained_linear(&t[0], &w, &GradSink::new()),
+            &|t| linear(&t[0], &w, Some(&GradSink::new())),
             &[random(&[19, 6], 8, DType::F64)],
         );
         // dW by finite differences of sum(probe * x W^T) in W.
@@ -277,7 +282,7 @@ mod tests {
         let probe = random(&[9, 3], 11, DType::F64);
         let loss = |w: &[f64]| -> f64 {
             let w = Tensor::from_slice(w, (3, 4), &candle_core::Device::Cpu).unwrap();
-            (trained_linear_composed(x.as_tensor(), &w).unwrap() * &probe)
+            (linear_composed(x.as_tensor(), &w).unwrap() * &probe)
                 .unwrap()
                 .sum_all()
                 .unwrap()
@@ -286,7 +291,7 @@ mod tests {
         };
         let sink = GradSink::new();
         let w = Tensor::from_slice(&w0, (3, 4), &candle_core::Device::Cpu).unwrap();
-        (trained_linear(x.as_tensor(), &w, &sink).unwrap() * &probe)
+        (linear(x.as_tensor(), &w, Some(&sink)).unwrap() * &probe)
             .unwrap()
             .sum_all()
             .unwrap()
@@ -315,7 +320,7 @@ mod tests {
         let w = random(&[5, 6], 2, DType::F64);
         let sink = GradSink::new();
         let once = |sink: &Arc<GradSink>| {
-            trained_linear(x.as_tensor(), &w, sink)
+            linear(x.as_tensor(), &w, Some(sink))
                 .unwrap()
                 .sum_all()
                 .unwrap()
@@ -341,7 +346,7 @@ mod tests {
         let w = Var::from_tensor(&random(&[2, 3], 2, DType::F32)).unwrap();
         assert!(!fuses(&x, w.as_tensor()));
         let sink = GradSink::new();
-        let grads = trained_linear(&x, w.as_tensor(), &sink)
+        let grads = linear(&x, w.as_tensor(), Some(&sink))
             .unwrap()
             .sum_all()
             .unwrap()
@@ -355,6 +360,6 @@ mod tests {
     fn shapes_that_do_not_fit_are_an_error() {
         let x = Var::from_tensor(&random(&[4, 6], 1, DType::F32)).unwrap();
         let w = random(&[5, 7], 2, DType::F32);
-        assert!(trained_linear(x.as_tensor(), &w, &GradSink::new()).is_err());
+        assert!(linear(x.as_tensor(), &w, Some(&GradSink::new())).is_err());
     }
 }

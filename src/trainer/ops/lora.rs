@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::cpu::{matmul, runs_fused, slice_of, Data, Real, View};
+use super::cpu::{matmul, rows_per_thread, runs_fused, slice_of, Data, Real, View};
 
 const NAME: &str = "fused-lora-linear";
 
@@ -71,11 +71,9 @@ struct Dims {
 }
 
 impl Dims {
-    /// Rows per rayon task: one block per thread (each block costs its own small gemm calls,
-    /// whose fixed cost dominates on small shapes), at least 16 rows.
+    /// Rows per rayon task (`cpu::rows_per_thread`).
     fn row_block(&self) -> usize {
-        let threads = rayon::current_num_threads().max(1);
-        self.n.div_ceil(threads).max(16)
+        rows_per_thread(self.n)
     }
 }
 
