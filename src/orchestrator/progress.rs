@@ -89,6 +89,8 @@ impl SweepProgress {
                     .unwrap_or_default();
                 bar.set_message(format!("epoch {epoch} loss {loss:.3}{acc}"));
             }
+            // The run loop reports a trial's end from its exit and result.json.
+            ProgressEvent::End(_) => {}
             ProgressEvent::Resumed { epoch, step } => {
                 bar.set_position(*step as u64);
                 bar.set_message(format!("resumed after epoch {epoch}"));

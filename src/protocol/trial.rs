@@ -127,6 +127,8 @@ pub enum ProgressEvent {
     Epoch(EpochMetrics),
     /// The trial continues after an interruption from the end of `epoch`.
     Resumed { epoch: u32, step: usize },
+    /// How the trial ended: its last event, the same as its `result.json`.
+    End(TrialEnd),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -216,6 +218,80 @@ impl TrialResult {
     }
 }
 
+/// How a trial ended, in the trial's own words: `trials/NNNN/result.json` (its last write,
+/// replaced atomically) and the last event of its progress stream. The run loop matches on the
+/// kind; the trial alone reads the text of what failed inside it (candle's, cudarc's, an
+/// allocation failure) and turns it into a kind. A trial that leaves no end (killed, crashed
+/// before it could write one) is a failure the orchestrator describes from its exit status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "end", rename_all = "snake_case")]
+pub enum TrialEnd {
+    /// Trained to its planned end; `result` is its best evaluation.
+    Finished { result: TrialResult },
+    /// Stopped early by the sweep (its prune file): `result` is its best evaluation so far.
+    Pruned { result: TrialResult },
+    /// Ran out of memory (the host's under its limit, or a device's) at this micro-batch.
+    OutOfMemory { micro_batch: u32, message: String },
+    /// Stopped before its end on a signal (a graceful stop, Slurm's pre-timeout signal), with
+    /// the step of the resume point it saved, if any: it can continue, not a failure.
+    Stopped {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_step: Option<usize>,
+    },
+    /// Its input cannot train (data, model folder, settings): running it again changes nothing.
+    InvalidInput { message: String },
+    /// Anything else: a numerical failure, a device error, a bug.
+    InternalError { message: String },
+}
+
+impl TrialEnd {
+    /// The best evaluation of a trial that has a result (finished or pruned).
+    pub fn result(&self) -> Option<&TrialResult> {
+        match self {
+            TrialEnd::Finished { result } | TrialEnd::Pruned { result } => Some(result),
+            _ => None,
+        }
+    }
+
+    /// What the end says, in words, for a log line or a failure's reason.
+    pub fn message(&self) -> String {
+        match self {
+            TrialEnd::Finished { .. } => "finished".to_string(),
+            TrialEnd::Pruned { .. } => "pruned".to_string(),
+            TrialEnd::OutOfMemory {
+                micro_batch,
+                message,
+            } => format!("out of memory at micro-batch {micro_batch}: {message}"),
+            TrialEnd::Stopped { message, .. }
+            | TrialEnd::InvalidInput { message }
+            | TrialEnd::InternalError { message } => message.clone(),
+        }
+    }
+
+    /// Reads `dir/result.json`. A file from before ends were typed (a bare `TrialResult`) is
+    /// read as `Finished`.
+    pub fn read(dir: &Path) -> Result<Self, ReadError> {
+        let path = dir.join(TrialResult::FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| ReadError {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|message| ReadError { path, message })
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if value.get("end").is_some() {
+            serde_json::from_value(value).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_value(value)
+                .map(|result| TrialEnd::Finished { result })
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
 /// How a trial's end shows it ran out of memory: the messages: CUDA's, cuBLAS's and cuRAND's as
 /// candle 0.11 prints them (cudarc 0.19's `DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of
 /// memory")`, `CublasError(CUBLAS_STATUS_ALLOC_FAILED)`, `CurandError(..)`), and Rust's
@@ -250,6 +326,63 @@ pub fn peak_rss_mb() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn result() -> TrialResult {
+        TrialResult {
+            best_epoch: 2,
+            accuracy: Some(0.5),
+            dev_loss: 1.0,
+            train_loss: 1.2,
+            seconds: 3.0,
+            tokens_per_sec: 100.0,
+            peak_rss_mb: 10.0,
+            eval_seconds: 0.5,
+            trainable_params: 1000,
+            micro_batch: 4,
+            grad_accum: 1,
+            devices: 1,
+            per_device_batch: Some(4),
+            best_step: Some(8),
+            steps: Some(8),
+            checkpoint: PathBuf::from("/r/trials/0001/checkpoint"),
+        }
+    }
+
+    #[test]
+    fn an_end_round_trips_and_a_bare_result_reads_as_finished() {
+        let ends = [
+            TrialEnd::Finished { result: result() },
+            TrialEnd::Pruned { result: result() },
+            TrialEnd::OutOfMemory {
+                micro_batch: 8,
+                message: "memory allocation of 4096 bytes failed".into(),
+            },
+            TrialEnd::Stopped {
+                message: "saved on the pre-timeout signal".into(),
+                resume_step: Some(12),
+            },
+            TrialEnd::InvalidInput {
+                message: "train.json:3: tgt: missing".into(),
+            },
+            TrialEnd::InternalError {
+                message: "loss became NaN".into(),
+            },
+        ];
+        for end in ends {
+            let text = serde_json::to_string(&end).unwrap();
+            assert_eq!(TrialEnd::parse(&text).unwrap(), end, "{text}");
+            let event = ProgressEvent::End(end.clone());
+            let line = serde_json::to_string(&event).unwrap();
+            assert_eq!(serde_json::from_str::<ProgressEvent>(&line).unwrap(), event);
+        }
+        let bare = serde_json::to_string(&result()).unwrap();
+        assert_eq!(
+            TrialEnd::parse(&bare).unwrap(),
+            TrialEnd::Finished { result: result() }
+        );
+        assert!(TrialEnd::parse(r#"{"end": "exploded"}"#).is_err());
+        assert!(TrialEnd::parse("{").is_err());
+    }
 
     #[test]
     fn evaluations_come_every_eval_every_steps_and_after_the_last() {
