@@ -7,25 +7,23 @@
 #   scripts/build-cuda.sh -- --example train_speed   # extra arguments go to `cargo build`
 #
 # Why this script: candle's `cuda` feature needs nvcc (its kernels are compiled to PTX at build
-# time), the CUDA headers, and libraries to link against (cudarc links dynamically: libcuda,
-# libnvrtc, libcurand, libcublas, libcublasLt, libcudart). A real toolkit (nvcc on PATH, or
-# /usr/local/cuda) is used when there is one. Otherwise the pinned CUDA 13.0 wheels from PyPI
-# (the versions below; 13.0 matches a driver-580 GPU host) are installed with pip into a cache
-# folder, SWEEP_CUDA_CACHE (default ~/.cache/sweep/cuda13), which then is a toolkit:
-# nvidia/cu13/{bin,include,lib,nvvm}. No wheel ships libcuda (it is the driver's), so a link stub
-# is made: every driver entry point named in cuda.h, each returning CUDA_ERROR_STUB_LIBRARY (34),
-# with the SONAME libcuda.so.1 so the binary asks for the real driver at run time. It sits in
-# lib/stubs under the name libcuda.so only: that folder is on the link path (cudarc's build looks
-# in $CUDA_HOME/lib/stubs) and nowhere else, and the loader, which asks for libcuda.so.1, could
-# not pick it up even there.
+# time) and the CUDA headers. A real toolkit (nvcc on PATH, or /usr/local/cuda) is used when there
+# is one. Otherwise the pinned CUDA 13.0 wheels from PyPI (the versions below; 13.0 matches a
+# driver-580 GPU host) are installed with pip into a cache folder, SWEEP_CUDA_CACHE (default
+# ~/.cache/sweep/cuda13), which then is a toolkit: nvidia/cu13/{bin,include,lib,nvvm}.
+#
+# Nothing is linked against a CUDA library: cudarc opens libcuda, cuBLAS, cuBLASLt, cuRAND and
+# NVRTC when a trial first uses CUDA (vendor/candle-core/PATCH.md), so the binary starts, checks,
+# plans and trains on the CPU on any machine, driver or not, and a CUDA trial on a machine that
+# lacks one of them fails at its start naming it.
 #
 # The build goes to its own target folder, SWEEP_CUDA_TARGET_DIR (default
 # ~/.cache/sweep/target-cuda), so it never evicts the CPU build's artifacts: a clean build takes
 # about 22 minutes on 2 cores, a rebuild after a change in sweep's own code a minute or two.
 # Running it again when nothing changed costs seconds (pip is skipped once its stamp exists).
 #
-# To run the binary, its libraries must be found: on a GPU host with a driver and the same
-# wheels (e.g. inside PyTorch's site-packages), scripts/gpu-check.sh finds them; by hand:
+# To run CUDA trials, the libraries must be found at run time: on a GPU host with a driver and the
+# same wheels (e.g. inside PyTorch's site-packages), scripts/gpu-check.sh finds them; by hand:
 #   LD_LIBRARY_PATH=$SWEEP_CUDA_CACHE/nvidia/cu13/lib ./sweep ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,25 +82,6 @@ else
         mkdir -p "$cache"
         python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$cache" "${PINS[@]}"
         touch "$stamp"
-    fi
-    lib="$CUDA_HOME/lib"
-    # Link names: the wheels ship only the versioned files the loader wants at run time.
-    for name in cublas cublasLt curand nvrtc cudart; do
-        versioned=$(cd "$lib" && ls "lib$name.so."[0-9]* 2>/dev/null | grep -E "^lib$name\.so\.[0-9]+$" | head -n1 || true)
-        [ -n "$versioned" ] || { echo "build-cuda.sh: $lib has no lib$name.so.N; remove $cache and retry" >&2; exit 1; }
-        ln -sfn "$versioned" "$lib/lib$name.so"
-    done
-    stub="$lib/stubs/libcuda.so"
-    if [ ! -e "$stub" ] || [ "$stub" -ot "$CUDA_HOME/include/cuda.h" ]; then
-        mkdir -p "$lib/stubs"
-        src="$lib/stubs/libcuda-stub.c"
-        {
-            echo "/* Link stub for libcuda (made by scripts/build-cuda.sh): never loaded at run time. */"
-            grep -oE '\bcu[A-Z][A-Za-z0-9_]*\b' "$CUDA_HOME/include/cuda.h" | sort -u |
-                sed 's/.*/int &(void) { return 34; }/'
-        } >"$src"
-        cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub.tmp" "$src"
-        mv "$stub.tmp" "$stub"
     fi
 fi
 

@@ -42,6 +42,109 @@ pub fn open_failure_message(device: &str, cuda_built: bool, error: &str) -> Stri
     format!("cannot open {device}: this sweep has CUDA support, but {why}")
 }
 
+/// A shared library a CUDA trial opens at its start (cudarc loads them at first use, so the
+/// binary itself starts without any: vendor/candle-core/PATCH.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaLibrary {
+    /// What it is, as a user knows it.
+    pub name: &'static str,
+    /// The file the loader looks for.
+    pub file: &'static str,
+    /// Where a user gets it.
+    pub from: &'static str,
+}
+
+/// Every library `Device::new_cuda` and a training step need, the driver's first.
+pub const CUDA_LIBRARIES: [CudaLibrary; 5] = [
+    CudaLibrary {
+        name: "the NVIDIA driver",
+        file: "libcuda.so.1",
+        from: "the NVIDIA driver (run CUDA trials on a GPU node, or set `resources.devices: cpu`)",
+    },
+    CudaLibrary {
+        name: "cuBLAS",
+        file: "libcublas.so.13",
+        from: CUDA_13_LIBRARIES,
+    },
+    CudaLibrary {
+        name: "cuBLASLt",
+        file: "libcublasLt.so.13",
+        from: CUDA_13_LIBRARIES,
+    },
+    CudaLibrary {
+        name: "cuRAND",
+        file: "libcurand.so.10",
+        from: CUDA_13_LIBRARIES,
+    },
+    CudaLibrary {
+        name: "NVRTC",
+        file: "libnvrtc.so.13",
+        from: CUDA_13_LIBRARIES,
+    },
+];
+
+const CUDA_13_LIBRARIES: &str = "the CUDA 13 libraries: a CUDA 13 toolkit, or `pip install \
+     nvidia-cublas nvidia-curand nvidia-cuda-nvrtc` (PyTorch's CUDA 13 wheels bring them), with \
+     their lib folder on LD_LIBRARY_PATH";
+
+/// Why `device` cannot be opened when the libraries in `missing` cannot be loaded, or `None`
+/// when nothing is missing. Why before opening: cudarc panics on the first call into a library it
+/// cannot load, which would end the trial with a panic instead of a message.
+pub fn missing_libraries_message(device: &str, missing: &[CudaLibrary]) -> Option<String> {
+    if missing.is_empty() {
+        return None;
+    }
+    let what: Vec<String> = missing
+        .iter()
+        .map(|l| format!("{} ({}) is not found: it comes with {}", l.name, l.file, l.from))
+        .collect();
+    Some(format!(
+        "cannot open {device}: this sweep has CUDA support, but {}",
+        what.join("; ")
+    ))
+}
+
+/// The CUDA libraries that cannot be loaded on this machine (none missing on a build without
+/// CUDA, which never opens them).
+pub fn missing_cuda_libraries() -> Vec<CudaLibrary> {
+    #[cfg(feature = "cuda")]
+    {
+        // SAFETY: each only tries to dlopen the library's candidate names and closes it again.
+        let present = unsafe {
+            [
+                cudarc::driver::sys::is_culib_present(),
+                cudarc::cublas::sys::is_culib_present(),
+                cudarc::cublaslt::sys::is_culib_present(),
+                cudarc::curand::sys::is_culib_present(),
+                cudarc::nvrtc::sys::is_culib_present(),
+            ]
+        };
+        CUDA_LIBRARIES
+            .iter()
+            .zip(present)
+            .filter(|(_, present)| !present)
+            .map(|(l, _)| *l)
+            .collect()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Vec::new()
+    }
+}
+
+/// Opens CUDA device `id` (named `device` in messages): first the libraries it needs, each named
+/// when missing, then the device, with `open_failure_message`'s account of what went wrong.
+pub fn open_cuda(device: &str, id: usize) -> crate::trainer::error::Result<candle_core::Device> {
+    use crate::trainer::error::TrainError;
+    if CUDA_BUILT {
+        if let Some(message) = missing_libraries_message(device, &missing_cuda_libraries()) {
+            return Err(TrainError::Device(message));
+        }
+    }
+    candle_core::Device::new_cuda(id)
+        .map_err(|e| TrainError::Device(open_failure_message(device, CUDA_BUILT, &e.to_string())))
+}
+
 /// Lets f32 matrix products on CUDA use TF32 tensor cores (about 10 bits of mantissa in the
 /// products, f32 accumulation) when `allowed`; returns whether they now do. Why it is opt-in
 /// (the `tf32` trial parameter): it changes results in the fourth significant digit, and candle,
@@ -100,6 +203,31 @@ mod tests {
             );
             assert!(m.contains(expected), "{error}: {m}");
             assert!(!m.contains("--features cuda"), "{m}");
+        }
+    }
+
+    #[test]
+    fn missing_libraries_are_each_named_with_where_they_come_from() {
+        assert_eq!(missing_libraries_message("cuda:0", &[]), None);
+        let m = missing_libraries_message("cuda:0", &CUDA_LIBRARIES[..1]).unwrap();
+        assert!(
+            m.starts_with("cannot open cuda:0: this sweep has CUDA support, but the NVIDIA driver (libcuda.so.1) is not found"),
+            "{m}"
+        );
+        assert!(m.contains("resources.devices: cpu"), "{m}");
+        let m = missing_libraries_message("cuda:2", &CUDA_LIBRARIES[1..3]).unwrap();
+        assert!(m.contains("cuBLAS (libcublas.so.13) is not found"), "{m}");
+        assert!(m.contains("cuBLASLt (libcublasLt.so.13) is not found"), "{m}");
+        assert!(m.contains("LD_LIBRARY_PATH"), "{m}");
+        assert!(!m.contains("driver"), "{m}");
+    }
+
+    #[test]
+    fn a_build_without_cuda_misses_no_library_and_is_told_to_rebuild() {
+        if !CUDA_BUILT {
+            assert!(missing_cuda_libraries().is_empty());
+            let e = open_cuda("cuda:0", 0).unwrap_err().to_string();
+            assert!(e.contains("built without CUDA support"), "{e}");
         }
     }
 

@@ -20,7 +20,7 @@ use crate::text::encode::{answer_ids, encode_all, prompt_ids, Seq};
 use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
 use crate::trainer::error::{AtPath, Result, TrainError};
 use crate::trainer::eval::{candidate_top_k, dev_loss, top_accuracy, Candidates};
-use crate::trainer::gpu::{open_failure_message, set_tf32, CUDA_BUILT};
+use crate::trainer::gpu::{open_cuda, set_tf32};
 use crate::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
 use crate::trainer::optim::learning_rate;
 use crate::trainer::parallel::Replicas;
@@ -36,9 +36,7 @@ pub fn device_for(name: &str) -> Result<Device> {
         let id: usize = id
             .parse()
             .map_err(|_| TrainError::Device(format!("bad device `{name}`")))?;
-        return Device::new_cuda(id).map_err(|e| {
-            TrainError::Device(open_failure_message(name, CUDA_BUILT, &e.to_string()))
-        });
+        return open_cuda(name, id);
     }
     Err(TrainError::Device(format!(
         "unknown device `{name}` (expected cpu or cuda:N)"
