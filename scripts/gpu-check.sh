@@ -6,9 +6,10 @@
 #
 # Needs no Rust: the binary does the work (`sweep gpu-check`, see src/gpu_check.rs) on this source
 # tree's fixtures and bundled data. This script unpacks the binary, finds the CUDA 13 libraries it
-# needs (already on the loader's path, a system CUDA in $CUDA_HOME or /usr/local/cuda*, the
+# opens (already on the loader's path, a system CUDA in $CUDA_HOME or /usr/local/cuda*, the
 # nvidia-* CUDA 13 wheels inside an installed PyTorch's site-packages, or build-cuda.sh's wheel
-# cache) and says which, refuses a link stub in place of the driver's libcuda.so.1, measures
+# cache) and says which, checks that the driver's libcuda.so.1 is there (a dry run needs
+# neither: the binary starts without them and says what is missing), measures
 # PyTorch(+PEFT) on the same shapes when torch, transformers and peft import and see the GPU,
 # and runs the check:
 #   1 parity   logits and gradients on cuda:0 vs CPU (f32 within 1e-4 relative; bf16 stated)
@@ -38,28 +39,38 @@ case "$given" in
 esac
 chmod +x "$bin"
 
-# Does the binary need CUDA libraries at all (a --features cuda build)?
+# A CUDA build (its --version says so) opens the CUDA libraries when a trial first uses a GPU
+# (nothing is linked: vendor/candle-core/PATCH.md): the driver's libcuda.so.1, and the CUDA 13
+# libraries below, which must be on the loader's path.
 needs_cuda=false
-if ldd "$bin" 2>/dev/null | grep -qE 'libcuda\.so|libcublas|libcudart'; then needs_cuda=true; fi
+if "$bin" --version 2>/dev/null | grep -q CUDA; then needs_cuda=true; fi
+wanted=(libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13)
 
-# Which folder gives the CUDA 13 libraries (libcublas.so.13, libcurand.so.10, libcudart.so.13,
-# and libnvrtc.so.13 where linked); the driver's libcuda.so.1 must come from the system.
+# Whether the loader finds FILE as things stand: in a folder of LD_LIBRARY_PATH, or in ld.so's cache.
+loader_finds() {
+    local d
+    local IFS=:
+    for d in ${LD_LIBRARY_PATH:-}; do [ -n "$d" ] && [ -e "$d/$1" ] && return 0; done
+    ldconfig -p 2>/dev/null | grep -q "[[:space:]]$1 "
+}
+has_all() { local f; for f in "${wanted[@]}"; do [ -e "$1/$f" ] || return 1; done; }
+
 libs="none needed (a build without CUDA)"
 if $needs_cuda; then
-    missing() { LD_LIBRARY_PATH="${1:+$1:}${LD_LIBRARY_PATH:-}" ldd "$bin" | grep 'not found' | grep -v 'libcuda\.so\.1' || true; }
     candidates=()
     [ -n "${CUDA_HOME:-}" ] && candidates+=("$CUDA_HOME/lib64" "$CUDA_HOME/lib" "$CUDA_HOME/targets/x86_64-linux/lib")
     for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64; do [ -d "$d" ] && candidates+=("$d"); done
     torch_site=$("$python" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))' 2>/dev/null || true)
     [ -n "$torch_site" ] && candidates+=("$torch_site/nvidia/cu13/lib")
     candidates+=("${SWEEP_CUDA_CACHE:-$HOME/.cache/sweep/cuda13}/nvidia/cu13/lib")
+    missing=""
+    for f in "${wanted[@]}"; do loader_finds "$f" || missing="$missing $f"; done
     chosen=""
-    if [ -z "$(missing "")" ]; then
-        chosen="-"
-        libs="found by the loader as it is ($(ldd "$bin" | awk '/libcublas\.so/ {print $3}' | xargs dirname))"
+    if [ -z "$missing" ]; then
+        libs="found by the loader as it is"
     else
         for d in "${candidates[@]}"; do
-            if [ -e "$d/libcublas.so.13" ] && [ -z "$(missing "$d")" ]; then
+            if has_all "$d"; then
                 chosen="$d"
                 if [ -n "$torch_site" ] && [ "$d" = "$torch_site/nvidia/cu13/lib" ]; then
                     libs="CUDA 13 wheels in PyTorch's site-packages: $d"
@@ -72,29 +83,23 @@ if $needs_cuda; then
             fi
         done
     fi
-    if [ -z "$chosen" ]; then
-        echo "gpu-check.sh: the CUDA 13 libraries this binary needs were not found; looked in: the loader's path ${candidates[*]}" >&2
-        ldd "$bin" | grep 'not found' >&2 || true
-        echo "gpu-check.sh: install PyTorch built for CUDA 13.0 (it brings the nvidia-* wheels), or the CUDA 13.0 toolkit, or set CUDA_HOME" >&2
+    if [ -n "$chosen" ]; then
+        export LD_LIBRARY_PATH="$chosen${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    elif [ -n "$missing" ]; then
+        if ! $dry_run; then
+            echo "gpu-check.sh: the CUDA 13 libraries this binary opens were not found ($missing); looked on the loader's path and in ${candidates[*]}" >&2
+            echo "gpu-check.sh: install PyTorch built for CUDA 13.0 (it brings the nvidia-* wheels), or the CUDA 13.0 toolkit, or set CUDA_HOME" >&2
+            exit 2
+        fi
+        libs="not found here ($missing): a dry run, where opening cuda:0 must name them"
+    fi
+    if loader_finds libcuda.so.1; then
+        libs="$libs; driver: libcuda.so.1 on the loader's path"
+    elif ! $dry_run; then
+        echo "gpu-check.sh: no NVIDIA driver here (libcuda.so.1 not found); a GPU host needs driver 580 or newer" >&2
         exit 2
-    fi
-    [ "$chosen" != "-" ] && export LD_LIBRARY_PATH="$chosen${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    driver=$(ldd "$bin" | awk '/libcuda\.so\.1/ {print $3}')
-    stub="${SWEEP_CUDA_CACHE:-$HOME/.cache/sweep/cuda13}/nvidia/cu13/lib/stubs/libcuda.so"
-    if $dry_run && { [ -z "$driver" ] || [ "$driver" = not ]; } && [ -e "$stub" ]; then
-        # A dry run of a CUDA build where there is no driver (CI): build-cuda.sh's link stub lets
-        # the binary load; every CUDA call then fails with CUDA_ERROR_STUB_LIBRARY, as it should.
-        mkdir -p "$work/stub"
-        ln -sfn "$stub" "$work/stub/libcuda.so.1"
-        export LD_LIBRARY_PATH="$work/stub${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-        libs="$libs; libcuda.so.1: build-cuda.sh's link stub (dry run, no driver here)"
-    fi
-    if ! $dry_run; then
-        case "$driver" in
-            ""|"not") echo "gpu-check.sh: no NVIDIA driver here (libcuda.so.1 not found); a GPU host needs driver 580 or newer" >&2; exit 2 ;;
-            */stubs/*) echo "gpu-check.sh: libcuda.so.1 resolves to a link stub ($driver): remove the stubs folder from LD_LIBRARY_PATH" >&2; exit 2 ;;
-        esac
-        libs="$libs; driver $driver"
+    else
+        libs="$libs; no driver (dry run: opening cuda:0 must say so)"
     fi
 fi
 echo "gpu-check.sh: binary $given; CUDA libraries: $libs" >&2
