@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{CheckReport, Problem};
 use crate::spec::ConflictPolicy;
 use crate::text::data::{
-    example_from_value, field_meant, parse_json_line, Example, FIELDS, LINE_EXAMPLE,
+    example_from_value, field_meant, parse_json_line, Example, LineIssue, FIELDS, LINE_EXAMPLE,
 };
 
 /// Data files larger than this are not read by the checker (nor sensibly by the trainer, which
@@ -129,15 +129,44 @@ fn check_bytes_into(
     report: &mut CheckReport,
     out: &mut DataFile,
 ) {
+    let Some(body) = strip_encoding(bytes, file, report) else {
+        return;
+    };
+    let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+    warn_crlf(&lines, file, report);
+    let mut read = read_lines(&lines, file, report);
+    // Blank means what the loader skips (`str::trim`), so the two agree on "empty".
+    if read.records.is_empty() && read.bad_json.is_empty() && read.bad_utf8 == 0 {
+        report.push(
+            Problem::error(file, "the file is empty: no examples")
+                .at(Some(1), Some(1))
+                .hint(format!("one example per line, like {LINE_EXAMPLE}")),
+        );
+        return;
+    }
+    if !read.bad_json.is_empty() {
+        if let Some(documents) = std::str::from_utf8(body).ok().and_then(json_documents) {
+            report_layout(file, &documents, report);
+            read.records = documents.into_iter().flat_map(|d| d.records).collect();
+            read.bad_json.clear();
+        }
+    }
+    report_bad_json(read.bad_json, file, report);
+    out.examples = examples_of(read.records, file, report);
+    check_examples(file, &out.examples, conflicts, report);
+}
+
+/// The text after a UTF-8 byte-order mark (a warning); None for UTF-16 (an error).
+fn strip_encoding<'a>(bytes: &'a [u8], file: &str, report: &mut CheckReport) -> Option<&'a [u8]> {
     if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") {
         report.push(
             Problem::error(file, "the file is UTF-16 text; sweep reads UTF-8")
                 .at(Some(1), Some(1))
                 .hint("save it as UTF-8, e.g. `iconv -f utf-16 -t utf-8 FILE > FILE.new`"),
         );
-        return;
+        return None;
     }
-    let body = match bytes.strip_prefix(BOM) {
+    Some(match bytes.strip_prefix(BOM) {
         Some(rest) => {
             report.push(
                 Problem::warning(file, "the file starts with a UTF-8 byte-order mark (BOM); sweep skips it, many JSON tools do not")
@@ -147,8 +176,11 @@ fn check_bytes_into(
             rest
         }
         None => bytes,
-    };
-    let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+    })
+}
+
+/// One warning for all Windows line ends, at the first.
+fn warn_crlf(lines: &[&[u8]], file: &str, report: &mut CheckReport) {
     let crlf: Vec<usize> = lines
         .iter()
         .enumerate()
@@ -168,10 +200,19 @@ fn check_bytes_into(
             .hint("convert with `dos2unix FILE` or save with LF line ends"),
         );
     }
+}
 
-    let mut records: Vec<(usize, Value)> = Vec::new();
-    let mut bad_json = Vec::new();
-    let mut bad_utf8 = 0;
+/// The lines of a file read one by one: JSON values with their line, the lines that are not
+/// JSON (reported later, or read again as a whole file), and how many were not UTF-8.
+#[derive(Default)]
+struct Lines {
+    records: Vec<(usize, Value)>,
+    bad_json: Vec<(usize, LineIssue)>,
+    bad_utf8: usize,
+}
+
+fn read_lines(lines: &[&[u8]], file: &str, report: &mut CheckReport) -> Lines {
+    let mut read = Lines::default();
     for (i, raw) in lines.iter().enumerate() {
         let line = i + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -181,7 +222,7 @@ fn check_bytes_into(
                 let valid = &raw[..e.valid_up_to()];
                 let column = String::from_utf8_lossy(valid).chars().count() + 1;
                 let byte = raw.get(e.valid_up_to()).copied().unwrap_or(0);
-                bad_utf8 += 1;
+                read.bad_utf8 += 1;
                 report.push(
                     Problem::error(file, format!("invalid UTF-8 (byte 0x{byte:02X})"))
                         .at(Some(line), Some(column))
@@ -194,28 +235,16 @@ fn check_bytes_into(
             continue;
         }
         match parse_json_line(text) {
-            Ok(v) => records.push((line, v)),
-            Err(issue) => bad_json.push((line, issue)),
+            Ok(v) => read.records.push((line, v)),
+            Err(issue) => read.bad_json.push((line, issue)),
         }
     }
-    // Blank means what the loader skips (`str::trim`), so the two agree on "empty".
-    if records.is_empty() && bad_json.is_empty() && bad_utf8 == 0 {
-        report.push(
-            Problem::error(file, "the file is empty: no examples")
-                .hint(format!("one example per line, like {LINE_EXAMPLE}")),
-        );
-        return;
-    }
+    read
+}
 
-    if !bad_json.is_empty() {
-        if let Some(documents) = std::str::from_utf8(body).ok().and_then(json_documents) {
-            report_layout(file, &documents, report);
-            records = documents.into_iter().flat_map(|d| d.records).collect();
-            bad_json.clear();
-        }
-    }
-    // A file that is not JSON lines at all (CSV, plain text) fails on every line: the first few
-    // say why, one more line counts the rest, so other problems still get shown.
+/// A file that is not JSON lines at all (CSV, plain text) fails on every line: the first few
+/// say why, one more line counts the rest, so other problems still get shown.
+fn report_bad_json(bad_json: Vec<(usize, LineIssue)>, file: &str, report: &mut CheckReport) {
     const SHOWN_BAD_LINES: usize = 5;
     let more_bad = bad_json.len().saturating_sub(SHOWN_BAD_LINES);
     let first_more = bad_json.get(SHOWN_BAD_LINES).map(|(line, _)| *line);
@@ -238,7 +267,12 @@ fn check_bytes_into(
             )),
         );
     }
+}
 
+/// The examples of the records, each record's problems reported at its line, and one warning
+/// per field sweep does not read.
+fn examples_of(records: Vec<(usize, Value)>, file: &str, report: &mut CheckReport) -> Vec<Example> {
+    let mut examples = Vec::new();
     let mut unknown: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for (line, value) in records {
         if let Value::Object(obj) = &value {
@@ -248,7 +282,7 @@ fn check_bytes_into(
             }
         }
         match example_from_value(&value, line) {
-            Ok(example) => out.examples.push(example),
+            Ok(example) => examples.push(example),
             Err(issues) => {
                 for issue in issues {
                     let mut p = Problem::error(file, issue.message)
@@ -274,7 +308,7 @@ fn check_bytes_into(
             .hint(format!("{meant}sweep reads {}", FIELDS.join(", "))),
         );
     }
-    check_examples(file, &out.examples, conflicts, report);
+    examples
 }
 
 /// One top-level JSON value of a file parsed as a whole, and the records it holds.

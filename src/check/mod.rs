@@ -5,17 +5,26 @@
 //! start on any error. The checks collect all problems (up to `MAX_PER_FILE` shown per file)
 //! instead of stopping at the first, so one round of fixes is usually enough.
 //!
-//! - `spec`: YAML syntax, unknown keys, types, impossible values, the grid, every trial's
-//!   parameters, the model folder and the data paths.
+//! - `spec`: YAML syntax, impossible values, the grid, every trial's parameters; `walk`: unknown
+//!   keys and types, on the spec's own schema; `named`: the data files, the model folder and
+//!   token lengths the sweep file names; `located`: every problem's line and column;
+//!   `sweep_file`: the file read once, then all of the above.
 //! - `data`: one file of JSON lines: encoding, line ends, pretty-printed JSON, fields, duplicates.
 //! - `files`: across train and dev: labels, leaks, and the seed's naming mistakes.
 //! - `tokens`: lengths with the model's tokenizer against every `max_seq_len` the sweep uses.
+//!
+//! **Reuses the rules of spec, text and plan instead of restating them; never imports the
+//! trainer.** The keys of a sweep file come from the spec's own types (`spec::schema`).
 
 pub mod data;
 pub mod files;
+pub mod located;
+pub mod named;
 pub mod paths;
 pub mod spec;
+pub mod sweep_file;
 pub mod tokens;
+pub mod walk;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -255,7 +264,7 @@ pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
 /// A sweep file with everything it names: the spec itself, its data files (alone and as a pair),
 /// the model folder, and every example's length under every `max_seq_len` the trials use.
 pub fn check_spec_file(path: &Path) -> CheckReport {
-    spec::check_spec_file(path)
+    sweep_file::check_spec_file(path)
 }
 
 /// A sweep file that passed every check. `gate` is the only way to make one, and the run loop
@@ -293,7 +302,7 @@ impl CheckedSpec {
 
 /// Every check of `check_spec_file`; the checked spec when none failed, else the report.
 pub fn gate(path: &Path) -> Result<CheckedSpec, CheckReport> {
-    let (mut report, text, train_tokens) = spec::read_and_check_spec_file(path);
+    let (mut report, text, train_tokens) = sweep_file::read_and_check_spec_file(path);
     let Some(text) = text.filter(|_| !report.has_errors()) else {
         return Err(report);
     };
@@ -307,7 +316,9 @@ pub fn gate(path: &Path) -> Result<CheckedSpec, CheckReport> {
         }),
         // The checks accept only what parses; this guards that promise.
         Err(e) => {
-            report.push(Problem::error(path.display().to_string(), e.to_string()));
+            report.push(
+                Problem::error(path.display().to_string(), e.to_string()).at(Some(1), Some(1)),
+            );
             Err(report)
         }
     }

@@ -1,5 +1,6 @@
 //! What devices the machine has: CUDA GPUs as `nvidia-smi` reports them (honouring
-//! CUDA_VISIBLE_DEVICES), and the CPU's memory.
+//! CUDA_VISIBLE_DEVICES), and the CPU's memory. `query_gpus` is sweep's one GPU query: anything
+//! that needs the list of GPUs and their memory asks it rather than running nvidia-smi again.
 
 use std::process::Command;
 
@@ -14,10 +15,17 @@ pub struct Gpu {
     pub free_mb: f64,
 }
 
-/// nvidia-smi ran but its answer cannot be used.
+/// Why the GPUs cannot be listed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct GpuQueryError(pub String);
+pub enum GpuQueryError {
+    /// No nvidia-smi on PATH: a machine without NVIDIA's driver.
+    #[error("nvidia-smi is not installed here")]
+    NotInstalled,
+    #[error("nvidia-smi failed: {0}")]
+    Failed(String),
+    #[error("nvidia-smi output line {line}: cannot read `{text}`")]
+    Unreadable { line: usize, text: String },
+}
 
 /// Parses `nvidia-smi --query-gpu=index,name,memory.total,memory.free --format=csv,noheader,nounits`.
 pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, GpuQueryError> {
@@ -27,11 +35,9 @@ pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, GpuQueryError> {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let bad = || {
-            GpuQueryError(format!(
-                "nvidia-smi output line {}: cannot read `{line}`",
-                n + 1
-            ))
+        let bad = || GpuQueryError::Unreadable {
+            line: n + 1,
+            text: line.to_string(),
         };
         if fields.len() != 4 {
             return Err(bad());
@@ -46,30 +52,26 @@ pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, GpuQueryError> {
     Ok(gpus)
 }
 
-/// The GPUs this process may use: nvidia-smi's list, filtered by CUDA_VISIBLE_DEVICES when set
-/// (numeric ids only; an empty value hides every GPU). None when nvidia-smi is not there.
-pub fn discover_gpus() -> Option<Result<Vec<Gpu>, GpuQueryError>> {
+/// The GPUs this process may use, with their memory now: nvidia-smi's list, filtered by
+/// CUDA_VISIBLE_DEVICES when set (numeric ids only; an empty value hides every GPU).
+pub fn query_gpus() -> Result<Vec<Gpu>, GpuQueryError> {
     let out = Command::new("nvidia-smi")
         .args([
             "--query-gpu=index,name,memory.total,memory.free",
             "--format=csv,noheader,nounits",
         ])
         .output()
-        .ok()?;
+        .map_err(|_| GpuQueryError::NotInstalled)?;
     if !out.status.success() {
-        return Some(Err(GpuQueryError(format!(
-            "nvidia-smi failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))));
+        return Err(GpuQueryError::Failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
-    let gpus = match parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout)) {
-        Ok(g) => g,
-        Err(e) => return Some(Err(e)),
-    };
-    Some(Ok(match std::env::var("CUDA_VISIBLE_DEVICES") {
+    let gpus = parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout))?;
+    Ok(match std::env::var("CUDA_VISIBLE_DEVICES") {
         Ok(visible) => visible_only(gpus, &visible),
         Err(_) => gpus,
-    }))
+    })
 }
 
 fn visible_only(gpus: Vec<Gpu>, visible: &str) -> Vec<Gpu> {

@@ -1,6 +1,10 @@
 //! Planning: from a sweep file to the list of trials, each with typed parameters, the devices it
 //! needs, its predicted memory, and a refusal when it can never run. Nothing trains here;
 //! `sweep plan` prints this.
+//!
+//! **Starts nothing and writes nothing; never imports the trainer.** (Reading the machine's
+//! devices with nvidia-smi and the cluster with sinfo are the only commands it runs: questions,
+//! not work.)
 
 pub mod devices;
 pub mod slurm;
@@ -9,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::plan::devices::{discover_gpus, machine_memory_mb};
+use crate::plan::devices::{machine_memory_mb, query_gpus, GpuQueryError};
 use crate::plan::slurm::{job_request, read_cluster, Cluster, JobRequest};
 use crate::protocol::trial::evaluation_steps;
 use crate::spec::hyperband::Hyperband;
@@ -168,23 +172,23 @@ impl Pool {
         }
         let cpu_slots = spec.resources.slots.unwrap_or(parallel);
         Ok(match &spec.resources.devices {
-            None | Some(DevicesSpec::Named(DeviceKind::Auto)) => match discover_gpus() {
-                Some(Ok(gpus)) if !gpus.is_empty() => gpu_pool(gpus),
+            None | Some(DevicesSpec::Named(DeviceKind::Auto)) => match query_gpus() {
+                Ok(gpus) if !gpus.is_empty() => gpu_pool(gpus),
                 _ => cpu_pool(cpu_slots),
             },
             Some(DevicesSpec::Named(DeviceKind::Cpu)) => cpu_pool(cpu_slots),
-            Some(DevicesSpec::Named(DeviceKind::Cuda)) => match discover_gpus() {
-                Some(Ok(gpus)) if !gpus.is_empty() => gpu_pool(gpus),
-                Some(Ok(_)) => return Err(PoolError::devices("`cuda`, but nvidia-smi lists no GPU this process may use (CUDA_VISIBLE_DEVICES?)".into())),
-                Some(Err(e)) => return Err(PoolError::devices(format!("`cuda`, but {e}"))),
-                None => return Err(PoolError::devices("`cuda`, but nvidia-smi is not installed here; use `devices: cpu`".into())),
+            Some(DevicesSpec::Named(DeviceKind::Cuda)) => match query_gpus() {
+                Ok(gpus) if !gpus.is_empty() => gpu_pool(gpus),
+                Ok(_) => return Err(PoolError::devices("`cuda`, but nvidia-smi lists no GPU this process may use (CUDA_VISIBLE_DEVICES?)".into())),
+                Err(GpuQueryError::NotInstalled) => return Err(PoolError::devices("`cuda`, but nvidia-smi is not installed here; use `devices: cpu`".into())),
+                Err(e) => return Err(PoolError::devices(format!("`cuda`, but {e}"))),
             },
             Some(DevicesSpec::Ids(ids)) => {
                 if ids.is_empty() {
                     return Err(PoolError::devices("the list of device ids is empty".into()));
                 }
-                match discover_gpus() {
-                    Some(Ok(gpus)) => {
+                match query_gpus() {
+                    Ok(gpus) => {
                         let missing: Vec<String> = ids
                             .iter()
                             .filter(|i| !gpus.iter().any(|g| g.index == **i))
@@ -201,8 +205,8 @@ impl Pool {
                         }
                         gpu_pool(gpus.into_iter().filter(|g| ids.contains(&g.index)).collect())
                     }
-                    Some(Err(e)) => return Err(PoolError::devices(e.0)),
-                    None => return Err(PoolError::devices("GPU ids given, but nvidia-smi is not installed here".into())),
+                    Err(GpuQueryError::NotInstalled) => return Err(PoolError::devices("GPU ids given, but nvidia-smi is not installed here".into())),
+                    Err(e) => return Err(PoolError::devices(e.to_string())),
                 }
             }
         })
@@ -217,6 +221,16 @@ impl Pool {
 
     pub fn has_cuda(&self) -> bool {
         self.slots.iter().any(|s| s.name.starts_with("cuda:"))
+    }
+
+    /// The memory one device of a trial has, which its estimate must fit: on Slurm (no slots of
+    /// ours) `memory_per_device` when given, else the smallest slot of the pool.
+    pub fn trial_memory_limit_mb(&self, on_slurm: bool) -> Option<f64> {
+        if on_slurm {
+            self.cpu_memory_limit_mb
+        } else {
+            self.device_memory_mb()
+        }
     }
 
     /// The smallest memory among the slots, which a trial must fit on whichever it gets.
@@ -409,7 +423,7 @@ impl TrialPlanner {
         if let (Some(s), None) = (slurm, &refusal) {
             match job_request(&s.cluster, params.gpus, estimate_mb, self.time_s) {
                 Ok(request) => job = Some(request),
-                Err(reason) => refusal = Some(reason),
+                Err(reason) => refusal = Some(reason.to_string()),
             }
         }
         if refusal.is_some() && slurm.is_none() {
@@ -632,7 +646,7 @@ impl Plan {
                             } else {
                                 "resources.executor"
                             },
-                            message: e.0,
+                            message: e.to_string(),
                         },
                     }
                 })?,
@@ -642,24 +656,22 @@ impl Plan {
                 ),
             }),
         };
-        let time_s = match &spec.resources.time {
-            Some(t) => Some(
-                crate::spec::slurm::parse_time_seconds(t).map_err(|message| PlanError::Pool {
-                    file: fname.clone(),
-                    problem: PoolError {
-                        field: "resources.time",
-                        message,
-                    },
-                })?,
-            ),
-            None => None,
-        };
+        let time_s =
+            match &spec.resources.time {
+                Some(t) => Some(crate::spec::slurm::parse_time_seconds(t).map_err(|e| {
+                    PlanError::Pool {
+                        file: fname.clone(),
+                        problem: PoolError {
+                            field: "resources.time",
+                            message: e.0,
+                        },
+                    }
+                })?),
+                None => None,
+            };
         let examples = crate::text::data::load_examples(&train)?;
         let lengths = Lengths::measure(&model, &train, &examples, train_tokens)?;
-        let device_mb = match &slurm {
-            Some(_) => pool.cpu_memory_limit_mb,
-            None => pool.device_memory_mb(),
-        };
+        let device_mb = pool.trial_memory_limit_mb(slurm.is_some());
         let fitted = (!spec.parameters.contains_key("max_seq_len")).then(|| {
             crate::spec::params::fitted_max_seq_len(
                 lengths.longest,
@@ -792,12 +804,11 @@ impl Plan {
             out.push_str("\n\n");
         }
         out.push_str(&self.render_search());
-        let device_mb = match &self.slurm {
-            Some(_) => self.pool.cpu_memory_limit_mb,
-            None => self.pool.device_memory_mb(),
-        }
-        .map(|m| format!("{m:.0}"))
-        .unwrap_or_else(|| "?".into());
+        let device_mb = self
+            .pool
+            .trial_memory_limit_mb(self.slurm.is_some())
+            .map(|m| format!("{m:.0}"))
+            .unwrap_or_else(|| "?".into());
         out.push_str(&format!(
             "{:>5}  {:<13} {:>10} {:>6} {:>6} {:>5} {:>5} {:>7} {:>14}  {}\n",
             "trial",
@@ -997,6 +1008,35 @@ mod tests {
             cpu_memory_limit_mb: None,
         };
         assert_eq!(pool.threads_for(1), 2);
+    }
+
+    #[test]
+    fn the_memory_limit_is_the_smallest_slot_locally_and_memory_per_device_on_slurm() {
+        let slot = |memory_mb: Option<f64>| Slot {
+            name: "cuda:0".into(),
+            memory_mb,
+            label: "gpu".into(),
+        };
+        let pool = |slots: Vec<Slot>, limit: Option<f64>| Pool {
+            slots,
+            parallel: 2,
+            cores: 2,
+            cpu_memory_limit_mb: limit,
+        };
+        let local = pool(
+            vec![slot(Some(8000.0)), slot(None), slot(Some(6000.0))],
+            None,
+        );
+        assert_eq!(local.trial_memory_limit_mb(false), Some(6000.0));
+        let limited = pool(vec![slot(Some(8000.0))], Some(4096.0));
+        assert_eq!(limited.trial_memory_limit_mb(false), Some(8000.0));
+        // Slurm has no slots of ours: only `memory_per_device` says what a device holds.
+        assert_eq!(
+            pool(Vec::new(), Some(4096.0)).trial_memory_limit_mb(true),
+            Some(4096.0)
+        );
+        assert_eq!(pool(Vec::new(), None).trial_memory_limit_mb(true), None);
+        assert_eq!(pool(Vec::new(), None).trial_memory_limit_mb(false), None);
     }
 
     fn spec_with(resources: &str, parameters: &str) -> (tempfile::TempDir, SweepSpec) {

@@ -9,6 +9,7 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::spec::slurm::{format_time, parse_time_seconds};
+use crate::spec::Invalid;
 
 /// One node of a partition, as `sinfo -N` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,14 +58,27 @@ pub struct SinfoRow {
     pub time_limit: String,
 }
 
-pub fn parse_sinfo(text: &str) -> Result<Vec<SinfoRow>, String> {
+/// A line of sinfo's output that cannot be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("sinfo output line {line}: {what} in `{text}`")]
+pub struct SinfoError {
+    pub line: usize,
+    pub what: &'static str,
+    pub text: String,
+}
+
+pub fn parse_sinfo(text: &str) -> Result<Vec<SinfoRow>, SinfoError> {
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let f: Vec<&str> = line.split('|').map(str::trim).collect();
-        let bad = |what: &str| format!("sinfo output line {}: {what} in `{line}`", n + 1);
+        let bad = |what: &'static str| SinfoError {
+            line: n + 1,
+            what,
+            text: line.to_string(),
+        };
         if f.len() != 7 {
             return Err(bad("expected 7 fields"));
         }
@@ -103,7 +117,7 @@ pub fn gres_gpus(gres: &str) -> u32 {
 }
 
 /// A time limit as sinfo writes it; None for unlimited.
-pub fn parse_limit(text: &str) -> Result<Option<u64>, String> {
+pub fn parse_limit(text: &str) -> Result<Option<u64>, Invalid> {
     match text {
         "infinite" | "INFINITE" | "UNLIMITED" | "unlimited" | "n/a" | "NONE" => Ok(None),
         t => parse_time_seconds(t).map(Some),
@@ -111,33 +125,56 @@ pub fn parse_limit(text: &str) -> Result<Option<u64>, String> {
 }
 
 /// The partition named (or the default one) out of sinfo's rows.
-pub fn cluster_from_rows(rows: &[SinfoRow], partition: Option<&str>) -> Result<Cluster, String> {
+pub fn cluster_from_rows(
+    rows: &[SinfoRow],
+    partition: Option<&str>,
+) -> Result<Cluster, ClusterError> {
     let name = match partition {
         Some(p) => p.to_string(),
         None => rows
             .iter()
             .find(|r| r.default)
             .map(|r| r.partition.clone())
-            .ok_or("the cluster has no default partition; set `resources.partition`")?,
+            .ok_or(ClusterError::NoDefaultPartition)?,
     };
     let mine: Vec<&SinfoRow> = rows.iter().filter(|r| r.partition == name).collect();
     if mine.is_empty() {
-        let mut known: Vec<&str> = rows.iter().map(|r| r.partition.as_str()).collect();
+        let mut known: Vec<String> = rows.iter().map(|r| r.partition.clone()).collect();
         known.dedup();
-        return Err(format!(
-            "partition `{name}` not found; sinfo lists {}",
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        ));
+        return Err(ClusterError::NoSuchPartition { name, known });
     }
     Ok(Cluster {
+        max_time_s: parse_limit(&mine[0].time_limit).map_err(|e| ClusterError::TimeLimit {
+            partition: name.clone(),
+            problem: e,
+        })?,
         partition: name,
-        max_time_s: parse_limit(&mine[0].time_limit)?,
         nodes: mine.iter().map(|r| r.node.clone()).collect(),
     })
+}
+
+/// Why no node of the partition could ever run a trial's job.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobRefusal {
+    #[error("asks for a time limit of {} but partition `{partition}` allows at most {}; it would never start", format_time(*asked_s), format_time(*most_s))]
+    TooLong {
+        partition: String,
+        asked_s: u64,
+        most_s: u64,
+    },
+    #[error("asks for {gpus} GPUs but no node of partition `{partition}` has more than {most}; it would never start")]
+    TooManyGpus {
+        partition: String,
+        gpus: u32,
+        most: u32,
+    },
+    #[error("needs about {memory_mb} MiB of memory but the nodes of partition `{partition}` with {gpus} GPUs have at most {most_mb} MiB; it would never start")]
+    TooMuchMemory {
+        partition: String,
+        memory_mb: u64,
+        gpus: u32,
+        most_mb: u64,
+    },
 }
 
 /// Host memory a job asks for: what the trial's replicas are predicted to use (`per_device_mb`
@@ -152,34 +189,36 @@ pub fn job_request(
     gpus: u32,
     per_device_mb: Option<f64>,
     time_s: Option<u64>,
-) -> Result<JobRequest, String> {
+) -> Result<JobRequest, JobRefusal> {
     if let (Some(t), Some(max)) = (time_s, cluster.max_time_s) {
         if t > max {
-            return Err(format!(
-                "asks for a time limit of {} but partition `{}` allows at most {}; it would never start",
-                format_time(t),
-                cluster.partition,
-                format_time(max)
-            ));
+            return Err(JobRefusal::TooLong {
+                partition: cluster.partition.clone(),
+                asked_s: t,
+                most_s: max,
+            });
         }
     }
     let most_gpus = cluster.nodes.iter().map(|n| n.gpus).max().unwrap_or(0);
     let usable: Vec<&Node> = cluster.nodes.iter().filter(|n| n.gpus >= gpus).collect();
     if usable.is_empty() {
-        return Err(format!(
-            "asks for {gpus} GPUs but no node of partition `{}` has more than {most_gpus}; it would never start",
-            cluster.partition
-        ));
+        return Err(JobRefusal::TooManyGpus {
+            partition: cluster.partition.clone(),
+            gpus,
+            most: most_gpus,
+        });
     }
     let memory_mb = per_device_mb
         .map(|m| memory_request_mb(m, gpus))
         .unwrap_or(0);
     let most_memory = usable.iter().map(|n| n.memory_mb).max().unwrap_or(0);
     if memory_mb > most_memory {
-        return Err(format!(
-            "needs about {memory_mb} MiB of memory but the nodes of partition `{}` with {gpus} GPUs have at most {most_memory} MiB; it would never start",
-            cluster.partition
-        ));
+        return Err(JobRefusal::TooMuchMemory {
+            partition: cluster.partition.clone(),
+            memory_mb,
+            gpus,
+            most_mb: most_memory,
+        });
     }
     // CPUs in proportion to the GPUs, on the node that offers the most per GPU.
     let cpus = usable
@@ -201,27 +240,34 @@ pub fn job_request(
 
 /// Why the cluster cannot be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct ClusterError(pub String);
+pub enum ClusterError {
+    #[error("cannot run sinfo ({0}): with `executor: slurm`, Slurm's client commands (sinfo, sbatch, squeue, scancel) must be on PATH")]
+    NoSinfo(String),
+    #[error("sinfo failed: {0}")]
+    SinfoFailed(String),
+    #[error(transparent)]
+    Unreadable(#[from] SinfoError),
+    #[error("the cluster has no default partition; set `resources.partition`")]
+    NoDefaultPartition,
+    #[error("partition `{name}` not found; sinfo lists {}", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    NoSuchPartition { name: String, known: Vec<String> },
+    #[error("{problem}")]
+    TimeLimit { partition: String, problem: Invalid },
+}
 
 /// Reads the partition (or the default one) with `sinfo`.
 pub fn read_cluster(partition: Option<&str>) -> Result<Cluster, ClusterError> {
     let out = Command::new("sinfo")
         .args(["-h", "-N", "-o", SINFO_FORMAT])
         .output()
-        .map_err(|e| {
-            ClusterError(format!(
-                "cannot run sinfo ({e}): with `executor: slurm`, Slurm's client commands (sinfo, sbatch, squeue, scancel) must be on PATH"
-            ))
-        })?;
+        .map_err(|e| ClusterError::NoSinfo(e.to_string()))?;
     if !out.status.success() {
-        return Err(ClusterError(format!(
-            "sinfo failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(ClusterError::SinfoFailed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
-    let rows = parse_sinfo(&String::from_utf8_lossy(&out.stdout)).map_err(ClusterError)?;
-    cluster_from_rows(&rows, partition).map_err(ClusterError)
+    let rows = parse_sinfo(&String::from_utf8_lossy(&out.stdout))?;
+    cluster_from_rows(&rows, partition)
 }
 
 #[cfg(test)]
@@ -254,12 +300,17 @@ mod tests {
             cluster_from_rows(&rows, Some("cpu")).unwrap().max_time_s,
             None
         );
-        let e = cluster_from_rows(&rows, Some("gpus")).unwrap_err();
+        let e = cluster_from_rows(&rows, Some("gpus"))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("`gpus` not found") && e.contains("debug, gpu, cpu"),
             "{e}"
         );
-        assert!(parse_sinfo("a|b|c\n").unwrap_err().contains("line 1"));
+        assert!(parse_sinfo("a|b|c\n")
+            .unwrap_err()
+            .to_string()
+            .contains("line 1"));
         assert_eq!(gres_gpus("(null)"), 0);
         assert_eq!(gres_gpus("gpu:tesla:2(S:0),gpu:k80:1"), 3);
     }
@@ -277,14 +328,20 @@ mod tests {
                 time_s: Some(600)
             }
         );
-        let e = job_request(&debug, 8, Some(100.0), None).unwrap_err();
+        let e = job_request(&debug, 8, Some(100.0), None)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("asks for 8 GPUs") && e.contains("more than 4"),
             "{e}"
         );
-        let e = job_request(&debug, 1, Some(20_000.0), None).unwrap_err();
+        let e = job_request(&debug, 1, Some(20_000.0), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at most 16000 MiB"), "{e}");
-        let e = job_request(&debug, 1, None, Some(3 * 3600)).unwrap_err();
+        let e = job_request(&debug, 1, None, Some(3 * 3600))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("03:00:00") && e.contains("at most 02:00:00"),
             "{e}"

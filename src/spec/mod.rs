@@ -2,10 +2,13 @@
 //!
 //! Parameter syntax follows W&B sweeps (`value`, `values`, `distribution`, `min`, `max`, `q`,
 //! `probabilities`) so users can bring the sweep files they already have.
+//!
+//! **No file system beyond reading the sweep file, no processes, no candle.**
 
 pub mod hyperband;
 pub mod memory;
 pub mod params;
+pub mod schema;
 pub mod search;
 pub mod shape;
 pub mod slurm;
@@ -516,103 +519,118 @@ pub const MAX_RUN_CAP: usize = 10_000;
 /// Bounds of `int_uniform` must be exact in an f64 and leave room for `max - min + 1`.
 const INT_BOUND: f64 = 9_007_199_254_740_992.0; // 2^53
 
-pub const DISTRIBUTIONS: [&str; 8] = [
-    "constant",
-    "categorical",
-    "uniform",
-    "int_uniform",
-    "log_uniform_values",
-    "log_uniform",
-    "q_uniform",
-    "q_log_uniform_values",
-];
+/// W&B's distributions, as `distribution:` names them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    Constant,
+    Categorical,
+    Uniform,
+    IntUniform,
+    LogUniformValues,
+    LogUniform,
+    QUniform,
+    QLogUniformValues,
+}
+
+impl Distribution {
+    /// Every name `distribution:` accepts, read from the enum itself.
+    pub fn names() -> &'static [&'static str] {
+        schema::variants::<Distribution>()
+    }
+
+    /// The name it is written with (serde lists variants in declaration order).
+    pub fn name(self) -> &'static str {
+        Self::names().get(self as usize).copied().unwrap_or("?")
+    }
+
+    /// The distribution a name stands for, as serde reads it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        use serde::de::IntoDeserializer;
+        let name: serde::de::value::StrDeserializer<serde::de::value::Error> =
+            name.into_deserializer();
+        Self::deserialize(name).ok()
+    }
+}
 
 impl Domain {
     /// Interprets a parameter spec; the error message says what is wrong and how to write it.
     pub fn from_spec(p: &ParamSpec) -> Result<Domain, Invalid> {
-        Self::interpret(p).map_err(Invalid)
-    }
-
-    fn interpret(p: &ParamSpec) -> Result<Domain, String> {
+        let fail = |message: String| Err(Invalid(message));
         let dist = match (&p.distribution, &p.value, &p.values, p.min, p.max) {
-            (Some(d), ..) => d.as_str(),
-            (None, Some(_), None, None, None) => "constant",
-            (None, None, Some(_), None, None) => "categorical",
+            (Some(name), ..) => match Distribution::from_name(name) {
+                Some(d) => d,
+                None => {
+                    return fail(format!(
+                        "unknown distribution `{name}`{} (known: {})",
+                        crate::util::suggest::suffix(name, Distribution::names()),
+                        Distribution::names().join(", ")
+                    ))
+                }
+            },
+            (None, Some(_), None, None, None) => Distribution::Constant,
+            (None, None, Some(_), None, None) => Distribution::Categorical,
             (None, None, None, Some(min), Some(max)) => {
                 if min.fract() == 0.0 && max.fract() == 0.0 {
-                    "int_uniform"
+                    Distribution::IntUniform
                 } else {
-                    "uniform"
+                    Distribution::Uniform
                 }
             }
             (None, None, None, None, None) => {
-                return Err("empty: give `value`, `values`, or `distribution` with `min` and `max`".into())
+                return fail("empty: give `value`, `values`, or `distribution` with `min` and `max`".into())
             }
-            _ => return Err("give exactly one of `value`, `values`, or `min`/`max` (with an optional `distribution`)".into()),
+            _ => return fail("give exactly one of `value`, `values`, or `min`/`max` (with an optional `distribution`)".into()),
         };
-        let bounds = || -> Result<(f64, f64), String> {
+        let name = dist.name();
+        let bounds = || -> Result<(f64, f64), Invalid> {
             match (p.min, p.max) {
                 (Some(min), Some(max)) if min.is_finite() && max.is_finite() && min < max => {
                     Ok((min, max))
                 }
-                (Some(min), Some(max)) if !(min.is_finite() && max.is_finite()) => Err(format!(
-                    "min ({min}) and max ({max}) must be finite numbers"
+                (Some(min), Some(max)) if !(min.is_finite() && max.is_finite()) => Err(Invalid(
+                    format!("min ({min}) and max ({max}) must be finite numbers"),
                 )),
-                (Some(min), Some(max)) => Err(format!("min ({min}) must be less than max ({max})")),
-                _ => Err(format!("distribution `{dist}` needs `min` and `max`")),
+                (Some(min), Some(max)) => Err(Invalid(format!(
+                    "min ({min}) must be less than max ({max})"
+                ))),
+                _ => Err(Invalid(format!(
+                    "distribution `{name}` needs `min` and `max`"
+                ))),
             }
         };
-        let q = || -> Result<f64, String> {
+        let q = || -> Result<f64, Invalid> {
             match p.q {
                 Some(q) if q > 0.0 && q.is_finite() => Ok(q),
-                Some(q) => Err(format!("q must be positive, got {q}")),
+                Some(q) => Err(Invalid(format!("q must be positive, got {q}"))),
                 None => Ok(1.0),
             }
         };
+        let positive_min = |min: f64| -> Result<(), Invalid> {
+            if min <= 0.0 {
+                return Err(Invalid(format!(
+                    "distribution `{name}` needs min > 0, got {min}"
+                )));
+            }
+            Ok(())
+        };
         match dist {
-            "constant" => p
+            Distribution::Constant => p
                 .value
                 .clone()
                 .map(Domain::Constant)
-                .ok_or_else(|| "distribution `constant` needs `value`".to_string()),
-            "categorical" => {
-                let values = p
-                    .values
-                    .clone()
-                    .ok_or_else(|| "distribution `categorical` needs `values`".to_string())?;
-                if values.is_empty() {
-                    return Err("`values` is empty: list at least one value".into());
-                }
-                if let Some(probs) = &p.probabilities {
-                    if probs.len() != values.len() {
-                        return Err(format!(
-                            "`probabilities` has {} entries for {} values",
-                            probs.len(),
-                            values.len()
-                        ));
-                    }
-                    let sum: f64 = probs.iter().sum();
-                    if probs.iter().any(|x| *x < 0.0) || (sum - 1.0).abs() > 1e-6 {
-                        return Err(format!(
-                            "`probabilities` must be non-negative and sum to 1 (sum is {sum})"
-                        ));
-                    }
-                }
-                Ok(Domain::Categorical {
-                    values,
-                    probabilities: p.probabilities.clone(),
-                })
-            }
-            "uniform" => bounds().map(|(min, max)| Domain::Uniform { min, max }),
-            "int_uniform" => {
+                .ok_or_else(|| Invalid("distribution `constant` needs `value`".into())),
+            Distribution::Categorical => Self::categorical(p),
+            Distribution::Uniform => bounds().map(|(min, max)| Domain::Uniform { min, max }),
+            Distribution::IntUniform => {
                 let (min, max) = bounds()?;
                 if min.fract() != 0.0 || max.fract() != 0.0 {
-                    return Err(
+                    return fail(
                         "distribution `int_uniform` needs whole-number `min` and `max`".into(),
                     );
                 }
                 if min.abs() > INT_BOUND || max.abs() > INT_BOUND {
-                    return Err(format!(
+                    return fail(format!(
                         "distribution `int_uniform` needs `min` and `max` within ±{INT_BOUND}"
                     ));
                 }
@@ -621,35 +639,52 @@ impl Domain {
                     max: max as i64,
                 })
             }
-            "log_uniform_values" => {
+            Distribution::LogUniformValues => {
                 let (min, max) = bounds()?;
-                if min <= 0.0 {
-                    return Err(format!(
-                        "distribution `log_uniform_values` needs min > 0, got {min}"
-                    ));
-                }
+                positive_min(min)?;
                 Ok(Domain::LogUniformValues { min, max })
             }
-            "log_uniform" => bounds().map(|(min, max)| Domain::LogUniform { min, max }),
-            "q_uniform" => {
+            Distribution::LogUniform => bounds().map(|(min, max)| Domain::LogUniform { min, max }),
+            Distribution::QUniform => {
                 let (min, max) = bounds()?;
                 Ok(Domain::QUniform { min, max, q: q()? })
             }
-            "q_log_uniform_values" => {
+            Distribution::QLogUniformValues => {
                 let (min, max) = bounds()?;
-                if min <= 0.0 {
-                    return Err(format!(
-                        "distribution `q_log_uniform_values` needs min > 0, got {min}"
-                    ));
-                }
+                positive_min(min)?;
                 Ok(Domain::QLogUniformValues { min, max, q: q()? })
             }
-            other => Err(format!(
-                "unknown distribution `{other}`{} (known: {})",
-                crate::util::suggest::suffix(other, &DISTRIBUTIONS),
-                DISTRIBUTIONS.join(", ")
-            )),
         }
+    }
+
+    /// `values` with their optional `probabilities`.
+    fn categorical(p: &ParamSpec) -> Result<Domain, Invalid> {
+        let values = p
+            .values
+            .clone()
+            .ok_or_else(|| Invalid("distribution `categorical` needs `values`".into()))?;
+        if values.is_empty() {
+            return Err(Invalid("`values` is empty: list at least one value".into()));
+        }
+        if let Some(probs) = &p.probabilities {
+            if probs.len() != values.len() {
+                return Err(Invalid(format!(
+                    "`probabilities` has {} entries for {} values",
+                    probs.len(),
+                    values.len()
+                )));
+            }
+            let sum: f64 = probs.iter().sum();
+            if probs.iter().any(|x| *x < 0.0) || (sum - 1.0).abs() > 1e-6 {
+                return Err(Invalid(format!(
+                    "`probabilities` must be non-negative and sum to 1 (sum is {sum})"
+                )));
+            }
+        }
+        Ok(Domain::Categorical {
+            values,
+            probabilities: p.probabilities.clone(),
+        })
     }
 
     /// The finite list of values a grid search takes, or None for a continuous distribution.

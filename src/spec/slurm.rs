@@ -1,7 +1,7 @@
 //! The Slurm settings of a sweep file (`resources: {executor: slurm, partition, time, account,
 //! qos, sbatch_args}`): their checks, and Slurm's time format. Pure: nothing here runs Slurm.
 
-use crate::spec::{ExecutorKind, ResourcesSpec};
+use crate::spec::{ExecutorKind, Invalid, ResourcesSpec};
 
 /// sbatch options sweep derives for every trial; `sbatch_args` may not set them.
 pub const DERIVED_OPTIONS: [(&str, &str); 14] = [
@@ -72,7 +72,7 @@ pub fn resource_problems(r: &ResourcesSpec) -> Vec<(&'static str, String)> {
     }
     if let Some(t) = &r.time {
         if let Err(e) = parse_time_seconds(t) {
-            out.push(("time", e));
+            out.push(("time", e.0));
         }
     }
     for arg in r.sbatch_args.iter().flatten() {
@@ -109,11 +109,14 @@ pub fn sbatch_arg_problem(arg: &str) -> Option<String> {
 
 /// Reads a Slurm time limit (`minutes`, `minutes:seconds`, `hours:minutes:seconds`,
 /// `days-hours`, `days-hours:minutes`, `days-hours:minutes:seconds`) as seconds.
-pub fn parse_time_seconds(text: &str) -> Result<u64, String> {
-    let bad =
-        || format!("`{text}` is not a Slurm time limit (minutes, or HH:MM:SS, or D-HH:MM:SS)");
+pub fn parse_time_seconds(text: &str) -> Result<u64, Invalid> {
+    let bad = || {
+        Invalid(format!(
+            "`{text}` is not a Slurm time limit (minutes, or HH:MM:SS, or D-HH:MM:SS)"
+        ))
+    };
     let t = text.trim();
-    let number = |s: &str| -> Result<u64, String> {
+    let number = |s: &str| -> Result<u64, Invalid> {
         if s.is_empty() || !s.chars().all(|c| c.is_ascii_digit()) || s.len() > 9 {
             return Err(bad());
         }
@@ -134,7 +137,9 @@ pub fn parse_time_seconds(text: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     if seconds == 0 {
-        return Err(format!("`{text}`: the time limit must be positive"));
+        return Err(Invalid(format!(
+            "`{text}`: the time limit must be positive"
+        )));
     }
     Ok(seconds)
 }

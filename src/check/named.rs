@@ -1,0 +1,361 @@
+//! Everything a sweep file names on disk: the data files (alone, as a pair, the test set,
+//! labelled enough for the trials' methods), the model folder, and every example's length with
+//! the model's tokenizer under every `max_seq_len` the trials use.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use yaml_serde::Value as Yaml;
+
+use super::data::{check_data_file, DataFile};
+use super::files::{cross_check, cross_check_as};
+use super::located::Ctx;
+use super::paths::{folder_hint, missing_file_hint};
+use super::spec::SpecCheck;
+use super::tokens::{check_lengths, Lengths};
+use super::yaml::{Seg, Target};
+use super::{CheckReport, Problem, Severity};
+use crate::spec::params::{Method, TrialParams};
+use crate::spec::{ConflictPolicy, ModelSource};
+use crate::text::encode::TokenCounts;
+use crate::text::tokenizer::TextTokenizer;
+
+/// The files a sweep names: data (alone, as a pair, labelled enough for the methods), the model
+/// folder, and token lengths with the model's tokenizer. Returns the training set's token
+/// counts when they were measured.
+pub fn check_named_files(
+    checked: &SpecCheck,
+    text: &str,
+    file: &str,
+    report: &mut CheckReport,
+) -> Option<TokenCounts> {
+    let yaml = checked.yaml.as_ref()?;
+    let mut ctx = Ctx::new(text, file, report);
+    let conflicts = conflict_policy(yaml);
+    let [train, dev] = check_train_and_dev(yaml, conflicts, &mut ctx);
+    check_test_file(yaml, conflicts, train.as_ref(), &mut ctx);
+    let model = check_model(yaml, &mut ctx);
+    let (true, Some(model)) = (checked.spec.is_some(), model) else {
+        return None;
+    };
+    let loaded: Vec<&DataFile> = [train.as_ref(), dev.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    check_labels(&checked.trials, &loaded, ctx.report);
+    let fitted_by_default = checked
+        .spec
+        .as_ref()
+        .is_some_and(|s| !s.parameters.contains_key("max_seq_len"));
+    ctx.report
+        .note(trials_note(file, &checked.trials, fitted_by_default));
+    let train_file = train.as_ref()?;
+    if train_file.examples.is_empty() {
+        return None;
+    }
+    let tokenizer = load_tokenizer(&model, train_file, &mut ctx)?;
+    let counts: Vec<TokenCounts> = loaded
+        .iter()
+        .map(|d| TokenCounts::measure(&tokenizer, &d.examples))
+        .collect();
+    let mut lengths = trial_lengths(&checked.trials);
+    if fitted_by_default {
+        if let Some(fitted) = fitted_lengths(&model, &lengths, counts.first(), file, ctx.report) {
+            lengths = fitted;
+        }
+    }
+    let files: Vec<(&DataFile, &TokenCounts)> = loaded.iter().copied().zip(&counts).collect();
+    check_lengths(&files, &lengths, ctx.report);
+    // The first file is train: the planner sizes memory with its counts.
+    counts.into_iter().next()
+}
+
+/// `data.conflicts` read as the spec reads it; the default when it is absent or wrong (the
+/// walk reports a wrong one).
+fn conflict_policy(yaml: &Yaml) -> ConflictPolicy {
+    yaml.get("data")
+        .and_then(|data| data.get("conflicts"))
+        .and_then(|v| yaml_serde::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// A string value at `path` of the YAML (as the typed parser would read it).
+fn text_at(yaml: &Yaml, path: &[&str]) -> Option<String> {
+    let mut v = yaml;
+    for k in path {
+        v = v.as_mapping()?.get(*k)?;
+    }
+    match v {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The data file at `data.<which>`, checked alone; None when it is not there or unreadable.
+fn check_data_path(
+    which: &str,
+    p: &str,
+    conflicts: ConflictPolicy,
+    ctx: &mut Ctx,
+) -> Option<DataFile> {
+    let field = format!("data.{which}");
+    let seg = [Seg::Key("data".into()), Seg::Key(which.into())];
+    let path = PathBuf::from(p);
+    if path.is_dir() {
+        ctx.error(
+            &seg,
+            Target::Value,
+            format!("`{p}` is a folder; a data file is expected"),
+            folder_hint(&path),
+        );
+        return None;
+    }
+    if !path.exists() {
+        ctx.error(
+            &seg,
+            Target::Value,
+            format!("`{p}` not found"),
+            missing_file_hint(&path, Some(&field)),
+        );
+        return None;
+    }
+    check_data_file(&path, conflicts, ctx.report)
+}
+
+/// Train and dev, each alone, then one against the other (and a warning when they are the
+/// same file).
+fn check_train_and_dev(
+    yaml: &Yaml,
+    conflicts: ConflictPolicy,
+    ctx: &mut Ctx,
+) -> [Option<DataFile>; 2] {
+    let paths: Vec<String> = ["train", "dev"]
+        .iter()
+        .filter_map(|which| text_at(yaml, &["data", which]))
+        .collect();
+    let [train, dev] = ["train", "dev"].map(|which| {
+        text_at(yaml, &["data", which]).and_then(|p| check_data_path(which, &p, conflicts, ctx))
+    });
+    if let [a, b] = paths.as_slice() {
+        let same = a == b
+            || std::fs::canonicalize(a)
+                .ok()
+                .is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a));
+        if same {
+            ctx.push(
+                Severity::Warning,
+                &[Seg::Key("data".into()), Seg::Key("dev".into())],
+                Target::Value,
+                "train and dev are the same file: dev then measures memorisation, not learning"
+                    .into(),
+                Some("hold out part of the data as dev.json".into()),
+            );
+        }
+    }
+    if let (Some(t), Some(d)) = (&train, &dev) {
+        cross_check(t, d, ctx.report);
+    }
+    [train, dev]
+}
+
+/// `data.test`, checked like dev: the best checkpoint is scored on it when the sweep ends, by
+/// accuracy, so every example needs a label.
+fn check_test_file(
+    yaml: &Yaml,
+    conflicts: ConflictPolicy,
+    train: Option<&DataFile>,
+    ctx: &mut Ctx,
+) {
+    let Some(p) = text_at(yaml, &["data", "test"]) else {
+        return;
+    };
+    let Some(test) = check_data_path("test", &p, conflicts, ctx) else {
+        return;
+    };
+    if let Some(t) = train {
+        cross_check_as(t, &test, "test", ctx.report);
+    }
+    if let Some(e) = test.examples.iter().find(|e| e.tgt.is_none()) {
+        ctx.report.push(
+            Problem::error(
+                &test.file,
+                "test examples need a label: the test score is accuracy",
+            )
+            .at(Some(e.line), None)
+            .field("tgt"),
+        );
+    }
+}
+
+/// Trials that learn the answer (sft, lora) need every example labelled.
+fn check_labels(trials: &[TrialParams], loaded: &[&DataFile], report: &mut CheckReport) {
+    let supervised = trials
+        .iter()
+        .filter(|p| p.method != Method::PostPretrain)
+        .count();
+    if supervised == 0 {
+        return;
+    }
+    for d in loaded {
+        let missing: Vec<usize> = d
+            .examples
+            .iter()
+            .filter(|e| e.tgt.is_none())
+            .map(|e| e.line)
+            .collect();
+        if let Some(first) = missing.first() {
+            report.push(
+                Problem::error(
+                    &d.file,
+                    format!(
+                        "{} example(s) have no tgt, but {supervised} of the {} trials train with sft or lora, which learn the answer",
+                        missing.len(),
+                        trials.len()
+                    ),
+                )
+                .at(Some(*first), None)
+                .field("tgt")
+                .hint("label every example, or use `method: {value: post_pretrain}` for unlabelled text"),
+            );
+        }
+    }
+}
+
+/// Every `max_seq_len` the trials use, by whether the trial learns answers or plain text.
+fn trial_lengths(trials: &[TrialParams]) -> Lengths {
+    let mut lengths = Lengths::default();
+    for p in trials {
+        match p.method {
+            Method::PostPretrain => lengths.unsupervised.insert(p.max_seq_len as usize),
+            Method::Sft | Method::Lora => lengths.supervised.insert(p.max_seq_len as usize),
+        };
+    }
+    lengths
+}
+
+/// `s.yaml: 4 trial(s) (lora, sft), max_seq_len 128, 256`.
+fn trials_note(file: &str, trials: &[TrialParams], fitted_by_default: bool) -> String {
+    let methods: BTreeSet<&str> = trials.iter().map(|p| p.method.as_str()).collect();
+    let lengths = trial_lengths(trials);
+    let all: BTreeSet<usize> = lengths
+        .supervised
+        .union(&lengths.unsupervised)
+        .copied()
+        .collect();
+    format!(
+        "{file}: {} trial(s) ({}), max_seq_len {}",
+        trials.len(),
+        methods.into_iter().collect::<Vec<_>>().join(", "),
+        if fitted_by_default {
+            "fitted to the data".to_string()
+        } else {
+            all.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    )
+}
+
+/// The trial's own tokenizer (a preset's is learned from the training examples).
+fn load_tokenizer(model: &ModelSource, train: &DataFile, ctx: &mut Ctx) -> Option<TextTokenizer> {
+    match crate::text::tokenizer::load_tokenizer(model, &train.examples) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            ctx.error(
+                &[Seg::Key("model".into())],
+                Target::Key,
+                format!("cannot load the tokenizer: {e:#}"),
+                None,
+            );
+            None
+        }
+    }
+}
+
+/// Without `max_seq_len` in the sweep file, the trials use one fitted to the training data
+/// (noted): the lengths to check become that one.
+fn fitted_lengths(
+    model: &ModelSource,
+    lengths: &Lengths,
+    train_counts: Option<&TokenCounts>,
+    file: &str,
+    report: &mut CheckReport,
+) -> Option<Lengths> {
+    let max_positions = match model {
+        ModelSource::Preset(name) => {
+            crate::spec::shape::preset(name).map(|c| c.max_position_embeddings)
+        }
+        ModelSource::Path(dir) => crate::text::model_folder::read_config(dir)
+            .ok()
+            .map(|c| c.max_position_embeddings),
+    }?;
+    let longest = train_counts?.longest();
+    let fitted = crate::spec::params::fitted_max_seq_len(longest, max_positions);
+    report.note(format!(
+        "{file}: {}",
+        crate::plan::fitted_note(fitted, longest, max_positions)
+    ));
+    let one = |set: &BTreeSet<usize>| -> BTreeSet<usize> {
+        if set.is_empty() {
+            BTreeSet::new()
+        } else {
+            BTreeSet::from([fitted as usize])
+        }
+    };
+    Some(Lengths {
+        supervised: one(&lengths.supervised),
+        unsupervised: one(&lengths.unsupervised),
+    })
+}
+
+/// The model folder named by `model.path` (config.json, tokenizer.json), or the preset.
+fn check_model(yaml: &Yaml, ctx: &mut Ctx) -> Option<ModelSource> {
+    let seg = [Seg::Key("model".into()), Seg::Key("path".into())];
+    let Some(p) = text_at(yaml, &["model", "path"]) else {
+        let preset = text_at(yaml, &["model", "preset"]).unwrap_or_else(|| "tiny".into());
+        return Some(ModelSource::Preset(preset));
+    };
+    let dir = PathBuf::from(&p);
+    if !dir.is_dir() {
+        let (message, hint) = if dir.exists() {
+            (format!("`{p}` is a file; a model folder is expected"), None)
+        } else {
+            (
+                format!("`{p}` not found"),
+                Some(
+                    "a Hugging Face model folder (config.json, model.safetensors, tokenizer.json), or use `model: {preset: tiny}`"
+                        .to_string(),
+                ),
+            )
+        };
+        ctx.error(&seg, Target::Value, message, hint);
+        return None;
+    }
+    let mut ok = true;
+    for needed in ["config.json", "tokenizer.json"] {
+        if !dir.join(needed).is_file() {
+            ctx.error(
+                &seg,
+                Target::Value,
+                format!("`{p}` has no {needed}"),
+                Some("a Hugging Face model folder is expected: config.json, model.safetensors (or shards), tokenizer.json".into()),
+            );
+            ok = false;
+        }
+    }
+    if !dir.join("model.safetensors").is_file()
+        && !dir.join("model.safetensors.index.json").is_file()
+    {
+        ctx.error(
+            &seg,
+            Target::Value,
+            format!("`{p}` has no model.safetensors (nor model.safetensors.index.json)"),
+            None,
+        );
+        ok = false;
+    }
+    ok.then(|| ModelSource::Path(std::fs::canonicalize(&dir).unwrap_or(dir)))
+}
