@@ -4,6 +4,7 @@
 //! `main.rs` is a thin command line over this library.
 
 pub mod check;
+pub mod diagnostics;
 pub mod orchestrator;
 pub mod plan;
 pub mod protocol;
