@@ -4,7 +4,7 @@
 #   scripts/gpu-check.sh BINARY            # sweep built by scripts/build-cuda.sh; may be .zst .gz .xz
 #   scripts/gpu-check.sh BINARY --cpu-dry-run   # every part on the CPU (any build): checks the check
 #
-# Needs no Rust: the binary does the work (`sweep gpu-check`, see src/gpu_check.rs) on this source
+# Needs no Rust: the binary does the work (`sweep gpu-check`, see src/diagnostics/) on this source
 # tree's fixtures and bundled data. This script unpacks the binary, finds the CUDA 13 libraries it
 # opens (already on the loader's path, a system CUDA in $CUDA_HOME or /usr/local/cuda*, the
 # nvidia-* CUDA 13 wheels inside an installed PyTorch's site-packages, or build-cuda.sh's wheel

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use sweep::orchestrator::runner::RunSummary;
 use sweep::plan::{Plan, PlanOptions};
 use sweep::spec::SweepSpec;
 
@@ -24,23 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Plan the sweep, train its trials in parallel, write results.csv and best/.
-    Run {
-        spec: PathBuf,
-        /// No progress bars or per-trial lines.
-        #[arg(long)]
-        quiet: bool,
-        /// Continue the interrupted sweep in the results folder: finished trials are kept,
-        /// interrupted ones continue from their last finished epoch.
-        #[arg(long)]
-        resume: bool,
-        /// Results folder (instead of the spec's `output`, or results/<name>).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Plan trials as asked even when their predicted memory exceeds the device's (a real
-        /// out-of-memory is still recovered under `on_oom`).
-        #[arg(long)]
-        no_memory_check: bool,
-    },
+    Run(RunArgs),
     /// Print the trials that would run, their parameters and devices; nothing runs.
     Plan {
         spec: PathBuf,
@@ -100,9 +85,29 @@ enum Command {
     },
     /// Train one trial from its folder (what the orchestrator and Slurm jobs call).
     Train { dir: PathBuf },
-    /// Check the CUDA path on a real GPU (what scripts/gpu-check.sh runs); see src/gpu_check.rs.
+    /// Check the CUDA path on a real GPU (what scripts/gpu-check.sh runs); see src/diagnostics/.
     #[command(hide = true)]
-    GpuCheck(sweep::trainer::gpu_check::Args),
+    GpuCheck(sweep::diagnostics::Args),
+}
+
+/// The arguments of `sweep run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    spec: PathBuf,
+    /// No progress bars or per-trial lines.
+    #[arg(long)]
+    quiet: bool,
+    /// Continue the interrupted sweep in the results folder: finished trials are kept,
+    /// interrupted ones continue from their last finished epoch.
+    #[arg(long)]
+    resume: bool,
+    /// Results folder (instead of the spec's `output`, or results/<name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Plan trials as asked even when their predicted memory exceeds the device's (a real
+    /// out-of-memory is still recovered under `on_oom`).
+    #[arg(long)]
+    no_memory_check: bool,
 }
 
 fn main() -> ExitCode {
@@ -120,220 +125,238 @@ fn main() -> ExitCode {
     }
 }
 
-/// The plan of a sweep file, unchecked (what `sweep plan` shows).
-fn plan_of(spec_path: &Path, memory_check: bool) -> Result<Plan> {
-    let text = std::fs::read_to_string(spec_path)
-        .with_context(|| format!("{}: cannot read", spec_path.display()))?;
-    let spec = SweepSpec::from_yaml(&text, &spec_path.display().to_string())?;
-    Ok(Plan::with_options(
-        &spec,
-        spec_path,
-        PlanOptions { memory_check },
-    )?)
-}
-
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Run {
-            spec,
-            quiet,
-            resume,
-            out,
-            no_memory_check,
-        } => {
-            let spec_path = spec;
-            // Nothing starts, and nothing is written, until the same checks as `sweep check`
-            // pass; warnings are shown and do not stop the sweep.
-            let checked = match sweep::check::gate(&spec_path) {
-                Ok(checked) => checked,
-                Err(report) => {
-                    eprint!("{}", report.render());
-                    eprintln!("nothing was started: fix the errors above and run again");
-                    return Ok(ExitCode::from(2));
-                }
-            };
-            eprint!("{}", checked.report().render_problems());
-            let mut plan = checked.plan(PlanOptions {
-                memory_check: !no_memory_check,
-            })?;
-            if let Some(out) = out {
-                plan.results_dir = out;
-            }
-            println!("{}", plan.render());
-            let opts = sweep::orchestrator::runner::RunOptions {
-                program: std::env::current_exe().context("locating the sweep executable")?,
-                quiet,
-                resume,
-            };
-            let summary = sweep::orchestrator::runner::run(&checked, &plan, &opts)?;
-            if summary.interrupted {
-                eprintln!(
-                    "interrupted; continue with `sweep run {} --resume`",
-                    spec_path.display()
-                );
-                return Ok(ExitCode::from(130));
-            }
-            println!(
-                "\n{} finished ({} of them pruned), {} failed, {} refused in {:.0} s; results in {}",
-                summary.finished,
-                summary.pruned,
-                summary.failed,
-                summary.refused,
-                summary.seconds,
-                summary.dir.display()
-            );
-            print!("{}", sweep::results::report::render(&summary.dir)?);
-            println!(
-                "report: {}",
-                summary.dir.join(sweep::results::html::FILE).display()
-            );
-            Ok(if summary.best.is_some() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        Command::Run(args) => run(args),
         Command::Plan {
             spec,
             json,
             no_memory_check,
-        } => {
-            let plan = plan_of(&spec, !no_memory_check)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
-            } else {
-                print!("{}", plan.render());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Check { paths } => {
-            let report = sweep::check::check_paths(&paths);
-            print!("{}", report.render());
-            Ok(if report.has_errors() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        } => plan(&spec, json, !no_memory_check),
+        Command::Check { paths } => check(&paths),
         Command::Report {
             dir,
             csv,
             html,
             png,
-        } => {
-            print!("{}", sweep::results::report::render(&dir)?);
-            if let Some(out) = html {
-                let written = sweep::results::html::write(&dir, out.as_deref())?;
-                println!("HTML report: {}", written.display());
-            }
-            if let Some(out) = png {
-                for file in sweep::results::png::write(&dir, &out)? {
-                    println!("plot: {}", file.display());
-                }
-            }
-            if let Some(out) = csv {
-                std::fs::copy(dir.join(sweep::results::CSV), &out)
-                    .with_context(|| format!("writing {}", out.display()))?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Export { checkpoint, merge } => {
-            sweep::trainer::checkpoint::export_merged(&checkpoint, &merge)?;
-            println!("merged model written to {}", merge.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Best { dir } => {
-            let best = sweep::results::read_best(&dir)?;
-            println!("trial {:04}: {} {:.4}", best.trial, best.metric, best.value);
-            for (k, v) in &best.params {
-                println!("  {k}: {v}");
-            }
-            println!("checkpoint: {}", best.checkpoint.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => report(&dir, csv.as_deref(), html, png.as_deref()),
+        Command::Export { checkpoint, merge } => export(&checkpoint, &merge),
+        Command::Best { dir } => best(&dir),
         Command::Eval {
             checkpoint,
             data,
             json,
-        } => {
-            let (report, _) = sweep::trainer::evaluate::evaluate(&checkpoint, &data)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", sweep::trainer::evaluate::render(&report, 10));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => eval(&checkpoint, &data, json),
         Command::Predict {
             checkpoint,
             file,
             top,
-        } => {
-            let (bytes, name) = match &file {
-                Some(path) => (
-                    std::fs::read(path)
-                        .with_context(|| format!("{}: cannot read", path.display()))?,
-                    path.clone(),
-                ),
-                None => {
-                    let mut bytes = Vec::new();
-                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
-                        .context("reading stdin")?;
-                    (bytes, PathBuf::from("<stdin>"))
-                }
-            };
-            // The input is checked before the model is loaded, so a bad line fails fast.
-            let examples = sweep::trainer::evaluate::read_examples(bytes, &name)?;
-            let scorer = sweep::trainer::evaluate::Scorer::load(&checkpoint)?;
-            let mut out = std::io::stdout().lock();
-            for p in scorer.predict(&examples, top.max(1))? {
-                writeln!(out, "{}", serde_json::to_string(&p)?)?;
-            }
-            Ok(ExitCode::SUCCESS)
+        } => predict(&checkpoint, file.as_deref(), top),
+        Command::GpuCheck(args) => sweep::diagnostics::main(args),
+        Command::Train { dir } => train(dir),
+    }
+}
+
+/// `sweep run`: nothing starts, and nothing is written, until the same checks as `sweep check`
+/// pass; warnings are shown and do not stop the sweep.
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let checked = match sweep::check::gate(&args.spec) {
+        Ok(checked) => checked,
+        Err(report) => {
+            eprint!("{}", report.render());
+            eprintln!("nothing was started: fix the errors above and run again");
+            return Ok(ExitCode::from(2));
         }
-        Command::GpuCheck(args) => sweep::trainer::gpu_check::main(args),
-        Command::Train { dir } => {
-            // Slurm's pre-timeout signal: save at the next step and exit (see trainer::stop).
-            sweep::trainer::stop::install();
-            let stdout = std::io::stdout();
-            let result = sweep::trainer::train::run_trial(&dir, |event| {
-                let mut out = stdout.lock();
-                let sent = writeln!(out, "{}", serde_json::to_string(event).unwrap_or_default())
-                    .and_then(|()| out.flush());
-                if sent.is_err() {
-                    // The orchestrator is gone (killed, crashed): stop rather than train unseen.
-                    // The last finished epoch is saved; `sweep run --resume` continues from it.
-                    eprintln!("the sweep that started this trial is gone; stopping");
-                    std::process::exit(3);
-                }
-            });
-            let result = match result {
-                Err(e @ sweep::trainer::error::TrainError::SavedOnSignal { .. }) => {
-                    // Inside a Slurm job: requeue it; it continues from this resume point.
-                    let requeued = sweep::orchestrator::slurm::requeue_own_job();
-                    eprintln!(
-                        "{e}; {}",
-                        if requeued {
-                            "the Slurm job is requeued and will continue from it"
-                        } else {
-                            "`sweep run --resume` continues from it"
-                        }
-                    );
-                    return Ok(ExitCode::from(sweep::trainer::stop::EXIT_SAVED));
-                }
-                other => other?,
-            };
-            eprintln!(
-                "done: best epoch {}, accuracy {}, dev_loss {:.4}, {:.0} s",
-                result.best_epoch,
-                result
-                    .accuracy
-                    .map(|a| format!("{a:.4}"))
-                    .unwrap_or_else(|| "-".into()),
-                result.dev_loss,
-                result.seconds
-            );
-            Ok(ExitCode::SUCCESS)
+    };
+    eprint!("{}", checked.report().render_problems());
+    let mut plan = checked.plan(PlanOptions {
+        memory_check: !args.no_memory_check,
+    })?;
+    if let Some(out) = args.out {
+        plan.results_dir = out;
+    }
+    println!("{}", plan.render());
+    let opts = sweep::orchestrator::runner::RunOptions {
+        program: std::env::current_exe().context("locating the sweep executable")?,
+        quiet: args.quiet,
+        resume: args.resume,
+    };
+    let summary = sweep::orchestrator::runner::run(&checked, &plan, &opts)?;
+    if summary.interrupted {
+        eprintln!(
+            "interrupted; continue with `sweep run {} --resume`",
+            args.spec.display()
+        );
+        return Ok(ExitCode::from(130));
+    }
+    println!("\n{}", counts(&summary));
+    print!("{}", sweep::results::report::render(&summary.dir)?);
+    println!(
+        "report: {}",
+        summary.dir.join(sweep::results::html::FILE).display()
+    );
+    Ok(if summary.best.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The line after a sweep: how its trials ended, how long it took, where the results are.
+fn counts(summary: &RunSummary) -> String {
+    format!(
+        "{} finished ({} of them pruned), {} failed, {} refused in {:.0} s; results in {}",
+        summary.finished,
+        summary.pruned,
+        summary.failed,
+        summary.refused,
+        summary.seconds,
+        summary.dir.display()
+    )
+}
+
+/// `sweep plan`: the plan of a sweep file, unchecked, as text or JSON.
+fn plan(spec_path: &Path, json: bool, memory_check: bool) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(spec_path)
+        .with_context(|| format!("{}: cannot read", spec_path.display()))?;
+    let spec = SweepSpec::from_yaml(&text, &spec_path.display().to_string())?;
+    let plan = Plan::with_options(&spec, spec_path, PlanOptions { memory_check })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", plan.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sweep check`: exit status 2 on any error.
+fn check(paths: &[PathBuf]) -> Result<ExitCode> {
+    let report = sweep::check::check_paths(paths);
+    print!("{}", report.render());
+    Ok(if report.has_errors() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `sweep report`: the leaderboard, and the HTML report, plots and CSV copy asked for.
+fn report(
+    dir: &Path,
+    csv: Option<&Path>,
+    html: Option<Option<PathBuf>>,
+    png: Option<&Path>,
+) -> Result<ExitCode> {
+    print!("{}", sweep::results::report::render(dir)?);
+    if let Some(out) = html {
+        let written = sweep::results::html::write(dir, out.as_deref())?;
+        println!("HTML report: {}", written.display());
+    }
+    if let Some(out) = png {
+        for file in sweep::results::png::write(dir, out)? {
+            println!("plot: {}", file.display());
         }
     }
+    if let Some(out) = csv {
+        std::fs::copy(dir.join(sweep::results::CSV), out)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sweep export --merge`.
+fn export(checkpoint: &Path, merge: &Path) -> Result<ExitCode> {
+    sweep::trainer::checkpoint::export_merged(checkpoint, merge)?;
+    println!("merged model written to {}", merge.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sweep best`.
+fn best(dir: &Path) -> Result<ExitCode> {
+    let best = sweep::results::read_best(dir)?;
+    println!("trial {:04}: {} {:.4}", best.trial, best.metric, best.value);
+    for (k, v) in &best.params {
+        println!("  {k}: {v}");
+    }
+    println!("checkpoint: {}", best.checkpoint.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sweep eval`.
+fn eval(checkpoint: &Path, data: &Path, json: bool) -> Result<ExitCode> {
+    let (report, _) = sweep::trainer::evaluate::evaluate(checkpoint, data)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", sweep::trainer::evaluate::render(&report, 10));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sweep predict`: the input is checked before the model is loaded, so a bad line fails fast.
+fn predict(checkpoint: &Path, file: Option<&Path>, top: usize) -> Result<ExitCode> {
+    let (bytes, name) = match file {
+        Some(path) => (
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
+            path.to_path_buf(),
+        ),
+        None => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                .context("reading stdin")?;
+            (bytes, PathBuf::from("<stdin>"))
+        }
+    };
+    let examples = sweep::trainer::evaluate::read_examples(bytes, &name)?;
+    let scorer = sweep::trainer::evaluate::Scorer::load(checkpoint)?;
+    let mut out = std::io::stdout().lock();
+    for p in scorer.predict(&examples, top.max(1))? {
+        writeln!(out, "{}", serde_json::to_string(&p)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sweep train DIR`: one trial, its progress events on stdout.
+fn train(dir: PathBuf) -> Result<ExitCode> {
+    // Slurm's pre-timeout signal: save at the next step and exit (see trainer::stop).
+    sweep::trainer::stop::install();
+    let stdout = std::io::stdout();
+    let result = sweep::trainer::train::run_trial(&dir, |event| {
+        let mut out = stdout.lock();
+        let sent = writeln!(out, "{}", serde_json::to_string(event).unwrap_or_default())
+            .and_then(|()| out.flush());
+        if sent.is_err() {
+            // The orchestrator is gone (killed, crashed): stop rather than train unseen.
+            // The last finished epoch is saved; `sweep run --resume` continues from it.
+            eprintln!("the sweep that started this trial is gone; stopping");
+            std::process::exit(3);
+        }
+    });
+    let result = match result {
+        Err(e @ sweep::trainer::error::TrainError::SavedOnSignal { .. }) => {
+            // Inside a Slurm job: requeue it; it continues from this resume point.
+            let requeued = sweep::orchestrator::slurm::requeue_own_job();
+            eprintln!(
+                "{e}; {}",
+                if requeued {
+                    "the Slurm job is requeued and will continue from it"
+                } else {
+                    "`sweep run --resume` continues from it"
+                }
+            );
+            return Ok(ExitCode::from(sweep::trainer::stop::EXIT_SAVED));
+        }
+        other => other?,
+    };
+    eprintln!(
+        "done: best epoch {}, accuracy {}, dev_loss {:.4}, {:.0} s",
+        result.best_epoch,
+        result
+            .accuracy
+            .map(|a| format!("{a:.4}"))
+            .unwrap_or_else(|| "-".into()),
+        result.dev_loss,
+        result.seconds
+    );
+    Ok(ExitCode::SUCCESS)
 }

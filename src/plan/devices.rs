@@ -55,13 +55,11 @@ pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, GpuQueryError> {
 /// The GPUs this process may use, with their memory now: nvidia-smi's list, filtered by
 /// CUDA_VISIBLE_DEVICES when set (numeric ids only; an empty value hides every GPU).
 pub fn query_gpus() -> Result<Vec<Gpu>, GpuQueryError> {
-    let out = Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=index,name,memory.total,memory.free",
-            "--format=csv,noheader,nounits",
-        ])
-        .output()
-        .map_err(|_| GpuQueryError::NotInstalled)?;
+    let out = nvidia_smi(&[
+        "--query-gpu=index,name,memory.total,memory.free",
+        "--format=csv,noheader,nounits",
+    ])
+    .ok_or(GpuQueryError::NotInstalled)?;
     if !out.status.success() {
         return Err(GpuQueryError::Failed(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -72,6 +70,37 @@ pub fn query_gpus() -> Result<Vec<Gpu>, GpuQueryError> {
         Ok(visible) => visible_only(gpus, &visible),
         Err(_) => gpus,
     })
+}
+
+/// nvidia-smi's answer to `args`; None when nvidia-smi is not there. The one place sweep runs it.
+fn nvidia_smi(args: &[&str]) -> Option<std::process::Output> {
+    Command::new("nvidia-smi").args(args).output().ok()
+}
+
+/// Memory that process `pid` uses on the GPUs, MiB, from nvidia-smi's list of compute processes
+/// (what `sweep gpu-check` samples while a benchmark runs). None when nvidia-smi is not there or
+/// fails, or lists no such process (in a container it may not see our process ids).
+pub fn process_memory_mb(pid: u32) -> Option<f64> {
+    let out = nvidia_smi(&[
+        "--query-compute-apps=pid,used_memory",
+        "--format=csv,noheader,nounits",
+    ])?;
+    out.status
+        .success()
+        .then(|| parse_process_memory(&String::from_utf8_lossy(&out.stdout), pid))?
+}
+
+/// Parses `nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits` for
+/// `pid`: the sum over its lines (one per GPU it uses), None when it has none.
+pub fn parse_process_memory(text: &str, pid: u32) -> Option<f64> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(',').map(str::trim);
+            let p: u32 = fields.next()?.parse().ok()?;
+            let mb: f64 = fields.next()?.parse().ok()?;
+            (p == pid).then_some(mb)
+        })
+        .reduce(|a, b| a + b)
 }
 
 fn visible_only(gpus: Vec<Gpu>, visible: &str) -> Vec<Gpu> {
@@ -110,5 +139,12 @@ mod tests {
         assert_eq!(seen.iter().map(|g| g.index).collect::<Vec<_>>(), vec![0, 2]);
         assert!(visible_only(gpus, "").is_empty());
         assert!(parse_nvidia_smi("0, x, lots, 3\n").is_err());
+    }
+
+    #[test]
+    fn nvidia_smi_process_memory_is_read_for_our_pid_only() {
+        let text = "1234, 5120\n999, 100\n1234, 20\nnot a line\n";
+        assert_eq!(parse_process_memory(text, 1234), Some(5140.0));
+        assert_eq!(parse_process_memory(text, 42), None);
     }
 }

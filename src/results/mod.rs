@@ -1,5 +1,11 @@
 //! Results derived from the journal: results.csv (one row per trial, built with polars), the best
 //! trial's `best/` folder, and the report (leaderboard and per-parameter summaries).
+//!
+//! The only code that uses polars. It must not start anything (no processes, no training, no
+//! model loaded: a test score arrives as a file the run loop's child wrote), never write or read
+//! the journal file itself (`state` applies the events the run loop hands it, or that a reader
+//! read), and never change a trial's course: it describes what happened, ranking by the spec's
+//! one rule (`MetricSpec::rank`) rather than one of its own.
 
 pub mod html;
 pub mod png;

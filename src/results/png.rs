@@ -18,13 +18,35 @@ const BEST: RGBColor = RGBColor(242, 142, 43);
 const OTHER: RGBColor = RGBColor(78, 121, 167);
 const FAILED: RGBColor = RGBColor(192, 57, 43);
 
-fn font() -> std::result::Result<(), String> {
-    static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
-        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-            .map_err(|_| "the bundled font cannot be read".to_string())
-    })
-    .clone()
+/// Why a plot could not be drawn (the file it was for is named by the caller).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlotError {
+    #[error("the bundled font cannot be read")]
+    Font,
+    /// plotters' own error, as text: its error types borrow the backend's.
+    #[error("drawing failed: {0}")]
+    Draw(String),
+}
+
+impl PlotError {
+    fn draw(e: impl std::fmt::Display) -> Self {
+        PlotError::Draw(e.to_string())
+    }
+}
+
+/// A drawn and encoded image, or why not.
+type Image = std::result::Result<Vec<u8>, PlotError>;
+
+fn font() -> std::result::Result<(), PlotError> {
+    static DONE: OnceLock<bool> = OnceLock::new();
+    let registered = *DONE.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok()
+    });
+    if registered {
+        Ok(())
+    } else {
+        Err(PlotError::Font)
+    }
 }
 
 /// Draws into an RGB buffer of `SIZE` with `draw` and encodes it.
@@ -32,15 +54,15 @@ fn plot(
     draw: impl FnOnce(
         &DrawingArea<BitMapBackend, plotters::coord::Shift>,
     ) -> std::result::Result<(), Box<dyn std::error::Error>>,
-) -> std::result::Result<Vec<u8>, String> {
+) -> Image {
     font()?;
     let (w, h) = SIZE;
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
-        draw(&root).map_err(|e| e.to_string())?;
-        root.present().map_err(|e| e.to_string())?;
+        root.fill(&WHITE).map_err(PlotError::draw)?;
+        draw(&root).map_err(PlotError::draw)?;
+        root.present().map_err(PlotError::draw)?;
     }
     Ok(encode_png(&buf, w, h))
 }
@@ -62,7 +84,7 @@ fn label(t: &TrialView) -> String {
     format!("trial {:04}", t.trial)
 }
 
-fn learning_curves(d: &ReportData) -> std::result::Result<Vec<u8>, String> {
+fn learning_curves(d: &ReportData) -> Image {
     plot(|root| {
         let (x0, x1) = range(
             d.trials
@@ -112,7 +134,7 @@ fn learning_curves(d: &ReportData) -> std::result::Result<Vec<u8>, String> {
     })
 }
 
-fn by_param(d: &ReportData, p: &str) -> std::result::Result<Vec<u8>, String> {
+fn by_param(d: &ReportData, p: &str) -> Image {
     let done: Vec<&TrialView> = d
         .trials
         .iter()
@@ -199,7 +221,7 @@ fn by_param(d: &ReportData, p: &str) -> std::result::Result<Vec<u8>, String> {
     })
 }
 
-fn importance(d: &ReportData) -> std::result::Result<Vec<u8>, String> {
+fn importance(d: &ReportData) -> Image {
     plot(|root| {
         let n = d.importance.len().max(1);
         let mut chart = ChartBuilder::on(root)
@@ -238,7 +260,7 @@ fn importance(d: &ReportData) -> std::result::Result<Vec<u8>, String> {
     })
 }
 
-fn memory(d: &ReportData) -> std::result::Result<Vec<u8>, String> {
+fn memory(d: &ReportData) -> Image {
     let pts: Vec<(f64, f64, bool)> = d
         .trials
         .iter()
@@ -280,7 +302,7 @@ fn memory(d: &ReportData) -> std::result::Result<Vec<u8>, String> {
 pub fn write(dir: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let d = collect(dir)?;
     std::fs::create_dir_all(out).map_err(io_at(out))?;
-    let mut images: Vec<(String, std::result::Result<Vec<u8>, String>)> = vec![
+    let mut images: Vec<(String, Image)> = vec![
         ("learning_curves.png".into(), learning_curves(&d)),
         ("importance.png".into(), importance(&d)),
         ("memory.png".into(), memory(&d)),

@@ -2,8 +2,12 @@
 //!
 //! - Only `src/trainer/` names candle; only `src/results/` uses polars.
 //! - Each folder imports only the folders below it (`LAYERS`): the orchestrator, plan and check
-//!   never import the trainer; the sweep definition (`spec`) depends on nothing but `util`.
+//!   never import the trainer; the sweep definition (`spec`) depends on nothing but `util`;
+//!   nothing imports `diagnostics`, which sits above every stage.
 //! - No two modules import each other, directly or through others.
+//! - Only the run loop and what sits above it name the journal or start `sweep` processes; the
+//!   trainer, one trial, knows nothing of the sweep around it.
+//! - One GPU query: only `src/plan/devices.rs` runs nvidia-smi.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +16,10 @@ use std::path::{Path, PathBuf};
 /// `stats` (classification metrics, parameter importance) is pure arithmetic that both the
 /// trainer (`sweep eval`) and results (the report) compute, and protocol's evaluation files carry
 /// its types; it imports nothing, so it sits at the bottom beside `util`.
-const LAYERS: [(&str, &[&str]); 10] = [
+/// `diagnostics` (`sweep gpu-check`) drives both the run loop and the trainer, so it sits above
+/// them all: it asks the trainer for candle work, reads the journal a `sweep run` child left,
+/// and queries GPUs through `plan`; it reaches the orchestrator only through child processes.
+const LAYERS: [(&str, &[&str]); 11] = [
     ("util", &[]),
     ("stats", &[]),
     ("spec", &["util"]),
@@ -26,7 +33,26 @@ const LAYERS: [(&str, &[&str]); 10] = [
         "orchestrator",
         &["check", "plan", "protocol", "results", "spec", "util"],
     ),
+    (
+        "diagnostics",
+        &["plan", "protocol", "spec", "trainer", "util"],
+    ),
 ];
+
+/// The files that may name the journal (`protocol::journal`, `Journal`), by path under `src/`:
+/// the protocol that defines it, the run loop that writes it, results' `state` (a trial's row is
+/// the journal's events applied, `Trials::apply`), and the diagnostics that read what a sweep
+/// they ran left. Everything else below the orchestrator must not: the trainer is one trial.
+const NAME_THE_JOURNAL: [&str; 4] = [
+    "protocol/",
+    "orchestrator/",
+    "results/state.rs",
+    "diagnostics/",
+];
+
+/// The folders that may start `sweep` processes: the run loop (a trial is `sweep train`, the
+/// test score `sweep eval`) and the diagnostics above it (`sweep run`, `sweep plan`).
+const START_SWEEP: [&str; 2] = ["orchestrator", "diagnostics"];
 
 fn src() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -55,18 +81,35 @@ fn folder(path: &Path) -> Option<String> {
     parts.next().map(|_| first)
 }
 
-/// The code of a file without its comments and string literals, so a doc comment or a message
-/// (a sample error text in a test, say) may mention what code must not use.
-fn code(path: &Path) -> String {
+/// A line without its `//` comment (a `//` after a double quote is taken to be inside a string).
+fn without_comment(l: &str) -> &str {
+    match l.find("//") {
+        Some(i) if !l[..i].contains('"') => &l[..i],
+        _ => l,
+    }
+}
+
+/// The code of a file without its comments, string literals kept (for what a `Command::new`
+/// starts).
+fn code_with_strings(path: &Path) -> String {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
+        .map(without_comment)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The code of a file without its comments and string literals, so a doc comment or a message
+/// (a sample error text in a test, say) may mention what code must not use.
+fn code(path: &Path) -> String {
+    strip_strings(&code_with_strings(path))
+}
+
+/// `code` with what stands between double quotes dropped (escaped quotes stay inside).
+fn strip_strings(code: &str) -> String {
+    code.lines()
         .map(|l| {
-            let l = match l.find("//") {
-                Some(i) if !l[..i].contains('"') => &l[..i],
-                _ => l,
-            };
-            // Drop what stands between double quotes (escaped quotes stay inside).
             let mut out = String::new();
             let (mut quoted, mut escaped) = (false, false);
             for c in l.chars() {
@@ -85,6 +128,55 @@ fn code(path: &Path) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Whether `code` (strings stripped) names `word` as a whole identifier.
+fn names(code: &str, word: &str) -> bool {
+    code.match_indices(word).any(|(i, _)| {
+        let ident = |c: char| c.is_alphanumeric() || c == '_';
+        !code[..i].chars().last().is_some_and(ident)
+            && !code[i + word.len()..].chars().next().is_some_and(ident)
+    })
+}
+
+/// Whether `code` (strings stripped) names the journal: its module (`protocol::journal`, or
+/// `journal` in a `protocol::{..}` group) or its writer (`Journal`).
+fn names_the_journal(code: &str) -> bool {
+    let in_a_group = code.match_indices("protocol::{").any(|(i, m)| {
+        let group = &code[i + m.len()..];
+        names(&group[..group.find('}').unwrap_or(group.len())], "journal")
+    });
+    code.contains("protocol::journal") || in_a_group || names(code, "Journal")
+}
+
+/// The programs `code` (comments stripped, strings kept) starts with `Command::new`: the literal
+/// it names, or `None` for a program that is not written out (a path from `current_exe`, a
+/// variable: possibly sweep itself).
+fn started_programs(code: &str) -> Vec<Option<String>> {
+    code.match_indices("Command::new(")
+        .map(|(i, m)| {
+            let arg = code[i + m.len()..].trim_start();
+            let literal = arg.strip_prefix('"')?;
+            let (program, after) = literal.split_once('"')?;
+            after
+                .trim_start()
+                .starts_with(')')
+                .then(|| program.to_string())
+        })
+        .collect()
+}
+
+/// Why `code` (comments stripped, strings kept) may start a `sweep` process, if it may: it
+/// locates its own executable, starts a program not written out, or starts `sweep` by name.
+fn starts_sweep(code: &str) -> Option<String> {
+    if names(&strip_strings(code), "current_exe") {
+        return Some("locates its own executable (current_exe)".into());
+    }
+    started_programs(code).into_iter().find_map(|p| match p {
+        None => Some("starts a program that is not written out".into()),
+        Some(p) if p == "sweep" || p.ends_with("/sweep") => Some(format!("starts `{p}`")),
+        Some(_) => None,
+    })
 }
 
 /// The `crate::a::b` paths a file names, as (`a`, `b`).
@@ -145,8 +237,12 @@ fn each_folder_imports_only_the_folders_below_it() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
-    // What the issue that made this layout asked for, said outright.
+    // What the issues that made this layout asked for, said outright.
     for (folder, allowed) in LAYERS {
+        assert!(
+            !allowed.contains(&"diagnostics"),
+            "{folder} may not import the diagnostics: they sit above every stage"
+        );
         if ["orchestrator", "plan", "check"].contains(&folder) {
             assert!(
                 !allowed.contains(&"trainer"),
@@ -154,6 +250,98 @@ fn each_folder_imports_only_the_folders_below_it() {
             );
         }
     }
+}
+
+#[test]
+fn only_the_run_loop_and_above_name_the_journal_or_start_sweep() {
+    let mut wrong = Vec::new();
+    for f in rust_files(&src()) {
+        let Some(folder) = folder(&f) else { continue };
+        let rel = f
+            .strip_prefix(src())
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        if !NAME_THE_JOURNAL.iter().any(|p| rel.starts_with(p)) && names_the_journal(&code(&f)) {
+            wrong.push(format!("{} names the journal", f.display()));
+        }
+        if !START_SWEEP.contains(&folder.as_str()) {
+            if let Some(why) = starts_sweep(&code_with_strings(&f)) {
+                wrong.push(format!("{} {why}", f.display()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Both lists name only folders above the trainer, or the journal's own.
+    let layers: Vec<&str> = LAYERS.iter().map(|(f, _)| *f).collect();
+    let trainer = layers.iter().position(|f| *f == "trainer").unwrap();
+    for folder in START_SWEEP {
+        let at = layers.iter().position(|f| *f == folder).unwrap();
+        assert!(
+            at > trainer,
+            "{folder} starts sweep but is not above the trainer"
+        );
+    }
+}
+
+#[test]
+fn the_checks_for_the_journal_and_sweep_processes_see_what_they_look_for() {
+    // The journal, named as a module path, an import or its writer; not a word inside another.
+    assert!(names_the_journal(
+        "use crate::protocol::journal::{Entry, Event};"
+    ));
+    assert!(names_the_journal("let j = Journal::open(dir)?;"));
+    assert!(names_the_journal("use crate::protocol::{journal, trial};"));
+    assert!(names_the_journal(
+        "use crate::protocol::{trial::TrialEnd, journal::Event};"
+    ));
+    assert!(!names_the_journal(
+        "use crate::protocol::{trial, evaluation}; let journal = 1;"
+    ));
+    assert!(!names_the_journal("let journaled = JournalEntry::new();"));
+    // What code() leaves of a comment or a message that mentions them.
+    assert!(!names_the_journal(without_comment(
+        "let x = 1; // the Journal"
+    )));
+    assert!(!names_the_journal(&strip_strings(
+        r#"eprintln!("see protocol::journal");"#
+    )));
+    // Starting sweep: its own executable, a program in a variable, or `sweep` by name.
+    assert!(starts_sweep("Command::new(std::env::current_exe()?).arg(\"run\")").is_some());
+    assert!(starts_sweep("let exe = std::env::current_exe()?;").is_some());
+    assert!(starts_sweep("let mut c = Command::new(program);").is_some());
+    assert!(starts_sweep("std::process::Command::new( exe )").is_some());
+    assert!(starts_sweep("Command::new(\"sweep\").arg(\"train\")").is_some());
+    assert!(starts_sweep("Command::new(\"/opt/bin/sweep\")").is_some());
+    // Other programs, written out, are not sweep.
+    assert!(starts_sweep("Command::new(\"sinfo\").args([\"-h\"])").is_none());
+    assert!(starts_sweep("Command::new( \"nvidia-smi\" )").is_none());
+    assert!(starts_sweep("let current_exe_name = 1;").is_none());
+    assert_eq!(
+        started_programs(
+            "Command::new(\"squeue\"); Command::new(x); Command::new(\"a\" .to_string())"
+        ),
+        vec![Some("squeue".to_string()), None, None]
+    );
+}
+
+#[test]
+fn only_plan_devices_queries_the_gpus() {
+    let mut wrong = Vec::new();
+    for f in rust_files(&src()) {
+        let rel = f
+            .strip_prefix(src())
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let runs_it = started_programs(&code_with_strings(&f))
+            .iter()
+            .any(|p| p.as_deref() == Some("nvidia-smi"));
+        if runs_it && rel != "plan/devices.rs" {
+            wrong.push(format!("{} runs nvidia-smi", f.display()));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 #[test]
