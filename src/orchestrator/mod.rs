@@ -9,6 +9,7 @@ pub mod executor;
 pub mod interrupt;
 pub mod lock;
 pub mod progress;
+pub mod record;
 pub mod reporter;
 pub mod respond;
 pub mod resume;

@@ -6,12 +6,42 @@
 //! and a reporter. No I/O here.
 
 use crate::orchestrator::decide::{self, AfterExit, OnInterrupt, Placement};
-use crate::orchestrator::executor::Stop;
+use crate::orchestrator::executor::{with_log_tail, Exit, Stop};
 use crate::protocol::journal::{Event, Handle};
-use crate::protocol::trial::{EpochMetrics, ProgressEvent, TrialEnd, TrialResult};
+use crate::protocol::trial::{EpochMetrics, ProgressEvent, ReadError, TrialEnd, TrialResult};
 use crate::spec::hyperband::Hyperband;
 use crate::spec::params::TrialParams;
 use crate::spec::{MetricSpec, OnOom};
+
+/// A trial's end, from what it says (its result.json, `end`) and how its process or job ended
+/// (`exit`): the trial's own end is the truth whenever it left one; without one (killed by a
+/// signal, crashed before it could write it) the end is a failure described from the exit and
+/// the last lines of its log (`tail`), or an out-of-memory end at the micro-batch it ran with
+/// (`micro`) when its executor saw it killed for its memory. Never reads the text of a message
+/// to learn the kind.
+pub fn resolve_end(
+    exit: &Exit,
+    end: Result<TrialEnd, ReadError>,
+    micro: u32,
+    tail: &[String],
+) -> TrialEnd {
+    let unreadable = match end {
+        Ok(end) => return end,
+        Err(e) => e,
+    };
+    match exit {
+        Exit::Success => TrialEnd::InternalError {
+            message: format!("exited successfully but {unreadable}"),
+        },
+        Exit::OutOfMemory(how) => TrialEnd::OutOfMemory {
+            micro_batch: micro,
+            message: with_log_tail(how.clone(), tail),
+        },
+        exit => TrialEnd::InternalError {
+            message: with_log_tail(exit.describe(), tail),
+        },
+    }
+}
 
 /// What the loop knows of the trial an event is about.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +62,7 @@ pub enum LoopEvent {
         trial: TrialView,
         event: ProgressEvent,
     },
-    /// A trial's process or job ended; `end` as `decide::resolve_end` made it of its
+    /// A trial's process or job ended; `end` as `resolve_end` made it of its
     /// result.json and its exit.
     Ended { trial: TrialView, end: TrialEnd },
     /// Interrupts (Ctrl-C, SIGTERM) counted since the sweep started.
@@ -650,6 +680,90 @@ mod tests {
                 Action::Finish { .. } => "finish",
             })
             .collect()
+    }
+
+    #[test]
+    fn a_trials_own_end_is_the_truth_and_an_exit_speaks_only_without_one() {
+        let missing = || {
+            Err(ReadError {
+                path: "/r/trials/0001/result.json".into(),
+                message: "No such file or directory".into(),
+            })
+        };
+        let tail = vec!["loading".to_string(), "Segmentation fault".to_string()];
+        let finished = TrialEnd::Finished {
+            result: result(0.5),
+        };
+        // (exit, result.json, the end the loop acts on)
+        let table: Vec<(Exit, Result<TrialEnd, ReadError>, TrialEnd)> = vec![
+            (Exit::Success, Ok(finished.clone()), finished.clone()),
+            // The trial's own kind wins over how its process ended.
+            (Exit::Code(3), Ok(oom(16)), oom(16)),
+            (Exit::Signal(6), Ok(oom(16)), oom(16)),
+            (
+                Exit::Code(2),
+                Ok(TrialEnd::InvalidInput {
+                    message: "train.json:3: tgt: missing".into(),
+                }),
+                TrialEnd::InvalidInput {
+                    message: "train.json:3: tgt: missing".into(),
+                },
+            ),
+            // No end: a failure told by the exit and the log's last lines...
+            (
+                Exit::Signal(9),
+                missing(),
+                TrialEnd::InternalError {
+                    message: "killed by signal 9: loading | Segmentation fault".into(),
+                },
+            ),
+            (
+                Exit::Code(101),
+                missing(),
+                TrialEnd::InternalError {
+                    message: "exit status 101: loading | Segmentation fault".into(),
+                },
+            ),
+            (
+                Exit::Other("Slurm job 7 was cancelled (CANCELLED)".into()),
+                missing(),
+                TrialEnd::InternalError {
+                    message: "Slurm job 7 was cancelled (CANCELLED): loading | Segmentation fault"
+                        .into(),
+                },
+            ),
+            // ...an out-of-memory end at the micro-batch it ran with when killed for memory...
+            (
+                Exit::OutOfMemory("out of memory: Slurm job 7 exceeded its --mem".into()),
+                missing(),
+                TrialEnd::OutOfMemory {
+                    micro_batch: 8,
+                    message: "out of memory: Slurm job 7 exceeded its --mem: loading | Segmentation fault".into(),
+                },
+            ),
+            // ...and a success without an end is no success.
+            (
+                Exit::Success,
+                missing(),
+                TrialEnd::InternalError {
+                    message: "exited successfully but /r/trials/0001/result.json: No such file or directory".into(),
+                },
+            ),
+        ];
+        for (exit, end, want) in table {
+            assert_eq!(resolve_end(&exit, end, 8, &tail), want, "{exit:?}");
+        }
+        // Text that reads like an out-of-memory is not one: only the kind counts.
+        let killed = resolve_end(
+            &Exit::Signal(6),
+            missing(),
+            8,
+            &["memory allocation of 4096 bytes failed".to_string()],
+        );
+        assert!(
+            matches!(killed, TrialEnd::InternalError { .. }),
+            "{killed:?}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::orchestrator::decide;
 use crate::orchestrator::executor::{Executor, Reclaimed};
-use crate::orchestrator::runner::{io_at, Record, Result, RunError};
+use crate::orchestrator::record::{io_at, Record, Result, RunError};
 use crate::plan::{Plan, PlannedTrial};
 use crate::protocol::journal::{self, Event, Handle};
 use crate::protocol::trial::{trial_dir, TrialEnd};

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+pub use crate::orchestrator::record::{Result, RunError};
+
 use crate::check::CheckedSpec;
 use crate::orchestrator::decide;
 use crate::orchestrator::executor::{
@@ -19,6 +21,7 @@ use crate::orchestrator::executor::{
 use crate::orchestrator::interrupt;
 use crate::orchestrator::lock::FolderLock;
 use crate::orchestrator::progress::SweepProgress;
+use crate::orchestrator::record::{io_at, Record};
 use crate::orchestrator::reporter::{Quiet, Reporter};
 use crate::orchestrator::respond::{
     self, Action, Closed, Count, Judging, LoopEvent, Situation, TrialView,
@@ -26,7 +29,7 @@ use crate::orchestrator::respond::{
 use crate::orchestrator::resume::{self, Resumed};
 use crate::orchestrator::scheduler::Scheduler;
 use crate::orchestrator::slurm::{SlurmExecutor, SlurmSettings};
-use crate::plan::{Plan, PlanError, PlannedTrial};
+use crate::plan::{Plan, PlannedTrial};
 use crate::protocol::evaluation::{EvalReport, TestScore};
 use crate::protocol::journal::{Event, Journal};
 use crate::protocol::trial::{
@@ -38,39 +41,6 @@ use crate::spec::params::TrialParams;
 use crate::spec::tpe::Tpe;
 use crate::spec::SweepSpec;
 use crate::util::fs::write_atomic;
-
-/// Why a sweep could not run (or go on), naming the folder or file at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("the device pool has CUDA GPUs but this build of sweep has no CUDA support: rebuild with `scripts/build-cuda.sh` (or `cargo build --release --features cuda`), or set `resources.devices: cpu`")]
-    NoCudaSupport,
-    #[error("{} already holds a sweep's results; continue it with `sweep run SPEC --resume`, or start a new one with `--out NEW_DIR`", dir.display())]
-    ResultsExist { dir: PathBuf },
-    #[error("{message}")]
-    NotResumable { message: String },
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Lock(#[from] crate::orchestrator::lock::LockError),
-    #[error(transparent)]
-    Results(#[from] crate::results::ResultsError),
-    #[error("all trial monitors hung up")]
-    MonitorsGone,
-    #[error("a proposed trial cannot be planned: {0}")]
-    Plan(#[from] PlanError),
-}
-
-pub type Result<T> = std::result::Result<T, RunError>;
-
-pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 pub struct RunOptions {
     /// The `sweep` executable that trials run as (`PROGRAM train DIR`).
@@ -94,31 +64,6 @@ pub struct RunSummary {
     pub best: Option<BestTrial>,
     /// The user interrupted the sweep; `--resume` continues it.
     pub interrupted: bool,
-}
-
-/// The journal and the trial rows it leads to, kept together: every event is journalled
-/// (synced) and then applied to the rows in memory, so they never need re-reading.
-pub(crate) struct Record {
-    journal: Journal,
-    pub(crate) trials: Trials,
-    pub(crate) dir: PathBuf,
-}
-
-impl Record {
-    pub(crate) fn log(&mut self, event: Event) -> Result<()> {
-        self.journal
-            .append(event.clone())
-            .map_err(io_at(self.journal.path()))?;
-        self.trials.apply(&event);
-        Ok(())
-    }
-
-    /// Rebuilds results.csv, best/ and report.html from the rows.
-    fn refresh(&self, spec: &SweepSpec) -> Result<()> {
-        results::refresh(&self.dir, &self.trials.to_vec(), &spec.metric)?;
-        results::html::write(&self.dir, None)?;
-        Ok(())
-    }
 }
 
 /// Runs every trial of the plan that has not run yet, as local child processes or as Slurm
@@ -156,15 +101,12 @@ pub fn run_with(
     let spec = checked.spec();
     let (dir, existing) = open_results(plan, opts)?;
     let _lock = FolderLock::acquire(&dir)?;
-    let mut record = Record {
-        trials: if existing {
-            resume::check_resumable(&dir, plan, spec)?
-        } else {
-            Trials::default()
-        },
-        journal: Journal::open(&dir).map_err(io_at(&dir.join(Journal::FILE)))?,
-        dir: dir.clone(),
+    let trials = if existing {
+        resume::check_resumable(&dir, plan, spec)?
+    } else {
+        Trials::default()
     };
+    let mut record = Record::open(&dir, trials)?;
     let Resumed { to_run, reattached } = if existing {
         let resumed = resume::resume(&mut record, plan, spec, executor)?;
         reporter.line(&format!(
@@ -367,7 +309,7 @@ impl<'a> Loop<'a> {
     }
 
     /// The trial's end: what its result.json says, or what its exit and log say when it left
-    /// none (`decide::resolve_end`).
+    /// none (`respond::resolve_end`).
     fn end_of(&self, id: usize, exit: &Exit) -> TrialEnd {
         let dir = trial_dir(&self.record.dir, id);
         let end = TrialEnd::read(&dir);
@@ -381,7 +323,7 @@ impl<'a> Loop<'a> {
             .get(&id)
             .map(|t| decide::params_to_run(t, &self.record.trials).micro_batch())
             .unwrap_or(0);
-        decide::resolve_end(exit, end, micro, &tail)
+        respond::resolve_end(exit, end, micro, &tail)
     }
 
     /// What the loop knows of trial `id`, for an event about it.
