@@ -1,23 +1,15 @@
-//! The run loop's decisions, as pure functions: what a trial's end means (finished, retried with a
-//! smaller micro-batch, failed, stopped), what an interrupt does, which checkpoints retention
+//! The run loop's decisions, as pure functions: what a trial's end means (finished, retried with
+//! a smaller micro-batch, failed, stopped), what an interrupt does, which checkpoints retention
 //! deletes, which devices and limits a trial gets. No I/O here: `runner` does what these say.
 
 use crate::plan::slurm::JobRequest;
 use crate::plan::{Plan, PlannedTrial};
-use crate::protocol::trial::{is_out_of_memory, TrialResult};
-use crate::results::state::TrialRow;
+use crate::protocol::trial::{TrialEnd, TrialResult};
+use crate::results::state::{TrialRow, Trials};
 use crate::spec::memory::halved_micro_batch;
+use crate::spec::params::TrialParams;
 use crate::spec::tpe::Observation;
 use crate::spec::{MetricSpec, OnOom};
-
-/// How a trial ended, as the executor saw it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// It exited successfully and its result.json was read.
-    Finished(Box<TrialResult>),
-    /// It failed, with the reason (exit status and the last lines of its log).
-    Failed(String),
-}
 
 /// What the run loop does about a trial that ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,39 +37,49 @@ pub enum AfterExit {
     },
 }
 
-/// The trial that ran at micro-batch `micro` of a batch of `batch` ended with `outcome`.
-pub fn after_exit(
-    outcome: Outcome,
-    interrupted: bool,
-    on_oom: OnOom,
-    micro: u32,
-    batch: u32,
-) -> AfterExit {
-    let reason = match outcome {
-        Outcome::Finished(result) => return AfterExit::Finished(result),
-        Outcome::Failed(reason) => reason,
-    };
-    if interrupted {
-        return AfterExit::Stopped {
+/// The trial of a batch of `batch` (not pruned by the sweep) ended with `end`.
+pub fn after_exit(end: TrialEnd, interrupted: bool, on_oom: OnOom, batch: u32) -> AfterExit {
+    let reason = end.message();
+    match end {
+        TrialEnd::Finished { result } | TrialEnd::Pruned { result } => {
+            AfterExit::Finished(Box::new(result))
+        }
+        _ if interrupted => AfterExit::Stopped {
             reason: format!("stopped on interrupt ({reason})"),
-        };
-    }
-    if !is_out_of_memory(&reason) {
-        return AfterExit::Failed { reason };
-    }
-    match on_oom {
-        OnOom::HalveBatch if micro > 1 => AfterExit::Retry {
-            micro,
-            retry: halved_micro_batch(micro as usize, batch as usize) as u32,
-            reason,
         },
-        _ => AfterExit::OutOfMemory {
-            micro,
-            why: format!("out of memory at micro-batch {micro} (on_oom: {on_oom:?}): {reason}"),
-            reason,
-            stop_sweep: on_oom == OnOom::Fail,
+        TrialEnd::OutOfMemory {
+            micro_batch: micro,
+            message,
+        } => match on_oom {
+            OnOom::HalveBatch if micro > 1 => AfterExit::Retry {
+                micro,
+                retry: halved_micro_batch(micro as usize, batch as usize) as u32,
+                reason: message,
+            },
+            _ => AfterExit::OutOfMemory {
+                micro,
+                why: format!(
+                    "out of memory at micro-batch {micro} (on_oom: {on_oom:?}): {message}"
+                ),
+                reason: message,
+                stop_sweep: on_oom == OnOom::Fail,
+            },
         },
+        // Stopped from outside while the sweep was not: as before typed ends, a failure.
+        TrialEnd::Stopped { message, .. }
+        | TrialEnd::InvalidInput { message }
+        | TrialEnd::InternalError { message } => AfterExit::Failed { reason: message },
     }
+}
+
+/// The trial's parameters for its next run: as planned, with the micro-batch that out-of-memory
+/// retries left it.
+pub fn params_to_run(t: &PlannedTrial, trials: &Trials) -> TrialParams {
+    let mut params = t.params.clone();
+    if let Some(m) = trials.get(t.id).and_then(|r| r.retry_micro_batch) {
+        params.micro_batch = Some(m);
+    }
+    params
 }
 
 /// What the run loop does about the interrupts (Ctrl-C, SIGTERM) counted so far.
@@ -221,21 +223,20 @@ pub fn placement(plan: &Plan, slots: &[usize]) -> Placement {
     Placement {
         threads: plan.pool.threads_for(physical.len()),
         cuda_visible_devices: (!cuda.is_empty()).then(|| cuda.join(",")),
-        memory_bytes: plan
-            .pool
-            .cpu_memory_limit_mb
-            .filter(|_| cuda.is_empty())
-            .map(|mb| data_limit_bytes(mb * physical.len() as f64)),
+        memory_bytes: memory_bytes(plan, cuda.is_empty(), physical.len()),
         devices,
         physical,
         job: None,
     }
 }
 
-/// The data limit of a CPU trial that may use `mb` MiB: that, plus what a CUDA build's libraries
-/// map before the trial starts (`CUDA_LIBRARIES_DATA_MB`).
-fn data_limit_bytes(mb: f64) -> u64 {
-    ((mb + crate::spec::memory::CUDA_LIBRARIES_DATA_MB) * 1024.0 * 1024.0) as u64
+/// A trial's byte limit, the one rule for local and Slurm trials alike: a trial on CPUs
+/// (`on_cpu`) with `replicas` model replicas may use `resources.memory_per_device` per replica,
+/// plus what a CUDA build's libraries map before the trial starts (`CUDA_LIBRARIES_DATA_MB`);
+/// a trial on GPUs, or a pool without a CPU limit, has none.
+pub fn memory_bytes(plan: &Plan, on_cpu: bool, replicas: usize) -> Option<u64> {
+    let mb = plan.pool.cpu_memory_limit_mb.filter(|_| on_cpu)? * replicas as f64;
+    Some(((mb + crate::spec::memory::CUDA_LIBRARIES_DATA_MB) * 1024.0 * 1024.0) as u64)
 }
 
 /// Where `trial` runs: on the pool's `slots`, or as a Slurm job.
@@ -266,11 +267,7 @@ pub fn slurm_placement(plan: &Plan, trial: &PlannedTrial) -> Placement {
         devices,
         threads: plan.threads_for(trial),
         cuda_visible_devices: None,
-        memory_bytes: plan
-            .pool
-            .cpu_memory_limit_mb
-            .filter(|_| cpu)
-            .map(|mb| data_limit_bytes(mb * k as f64)),
+        memory_bytes: memory_bytes(plan, cpu, k),
         job: trial.job.clone(),
     }
 }
@@ -296,7 +293,6 @@ pub fn scheduler_slots(plan: &Plan) -> usize {
 mod tests {
     use super::*;
     use crate::results::state::Status;
-    use crate::spec::params::TrialParams;
 
     fn result() -> Box<TrialResult> {
         Box::new(
@@ -309,83 +305,170 @@ mod tests {
         )
     }
 
-    #[test]
-    fn an_exit_is_finished_retried_failed_or_stopped() {
-        let oom = || Outcome::Failed("exit status 1: CUDA_ERROR_OUT_OF_MEMORY".into());
-        assert!(matches!(
-            after_exit(Outcome::Finished(result()), false, OnOom::HalveBatch, 8, 16),
-            AfterExit::Finished(_)
-        ));
-        assert_eq!(
-            after_exit(oom(), false, OnOom::HalveBatch, 8, 16),
-            AfterExit::Retry {
-                micro: 8,
-                retry: 4,
-                reason: "exit status 1: CUDA_ERROR_OUT_OF_MEMORY".into()
-            }
-        );
-        // Halving keeps a divisor of the batch: 12 -> 6 -> 3 -> 1.
-        assert!(matches!(
-            after_exit(oom(), false, OnOom::HalveBatch, 3, 12),
-            AfterExit::Retry { retry: 1, .. }
-        ));
-        // Nothing left to halve.
-        assert!(matches!(
-            after_exit(oom(), false, OnOom::HalveBatch, 1, 12),
-            AfterExit::OutOfMemory {
-                stop_sweep: false,
-                ..
-            }
-        ));
-        assert!(matches!(
-            after_exit(oom(), false, OnOom::Skip, 8, 16),
-            AfterExit::OutOfMemory {
-                stop_sweep: false,
-                ..
-            }
-        ));
-        match after_exit(oom(), false, OnOom::Fail, 8, 16) {
-            AfterExit::OutOfMemory {
-                stop_sweep, why, ..
-            } => {
-                assert!(stop_sweep);
-                assert!(
-                    why.starts_with("out of memory at micro-batch 8 (on_oom: Fail)"),
-                    "{why}"
-                );
-            }
-            other => panic!("{other:?}"),
+    fn oom(micro_batch: u32) -> TrialEnd {
+        TrialEnd::OutOfMemory {
+            micro_batch,
+            message: "memory allocation of 4096 bytes failed".into(),
         }
-        // While interrupted, any failure is a stop (the trial runs again on resume).
-        assert!(matches!(
-            after_exit(oom(), true, OnOom::HalveBatch, 8, 16),
-            AfterExit::Stopped { .. }
-        ));
-        assert_eq!(
-            after_exit(
-                Outcome::Failed("killed by signal 9".into()),
-                false,
-                OnOom::HalveBatch,
-                8,
-                16
-            ),
-            AfterExit::Failed {
-                reason: "killed by signal 9".into()
-            }
-        );
     }
 
     #[test]
-    fn out_of_memory_is_recognised_from_cuda_cublas_and_rust_messages() {
-        for m in [
-            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
-            "CUBLAS_STATUS_ALLOC_FAILED",
-            "memory allocation of 1048576 bytes failed",
-            "Cannot allocate memory (os error 12)",
-        ] {
-            assert!(is_out_of_memory(m), "{m}");
+    fn an_end_is_finished_retried_failed_or_stopped() {
+        let finished = || TrialEnd::Finished { result: *result() };
+        let failed = |m: &str| AfterExit::Failed { reason: m.into() };
+        let internal = || TrialEnd::InternalError {
+            message: "killed by signal 9".into(),
+        };
+        // (end, interrupted, on_oom, batch, what the loop does)
+        let table = [
+            (finished(), false, OnOom::HalveBatch, 16, AfterExit::Finished(result())),
+            // Even while interrupted a trial that finished is finished.
+            (finished(), true, OnOom::Fail, 16, AfterExit::Finished(result())),
+            (
+                TrialEnd::Pruned { result: *result() },
+                false,
+                OnOom::HalveBatch,
+                16,
+                AfterExit::Finished(result()),
+            ),
+            (
+                oom(8),
+                false,
+                OnOom::HalveBatch,
+                16,
+                AfterExit::Retry {
+                    micro: 8,
+                    retry: 4,
+                    reason: "memory allocation of 4096 bytes failed".into(),
+                },
+            ),
+            // Halving keeps a divisor of the batch: 12 -> 6 -> 3 -> 1.
+            (
+                oom(3),
+                false,
+                OnOom::HalveBatch,
+                12,
+                AfterExit::Retry {
+                    micro: 3,
+                    retry: 1,
+                    reason: "memory allocation of 4096 bytes failed".into(),
+                },
+            ),
+            // Nothing left to halve.
+            (
+                oom(1),
+                false,
+                OnOom::HalveBatch,
+                12,
+                AfterExit::OutOfMemory {
+                    micro: 1,
+                    reason: "memory allocation of 4096 bytes failed".into(),
+                    why: "out of memory at micro-batch 1 (on_oom: HalveBatch): memory allocation of 4096 bytes failed".into(),
+                    stop_sweep: false,
+                },
+            ),
+            (
+                oom(8),
+                false,
+                OnOom::Skip,
+                16,
+                AfterExit::OutOfMemory {
+                    micro: 8,
+                    reason: "memory allocation of 4096 bytes failed".into(),
+                    why: "out of memory at micro-batch 8 (on_oom: Skip): memory allocation of 4096 bytes failed".into(),
+                    stop_sweep: false,
+                },
+            ),
+            (
+                oom(8),
+                false,
+                OnOom::Fail,
+                16,
+                AfterExit::OutOfMemory {
+                    micro: 8,
+                    reason: "memory allocation of 4096 bytes failed".into(),
+                    why: "out of memory at micro-batch 8 (on_oom: Fail): memory allocation of 4096 bytes failed".into(),
+                    stop_sweep: true,
+                },
+            ),
+            // While interrupted, any end without a result is a stop (it runs again on resume).
+            (
+                oom(8),
+                true,
+                OnOom::HalveBatch,
+                16,
+                AfterExit::Stopped {
+                    reason: "stopped on interrupt (out of memory at micro-batch 8: memory allocation of 4096 bytes failed)".into(),
+                },
+            ),
+            (
+                TrialEnd::Stopped {
+                    message: "stopped on SIGTERM".into(),
+                    resume_step: Some(4),
+                },
+                true,
+                OnOom::HalveBatch,
+                16,
+                AfterExit::Stopped {
+                    reason: "stopped on interrupt (stopped on SIGTERM)".into(),
+                },
+            ),
+            // Stopped from outside while the sweep runs on: a failure, as before.
+            (
+                TrialEnd::Stopped {
+                    message: "stopped on SIGTERM".into(),
+                    resume_step: None,
+                },
+                false,
+                OnOom::HalveBatch,
+                16,
+                failed("stopped on SIGTERM"),
+            ),
+            (internal(), false, OnOom::HalveBatch, 16, failed("killed by signal 9")),
+            (
+                TrialEnd::InvalidInput {
+                    message: "no examples".into(),
+                },
+                false,
+                OnOom::HalveBatch,
+                16,
+                failed("no examples"),
+            ),
+        ];
+        for (end, interrupted, on_oom, batch, want) in table {
+            let what = format!("{end:?} interrupted={interrupted} {on_oom:?}");
+            assert_eq!(after_exit(end, interrupted, on_oom, batch), want, "{what}");
         }
-        assert!(!is_out_of_memory("exit status 2: loss became NaN"));
+    }
+
+    #[test]
+    fn a_retried_trial_runs_with_the_micro_batch_its_retries_left_it() {
+        let mut params: TrialParams = serde_json::from_str("{}").unwrap();
+        params.batch_size = 16;
+        let t = PlannedTrial {
+            id: 1,
+            assignment: Default::default(),
+            params,
+            estimate_mb: None,
+            note: None,
+            refusal: None,
+            job: None,
+        };
+        let mut trials = Trials::default();
+        assert_eq!(params_to_run(&t, &trials).micro_batch(), 16);
+        trials.apply(&crate::protocol::journal::Event::TrialPlanned {
+            trial: 1,
+            params: t.params.to_map(),
+            estimate_mb: None,
+            assignment: None,
+        });
+        trials.apply(&crate::protocol::journal::Event::TrialOutOfMemory {
+            trial: 1,
+            micro_batch: 16,
+            retry_micro_batch: Some(8),
+            reason: String::new(),
+        });
+        assert_eq!(params_to_run(&t, &trials).micro_batch(), 8);
     }
 
     #[test]
@@ -544,31 +627,5 @@ mod tests {
         assert_eq!(checkpoints_to_delete(&rows, &metric, 2), vec![4, 1]);
         assert_eq!(checkpoints_to_delete(&rows, &metric, 0), vec![4, 1]);
         assert!(checkpoints_to_delete(&rows, &metric, 10).is_empty());
-    }
-
-    #[test]
-    fn cuda_out_of_memory_is_recognised_from_candles_own_text() {
-        // candle 0.11 wraps cudarc 0.19's errors transparently (cuda_backend/error.rs), and
-        // cudarc's Display is its Debug: the enum variant, and for the driver cuGetErrorString.
-        // The trial prints `error: {e:#}` (with anyhow's context first) as its last log line.
-        let oom = [
-            "error: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
-            "error: building one model replica per device: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"<Failure when calling cuGetErrorString()>\")",
-            "error: CublasError(CUBLAS_STATUS_ALLOC_FAILED)",
-            "error: CurandError(CURAND_STATUS_ALLOCATION_FAILED)",
-            "error: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")\n   0: candle_core::error::Error::bt",
-        ];
-        for reason in oom {
-            assert!(is_out_of_memory(reason), "{reason}");
-        }
-        let not_oom = [
-            "error: DriverError(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, \"too many resources requested for launch\")",
-            "error: DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")",
-            "error: cannot open cuda:0: DriverError(CUDA_ERROR_STUB_LIBRARY, \"<Failure when calling cuGetErrorString()>\")",
-            "error: CublasError(CUBLAS_STATUS_EXECUTION_FAILED)",
-        ];
-        for reason in not_oom {
-            assert!(!is_out_of_memory(reason), "{reason}");
-        }
     }
 }

@@ -20,12 +20,55 @@ use crate::protocol::trial::ProgressEvent;
 #[derive(Debug)]
 pub enum Report {
     Progress(ProgressEvent),
-    /// The trial ended: `Ok` when it says it succeeded (its result.json is then the truth), else
-    /// why it failed.
-    Exited(Result<(), String>),
+    /// The trial's process or job ended, so: what the trial says of its end is in its
+    /// result.json, which the run loop reads (`TrialEnd::read`); this speaks only when the trial
+    /// left none.
+    Exited(Exit),
     /// It waits for something that may never come (a Slurm job pending with a reason that
     /// cannot clear by itself); sent once per reason.
     Waiting(String),
+}
+
+/// How a trial's process or job ended, as its executor saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit status 0; a Slurm job COMPLETED.
+    Success,
+    /// A non-zero exit status.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Killed from outside for the memory it used (Slurm's OUT_OF_MEMORY: over its `--mem`), in
+    /// the executor's words. The trial had no chance to say so itself.
+    OutOfMemory(String),
+    /// Ended otherwise, in the executor's words (a Slurm state, a process that could not be
+    /// waited for, a job Slurm forgot).
+    Other(String),
+}
+
+impl Exit {
+    /// The exit of a child process as `wait` gave it.
+    pub fn of_process(status: &std::io::Result<ExitStatus>) -> Self {
+        match status {
+            Ok(s) if s.success() => Exit::Success,
+            Ok(s) => match (s.code(), signal_of(s)) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(sig)) => Exit::Signal(sig),
+                _ => Exit::Other("ended abnormally".to_string()),
+            },
+            Err(e) => Exit::Other(format!("could not be waited for: {e}")),
+        }
+    }
+
+    /// How it ended, in words: the start of a failed trial's reason.
+    pub fn describe(&self) -> String {
+        match self {
+            Exit::Success => "exited successfully".to_string(),
+            Exit::Code(c) => format!("exit status {c}"),
+            Exit::Signal(sig) => format!("killed by signal {sig}"),
+            Exit::OutOfMemory(what) | Exit::Other(what) => what.clone(),
+        }
+    }
 }
 
 /// What `reclaim` found of an earlier run of a trial.
@@ -171,7 +214,7 @@ fn launch(
     tx: Sender<(usize, Report)>,
 ) -> Result<u32, StartError> {
     // Appended, not replaced: a resumed or retried trial keeps the log of its earlier runs.
-    let log_path = dir.join("train.log");
+    let log_path = dir.join(LOG_FILE);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -223,7 +266,6 @@ fn launch(
         })?;
     let pid = child.id();
     let stdout = child.stdout.take();
-    let log_path = dir.join("train.log");
     std::thread::spawn(move || {
         if let Some(out) = stdout {
             for line in BufReader::new(out).lines() {
@@ -235,44 +277,28 @@ fn launch(
                 }
             }
         }
-        let status = child.wait();
-        let outcome = match &status {
-            Ok(s) if s.success() => Ok(()),
-            _ => Err(failure_reason(&status, &log_path)),
-        };
-        let _ = tx.send((trial, Report::Exited(outcome)));
+        let exit = Exit::of_process(&child.wait());
+        let _ = tx.send((trial, Report::Exited(exit)));
     });
     Ok(pid)
 }
 
-/// A failed trial's reason: how it ended, and the last lines of its log.
-fn failure_reason(status: &std::io::Result<ExitStatus>, log: &Path) -> String {
-    let how = match status {
-        Ok(s) => match (s.code(), signal_of(s)) {
-            (Some(c), _) => format!("exit status {c}"),
-            (None, Some(sig)) => format!("killed by signal {sig}"),
-            _ => "ended abnormally".to_string(),
-        },
-        Err(e) => format!("could not be waited for: {e}"),
-    };
-    with_log_tail(how, log)
+/// A trial's log: its stderr (locally and as a Slurm job's `--error`).
+pub const LOG_FILE: &str = "train.log";
+
+/// The last non-empty lines of a trial's log (at most three): what a failure the trial could
+/// not describe itself is explained by.
+pub fn log_tail(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 /// `how` a trial ended, then the last lines of its log, at most 600 bytes in all.
-pub fn with_log_tail(how: String, log: &Path) -> String {
-    let tail: Vec<String> = std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .take(3)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+pub fn with_log_tail(how: String, tail: &[String]) -> String {
     let mut reason = how;
     if !tail.is_empty() {
         reason.push_str(": ");

@@ -1,5 +1,6 @@
-//! What the user watches: one overall bar with ETA, one bar per running trial (epoch, loss,
-//! accuracy). Without a terminal (CI, a log file) the same news comes as plain lines.
+//! What the user watches (the `Reporter` of a sweep run without `--quiet`): one overall bar with
+//! ETA, one bar per running trial (epoch, loss, accuracy). Without a terminal (CI, a log file)
+//! the same news comes as plain lines.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::orchestrator::reporter::Reporter;
 use crate::protocol::trial::ProgressEvent;
 
 pub struct SweepProgress {
@@ -14,18 +16,18 @@ pub struct SweepProgress {
     overall: ProgressBar,
     trials: HashMap<usize, (ProgressBar, String)>,
     tty: bool,
-    quiet: bool,
 }
 
 impl SweepProgress {
-    pub fn new(total: usize, quiet: bool) -> Self {
-        let tty = !quiet && std::io::stderr().is_terminal();
+    /// Bars with no trial to wait for yet (`Reporter::add_pending` adds them).
+    pub fn new() -> Self {
+        let tty = std::io::stderr().is_terminal();
         let multi = if tty {
             MultiProgress::new()
         } else {
             MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
         };
-        let overall = multi.add(ProgressBar::new(total as u64));
+        let overall = multi.add(ProgressBar::new(0));
         overall.set_style(
             ProgressStyle::with_template(
                 "{prefix:.bold} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} trials, ETA {eta}",
@@ -41,33 +43,40 @@ impl SweepProgress {
             overall,
             trials: HashMap::new(),
             tty,
-            quiet,
         }
     }
+}
 
+impl Default for SweepProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reporter for SweepProgress {
     /// Prints a line above the bars (or plainly, without a terminal).
-    pub fn println(&self, line: &str) {
+    fn line(&mut self, line: &str) {
         if self.tty {
             let _ = self.multi.println(line);
-        } else if !self.quiet {
+        } else {
             eprintln!("{line}");
         }
     }
 
-    pub fn trial_started(&mut self, trial: usize, label: String) {
+    fn trial_started(&mut self, trial: usize, label: &str) {
         let bar = self.multi.add(ProgressBar::new(1));
         bar.set_style(
             ProgressStyle::with_template("  {prefix} {bar:25.green/white} {pos}/{len} steps {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(format!("trial {trial:04} {label:<34}"));
-        if !self.tty && !self.quiet {
+        if !self.tty {
             eprintln!("trial {trial:04} started: {label}");
         }
-        self.trials.insert(trial, (bar, label));
+        self.trials.insert(trial, (bar, label.to_string()));
     }
 
-    pub fn event(&mut self, trial: usize, event: &ProgressEvent) {
+    fn trial_event(&mut self, trial: usize, event: &ProgressEvent) {
         let Some((bar, _)) = self.trials.get(&trial) else {
             return;
         };
@@ -104,7 +113,7 @@ impl SweepProgress {
                     "epoch {} loss {:.3} acc {acc}",
                     m.epoch, m.train_loss
                 ));
-                if !self.tty && !self.quiet {
+                if !self.tty {
                     eprintln!(
                         "trial {trial:04} epoch {}: train_loss {:.4} dev_loss {:.4} accuracy {acc}",
                         m.epoch, m.train_loss, m.dev_loss
@@ -114,21 +123,20 @@ impl SweepProgress {
         }
     }
 
-    pub fn trial_ended(&mut self, trial: usize, line: &str) {
+    fn trial_ended(&mut self, trial: usize, line: &str) {
         if let Some((bar, _)) = self.trials.remove(&trial) {
             bar.finish_and_clear();
             self.multi.remove(&bar);
         }
         self.overall.inc(1);
-        self.println(line);
+        self.line(line);
     }
 
-    /// One more trial to wait for (a retry).
-    pub fn add_pending(&self, n: u64) {
+    fn add_pending(&mut self, n: u64) {
         self.overall.inc_length(n);
     }
 
-    pub fn finish(&self) {
+    fn finish(&mut self) {
         self.overall.finish_and_clear();
     }
 }

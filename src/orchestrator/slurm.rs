@@ -8,7 +8,8 @@
 //! whose only inputs are quoted absolute paths and numbers), follows jobs by polling `squeue`
 //! (no accounting database assumed; `scontrol show job` for a job squeue no longer lists),
 //! forwards the progress the trial prints into its `slurm-JOB.out`, and cancels (`scancel`).
-//! Slurm's state says that a job ended; the trial folder's result.json says whether it succeeded.
+//! Slurm's state says that a job ended and how (`Exit`); the trial folder's result.json, which
+//! the run loop reads, says how the trial itself ended.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::orchestrator::decide::Placement;
-use crate::orchestrator::executor::{with_log_tail, Executor, Reclaimed, Report, StartError, Stop};
+use crate::orchestrator::executor::{Executor, Exit, Reclaimed, Report, StartError, Stop};
 use crate::plan::slurm::JobRequest;
 use crate::protocol::journal::Handle;
 use crate::protocol::trial::{ProgressEvent, TrialResult};
@@ -88,6 +89,12 @@ pub fn batch_script(program: &Path, dir: &Path, placement: &Placement) -> String
     s.push_str(&format!(
         "export RAYON_NUM_THREADS={threads} CANDLE_NUM_THREADS={threads}\n"
     ));
+    // A requeued job starts here again: the end an earlier run of it wrote (stopped on the
+    // pre-timeout signal) is not this run's.
+    s.push_str(&format!(
+        "rm -f {}\n",
+        shell_quote(&dir.join(TrialResult::FILE).display().to_string())
+    ));
     s.push_str(&format!(
         "exec {} train {}\n",
         shell_quote(&program.display().to_string()),
@@ -140,12 +147,17 @@ pub fn sbatch_argv(
     argv
 }
 
+/// sbatch answered something that is not a job id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sbatch answered `{0}`, not a job id")]
+pub struct NotAJobId(pub String);
+
 /// The job id in `sbatch --parsable`'s answer (`12` or `12;cluster`).
-pub fn parse_submission(stdout: &str) -> Result<u32, String> {
+pub fn parse_submission(stdout: &str) -> Result<u32, NotAJobId> {
     let first = stdout.trim().split(';').next().unwrap_or("").trim();
     first
         .parse()
-        .map_err(|_| format!("sbatch answered `{}`, not a job id", stdout.trim()))
+        .map_err(|_| NotAJobId(stdout.trim().to_string()))
 }
 
 /// squeue's format for `parse_squeue`: job id, state, reason.
@@ -202,8 +214,8 @@ pub enum JobState {
     /// Pending, running, requeued, completing...: not ended. Pending with a reason that never
     /// clears carries it.
     Active { hopeless: Option<String> },
-    /// Ended: `Ok` when Slurm says it completed (result.json then decides), else why not.
-    Ended(Result<(), String>),
+    /// Ended, and how as far as Slurm knows (result.json says how the trial itself ended).
+    Ended(Exit),
 }
 
 /// What a Slurm state (and its reason, and `scontrol`'s ExitCode when known) means for a trial.
@@ -218,7 +230,7 @@ pub fn job_state(job: u32, state: &str, reason: &str, exit_code: Option<&str>) -
             })
             .unwrap_or_default()
     };
-    let ended = |what: String| JobState::Ended(Err(what));
+    let ended = |what: String| JobState::Ended(Exit::Other(what));
     match state {
         "PENDING" => JobState::Active {
             hopeless: is_hopeless_pending(reason)
@@ -227,11 +239,11 @@ pub fn job_state(job: u32, state: &str, reason: &str, exit_code: Option<&str>) -
         "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" | "REQUEUE_FED"
         | "REQUEUE_HOLD" | "RESIZING" | "SUSPENDED" | "STAGE_OUT" | "SIGNALING"
         | "RESV_DEL_HOLD" | "STOPPED" => JobState::Active { hopeless: None },
-        "COMPLETED" => JobState::Ended(Ok(())),
-        "OUT_OF_MEMORY" => ended(format!(
+        "COMPLETED" => JobState::Ended(Exit::Success),
+        "OUT_OF_MEMORY" => JobState::Ended(Exit::OutOfMemory(format!(
             "out of memory: Slurm job {job} exceeded its --mem (OUT_OF_MEMORY{})",
             exit()
-        )),
+        ))),
         "TIMEOUT" => ended(format!("Slurm job {job} reached its time limit (TIMEOUT)")),
         "NODE_FAIL" => ended(format!("Slurm job {job}'s node failed (NODE_FAIL)")),
         "PREEMPTED" => ended(format!("Slurm job {job} was preempted (PREEMPTED)")),
@@ -355,7 +367,7 @@ impl Executor for SlurmExecutor {
             )));
         }
         let id = parse_submission(&String::from_utf8_lossy(&out.stdout))
-            .map_err(StartError::Rejected)?;
+            .map_err(|e| StartError::Rejected(e.to_string()))?;
         self.watch(id, trial, dir, 0);
         Ok(Handle::SlurmJob(id))
     }
@@ -426,7 +438,7 @@ fn poll_once(jobs: &Jobs, tx: &Sender<(usize, Report)>) -> Result<(), ()> {
             Some((state, reason)) => {
                 let s = job_state(*job, state, reason, None);
                 match s {
-                    JobState::Ended(Err(_)) => {
+                    JobState::Ended(ref exit) if *exit != Exit::Success => {
                         // The exit code, from scontrol, for the reason.
                         let fields = scontrol_job(*job).unwrap_or_default();
                         job_state(
@@ -451,9 +463,9 @@ fn poll_once(jobs: &Jobs, tx: &Sender<(usize, Report)>) -> Result<(), ()> {
                     Some((state, exit)) => job_state(*job, &state, "", Some(&exit)),
                     // Slurm forgot the job: the trial folder tells.
                     None => JobState::Ended(if w.dir.join(TrialResult::FILE).exists() {
-                        Ok(())
+                        Exit::Success
                     } else {
-                        Err(format!(
+                        Exit::Other(format!(
                             "Slurm no longer knows job {job} and {} has no result",
                             w.dir.display()
                         ))
@@ -461,7 +473,7 @@ fn poll_once(jobs: &Jobs, tx: &Sender<(usize, Report)>) -> Result<(), ()> {
                 },
             },
         };
-        if let JobState::Ended(Err(_)) = state {
+        if matches!(&state, JobState::Ended(exit) if *exit != Exit::Success) {
             w.failed_polls += 1;
             if w.failed_polls < FAILED_POLLS {
                 continue;
@@ -479,18 +491,17 @@ fn poll_once(jobs: &Jobs, tx: &Sender<(usize, Report)>) -> Result<(), ()> {
                     }
                 }
             }
-            JobState::Ended(outcome) => {
+            JobState::Ended(exit) => {
                 forward_progress(*job, w, tx)?;
-                let outcome = match outcome {
-                    Ok(()) if !w.dir.join(TrialResult::FILE).exists() => Err(format!(
+                let result = w.dir.join(TrialResult::FILE);
+                let exit = match exit {
+                    Exit::Success if !result.exists() => Exit::Other(format!(
                         "Slurm job {job} COMPLETED but {} is missing: is the results folder on a file system the compute nodes share?",
-                        w.dir.join(TrialResult::FILE).display()
+                        result.display()
                     )),
-                    Ok(()) => Ok(()),
-                    Err(why) => Err(with_log_tail(why, &w.dir.join("train.log"))),
+                    exit => exit,
                 };
-                tx.send((w.trial, Report::Exited(outcome)))
-                    .map_err(|_| ())?;
+                tx.send((w.trial, Report::Exited(exit))).map_err(|_| ())?;
                 ended.push(*job);
             }
         }
@@ -662,6 +673,7 @@ mod tests {
         );
         assert!(s.contains("ulimit -d 65536\n"), "{s}");
         assert!(s.contains("RAYON_NUM_THREADS=4"), "{s}");
+        assert!(s.contains("rm -f '/r/it'\\''s/0001/result.json'\n"), "{s}");
         assert!(s.contains("CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"));
         assert!(
             !batch_script(Path::new("/s"), Path::new("/d"), &placement(None)).contains("ulimit")
@@ -720,13 +732,18 @@ mod tests {
             active("PENDING", "PartitionConfig"),
             JobState::Active { hopeless: Some(_) }
         ));
-        assert_eq!(active("COMPLETED", "None"), JobState::Ended(Ok(())));
+        assert_eq!(active("COMPLETED", "None"), JobState::Ended(Exit::Success));
         let err = |s: &str, code: Option<&str>| match job_state(7, s, "None", code) {
-            JobState::Ended(Err(e)) => e,
+            JobState::Ended(Exit::Other(e)) => e,
             other => panic!("{other:?}"),
         };
-        let oom = err("OUT_OF_MEMORY", Some("0:125"));
-        assert!(crate::protocol::trial::is_out_of_memory(&oom), "{oom}");
+        // Over its --mem: an out-of-memory end, said by Slurm, not by the trial.
+        match job_state(7, "OUT_OF_MEMORY", "None", Some("0:125")) {
+            JobState::Ended(Exit::OutOfMemory(why)) => {
+                assert!(why.contains("exceeded its --mem"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(err("TIMEOUT", None).contains("time limit"));
         assert!(err("NODE_FAIL", None).contains("NODE_FAIL"));
         assert!(err("PREEMPTED", None).contains("preempted"));

@@ -114,3 +114,49 @@ pub fn wait_until(what: &str, deadline: Duration, poll: Duration, mut ready: imp
         std::thread::sleep(poll);
     }
 }
+
+/// What a sweep left in its results folder, for a failing test to say what happened: the
+/// journal, then each trial's train.log and Slurm output files (their last 60 lines each).
+pub fn sweep_story(results: &Path) -> String {
+    let tail = |path: &Path| {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({e})"));
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    };
+    let mut story = format!(
+        "=== {}/journal.jsonl\n{}\n",
+        results.display(),
+        tail(&results.join("journal.jsonl"))
+    );
+    let mut trials: Vec<PathBuf> = std::fs::read_dir(results.join("trials"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    trials.sort();
+    for trial in trials {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&trial)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "train.log" || n == "result.json" || n.starts_with("slurm-"))
+        });
+        files.sort();
+        for file in files {
+            story.push_str(&format!("=== {}\n{}\n", file.display(), tail(&file)));
+        }
+    }
+    story
+}
+
+/// Prints `sweep_story` of a results folder when the test holding it fails (it is dropped while
+/// the test panics), so a red CI run explains itself.
+pub struct ExplainOnFailure(pub PathBuf);
+
+impl Drop for ExplainOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("what the sweep left:\n{}", sweep_story(&self.0));
+        }
+    }
+}

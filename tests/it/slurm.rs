@@ -321,6 +321,9 @@ fn an_out_of_memory_job_is_resubmitted_with_half_the_micro_batch() {
         "parameters:\n  method: {value: post_pretrain}\n  batch_size: {value: 256}\n  epochs: {value: 1}\n",
         "{executor: slurm, devices: cpu, parallel: 1, memory_per_device: 16}",
     );
+    // Once flaky (the trial recorded failed, not out of memory): a failure prints the journal
+    // and the trial's logs.
+    let _explain = common::ExplainOnFailure(tmp.path().join(&name));
     let out = run(&[
         "run".as_ref(),
         spec.as_os_str(),

@@ -1,0 +1,78 @@
+//! What a sweep run records and how it fails: the journal and the trial rows it leads to
+//! (`Record`), and `RunError`. Shared by the run loop (`runner`) and `resume`.
+
+use std::path::{Path, PathBuf};
+
+use crate::plan::PlanError;
+use crate::protocol::journal::{Event, Journal};
+use crate::results;
+use crate::results::state::Trials;
+use crate::spec::SweepSpec;
+
+/// Why a sweep could not run (or go on), naming the folder or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the device pool has CUDA GPUs but this build of sweep has no CUDA support: rebuild with `scripts/build-cuda.sh` (or `cargo build --release --features cuda`), or set `resources.devices: cpu`")]
+    NoCudaSupport,
+    #[error("{} already holds a sweep's results; continue it with `sweep run SPEC --resume`, or start a new one with `--out NEW_DIR`", dir.display())]
+    ResultsExist { dir: PathBuf },
+    #[error("{message}")]
+    NotResumable { message: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] crate::orchestrator::lock::LockError),
+    #[error(transparent)]
+    Results(#[from] crate::results::ResultsError),
+    #[error("all trial monitors hung up")]
+    MonitorsGone,
+    #[error("a proposed trial cannot be planned: {0}")]
+    Plan(#[from] PlanError),
+}
+
+pub type Result<T> = std::result::Result<T, RunError>;
+
+pub fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The journal and the trial rows it leads to, kept together: every event is journalled
+/// (synced) and then applied to the rows in memory, so they never need re-reading.
+pub(crate) struct Record {
+    journal: Journal,
+    pub(crate) trials: Trials,
+    pub(crate) dir: PathBuf,
+}
+
+impl Record {
+    /// The journal of the results folder `dir` (opened for appending), with the rows `trials`
+    /// of what it holds already.
+    pub fn open(dir: &Path, trials: Trials) -> Result<Self> {
+        Ok(Self {
+            journal: Journal::open(dir).map_err(io_at(&dir.join(Journal::FILE)))?,
+            trials,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub(crate) fn log(&mut self, event: Event) -> Result<()> {
+        self.journal
+            .append(event.clone())
+            .map_err(io_at(self.journal.path()))?;
+        self.trials.apply(&event);
+        Ok(())
+    }
+
+    /// Rebuilds results.csv, best/ and report.html from the rows.
+    pub(crate) fn refresh(&self, spec: &SweepSpec) -> Result<()> {
+        results::refresh(&self.dir, &self.trials.to_vec(), &spec.metric)?;
+        results::html::write(&self.dir, None)?;
+        Ok(())
+    }
+}
