@@ -6,6 +6,7 @@
 pub mod hyperband;
 pub mod memory;
 pub mod params;
+pub mod program;
 pub mod search;
 pub mod shape;
 pub mod slurm;
