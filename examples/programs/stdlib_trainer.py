@@ -122,13 +122,15 @@ def read(path):
 
 
 def features(text, kind):
+    """The query's features, sorted: a set's order changes from run to run (string hashing is
+    randomised), and feature ids must not, for a seed to give the same curve every time."""
     words = text.lower().split()
     out = {"w:" + w for w in words}
     out.update("b:" + a + " " + b for a, b in zip(words, words[1:]))
     if "char" in kind:
         padded = " " + " ".join(words) + " "
         out.update("c:" + padded[k : k + 3] for k in range(len(padded) - 2))
-    return out
+    return sorted(out)
 
 
 class Model:
