@@ -6,4 +6,5 @@
 
 pub mod evaluation;
 pub mod journal;
+pub mod program;
 pub mod trial;

@@ -8,6 +8,7 @@
 pub mod hyperband;
 pub mod memory;
 pub mod params;
+pub mod program;
 pub mod schema;
 pub mod search;
 pub mod shape;
