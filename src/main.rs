@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand};
 use sweep::plan::{Plan, PlanOptions};
 use sweep::spec::SweepSpec;
 
+/// A CPU trial that runs out of memory under its limit still records its end
+/// (`trainer::train::oom_guard`; armed by `sweep train` only).
+#[global_allocator]
+static ALLOCATOR: sweep::trainer::train::oom_guard::GuardedAllocator =
+    sweep::trainer::train::oom_guard::GuardedAllocator;
+
 #[derive(Parser)]
 #[command(
     name = "sweep",
@@ -256,11 +262,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             data,
             json,
         } => {
-            let (report, _) = sweep::trainer::evaluate::evaluate(&checkpoint, &data)?;
+            let (report, _) = sweep::trainer::checkpoint_eval::evaluate(&checkpoint, &data)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", sweep::trainer::evaluate::render(&report, 10));
+                print!("{}", sweep::trainer::checkpoint_eval::render(&report, 10));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -283,8 +289,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 }
             };
             // The input is checked before the model is loaded, so a bad line fails fast.
-            let examples = sweep::trainer::evaluate::read_examples(bytes, &name)?;
-            let scorer = sweep::trainer::evaluate::Scorer::load(&checkpoint)?;
+            let examples = sweep::trainer::checkpoint_eval::read_examples(bytes, &name)?;
+            let scorer = sweep::trainer::checkpoint_eval::Scorer::load(&checkpoint)?;
             let mut out = std::io::stdout().lock();
             for p in scorer.predict(&examples, top.max(1))? {
                 writeln!(out, "{}", serde_json::to_string(&p)?)?;
@@ -292,48 +298,27 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::GpuCheck(args) => sweep::trainer::gpu_check::main(args),
-        Command::Train { dir } => {
-            // Slurm's pre-timeout signal: save at the next step and exit (see trainer::stop).
-            sweep::trainer::stop::install();
-            let stdout = std::io::stdout();
-            let result = sweep::trainer::train::run_trial(&dir, |event| {
-                let mut out = stdout.lock();
-                let sent = writeln!(out, "{}", serde_json::to_string(event).unwrap_or_default())
-                    .and_then(|()| out.flush());
-                if sent.is_err() {
-                    // The orchestrator is gone (killed, crashed): stop rather than train unseen.
-                    // The last finished epoch is saved; `sweep run --resume` continues from it.
-                    eprintln!("the sweep that started this trial is gone; stopping");
-                    std::process::exit(3);
-                }
-            });
-            let result = match result {
-                Err(e @ sweep::trainer::error::TrainError::SavedOnSignal { .. }) => {
-                    // Inside a Slurm job: requeue it; it continues from this resume point.
-                    let requeued = sweep::orchestrator::slurm::requeue_own_job();
-                    eprintln!(
-                        "{e}; {}",
-                        if requeued {
-                            "the Slurm job is requeued and will continue from it"
-                        } else {
-                            "`sweep run --resume` continues from it"
-                        }
-                    );
-                    return Ok(ExitCode::from(sweep::trainer::stop::EXIT_SAVED));
-                }
-                other => other?,
-            };
-            eprintln!(
-                "done: best epoch {}, accuracy {}, dev_loss {:.4}, {:.0} s",
-                result.best_epoch,
-                result
-                    .accuracy
-                    .map(|a| format!("{a:.4}"))
-                    .unwrap_or_else(|| "-".into()),
-                result.dev_loss,
-                result.seconds
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Train { dir } => match sweep::trainer::train::command(&dir) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e @ sweep::trainer::error::TrainError::SavedOnSignal { .. }) => {
+                // Inside a Slurm job: requeue it; it continues from this resume point.
+                let requeued = sweep::orchestrator::slurm::requeue_own_job();
+                eprintln!(
+                    "{e}; {}",
+                    if requeued {
+                        "the Slurm job is requeued and will continue from it"
+                    } else {
+                        "`sweep run --resume` continues from it"
+                    }
+                );
+                Ok(ExitCode::from(sweep::trainer::stop::EXIT_SAVED))
+            }
+            Err(e @ sweep::trainer::error::TrainError::OrchestratorGone) => {
+                // The last finished epoch is saved; `sweep run --resume` continues from it.
+                eprintln!("{e}");
+                Ok(ExitCode::from(3))
+            }
+            Err(e) => Err(e.into()),
+        },
     }
 }

@@ -853,10 +853,10 @@ fn prepare_trial(
 }
 
 fn read_result(dir: &Path) -> std::result::Result<TrialResult, String> {
-    let path = dir.join(TrialResult::FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("exited 0 but {} is unreadable: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    // The trial's end (`TrialEnd`); a finished or pruned one holds its result.
+    let end =
+        crate::protocol::trial::TrialEnd::read(dir).map_err(|e| format!("exited 0 but {e}"))?;
+    end.result().cloned().ok_or_else(|| end.message())
 }
 
 fn describe_handle(handle: Handle) -> String {
