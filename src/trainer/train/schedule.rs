@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn the_global_batch_falls_on_devices_then_micro_batches() {
         let p = params(&[
-            ("batch_size", serde_json::json!(10)),
+            ("batch_size", serde_json::json!(12)),
             ("micro_batch", serde_json::json!(4)),
             ("epochs", serde_json::json!(3)),
             ("warmup", serde_json::json!(0.1)),
@@ -100,7 +100,7 @@ mod tests {
         assert_eq!(s.steps_per_epoch, 3);
         assert_eq!(s.total_steps, 9);
         assert_eq!(s.warmup_steps, 1);
-        assert_eq!(s.per_device_batch, 5);
+        assert_eq!(s.per_device_batch, 6);
         assert_eq!(s.micro_batch, 4);
         assert_eq!(s.grad_accum, 2);
         assert_eq!(s.evaluate_after, [3, 6, 9].into_iter().collect());
