@@ -68,8 +68,6 @@ struct Prepared {
 static PREPARED: AtomicPtr<Prepared> = AtomicPtr::new(std::ptr::null_mut());
 /// Set by the first failure: only one thread writes the file.
 static FIRED: AtomicBool = AtomicBool::new(false);
-/// Set once that thread is done, so a second failing thread does not abort the process under it.
-static WRITTEN: AtomicBool = AtomicBool::new(false);
 
 const PLACEHOLDER: &str = "@BYTES@";
 
@@ -128,13 +126,17 @@ fn on_failure(size: usize) {
         return;
     }
     if FIRED.swap(true, Ordering::SeqCst) {
-        // Another thread is writing: let it finish before this one's failure aborts the process.
+        // Another thread failed first and writes the end: let its abort end the process, so
+        // that two threads do not print their failures into each other in the trial's log.
+        // Should the process live on (the first failure was handled), this one fails after a
+        // second.
         for _ in 0..1000 {
-            if WRITTEN.load(Ordering::SeqCst) {
-                break;
-            }
-            // SAFETY: sched_yield takes no arguments and cannot fail in a way that matters here.
-            unsafe { libc::sched_yield() };
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1_000_000,
+            };
+            // SAFETY: nanosleep reads the struct it is given and writes nothing (no remainder).
+            unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
         }
         return;
     }
@@ -143,7 +145,6 @@ fn on_failure(size: usize) {
     let mut digits = [0u8; 20];
     let count = decimal(size, &mut digits);
     write_file(prepared, count);
-    WRITTEN.store(true, Ordering::SeqCst);
 }
 
 /// `value` in decimal at the end of `buffer`: the written digits.
