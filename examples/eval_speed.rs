@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use sweep::stats::classify::argmax;
 use sweep::text::data::load_examples;
 use sweep::text::encode::{answer_ids, prompt_ids, supervised, Seq};
-use sweep::trainer::eval::{candidate_scores, candidate_top_k_by_search, dev_loss, Candidates};
-use sweep::trainer::evaluate::Scorer;
+use sweep::trainer::checkpoint_eval::Scorer;
+use sweep::trainer::scoring::{candidate_scores, candidate_top_k_by_search, dev_loss, Candidates};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

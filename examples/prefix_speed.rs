@@ -29,9 +29,11 @@ use sweep::spec::ModelSource;
 use sweep::text::data::load_examples;
 use sweep::text::encode::{answer_ids, prompt_ids, supervised, Seq};
 use sweep::text::tokenizer::load_tokenizer;
-use sweep::trainer::eval::{candidate_scores, candidate_scores_plain, candidate_top_k, Candidates};
 use sweep::trainer::model::{CausalLm, Trainable};
 use sweep::trainer::optim::{AdamW, Clip};
+use sweep::trainer::scoring::{
+    candidate_scores, candidate_scores_plain, candidate_top_k, Candidates,
+};
 use sweep::trainer::step::{counted_tokens, shard_gradients_with};
 
 fn main() -> Result<()> {

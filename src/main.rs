@@ -11,10 +11,27 @@ use sweep::orchestrator::runner::RunSummary;
 use sweep::plan::{Plan, PlanOptions};
 use sweep::spec::SweepSpec;
 
+/// A CPU trial that runs out of memory under its limit still records its end
+/// (`trainer::train::oom_guard`; armed by `sweep train` only).
+#[global_allocator]
+static ALLOCATOR: sweep::trainer::train::oom_guard::GuardedAllocator =
+    sweep::trainer::train::oom_guard::GuardedAllocator;
+
+/// `sweep --version`: the version and whether the binary can train on CUDA GPUs (what
+/// scripts/gpu-check.sh asks).
+const VERSION: &str = if cfg!(feature = "cuda") {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (CUDA 13: the driver and CUDA libraries are opened when a trial first uses a GPU)"
+    )
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (CPU only: built without CUDA)")
+};
+
 #[derive(Parser)]
 #[command(
     name = "sweep",
-    version,
+    version = VERSION,
     about = "Hyperparameter sweeps for fine-tuning language models"
 )]
 struct Cli {
@@ -284,11 +301,11 @@ fn best(dir: &Path) -> Result<ExitCode> {
 
 /// `sweep eval`.
 fn eval(checkpoint: &Path, data: &Path, json: bool) -> Result<ExitCode> {
-    let (report, _) = sweep::trainer::evaluate::evaluate(checkpoint, data)?;
+    let (report, _) = sweep::trainer::checkpoint_eval::evaluate(checkpoint, data)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", sweep::trainer::evaluate::render(&report, 10));
+        print!("{}", sweep::trainer::checkpoint_eval::render(&report, 10));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -307,8 +324,8 @@ fn predict(checkpoint: &Path, file: Option<&Path>, top: usize) -> Result<ExitCod
             (bytes, PathBuf::from("<stdin>"))
         }
     };
-    let examples = sweep::trainer::evaluate::read_examples(bytes, &name)?;
-    let scorer = sweep::trainer::evaluate::Scorer::load(checkpoint)?;
+    let examples = sweep::trainer::checkpoint_eval::read_examples(bytes, &name)?;
+    let scorer = sweep::trainer::checkpoint_eval::Scorer::load(checkpoint)?;
     let mut out = std::io::stdout().lock();
     for p in scorer.predict(&examples, top.max(1))? {
         writeln!(out, "{}", serde_json::to_string(&p)?)?;
@@ -318,21 +335,8 @@ fn predict(checkpoint: &Path, file: Option<&Path>, top: usize) -> Result<ExitCod
 
 /// `sweep train DIR`: one trial, its progress events on stdout.
 fn train(dir: PathBuf) -> Result<ExitCode> {
-    // Slurm's pre-timeout signal: save at the next step and exit (see trainer::stop).
-    sweep::trainer::stop::install();
-    let stdout = std::io::stdout();
-    let result = sweep::trainer::train::run_trial(&dir, |event| {
-        let mut out = stdout.lock();
-        let sent = writeln!(out, "{}", serde_json::to_string(event).unwrap_or_default())
-            .and_then(|()| out.flush());
-        if sent.is_err() {
-            // The orchestrator is gone (killed, crashed): stop rather than train unseen.
-            // The last finished epoch is saved; `sweep run --resume` continues from it.
-            eprintln!("the sweep that started this trial is gone; stopping");
-            std::process::exit(3);
-        }
-    });
-    let result = match result {
+    match sweep::trainer::train::command(&dir) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e @ sweep::trainer::error::TrainError::SavedOnSignal { .. }) => {
             // Inside a Slurm job: requeue it; it continues from this resume point.
             let requeued = sweep::orchestrator::slurm::requeue_own_job();
@@ -344,19 +348,13 @@ fn train(dir: PathBuf) -> Result<ExitCode> {
                     "`sweep run --resume` continues from it"
                 }
             );
-            return Ok(ExitCode::from(sweep::trainer::stop::EXIT_SAVED));
+            Ok(ExitCode::from(sweep::trainer::stop::EXIT_SAVED))
         }
-        other => other?,
-    };
-    eprintln!(
-        "done: best epoch {}, accuracy {}, dev_loss {:.4}, {:.0} s",
-        result.best_epoch,
-        result
-            .accuracy
-            .map(|a| format!("{a:.4}"))
-            .unwrap_or_else(|| "-".into()),
-        result.dev_loss,
-        result.seconds
-    );
-    Ok(ExitCode::SUCCESS)
+        Err(e @ sweep::trainer::error::TrainError::OrchestratorGone) => {
+            // The last finished epoch is saved; `sweep run --resume` continues from it.
+            eprintln!("{e}");
+            Ok(ExitCode::from(3))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

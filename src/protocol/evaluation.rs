@@ -47,7 +47,7 @@ pub struct LabelScore {
     /// Softmax of `logprob` over the candidates: in `sweep predict` and `sweep eval`, which
     /// score every candidate. A trial's `dev_predictions.jsonl` leaves it out (and lists the
     /// best label only): its evaluation finds that label without scoring the others
-    /// (`trainer::eval::candidate_top_k`).
+    /// (`trainer::scoring::candidate_top_k`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p: Option<f64>,
 }

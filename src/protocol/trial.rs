@@ -292,23 +292,6 @@ impl TrialEnd {
     }
 }
 
-/// How a trial's end shows it ran out of memory: the messages: CUDA's, cuBLAS's and cuRAND's as
-/// candle 0.11 prints them (cudarc 0.19's `DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of
-/// memory")`, `CublasError(CUBLAS_STATUS_ALLOC_FAILED)`, `CurandError(..)`), and Rust's
-/// allocation failure (what a CPU trial under its memory limit prints before aborting).
-const OUT_OF_MEMORY_MARKERS: [&str; 6] = [
-    "CUDA_ERROR_OUT_OF_MEMORY",
-    "CUBLAS_STATUS_ALLOC_FAILED",
-    "CURAND_STATUS_ALLOCATION_FAILED",
-    "out of memory",
-    "memory allocation of",
-    "Cannot allocate memory",
-];
-
-pub fn is_out_of_memory(reason: &str) -> bool {
-    OUT_OF_MEMORY_MARKERS.iter().any(|m| reason.contains(m))
-}
-
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), 0 where unknown.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -392,45 +375,5 @@ mod tests {
         assert_eq!(evaluation_steps(5, 2, Some(5)), vec![5, 10]);
         assert_eq!(evaluation_steps(5, 1, Some(50)), vec![5]);
         assert!(evaluation_steps(0, 1, None).is_empty());
-    }
-
-    // Moved from orchestrator::decide, which no longer reads messages (it matches on `TrialEnd`).
-    #[test]
-    fn out_of_memory_is_recognised_from_cuda_cublas_and_rust_messages() {
-        for m in [
-            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
-            "CUBLAS_STATUS_ALLOC_FAILED",
-            "memory allocation of 1048576 bytes failed",
-            "Cannot allocate memory (os error 12)",
-        ] {
-            assert!(is_out_of_memory(m), "{m}");
-        }
-        assert!(!is_out_of_memory("exit status 2: loss became NaN"));
-    }
-
-    #[test]
-    fn cuda_out_of_memory_is_recognised_from_candles_own_text() {
-        // candle 0.11 wraps cudarc 0.19's errors transparently (cuda_backend/error.rs), and
-        // cudarc's Display is its Debug: the enum variant, and for the driver cuGetErrorString.
-        // The trial prints `error: {e:#}` (with anyhow's context first) as its last log line.
-        let oom = [
-            "error: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
-            "error: building one model replica per device: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"<Failure when calling cuGetErrorString()>\")",
-            "error: CublasError(CUBLAS_STATUS_ALLOC_FAILED)",
-            "error: CurandError(CURAND_STATUS_ALLOCATION_FAILED)",
-            "error: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")\n   0: candle_core::error::Error::bt",
-        ];
-        for reason in oom {
-            assert!(is_out_of_memory(reason), "{reason}");
-        }
-        let not_oom = [
-            "error: DriverError(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, \"too many resources requested for launch\")",
-            "error: DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")",
-            "error: cannot open cuda:0: DriverError(CUDA_ERROR_STUB_LIBRARY, \"<Failure when calling cuGetErrorString()>\")",
-            "error: CublasError(CUBLAS_STATUS_EXECUTION_FAILED)",
-        ];
-        for reason in not_oom {
-            assert!(!is_out_of_memory(reason), "{reason}");
-        }
     }
 }

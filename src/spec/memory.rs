@@ -36,7 +36,7 @@ pub struct Workload<'a> {
     pub scored_answer_tokens: usize,
 }
 
-/// The most sequences evaluation computes per forward pass (`trainer::eval`), whatever the
+/// The most sequences evaluation computes per forward pass (`trainer::scoring`), whatever the
 /// micro-batch: what bounds its memory.
 pub const MAX_EVAL_BATCH: usize = 64;
 

@@ -1,17 +1,17 @@
-//! Training speed of one configuration on random tokens: real optimizer steps of a preset's
+//! Training speed of one configuration on random tokens: the optimizer step a trial takes
+//! (`parallel::Replicas::step`, one device) on a preset's
 //! shape, sft or LoRA (r 8, alpha 16, all seven projections), loss on every token. What
 //! `examples/train_speed.rs` prints and what `sweep gpu-check` measures on a GPU, in one place.
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device};
 
 use crate::spec::shape::LORA_TARGETS;
 use crate::text::encode::Seq;
 use crate::trainer::error::{Result, TrainError};
 use crate::trainer::model::{CausalLm, LoraSettings, Trainable};
-use crate::trainer::optim::AdamW;
-use crate::trainer::step::train_step;
+use crate::trainer::parallel::Replicas;
 use crate::util::rng::SplitMix64;
 
 /// One configuration to time.
@@ -89,15 +89,16 @@ pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
     drop(weights);
     let seqs = random_sequences(c.batch, c.seq, c.vocab);
     let refs: Vec<&Seq> = seqs.iter().collect();
-    let vars: Vec<Var> = model.trainable().iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = AdamW::new(vars, 0.0)?.with_kernels(model.kernels())?;
+    let trainable = model.trainable_parameter_count();
+    // The step a trial takes: one replica, AdamW without weight decay.
+    let mut replicas = Replicas::new(model, &[], 0.0, 1)?;
     // One step to warm up allocations and kernels, then the timed steps.
-    train_step(&model, &mut opt, &refs, c.batch, 0, 1e-4, 1.0)?;
+    replicas.step(&refs, c.batch, 0, 1e-4, 1.0)?;
     device.synchronize()?;
     let start = Instant::now();
     let (mut tokens, mut loss) = (0, 0.0);
     for _ in 0..c.steps {
-        let s = train_step(&model, &mut opt, &refs, c.batch, 0, 1e-4, 1.0)?;
+        let s = replicas.step(&refs, c.batch, 0, 1e-4, 1.0)?;
         tokens += s.input_tokens;
         loss = s.loss;
     }
@@ -131,7 +132,7 @@ pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
     );
     Ok(Measured {
         params: config.parameter_count(),
-        trainable: model.trainable_parameter_count(),
+        trainable,
         seconds_per_step: secs / c.steps.max(1) as f64,
         tokens_per_sec: tokens as f64 / secs,
         loss,

@@ -47,6 +47,13 @@ pub enum TrainError {
     /// Stopped on the pre-timeout signal with a resume point at this step (`trainer::stop`).
     #[error("saved a resume point at step {step} (epoch {epoch}) on the pre-timeout signal")]
     SavedOnSignal { epoch: u32, step: usize },
+    /// The progress stream's reader (the sweep that started the trial) is gone: the trial stops
+    /// rather than train unseen; `sweep run --resume` continues from its last resume point.
+    #[error("the sweep that started this trial is gone; stopping")]
+    OrchestratorGone,
+    /// The trainer's code panicked (a bug, or a thread that could not start).
+    #[error("the trainer panicked: {0}")]
+    Panicked(String),
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

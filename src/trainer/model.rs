@@ -60,6 +60,35 @@ struct LoraAdapter {
     scale: f64,
 }
 
+impl LoraAdapter {
+    /// A new adapter of `weight` with PEFT's init: A ~ kaiming-uniform (here: uniform with bound
+    /// 1/sqrt(in), drawn from `rng`), B = 0, so the adapted model starts exactly equal to the
+    /// base. Also returns A's and B's `Var`s, in `dtype`, to train.
+    fn init(
+        settings: &LoraSettings,
+        weight: &Tensor,
+        rng: &mut SplitMix64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, Var, Var)> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let data: Vec<f32> = (0..settings.rank * in_dim)
+            .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+            .collect();
+        let a = Var::from_tensor(
+            &Tensor::from_vec(data, (settings.rank, in_dim), device)?.to_dtype(dtype)?,
+        )?;
+        let b = Var::zeros((out_dim, settings.rank), dtype, device)?;
+        let adapter = Self {
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+            scale: settings.alpha / settings.rank as f64,
+        };
+        Ok((adapter, a, b))
+    }
+}
+
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
@@ -268,26 +297,12 @@ impl CausalLm {
                 let weight = take(&name, shape_of(&name))?;
                 let lora = match &lora {
                     Some(s) if s.targets.iter().any(|t| t == module) => {
-                        let (out_dim, in_dim) = weight.dims2()?;
-                        // PEFT's init: A ~ kaiming-uniform (here: uniform with bound 1/sqrt(in)), B = 0,
-                        // so the adapted model starts exactly equal to the base.
-                        let bound = 1.0 / (in_dim as f64).sqrt();
-                        let data: Vec<f32> = (0..s.rank * in_dim)
-                            .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
-                            .collect();
-                        let a = Var::from_tensor(
-                            &Tensor::from_vec(data, (s.rank, in_dim), device)?
-                                .to_dtype(adapter_dtype)?,
-                        )?;
-                        let b = Var::zeros((out_dim, s.rank), adapter_dtype, device)?;
                         let peft = format!("base_model.model.{p}.{kind}.{module}");
-                        adapters.push((format!("{peft}.lora_A.weight"), a.clone()));
-                        adapters.push((format!("{peft}.lora_B.weight"), b.clone()));
-                        Some(LoraAdapter {
-                            a: a.as_tensor().clone(),
-                            b: b.as_tensor().clone(),
-                            scale: s.alpha / s.rank as f64,
-                        })
+                        let (adapter, a, b) =
+                            LoraAdapter::init(s, &weight, &mut rng, adapter_dtype, device)?;
+                        adapters.push((format!("{peft}.lora_A.weight"), a));
+                        adapters.push((format!("{peft}.lora_B.weight"), b));
+                        Some(adapter)
                     }
                     _ => None,
                 };

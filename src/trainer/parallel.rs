@@ -170,7 +170,8 @@ impl Replicas {
     /// One optimizer step over `seqs` (the global batch): every replica takes its shard in
     /// micro-batches of `micro`, the gradients are summed on the primary's device in replica
     /// order, clipped by global norm, applied to the primary, and copied to the other replicas.
-    /// With one replica this is exactly `train::train_step`.
+    /// The optimizer step: what a trial takes (on one device, one replica) and what the
+    /// benchmarks (`trainer::bench`) time.
     pub fn step(
         &mut self,
         seqs: &[&Seq],
@@ -236,7 +237,7 @@ impl Replicas {
     ) -> Result<Vec<Option<ShardGradients>>> {
         let ranges = shard_ranges(seqs.len(), self.models.len());
         if self.models.len() == 1 {
-            // One device: the very computation of `train_step`, empty batch included.
+            // One device: the whole batch on the calling thread, empty batch included.
             return Ok(vec![Some(shard_gradients(
                 &self.models[0],
                 seqs,

@@ -1,12 +1,12 @@
-//! One optimizer step and the gradients of part of a batch: what the single-device trainer and the
-//! data-parallel replicas share.
+//! The gradients of all or part of a batch, in micro-batches, and what an optimizer step reports.
+//! The optimizer step itself, on one device or k, is `parallel::Replicas::step`: the one step
+//! training takes and the benchmarks time.
 
 use candle_core::{DType, Tensor};
 
 use crate::text::encode::Seq;
 use crate::trainer::batch::{make_batch, shared_prefix_nll, token_nll};
 use crate::trainer::model::CausalLm;
-use crate::trainer::optim::{AdamW, Clip};
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy)]
@@ -15,33 +15,6 @@ pub struct StepStats {
     pub loss: f64,
     pub grad_norm: f64,
     pub input_tokens: usize,
-}
-
-/// One optimizer step over `seqs`, in micro-batches of `micro` sequences whose gradients are
-/// summed. The loss of every micro-batch is divided by the token count of the whole batch, so the
-/// step is the same however the batch is split.
-pub fn train_step(
-    model: &CausalLm,
-    opt: &mut AdamW,
-    seqs: &[&Seq],
-    micro: usize,
-    pad: u32,
-    lr: f64,
-    max_grad_norm: f64,
-) -> candle_core::Result<StepStats> {
-    let denominator = counted_tokens(seqs).max(1) as f64;
-    let ShardGradients {
-        grads,
-        loss,
-        input_tokens,
-    } = shard_gradients(model, seqs, micro, pad, denominator)?;
-    let clip = Clip::of(&grads, max_grad_norm)?;
-    opt.step_scaled(&grads, clip.scale, lr)?;
-    Ok(StepStats {
-        loss,
-        grad_norm: clip.norm,
-        input_tokens,
-    })
 }
 
 /// The target tokens the loss counts in `seqs`: the denominator of the batch's mean token loss.
@@ -143,6 +116,7 @@ mod tests {
     use super::*;
     use crate::trainer::model::{tests::tiny_config, LoraSettings, Trainable};
     use crate::trainer::ops::Kernels;
+    use crate::trainer::optim::AdamW;
     use crate::util::rng::SplitMix64;
     use candle_core::Device;
 

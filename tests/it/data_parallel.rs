@@ -5,13 +5,12 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use sweep::spec::shape::ModelConfig;
 use sweep::text::encode::Seq;
 use sweep::trainer::model::{CausalLm, LoraSettings, Trainable};
-use sweep::trainer::optim::AdamW;
 use sweep::trainer::parallel::{shard_ranges, Replicas};
-use sweep::trainer::step::{counted_tokens, train_step};
+use sweep::trainer::step::counted_tokens;
 use sweep::util::rng::SplitMix64;
 
 use crate::common::{csv_rows, run, write_spec};
@@ -108,8 +107,8 @@ struct Run {
     before: Vec<Vec<f64>>,
 }
 
-/// `STEPS` steps over the batches `batches` (cycled) on one device, through `train_step` as
-/// every trial ran before data parallelism.
+/// `STEPS` steps over the batches `batches` (cycled) on one device: one replica, as every trial
+/// ran before data parallelism.
 fn one_device(trainable: &Trainable, dtype: DType, batches: &[Vec<Seq>], micro: usize) -> Run {
     let model = CausalLm::new(
         config(),
@@ -121,18 +120,17 @@ fn one_device(trainable: &Trainable, dtype: DType, batches: &[Vec<Seq>], micro: 
     )
     .unwrap();
     let before = values(&model);
-    let vars: Vec<Var> = model.trainable().iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = AdamW::new(vars, WEIGHT_DECAY).unwrap();
+    let mut replicas = Replicas::new(model, &[], WEIGHT_DECAY, 5).unwrap();
     let steps = (0..STEPS)
         .map(|i| {
             let refs: Vec<&Seq> = batches[i % batches.len()].iter().collect();
-            let s = train_step(&model, &mut opt, &refs, micro, 0, LR, MAX_GRAD_NORM).unwrap();
+            let s = replicas.step(&refs, micro, 0, LR, MAX_GRAD_NORM).unwrap();
             (s.loss, s.grad_norm, s.input_tokens)
         })
         .collect();
     Run {
         steps,
-        replicas: vec![values(&model)],
+        replicas: vec![values(replicas.primary())],
         before,
     }
 }

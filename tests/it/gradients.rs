@@ -2,13 +2,12 @@
 //! model (embeddings, norms, attention and MLP projections, lm_head) and for LoRA adapters; and
 //! LoRA training that changes the adapters and nothing else.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use sweep::spec::shape::ModelConfig;
 use sweep::text::encode::Seq;
 use sweep::trainer::batch::{make_batch, token_nll};
 use sweep::trainer::model::{CausalLm, LoraSettings, Trainable};
-use sweep::trainer::optim::AdamW;
-use sweep::trainer::step::train_step;
+use sweep::trainer::parallel::Replicas;
 
 fn config() -> ModelConfig {
     ModelConfig {
@@ -225,19 +224,16 @@ fn lora_training_changes_only_the_adapters() {
     let model = CausalLm::new(cfg, &w, Trainable::Lora(lora), 2, &Device::Cpu, "t").unwrap();
     let base_before = snapshot(model.base_tensors());
     let adapters_before = snapshot(model.trainable_tensors());
-    let vars: Vec<Var> = model.trainable().iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = AdamW::new(vars, 0.01).unwrap();
+    // The optimizer step a trial takes, on one device.
+    let mut replicas = Replicas::new(model, &[], 0.01, 2).unwrap();
     let s = seqs();
     let refs: Vec<&Seq> = s.iter().collect();
-    let first = train_step(&model, &mut opt, &refs, 2, 0, 1e-2, 1.0)
-        .unwrap()
-        .loss;
+    let first = replicas.step(&refs, 2, 0, 1e-2, 1.0).unwrap().loss;
     let mut last = first;
     for _ in 0..30 {
-        last = train_step(&model, &mut opt, &refs, 2, 0, 1e-2, 1.0)
-            .unwrap()
-            .loss;
+        last = replicas.step(&refs, 2, 0, 1e-2, 1.0).unwrap().loss;
     }
+    let model = replicas.primary();
     assert!(
         last < first,
         "LoRA training did not lower the loss: {first} -> {last}"
@@ -261,15 +257,11 @@ fn micro_batches_accumulate_to_the_same_step_as_one_batch() {
     let refs: Vec<&Seq> = s.iter().collect();
     let run = |micro: usize| {
         let model = CausalLm::new(cfg.clone(), &w, Trainable::All, 1, &Device::Cpu, "t").unwrap();
-        let vars: Vec<Var> = model.trainable().iter().map(|(_, v)| v.clone()).collect();
-        let mut opt = AdamW::new(vars, 0.0).unwrap();
+        let mut replicas = Replicas::new(model, &[], 0.0, 1).unwrap();
         let losses: Vec<f64> = (0..3)
-            .map(|_| {
-                train_step(&model, &mut opt, &refs, micro, 0, 1e-2, 0.0)
-                    .unwrap()
-                    .loss
-            })
+            .map(|_| replicas.step(&refs, micro, 0, 1e-2, 0.0).unwrap().loss)
             .collect();
+        let model = replicas.primary();
         let weights: Vec<f64> = model
             .base_tensors()
             .iter()

@@ -56,6 +56,36 @@ fn a_real_out_of_memory_is_recovered_by_halving_the_micro_batch() {
 }
 
 #[test]
+fn a_cpu_trial_that_runs_out_of_memory_ends_out_of_memory_in_its_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    // As above: micro-batch 64 does not fit in 22 MiB; `skip` keeps the first attempt's end.
+    let spec = spec_file(
+        tmp.path(),
+        "parameters:\n  method: {value: post_pretrain}\n  batch_size: {value: 64}\n  epochs: {value: 1}\nresources: {devices: cpu, slots: 1, parallel: 1, memory_per_device: 22}\non_oom: skip\n",
+    );
+    run(&[
+        "run".as_ref(),
+        spec.as_os_str(),
+        "--quiet".as_ref(),
+        "--no-memory-check".as_ref(),
+    ]);
+    let trial = tmp.path().join("results/trials/0001");
+    let log = std::fs::read_to_string(trial.join("train.log")).unwrap_or_default();
+    // The allocation failure aborts the process; the trainer's allocator wrote its end first.
+    match sweep::protocol::trial::TrialEnd::read(&trial) {
+        Ok(sweep::protocol::trial::TrialEnd::OutOfMemory {
+            micro_batch,
+            message,
+        }) => {
+            assert_eq!(micro_batch, 64);
+            assert!(message.starts_with("memory allocation of"), "{message}");
+        }
+        other => panic!("{other:?}\n{log}"),
+    }
+    assert!(log.contains("memory allocation of"), "{log}");
+}
+
+#[test]
 fn plan_shrinks_the_micro_batch_of_a_predicted_misfit_and_refuses_what_never_fits() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = spec_file(

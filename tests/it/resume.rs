@@ -143,8 +143,12 @@ fn an_interrupted_trial_continues_from_its_last_epoch_and_ends_as_if_never_stopp
     assert_eq!(first["epoch"], 1);
     assert!(again.wait().unwrap().success());
 
+    // A finished trial's end (`protocol::trial::TrialEnd`) holds its result.
     let read = |d: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(d.join("result.json")).unwrap()).unwrap()
+        let end: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("result.json")).unwrap()).unwrap();
+        assert_eq!(end["end"], "finished", "{end}");
+        end["result"].clone()
     };
     let (a, b) = (read(&whole), read(&broken));
     for key in ["accuracy", "dev_loss", "train_loss", "best_epoch"] {

@@ -14,13 +14,13 @@ use sweep::text::data::load_examples;
 use sweep::text::encode::{answer_ids, prompt_ids, supervised, Seq};
 use sweep::text::tokenizer::load_tokenizer;
 use sweep::trainer::batch::{make_batch, token_nll};
-use sweep::trainer::eval::{
-    candidate_scores, candidate_scores_plain, candidate_top_k, candidate_top_k_by_search, dev_loss,
-    Candidates,
-};
 use sweep::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
 use sweep::trainer::optim::{AdamW, Clip};
 use sweep::trainer::parallel::Replicas;
+use sweep::trainer::scoring::{
+    candidate_scores, candidate_scores_plain, candidate_top_k, candidate_top_k_by_search, dev_loss,
+    Candidates,
+};
 use sweep::trainer::step::{counted_tokens, shard_gradients_with};
 use sweep::util::rng::SplitMix64;
 

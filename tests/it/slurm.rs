@@ -601,11 +601,19 @@ fn sigusr1_saves_a_resume_point_mid_epoch_and_a_rerun_ends_as_if_uninterrupted()
             .unwrap();
     assert_eq!(state["epoch"], 0, "{state}");
     assert!(state["partial"]["steps"].as_u64().unwrap() >= 3, "{state}");
-    assert!(!dir.join("result.json").exists());
+    // Its end says where it stopped: not finished, continues from the resume point.
+    let end: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(end["end"], "stopped", "{end}");
+    assert_eq!(end["resume_step"], state["step"], "{end}");
     let again = train().stdout(Stdio::null()).status().unwrap();
     assert!(again.success());
+    // A finished trial's end (`protocol::trial::TrialEnd`) holds its result.
     let read = |d: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(d.join("result.json")).unwrap()).unwrap()
+        let end: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("result.json")).unwrap()).unwrap();
+        assert_eq!(end["end"], "finished", "{end}");
+        end["result"].clone()
     };
     let (a, b) = (read(&dir), read(&reference));
     for key in ["accuracy", "dev_loss", "train_loss", "best_epoch"] {

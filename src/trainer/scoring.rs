@@ -1,11 +1,14 @@
-//! Honest metrics on the dev set: per-token loss, and classification accuracy by scoring every
-//! candidate label (the distinct `tgt` values of train) and taking the model's favourite.
+//! Scoring a model on labelled text, the numbers a trial's evaluation reports: the dev set's
+//! per-token loss (`dev_loss`), and every candidate label's log-probability after each prompt
+//! (`candidate_scores`; `candidate_top_k` the best labels only), whose favourite gives the
+//! accuracy. Used during training (`train`'s evaluations) and on a saved checkpoint
+//! (`checkpoint_eval`), so both score alike.
 //!
 //! Scoring shares work the way the seed's data repeats it: the prompt prefix every dev example
 //! starts with (the system prompt listing the classes) is computed once per evaluation; each
 //! prompt's own part runs once, and all candidate labels follow it as one token trie, so a token
 //! that begins several labels is computed once. Every score is still the model's exact
-//! log-probability of that label after that prompt. Evaluation computes with detached weights:
+//! log-probability of that label after that prompt. Scoring computes with detached weights:
 //! no backward graph is recorded.
 
 use candle_core::{Result, Tensor};

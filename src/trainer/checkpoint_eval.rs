@@ -1,9 +1,9 @@
-//! A checkpoint put to use: `sweep eval CKPT DATA` (accuracy, macro-F1, per-class precision,
-//! recall and F1, confusions) and `sweep predict CKPT [FILE]` (the predicted label and the top
-//! candidates for every line). Both score every candidate label with the same
-//! `eval::candidate_scores` that measured the trial's dev accuracy, in the same batches, with the
-//! labels and sequence length saved in the checkpoint (`labels.json`), so they reproduce the
-//! trial's dev predictions example by example.
+//! A saved checkpoint put to use: `sweep eval CKPT DATA` (accuracy, macro-F1, per-class
+//! precision, recall and F1, confusions) and `sweep predict CKPT [FILE]` (the predicted label and
+//! the top candidates for every line). Loads the checkpoint (`Scorer::load`) and scores every
+//! candidate label with the same `scoring::candidate_scores` that measured the trial's dev
+//! accuracy, in the same batches, with the labels and sequence length saved in the checkpoint
+//! (`labels.json`), so they reproduce the trial's dev predictions example by example.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,8 +18,8 @@ use crate::text::encode::{answer_ids, prompt_ids};
 use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
 use crate::trainer::checkpoint::AdapterConfig;
 use crate::trainer::error::{bad_file, AtPath, Result};
-use crate::trainer::eval::{candidate_scores, Candidates};
 use crate::trainer::model::{load_hf_folder, CausalLm, Trainable};
+use crate::trainer::scoring::{candidate_scores, Candidates};
 
 /// A checkpoint loaded for scoring: the model, its tokenizer and its candidate labels.
 pub struct Scorer {
@@ -209,7 +209,7 @@ pub fn predictions(
         .collect()
 }
 
-/// Predictions from the best labels of `eval::candidate_top_k`, best first: the first is the
+/// Predictions from the best labels of `scoring::candidate_top_k`, best first: the first is the
 /// prediction; without every label's score there are no softmax shares.
 pub fn predictions_from_top(
     examples: &[Example],
