@@ -96,7 +96,12 @@ pub fn missing_libraries_message(device: &str, missing: &[CudaLibrary]) -> Optio
     }
     let what: Vec<String> = missing
         .iter()
-        .map(|l| format!("{} ({}) is not found: it comes with {}", l.name, l.file, l.from))
+        .map(|l| {
+            format!(
+                "{} ({}) is not found: it comes with {}",
+                l.name, l.file, l.from
+            )
+        })
         .collect();
     Some(format!(
         "cannot open {device}: this sweep has CUDA support, but {}",
@@ -217,7 +222,10 @@ mod tests {
         assert!(m.contains("resources.devices: cpu"), "{m}");
         let m = missing_libraries_message("cuda:2", &CUDA_LIBRARIES[1..3]).unwrap();
         assert!(m.contains("cuBLAS (libcublas.so.13) is not found"), "{m}");
-        assert!(m.contains("cuBLASLt (libcublasLt.so.13) is not found"), "{m}");
+        assert!(
+            m.contains("cuBLASLt (libcublasLt.so.13) is not found"),
+            "{m}"
+        );
         assert!(m.contains("LD_LIBRARY_PATH"), "{m}");
         assert!(!m.contains("driver"), "{m}");
     }
