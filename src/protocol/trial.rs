@@ -277,17 +277,18 @@ impl TrialEnd {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        Self::parse(&text).map_err(|message| ReadError { path, message })
+        Self::parse(&text).map_err(|e| ReadError {
+            path,
+            message: e.to_string(),
+        })
     }
 
-    fn parse(text: &str) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_str(text)?;
         if value.get("end").is_some() {
-            serde_json::from_value(value).map_err(|e| e.to_string())
-        } else {
             serde_json::from_value(value)
-                .map(|result| TrialEnd::Finished { result })
-                .map_err(|e| e.to_string())
+        } else {
+            serde_json::from_value(value).map(|result| TrialEnd::Finished { result })
         }
     }
 }
