@@ -83,10 +83,8 @@ fn hold_the_rest(
 pub fn run(args: &Args, out: &Path) -> Result<Vec<Row>> {
     let dir = out.join("oom");
     // The dry run starts at 256: 22 MiB per trial fits post-pretraining the `test` preset at
-    // micro-batch 32, not 64 (as tests/resources.rs), and a CUDA build's trial may have up to
-    // about 20 MiB more, the part of the run loop's allowance for the CUDA libraries
-    // (`CUDA_LIBRARIES_DATA_MB`, 224 MiB) they leave unused (they map 200 to 220); 256 fails
-    // either way.
+    // micro-batch 32, not 64 (as tests/resources.rs); 256 fails in a CUDA build too, whose CPU
+    // trial maps no CUDA library.
     let batch = if args.cpu_dry_run { 256 } else { 64usize };
     // Held for the whole sweep on a GPU: the memory the trial must not get.
     let (held, what) = if args.on_cuda() {

@@ -231,12 +231,12 @@ pub fn placement(plan: &Plan, slots: &[usize]) -> Placement {
 }
 
 /// A trial's byte limit, the one rule for local and Slurm trials alike: a trial on CPUs
-/// (`on_cpu`) with `replicas` model replicas may use `resources.memory_per_device` per replica,
-/// plus what a CUDA build's libraries map before the trial starts (`CUDA_LIBRARIES_DATA_MB`);
-/// a trial on GPUs, or a pool without a CPU limit, has none.
+/// (`on_cpu`) with `replicas` model replicas may use `resources.memory_per_device` per replica
+/// (a CUDA build's trial on the CPU maps no CUDA library: cudarc opens them at first use); a
+/// trial on GPUs, or a pool without a CPU limit, has none.
 pub fn memory_bytes(plan: &Plan, on_cpu: bool, replicas: usize) -> Option<u64> {
     let mb = plan.pool.cpu_memory_limit_mb.filter(|_| on_cpu)? * replicas as f64;
-    Some(((mb + crate::spec::memory::CUDA_LIBRARIES_DATA_MB) * 1024.0 * 1024.0) as u64)
+    Some((mb * 1024.0 * 1024.0) as u64)
 }
 
 /// Where `trial` runs: on the pool's `slots`, or as a Slurm job.

@@ -73,11 +73,6 @@ pub fn keeps_logits(positions: usize, vocab: usize) -> bool {
     positions.saturating_mul(vocab) <= SAVED_LOGITS_MAX_VALUES
 }
 
-/// RLIMIT_DATA counts the data mappings of a CUDA build's libraries (libcublasLt above all: 200
-/// to 220 MiB measured with `ulimit -d`) before main runs, even in a trial on the CPU; a memory
-/// limit meant for a trial's own data allows them on top.
-pub const CUDA_LIBRARIES_DATA_MB: f64 = if cfg!(feature = "cuda") { 224.0 } else { 0.0 };
-
 /// Resident memory of a trial process before the model (measured: runtime, rayon, data).
 const PROCESS_OVERHEAD: f64 = 20.0 * MB;
 
