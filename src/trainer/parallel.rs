@@ -272,7 +272,7 @@ impl Replicas {
                     Err(payload) => {
                         return Err(ParallelError::ReplicaPanicked {
                             replica: i + 1,
-                            message: panic_message(payload.as_ref()),
+                            message: crate::trainer::error::panic_message(payload.as_ref()),
                         })
                     }
                 }
@@ -319,15 +319,6 @@ impl Replicas {
         }
         Ok(())
     }
-}
-
-/// The text of a panic payload, when it has one.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into())
 }
 
 #[cfg(test)]

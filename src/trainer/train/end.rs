@@ -78,15 +78,6 @@ pub fn end_of(error: &TrainError, micro_batch: u32) -> TrialEnd {
     }
 }
 
-/// The text of a panic payload, when it has one.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into())
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

@@ -18,8 +18,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::protocol::trial::{ProgressEvent, TrialConfig, TrialEnd};
+use crate::trainer::error::panic_message;
 use crate::trainer::error::{Result, TrainError};
-use crate::trainer::train::end::{end_of, panic_message};
+use crate::trainer::train::end::end_of;
 use crate::trainer::train::schedule::micro_batch_of;
 use crate::trainer::train::sink::{CliSink, TrialSink};
 use crate::trainer::train::trial::{EpochEnd, Trial};
