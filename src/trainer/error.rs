@@ -88,12 +88,3 @@ pub fn bad_file(path: &Path, message: impl Into<String>) -> TrainError {
         message: message.into(),
     }
 }
-
-/// The text of a panic payload, when it has one (a replica's thread, a whole trial).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into())
-}

@@ -272,7 +272,7 @@ impl Replicas {
                     Err(payload) => {
                         return Err(ParallelError::ReplicaPanicked {
                             replica: i + 1,
-                            message: crate::trainer::error::panic_message(payload.as_ref()),
+                            message: crate::util::panic::panic_message(payload.as_ref()),
                         })
                     }
                 }

@@ -18,12 +18,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::protocol::trial::{ProgressEvent, TrialConfig, TrialEnd};
-use crate::trainer::error::panic_message;
 use crate::trainer::error::{Result, TrainError};
 use crate::trainer::train::end::end_of;
 use crate::trainer::train::schedule::micro_batch_of;
 use crate::trainer::train::sink::{CliSink, TrialSink};
 use crate::trainer::train::trial::{EpochEnd, Trial};
+use crate::util::panic::panic_message;
 
 pub use load::{device_for, load_model, LoadedModel};
 
