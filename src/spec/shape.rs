@@ -39,15 +39,92 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         rope_parameters: None,
         rope_scaling: None,
         use_sliding_window: false,
+        head_dim: None,
+        mlp_bias: false,
+        use_bias: false,
+        sliding_window: None,
+        hidden_act: None,
     })
 }
 
-/// A model config that sweep cannot build a model from, naming the file it came from.
+/// A model config that sweep cannot build a model from, naming the file it came from and, where
+/// one key is at fault, that key of config.json.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{file}: {message}")]
+#[error("{file}: {}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
 pub struct ShapeError {
     pub file: String,
+    pub field: Option<String>,
     pub message: String,
+}
+
+/// The decoder families sweep builds, by config.json's `model_type`: Llama's block (RMSNorm,
+/// grouped-query attention with rotary positions, SwiGLU MLP) and what each family changes in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    /// Biases on q/k/v.
+    Qwen2,
+    /// RMSNorm of every query and key head before rotary positions; `head_dim` of its own.
+    Qwen3,
+    /// Rotary positions on interleaved pairs (GLM's layout); `use_bias` on every projection;
+    /// tied head by default.
+    Ernie45,
+    /// Llama within `sliding_window` positions; longer sequences are refused.
+    Mistral,
+}
+
+impl Architecture {
+    /// Every `model_type` sweep builds, for messages.
+    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, ernie4_5";
+
+    pub fn of(model_type: &str) -> Option<Self> {
+        Some(match model_type {
+            "llama" => Self::Llama,
+            "qwen2" => Self::Qwen2,
+            "qwen3" => Self::Qwen3,
+            "ernie4_5" => Self::Ernie45,
+            "mistral" => Self::Mistral,
+            _ => return None,
+        })
+    }
+
+    /// transformers' class for a causal LM of this family (config.json's `architectures`).
+    pub fn causal_lm_class(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Ernie45 => "Ernie4_5ForCausalLM",
+            Self::Mistral => "MistralForCausalLM",
+        }
+    }
+}
+
+/// Fills the keys a family's transformers config defaults differently from Llama's, where
+/// config.json leaves them out, so a hand-written or trimmed config means what transformers
+/// reads from it (ERNIE 4.5: rope_theta 500000, tied head, eps 1e-5, head_dim 128; Qwen3:
+/// head_dim 128; Mistral: a 4096-position sliding window unless `sliding_window` is null).
+pub fn fill_family_defaults(raw: &mut serde_json::Value) {
+    let Some(obj) = raw.as_object_mut() else {
+        return;
+    };
+    let defaults: &[(&str, serde_json::Value)] =
+        match obj.get("model_type").and_then(|t| t.as_str()) {
+            Some("ernie4_5") => &[
+                ("rope_theta", serde_json::json!(500_000.0)),
+                ("tie_word_embeddings", serde_json::json!(true)),
+                ("rms_norm_eps", serde_json::json!(1e-5)),
+                ("head_dim", serde_json::json!(128)),
+            ],
+            Some("qwen3") => &[("head_dim", serde_json::json!(128))],
+            Some("mistral") => &[("sliding_window", serde_json::json!(4096))],
+            _ => &[],
+        };
+    for (key, value) in defaults {
+        if !obj.contains_key(*key) {
+            obj.insert((*key).to_string(), value.clone());
+        }
+    }
 }
 
 /// The subset of a Hugging Face `config.json` that a Llama-style decoder needs.
@@ -85,9 +162,30 @@ pub struct ModelConfig {
     /// Scaled rotary positions (Llama 3's, YaRN...) are not implemented; refused, not ignored.
     #[serde(default, skip_serializing)]
     pub rope_scaling: Option<serde_json::Value>,
-    /// Qwen2's sliding-window attention is not implemented; refused, not ignored.
+    /// Qwen2's and Qwen3's sliding-window attention is not implemented; refused, not ignored.
     #[serde(default, skip_serializing)]
     pub use_sliding_window: bool,
+    /// The width of one attention head where it is not hidden_size / num_attention_heads
+    /// (Qwen3, ERNIE 4.5, Mistral Nemo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// Llama's switch for biases on gate/up/down.
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// ERNIE 4.5's switch for biases on every projection.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub use_bias: bool,
+    /// Mistral's attention window (a token sees the `sliding_window` positions up to its own);
+    /// Qwen's only counts with `use_sliding_window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Only SiLU (SwiGLU) is built; anything else is refused, not ignored.
+    #[serde(default, skip_serializing)]
+    pub hidden_act: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 fn default_model_type() -> String {
@@ -104,11 +202,65 @@ fn default_max_pos() -> usize {
 }
 
 impl ModelConfig {
+    /// The family this config builds, None when sweep does not build it (`validate` says so).
+    pub fn architecture(&self) -> Option<Architecture> {
+        Architecture::of(&self.model_type)
+    }
+
     /// Whether `module` (q_proj, ...) has a bias in this architecture.
     pub fn has_bias(&self, module: &str) -> bool {
-        match self.model_type.as_str() {
-            "qwen2" => matches!(module, "q_proj" | "k_proj" | "v_proj"),
-            _ => self.attention_bias && matches!(module, "q_proj" | "k_proj" | "v_proj" | "o_proj"),
+        let attention = matches!(module, "q_proj" | "k_proj" | "v_proj" | "o_proj");
+        let mlp = matches!(module, "gate_proj" | "up_proj" | "down_proj");
+        match self.architecture() {
+            Some(Architecture::Qwen2) => matches!(module, "q_proj" | "k_proj" | "v_proj"),
+            Some(Architecture::Ernie45) => self.use_bias && (attention || mlp),
+            Some(Architecture::Mistral) => false,
+            Some(Architecture::Qwen3) => self.attention_bias && attention,
+            Some(Architecture::Llama) | None => {
+                (self.attention_bias && attention) || (self.mlp_bias && mlp)
+            }
+        }
+    }
+
+    /// Qwen3's RMSNorm of each query and key head (`q_norm`, `k_norm`, of head_dim) before
+    /// rotary positions.
+    pub fn has_qk_norm(&self) -> bool {
+        self.architecture() == Some(Architecture::Qwen3)
+    }
+
+    /// ERNIE 4.5 rotates interleaved pairs (x0, x1), (x2, x3)... where Llama rotates the two
+    /// halves of a head against each other.
+    pub fn interleaved_rope(&self) -> bool {
+        self.architecture() == Some(Architecture::Ernie45)
+    }
+
+    /// Mistral's sliding window: attention within it equals full causal attention, so a
+    /// sequence of at most this many positions computes as Llama does; longer ones are refused.
+    pub fn attention_window(&self) -> Option<usize> {
+        match self.architecture() {
+            Some(Architecture::Mistral) => self.sliding_window,
+            _ => None,
+        }
+    }
+
+    /// The longest sequence this model computes: its positions, and within its window.
+    pub fn max_sequence(&self) -> usize {
+        let window = self.attention_window().unwrap_or(usize::MAX);
+        self.max_position_embeddings.min(window)
+    }
+
+    /// (fan_in, fan_out) of a projection by its HF module name; (0, 0) for an unknown name.
+    pub fn projection_shape(&self, module: &str) -> (usize, usize) {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let q = self.num_attention_heads * self.head_dim();
+        let kv = self.kv_heads() * self.head_dim();
+        match module {
+            "q_proj" => (h, q),
+            "k_proj" | "v_proj" => (h, kv),
+            "o_proj" => (q, h),
+            "gate_proj" | "up_proj" => (h, i),
+            "down_proj" => (i, h),
+            _ => (0, 0),
         }
     }
 
@@ -122,9 +274,10 @@ impl ModelConfig {
                 .unwrap_or("default")
                 .to_string()
         };
-        let refuse = |what: String| {
+        let refuse = |field: &str, what: String| {
             Err(ShapeError {
                 file: file.to_string(),
+                field: Some(field.to_string()),
                 message: format!("{what}: scaled rotary positions are not supported yet"),
             })
         };
@@ -134,13 +287,16 @@ impl ModelConfig {
             }
             let kind = rope_type(params);
             if kind != "default" {
-                return refuse(format!("rope_parameters.rope_type `{kind}`"));
+                return refuse(
+                    "rope_parameters",
+                    format!("rope_parameters.rope_type `{kind}`"),
+                );
             }
         }
         if let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             let kind = rope_type(scaling);
             if kind != "default" {
-                return refuse(format!("rope_scaling `{kind}`"));
+                return refuse("rope_scaling", format!("rope_scaling `{kind}`"));
             }
         }
         Ok(())
@@ -149,28 +305,51 @@ impl ModelConfig {
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
+    /// One attention head's width: config.json's `head_dim`, else hidden_size / heads.
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// Checks the invariants the forward pass relies on.
+    /// Checks the invariants the forward pass relies on and refuses every feature it does not
+    /// build (an unknown family, sliding windows it does not compute, another activation): the
+    /// one validation of a model config, which `sweep check` and the trainer both run.
     pub fn validate(&self, file: &str) -> Result<(), ShapeError> {
-        let fail = |message: String| {
+        let fail = |field: &str, message: String| {
             Err(ShapeError {
                 file: file.to_string(),
+                field: Some(field.to_string()),
                 message,
             })
         };
-        if self.use_sliding_window {
+        let Some(arch) = self.architecture() else {
             return fail(
-                "use_sliding_window: sliding-window attention is not supported yet".into(),
+                "model_type",
+                format!(
+                    "model_type `{}` is not supported (supported: {})",
+                    self.model_type,
+                    Architecture::SUPPORTED
+                ),
+            );
+        };
+        if self.use_sliding_window && matches!(arch, Architecture::Qwen2 | Architecture::Qwen3) {
+            return fail(
+                "use_sliding_window",
+                "sliding-window attention is not supported yet for qwen models".into(),
             );
         }
-        if !matches!(self.model_type.as_str(), "llama" | "qwen2") {
-            return fail(format!(
-                "model_type `{}` is not supported (supported: llama, qwen2)",
-                self.model_type
-            ));
+        if self.attention_window() == Some(0) {
+            return fail("sliding_window", "must be positive".into());
+        }
+        if let Some(act) = self
+            .hidden_act
+            .as_deref()
+            .filter(|a| !matches!(*a, "silu" | "swish"))
+        {
+            return fail(
+                "hidden_act",
+                format!("`{act}` is not supported (only silu: SwiGLU MLPs)"),
+            );
         }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -179,29 +358,36 @@ impl ModelConfig {
             ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
             ("num_key_value_heads", self.kv_heads()),
+            ("head_dim", self.head_dim()),
         ] {
             if v == 0 {
-                return fail(format!("{name} must be positive"));
+                return fail(name, "must be positive".into());
             }
         }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return fail(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return fail(
+                "hidden_size",
+                format!(
+                    "{} is not divisible by num_attention_heads {} (and no head_dim is given)",
+                    self.hidden_size, self.num_attention_heads
+                ),
+            );
         }
         if !self.head_dim().is_multiple_of(2) {
             return fail(
-                "head_dim (hidden_size / num_attention_heads) must be even for rotary positions"
-                    .into(),
+                "head_dim",
+                format!("{} must be even for rotary positions", self.head_dim()),
             );
         }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
-            return fail(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.num_attention_heads,
-                self.kv_heads()
-            ));
+            return fail(
+                "num_key_value_heads",
+                format!(
+                    "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                    self.num_attention_heads,
+                    self.kv_heads()
+                ),
+            );
         }
         Ok(())
     }
@@ -210,10 +396,10 @@ impl ModelConfig {
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
-            let architecture = match self.model_type.as_str() {
-                "qwen2" => "Qwen2ForCausalLM",
-                _ => "LlamaForCausalLM",
-            };
+            let architecture = self
+                .architecture()
+                .unwrap_or(Architecture::Llama)
+                .causal_lm_class();
             obj.insert("architectures".into(), serde_json::json!([architecture]));
             obj.insert("torch_dtype".into(), serde_json::json!("float32"));
             obj.insert("hidden_act".into(), serde_json::json!("silu"));
@@ -221,7 +407,14 @@ impl ModelConfig {
                 "attention_bias".into(),
                 serde_json::json!(self.attention_bias),
             );
-            obj.insert("mlp_bias".into(), serde_json::json!(false));
+            obj.insert("mlp_bias".into(), serde_json::json!(self.mlp_bias));
+            // transformers reads a Mistral config without the key as a 4096-position window.
+            if self.architecture() == Some(Architecture::Mistral) {
+                obj.insert(
+                    "sliding_window".into(),
+                    serde_json::json!(self.sliding_window),
+                );
+            }
             obj.insert(
                 "num_key_value_heads".into(),
                 serde_json::json!(self.kv_heads()),
@@ -230,14 +423,13 @@ impl ModelConfig {
         v
     }
 
-    /// Parameter count of the base model (embeddings included, lm_head once if untied).
+    /// Parameter count of the base model (embeddings included, lm_head once if untied; biases
+    /// and Qwen3's q/k norms too): the sum of `weight_shapes`.
     pub fn parameter_count(&self) -> usize {
-        let h = self.hidden_size;
-        let kv = self.kv_heads() * self.head_dim();
-        let per_layer = h * h * 2 + h * kv * 2 + 3 * h * self.intermediate_size + 2 * h;
-        let embed = self.vocab_size * h;
-        let head = if self.tie_word_embeddings { 0 } else { embed };
-        embed + head + h + self.num_hidden_layers * per_layer
+        weight_shapes(self)
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum()
     }
 }
 
@@ -255,8 +447,7 @@ pub const LORA_TARGETS: [&str; 7] = [
 /// Every base tensor's HF name and shape for a config.
 pub fn weight_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let h = c.hidden_size;
-    let kv = c.kv_heads() * c.head_dim();
-    let i = c.intermediate_size;
+    let hd = c.head_dim();
     let mut out = vec![(
         "model.embed_tokens.weight".to_string(),
         vec![c.vocab_size, h],
@@ -264,19 +455,30 @@ pub fn weight_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
         out.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        out.push((format!("{p}.self_attn.q_proj.weight"), vec![h, h]));
-        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
-        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
-        out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h]));
-        for (module, size) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv), ("o_proj", h)] {
-            if c.has_bias(module) {
-                out.push((format!("{p}.self_attn.{module}.bias"), vec![size]));
-            }
+        // Weights, then biases: the order `random_weights` draws them in.
+        let projections = |kind: &str, modules: &[&str]| {
+            let weights = modules.iter().map(|m| {
+                let (fan_in, fan_out) = c.projection_shape(m);
+                (format!("{p}.{kind}.{m}.weight"), vec![fan_out, fan_in])
+            });
+            let biases = modules.iter().filter(|m| c.has_bias(m)).map(|m| {
+                (
+                    format!("{p}.{kind}.{m}.bias"),
+                    vec![c.projection_shape(m).1],
+                )
+            });
+            weights.chain(biases).collect::<Vec<_>>()
+        };
+        out.extend(projections(
+            "self_attn",
+            &["q_proj", "k_proj", "v_proj", "o_proj"],
+        ));
+        if c.has_qk_norm() {
+            out.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
+            out.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
         }
         out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+        out.extend(projections("mlp", &["gate_proj", "up_proj", "down_proj"]));
     }
     out.push(("model.norm.weight".to_string(), vec![h]));
     if !c.tie_word_embeddings {

@@ -162,6 +162,8 @@ struct Layer {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// Qwen3's per-head RMSNorm of queries and keys (`q_norm`, `k_norm`), before rotary positions.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     post_norm: RmsNorm,
     gate: Linear,
     up: Linear,
@@ -330,6 +332,18 @@ impl CausalLm {
             let down = linear("down_proj", "mlp")?;
             let in_name = format!("{p}.input_layernorm.weight");
             let post_name = format!("{p}.post_attention_layernorm.weight");
+            let qk_norm = if config.has_qk_norm() {
+                let mut head_norm = |which: &str| -> Result<RmsNorm> {
+                    let name = format!("{p}.self_attn.{which}.weight");
+                    Ok(RmsNorm {
+                        weight: take(&name, shape_of(&name))?,
+                        eps: config.rms_norm_eps,
+                    })
+                };
+                Some((head_norm("q_norm")?, head_norm("k_norm")?))
+            } else {
+                None
+            };
             layers.push(Layer {
                 input_norm: RmsNorm {
                     weight: take(&in_name, shape_of(&in_name))?,
@@ -339,6 +353,7 @@ impl CausalLm {
                 k,
                 v,
                 o,
+                qk_norm,
                 post_norm: RmsNorm {
                     weight: take(&post_name, shape_of(&post_name))?,
                     eps: config.rms_norm_eps,
@@ -471,6 +486,15 @@ impl CausalLm {
         mask: &Tensor,
     ) -> candle_core::Result<(Tensor, KvCache)> {
         let (b, t) = ids.dims2()?;
+        if let Some(window) = self.config.attention_window() {
+            // Within the window, sliding-window attention is full causal attention.
+            if let Some(p) = positions.iter().find(|p| **p >= window) {
+                candle_core::bail!(
+                    "position {p} is beyond {}'s sliding_window {window}: sequences longer than the window are not supported (set max_seq_len to at most {window})",
+                    self.config.model_type
+                );
+            }
+        }
         let mut x = match (&self.embed_sink, self.kernels) {
             (Some(sink), Kernels::Fused) => ops::embedding::embedding(ids, &self.embed, sink)?,
             _ => ops::embedding::embedding_composed(ids, &self.embed)?,
@@ -539,6 +563,7 @@ impl CausalLm {
                     k: linear(&l.k),
                     v: linear(&l.v),
                     o: linear(&l.o),
+                    qk_norm: l.qk_norm.as_ref().map(|(q, k)| (norm(q), norm(k))),
                     post_norm: norm(&l.post_norm),
                     gate: linear(&l.gate),
                     up: linear(&l.up),
@@ -609,18 +634,21 @@ impl CausalLm {
         let nh = self.config.num_attention_heads;
         let nkv = self.config.kv_heads();
         let hd = self.config.head_dim();
-        let q = layer
-            .q
-            .forward(x, self.kernels)?
-            .reshape((b, t, nh, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = layer
-            .k
-            .forward(x, self.kernels)?
-            .reshape((b, t, nkv, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        // (b, heads, t, hd), Qwen3's head norms applied, in the layout the rotation expects.
+        let heads = |proj: &Linear, n: usize, norm: Option<&RmsNorm>| {
+            let mut h = proj.forward(x, self.kernels)?.reshape((b, t, n, hd))?;
+            if let Some(norm) = norm {
+                h = norm.forward(&h, self.kernels)?;
+            }
+            let h = h.transpose(1, 2)?.contiguous()?;
+            if self.config.interleaved_rope() {
+                deinterleave(&h)
+            } else {
+                Ok(h)
+            }
+        };
+        let q = heads(&layer.q, nh, layer.qk_norm.as_ref().map(|(q, _)| q))?;
+        let k = heads(&layer.k, nkv, layer.qk_norm.as_ref().map(|(_, k)| k))?;
         let v = layer
             .v
             .forward(x, self.kernels)?
@@ -742,6 +770,16 @@ impl CausalLm {
                 format!("{p}.post_attention_layernorm.weight"),
                 l.post_norm.weight.clone(),
             ));
+            if let Some((q_norm, k_norm)) = &l.qk_norm {
+                out.push((
+                    format!("{p}.self_attn.q_norm.weight"),
+                    q_norm.weight.clone(),
+                ));
+                out.push((
+                    format!("{p}.self_attn.k_norm.weight"),
+                    k_norm.weight.clone(),
+                ));
+            }
             for (kind, module, lin) in [
                 ("self_attn", "q_proj", &l.q),
                 ("self_attn", "k_proj", &l.k),
@@ -849,6 +887,24 @@ fn causal_mask(t: usize, dtype: DType, device: &Device) -> candle_core::Result<T
     Tensor::from_vec(data, (t, t), device)?.to_dtype(dtype)
 }
 
+/// The head dimensions of `x` (.., hd) reordered evens first, then odds: rotating interleaved
+/// pairs (x0, x1), (x2, x3)... (ERNIE 4.5, GLM) is rotating the halves of the reordered vector.
+/// Queries and keys are reordered alike, so their dot products, and attention, are unchanged;
+/// values are not reordered, and the keys are kept reordered only inside our own `KvCache`.
+fn deinterleave(x: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let Some((&hd, outer)) = dims.split_last() else {
+        return Ok(x.clone());
+    };
+    let mut pairs = outer.to_vec();
+    pairs.extend([hd / 2, 2]);
+    let rank = pairs.len();
+    x.reshape(pairs)?
+        .transpose(rank - 2, rank - 1)?
+        .contiguous()?
+        .reshape(dims)
+}
+
 /// Rotary positions, HF "rotate half" convention: fused (`ops::rope`, with its own backward) or
 /// composed from differentiable ops.
 fn apply_rope(
@@ -951,6 +1007,11 @@ pub(crate) mod tests {
             rope_parameters: None,
             rope_scaling: None,
             use_sliding_window: false,
+            head_dim: None,
+            mlp_bias: false,
+            use_bias: false,
+            sliding_window: None,
+            hidden_act: None,
         }
     }
 
@@ -1008,14 +1069,42 @@ pub(crate) mod tests {
             "{err}"
         );
 
-        json["model_type"] = serde_json::json!("mistral");
+        json["model_type"] = serde_json::json!("gemma3");
         json["rope_scaling"] = serde_json::Value::Null;
         std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
         let err = load_hf_folder(dir.path(), &dev).err().unwrap().to_string();
         assert!(
-            err.contains("model_type `mistral` is not supported"),
+            err.contains("model_type `gemma3` is not supported"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn mistral_equals_llama_within_its_window_and_refuses_beyond_it() {
+        let dev = Device::Cpu;
+        let llama = tiny_config(11);
+        let mut mistral = llama.clone();
+        mistral.model_type = "mistral".into();
+        mistral.sliding_window = Some(4);
+        let w = CausalLm::random_weights(&llama, 6, DType::F32, &dev).unwrap();
+        let a = CausalLm::new(llama, &w, Trainable::All, 1, &dev, "t").unwrap();
+        let b = CausalLm::new(mistral, &w, Trainable::All, 1, &dev, "t").unwrap();
+        let ids = Tensor::new(&[[1u32, 4, 5, 6]], &dev).unwrap();
+        let d = max_abs_diff(&a.forward(&ids).unwrap(), &b.forward(&ids).unwrap());
+        assert_eq!(d, 0.0);
+        let long = Tensor::new(&[[1u32, 4, 5, 6, 7]], &dev).unwrap();
+        let err = b.forward(&long).unwrap_err().to_string();
+        assert!(
+            err.contains("position 4 is beyond mistral's sliding_window 4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn deinterleave_puts_even_dimensions_first() {
+        let x = Tensor::new(&[[[[0f32, 1., 2., 3., 4., 5.]]]], &Device::Cpu).unwrap();
+        let y = deinterleave(&x).unwrap().flatten_all().unwrap();
+        assert_eq!(y.to_vec1::<f32>().unwrap(), vec![0., 2., 4., 1., 3., 5.]);
     }
 
     #[test]

@@ -42,6 +42,11 @@ fn config() -> ModelConfig {
         rope_parameters: None,
         rope_scaling: None,
         use_sliding_window: false,
+        head_dim: None,
+        mlp_bias: false,
+        use_bias: false,
+        sliding_window: None,
+        hidden_act: None,
     }
 }
 

@@ -7,6 +7,7 @@ use sweep::spec::shape::ModelConfig;
 use sweep::text::encode::Seq;
 use sweep::trainer::batch::{make_batch, token_nll};
 use sweep::trainer::model::{CausalLm, LoraSettings, Trainable};
+use sweep::trainer::ops::Kernels;
 use sweep::trainer::parallel::Replicas;
 
 fn config() -> ModelConfig {
@@ -29,6 +30,11 @@ fn config() -> ModelConfig {
         rope_parameters: None,
         rope_scaling: None,
         use_sliding_window: false,
+        head_dim: None,
+        mlp_bias: false,
+        use_bias: false,
+        sliding_window: None,
+        hidden_act: None,
     }
 }
 
@@ -173,6 +179,57 @@ fn qwen2_biases_train_and_match_finite_differences() {
     let names: Vec<&str> = model.trainable().iter().map(|(n, _)| n.as_str()).collect();
     assert!(names.contains(&"model.layers.0.self_attn.q_proj.bias"));
     check(&model);
+}
+
+/// Qwen3 (per-head q/k norms, head_dim of its own), ERNIE 4.5 (interleaved rotary pairs, biases
+/// on every projection, head_dim of its own) and Mistral (within its window): every weight's
+/// gradient, the norms and biases included, against finite differences, with fused and composed
+/// inner operations.
+#[test]
+fn qwen3_ernie_and_mistral_gradients_match_finite_differences() {
+    for (model_type, extra_weight) in [
+        ("qwen3", "model.layers.1.self_attn.k_norm.weight"),
+        ("ernie4_5", "model.layers.0.mlp.down_proj.bias"),
+        ("mistral", "model.layers.0.self_attn.o_proj.weight"),
+    ] {
+        let mut cfg = config();
+        cfg.model_type = model_type.into();
+        match model_type {
+            "mistral" => cfg.sliding_window = Some(8),
+            "ernie4_5" => {
+                cfg.use_bias = true;
+                cfg.head_dim = Some(6);
+            }
+            _ => cfg.head_dim = Some(6),
+        }
+        cfg.validate("config.json").unwrap();
+        let w: std::collections::HashMap<String, Tensor> =
+            CausalLm::random_weights(&cfg, 17, DType::F64, &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .map(|(n, t)| {
+                    let t = if n.ends_with("norm.weight") {
+                        (t.clone() + noise(t.shape(), 0.3, n.len() as u64)).unwrap()
+                    } else {
+                        (t * 20.0).unwrap()
+                    };
+                    (n, t)
+                })
+                .collect();
+        assert!(w.contains_key(extra_weight), "{model_type}: {extra_weight}");
+        for kernels in [Kernels::Fused, Kernels::Composed] {
+            let model = CausalLm::new(cfg.clone(), &w, Trainable::All, 1, &Device::Cpu, "t")
+                .unwrap()
+                .with_kernels(kernels);
+            let names: Vec<&str> = model.trainable().iter().map(|(n, _)| n.as_str()).collect();
+            assert!(
+                names.contains(&extra_weight),
+                "{model_type}: {extra_weight}"
+            );
+            let worst = check(&model);
+            eprintln!("{model_type} {kernels:?}: worst relative error {worst:e}");
+        }
+    }
 }
 
 #[test]
