@@ -1,16 +1,32 @@
-//! Writes tests/fixtures/hf/tiny-llama-lora: a LoRA checkpoint saved by sweep (PEFT layout) on the
-//! tiny Llama fixture, with seeded non-zero adapters, and its merged export. Then
-//! `scripts/make-hf-fixtures.py --peft` records what PEFT and transformers compute with them.
+//! Writes tests/fixtures/hf/tiny-llama-lora (or, with fixture names as arguments, e.g.
+//! `tiny-qwen3 tiny-ernie4_5 tiny-mistral`, tiny-NAME-lora for each): a LoRA checkpoint saved by
+//! sweep (PEFT layout) on the tiny fixture, with seeded non-zero adapters on attention and MLP
+//! projections, and the fixture's tokenizer files and chat template as a trial's checkpoint
+//! carries them. Then `scripts/make-hf-fixtures.py --peft` records what PEFT and transformers
+//! compute with them.
 //!
-//!     cargo run --release --example write_lora_fixture
+//!     cargo run --release --example write_lora_fixture [tiny-qwen3 ...]
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use sweep::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
 
 fn main() -> Result<()> {
+    let names: Vec<String> = std::env::args().skip(1).collect();
+    let names = if names.is_empty() {
+        vec!["tiny-llama".to_string()]
+    } else {
+        names
+    };
+    for name in names {
+        write(&name)?;
+    }
+    Ok(())
+}
+
+fn write(name: &str) -> Result<()> {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
-    let base = root.join("tiny-llama");
+    let base = root.join(name);
     let (config, weights) = load_hf_folder(&base, &Device::Cpu)?;
     let lora = LoraSettings {
         rank: 4,
@@ -40,9 +56,15 @@ fn main() -> Result<()> {
         }
     }
     let tokenizer = sweep::text::tokenizer::TextTokenizer::build_word_level(["fixture"], 1)?;
-    let adapter = root.join("tiny-llama-lora");
+    let adapter = root.join(format!("{name}-lora"));
     // The base is named relative to the adapter, as it would be inside a copied project.
-    sweep::trainer::checkpoint::save(&model, &tokenizer, "tests/fixtures/hf/tiny-llama", &adapter)?;
+    sweep::trainer::checkpoint::save_with(
+        &model,
+        &tokenizer,
+        &format!("tests/fixtures/hf/{name}"),
+        &adapter,
+        &sweep::trainer::checkpoint::tokenizer_files(&base),
+    )?;
     println!("wrote {}", adapter.display());
     Ok(())
 }

@@ -8,12 +8,12 @@ as their first values and norm), a word-level tokenizer with a chat template (Qw
 chat_template.jinja; ERNIE 4.5: inside tokenizer_config.json; Mistral: none) and what
 `apply_chat_template` renders with it (expected_chat.json).
 
-With --peft: the logits PEFT computes with the LoRA checkpoint sweep wrote into
-tests/fixtures/hf/tiny-llama-lora (`cargo run --release --example write_lora_fixture`), which
-tests/it/export.rs compares with sweep's adapted and merged models.
+With --peft [NAMES]: the logits PEFT computes with the LoRA checkpoints sweep wrote into
+tests/fixtures/hf/NAME-lora (`cargo run --release --example write_lora_fixture NAMES`; default
+tiny-llama), which tests/it/export.rs compares with sweep's adapted and merged models.
 
 Needs: pip install torch transformers peft   (run once; the outputs are committed)
-Usage: python3 scripts/make-hf-fixtures.py [--peft | --new-families]
+Usage: python3 scripts/make-hf-fixtures.py [--peft [NAMES] | --new-families]
 (`~/.cache/sweep/bench-venv/bin/python` has them.)
 """
 import sys
@@ -169,21 +169,24 @@ def write_new_families():
 
 
 
-def write_peft_logits():
+def write_peft_logits(bases):
     from peft import PeftModel
     import peft
-    adapter = os.path.join(OUT, "tiny-llama-lora")
-    with torch.no_grad():
-        base = LlamaForCausalLM.from_pretrained(os.path.join(OUT, "tiny-llama"), dtype=torch.float32).eval()
-        logits = PeftModel.from_pretrained(base, adapter).eval()(torch.tensor(IDS)).logits
-    with open(os.path.join(adapter, "expected_logits.json"), "w") as f:
-        json.dump({"ids": IDS, "logits": logits.tolist(), "peft": peft.__version__,
-                   "transformers": transformers.__version__}, f)
-    print("tiny-llama-lora", tuple(logits.shape), "max |logit|", float(logits.abs().max()))
+    from transformers import AutoModelForCausalLM
+    for name in bases:
+        adapter = os.path.join(OUT, name + "-lora")
+        with torch.no_grad():
+            base = AutoModelForCausalLM.from_pretrained(os.path.join(OUT, name), dtype=torch.float32).eval()
+            logits = PeftModel.from_pretrained(base, adapter).eval()(torch.tensor(IDS)).logits
+        with open(os.path.join(adapter, "expected_logits.json"), "w") as f:
+            json.dump({"ids": IDS, "logits": logits.tolist(), "peft": peft.__version__,
+                       "transformers": transformers.__version__}, f)
+        print(name + "-lora", tuple(logits.shape), "max |logit|", float(logits.abs().max()))
 
 
 if "--peft" in sys.argv:
-    write_peft_logits()
+    # The LoRA folders `cargo run --release --example write_lora_fixture [NAMES]` wrote.
+    write_peft_logits([a for a in sys.argv[1:] if a != "--peft"] or ["tiny-llama"])
 elif "--new-families" in sys.argv:
     write_new_families()
 else:

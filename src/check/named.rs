@@ -3,7 +3,7 @@
 //! the model's tokenizer under every `max_seq_len` the trials use.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use yaml_serde::Value as Yaml;
 
@@ -16,6 +16,7 @@ use super::tokens::{check_lengths, Lengths};
 use super::yaml::{Seg, Target};
 use super::{CheckReport, Problem, Severity};
 use crate::spec::params::{Method, TrialParams};
+use crate::spec::shape::Architecture;
 use crate::spec::{ConflictPolicy, ModelSource};
 use crate::text::encode::TokenCounts;
 use crate::text::tokenizer::TextTokenizer;
@@ -63,6 +64,8 @@ pub fn check_named_files(
         if let Some(fitted) = fitted_lengths(&model, &lengths, counts.first(), file, ctx.report) {
             lengths = fitted;
         }
+    } else {
+        check_window(&model, &lengths, &mut ctx);
     }
     let files: Vec<(&DataFile, &TokenCounts)> = loaded.iter().copied().zip(&counts).collect();
     check_lengths(&files, &lengths, ctx.report);
@@ -288,9 +291,10 @@ fn fitted_lengths(
         ModelSource::Preset(name) => {
             crate::spec::shape::preset(name).map(|c| c.max_position_embeddings)
         }
+        // Within a sliding window too: beyond it the model is refused.
         ModelSource::Path(dir) => crate::text::model_folder::read_config(dir)
             .ok()
-            .map(|c| c.max_position_embeddings),
+            .map(|c| c.max_sequence()),
     }?;
     let longest = train_counts?.longest();
     let fitted = crate::spec::params::fitted_max_seq_len(longest, max_positions);
@@ -357,5 +361,63 @@ fn check_model(yaml: &Yaml, ctx: &mut Ctx) -> Option<ModelSource> {
         );
         ok = false;
     }
+    ok = ok && check_model_config(&dir, ctx.report);
     ok.then(|| ModelSource::Path(std::fs::canonicalize(&dir).unwrap_or(dir)))
+}
+
+/// The folder's config.json by the trainer's own rules (`read_checked_config`: the family, its
+/// shapes, features it does not build), so what a trial would refuse at its start is refused
+/// here first, with the file, the line and the field.
+fn check_model_config(dir: &Path, report: &mut CheckReport) -> bool {
+    use crate::text::model_folder::{key_line, read_checked_config, ModelFolderError};
+    let file = dir.join("config.json").display().to_string();
+    let problem = match read_checked_config(dir) {
+        Ok(_) => return true,
+        Err(ModelFolderError::Shape(e)) => {
+            let line = e.field.as_deref().and_then(|f| key_line(dir, f));
+            let problem = Problem::error(&file, e.message).at(line, None);
+            match e.field.as_deref() {
+                Some("model_type") => problem.field("model_type").hint(format!(
+                    "sweep builds {}; the README's model table says what is refused and why",
+                    Architecture::SUPPORTED
+                )),
+                Some(field) => problem.field(field),
+                None => problem,
+            }
+        }
+        Err(e) => Problem::error(&file, e.to_string()),
+    };
+    report.push(problem);
+    false
+}
+
+/// A model with a sliding window (Mistral) computes sequences up to the window as full attention
+/// does; a trial's `max_seq_len` beyond it is refused.
+fn check_window(model: &ModelSource, lengths: &Lengths, ctx: &mut Ctx) {
+    let ModelSource::Path(dir) = model else {
+        return;
+    };
+    let Some(window) = crate::text::model_folder::read_config(dir)
+        .ok()
+        .and_then(|c| c.attention_window())
+    else {
+        return;
+    };
+    let beyond = lengths
+        .supervised
+        .union(&lengths.unsupervised)
+        .copied()
+        .filter(|n| *n > window)
+        .max();
+    if let Some(n) = beyond {
+        ctx.error(
+            &[Seg::Key("parameters".into()), Seg::Key("max_seq_len".into())],
+            Target::Key,
+            format!(
+                "max_seq_len {n} is beyond the model's sliding_window {window} ({}): sequences longer than the window are not supported",
+                dir.join("config.json").display()
+            ),
+            Some(format!("use a max_seq_len of at most {window}")),
+        );
+    }
 }

@@ -673,10 +673,7 @@ impl Plan {
         let lengths = Lengths::measure(&model, &train, &examples, train_tokens)?;
         let device_mb = pool.trial_memory_limit_mb(slurm.is_some());
         let fitted = (!spec.parameters.contains_key("max_seq_len")).then(|| {
-            crate::spec::params::fitted_max_seq_len(
-                lengths.longest,
-                lengths.config.max_position_embeddings,
-            )
+            crate::spec::params::fitted_max_seq_len(lengths.longest, lengths.config.max_sequence())
         });
         let planner = TrialPlanner {
             file: fname.clone(),

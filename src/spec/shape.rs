@@ -287,16 +287,13 @@ impl ModelConfig {
             }
             let kind = rope_type(params);
             if kind != "default" {
-                return refuse(
-                    "rope_parameters",
-                    format!("rope_parameters.rope_type `{kind}`"),
-                );
+                return refuse("rope_parameters", format!("rope_type `{kind}`"));
             }
         }
         if let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             let kind = rope_type(scaling);
             if kind != "default" {
-                return refuse("rope_scaling", format!("rope_scaling `{kind}`"));
+                return refuse("rope_scaling", format!("`{kind}`"));
             }
         }
         Ok(())
@@ -326,7 +323,7 @@ impl ModelConfig {
             return fail(
                 "model_type",
                 format!(
-                    "model_type `{}` is not supported (supported: {})",
+                    "`{}` is not supported (supported: {})",
                     self.model_type,
                     Architecture::SUPPORTED
                 ),

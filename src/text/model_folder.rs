@@ -89,7 +89,7 @@ mod tests {
         let e = read_checked_config(dir.path()).unwrap_err();
         assert!(
             e.to_string()
-                .contains("config.json: model_type: model_type `gemma3`"),
+                .contains("config.json: model_type: `gemma3` is not supported"),
             "{e}"
         );
         let line = key_line(dir.path(), "model_type").unwrap();

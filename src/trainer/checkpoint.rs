@@ -11,6 +11,32 @@ use crate::trainer::error::{bad_file, AtPath, Result};
 use crate::trainer::model::CausalLm;
 use crate::util::fs::{replace_dir, staging_dir};
 
+/// The files of a model folder that say how text becomes tokens and conversations become
+/// prompts: every checkpoint and export carries the base's, byte for byte, in the form the base
+/// had them (a `chat_template.jinja`, or the `chat_template` inside tokenizer_config.json), so
+/// transformers' `apply_chat_template` and anything serving the model prompt as training did.
+pub const TOKENIZER_FILES: [&str; 10] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+];
+
+/// The `TOKENIZER_FILES` a model folder has, with their bytes: what a checkpoint of a model
+/// trained from `dir` carries (`save_with`'s `extra`).
+pub fn tokenizer_files(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    TOKENIZER_FILES
+        .iter()
+        .filter_map(|name| std::fs::read(dir.join(name)).ok().map(|b| (*name, b)))
+        .collect()
+}
+
 /// Writes the model's checkpoint into `dir`, replacing what was there only once the new one is
 /// complete (written beside it, then renamed).
 pub fn save(model: &CausalLm, tokenizer: &TextTokenizer, base: &str, dir: &Path) -> Result<()> {
@@ -18,7 +44,8 @@ pub fn save(model: &CausalLm, tokenizer: &TextTokenizer, base: &str, dir: &Path)
 }
 
 /// As `save`, with `extra` files (name, contents) in the same folder swap, so a checkpoint is
-/// never seen without them (labels.json).
+/// never seen without them (labels.json, the base's `tokenizer_files`). The tokenizer the trial
+/// used is written as tokenizer.json unless `extra` holds the base's own.
 pub fn save_with(
     model: &CausalLm,
     tokenizer: &TextTokenizer,
@@ -58,7 +85,9 @@ pub fn save_with(
             std::fs::write(&path, serde_json::to_vec_pretty(&config).at(&path)?).at(&path)?;
         }
     }
-    tokenizer.save(&tmp.join("tokenizer.json"))?;
+    if !extra.iter().any(|(name, _)| *name == "tokenizer.json") {
+        tokenizer.save(&tmp.join("tokenizer.json"))?;
+    }
     replace_dir(&tmp, dir).at(dir)?;
     Ok(())
 }
@@ -157,9 +186,9 @@ pub fn export_merged(adapter_dir: &Path, out: &Path) -> Result<()> {
         serde_json::to_vec_pretty(&config.to_hf_json()).at(&config_out)?,
     )
     .at(&config_out)?;
-    // labels.json too, so `sweep eval` and `sweep predict` take the merged folder as they take
-    // the adapters.
-    for file in ["tokenizer.json", "tokenizer_config.json", "labels.json"] {
+    // The tokenizer and chat template as the checkpoint (else the base) has them; labels.json
+    // too, so `sweep eval` and `sweep predict` take the merged folder as they take the adapters.
+    for file in TOKENIZER_FILES.iter().chain(&["labels.json"]) {
         let from = [adapter_dir.join(file), base.join(file)]
             .into_iter()
             .find(|p| p.exists());

@@ -1064,17 +1064,14 @@ pub(crate) mod tests {
         json["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
         std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
         let err = load_hf_folder(dir.path(), &dev).err().unwrap().to_string();
-        assert!(
-            err.contains("config.json") && err.contains("rope_scaling `llama3`"),
-            "{err}"
-        );
+        assert!(err.contains("config.json: rope_scaling: `llama3`"), "{err}");
 
         json["model_type"] = serde_json::json!("gemma3");
         json["rope_scaling"] = serde_json::Value::Null;
         std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
         let err = load_hf_folder(dir.path(), &dev).err().unwrap().to_string();
         assert!(
-            err.contains("model_type `gemma3` is not supported"),
+            err.contains("model_type: `gemma3` is not supported"),
             "{err}"
         );
     }

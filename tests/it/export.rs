@@ -114,10 +114,12 @@ fn logits_close(got: &Tensor, want: &[Vec<Vec<f32>>]) -> f32 {
     worst / largest
 }
 
-#[test]
-fn peft_computes_with_our_adapter_what_we_do_and_what_our_merged_export_does() {
+/// PEFT's logits with the LoRA folder sweep wrote on fixture `base` (`NAME-lora`, recorded by
+/// `scripts/make-hf-fixtures.py --peft`) against ours with the adapters and with the merged
+/// export; the export carries the base's tokenizer files and chat template byte for byte.
+fn peft_computes_with_our_adapter_what_we_do_and_what_our_merged_export_does(base: &str) {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
-    let adapter = root.join("tiny-llama-lora");
+    let adapter = root.join(format!("{base}-lora"));
     let expected: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(adapter.join("expected_logits.json")).unwrap(),
     )
@@ -137,7 +139,7 @@ fn peft_computes_with_our_adapter_what_we_do_and_what_our_merged_export_does() {
         alpha: config["lora_alpha"].as_f64().unwrap(),
         targets: serde_json::from_value(config["target_modules"].clone()).unwrap(),
     };
-    let (base_config, base_weights) = load_hf_folder(&root.join("tiny-llama"), &dev).unwrap();
+    let (base_config, base_weights) = load_hf_folder(&root.join(base), &dev).unwrap();
     let model = CausalLm::new(
         base_config,
         &base_weights,
@@ -153,7 +155,10 @@ fn peft_computes_with_our_adapter_what_we_do_and_what_our_merged_export_does() {
         .load_adapters(&tensors, "adapter_model.safetensors")
         .unwrap();
     let ours = logits_close(&model.forward(&ids).unwrap(), &peft);
-    assert!(ours < 1e-4, "our LoRA model vs PEFT: relative {ours}");
+    assert!(
+        ours < 1e-4,
+        "{base}: our LoRA model vs PEFT: relative {ours}"
+    );
 
     // The merged export, loaded as a plain model.
     let tmp = tempfile::tempdir().unwrap();
@@ -162,6 +167,38 @@ fn peft_computes_with_our_adapter_what_we_do_and_what_our_merged_export_does() {
     let (c, w) = load_hf_folder(&merged_dir, &dev).unwrap();
     let merged = CausalLm::new(c, &w, Trainable::All, 0, &dev, "merged").unwrap();
     let rel = logits_close(&merged.forward(&ids).unwrap(), &peft);
-    assert!(rel < 1e-4, "merged export vs PEFT: relative {rel}");
-    eprintln!("relative difference to PEFT: adapted {ours:e}, merged {rel:e}");
+    assert!(rel < 1e-4, "{base}: merged export vs PEFT: relative {rel}");
+    eprintln!("{base}: relative difference to PEFT: adapted {ours:e}, merged {rel:e}");
+    for (name, bytes) in sweep::trainer::checkpoint::tokenizer_files(&root.join(base)) {
+        let carried = std::fs::read(merged_dir.join(name))
+            .unwrap_or_else(|_| panic!("{base}: the merged export has no {name}"));
+        assert_eq!(carried, bytes, "{base}: {name} differs from the base's");
+    }
+}
+
+#[test]
+fn peft_loads_our_llama_adapters_as_we_do_and_as_our_merged_export_computes() {
+    peft_computes_with_our_adapter_what_we_do_and_what_our_merged_export_does("tiny-llama");
+}
+
+#[test]
+fn peft_loads_our_qwen3_ernie_and_mistral_adapters_as_we_do_and_as_our_merged_exports_compute() {
+    for base in ["tiny-qwen3", "tiny-ernie4_5", "tiny-mistral"] {
+        peft_computes_with_our_adapter_what_we_do_and_what_our_merged_export_does(base);
+    }
+    // The chat template travels in the form the base has it: its own file, or inside
+    // tokenizer_config.json (and then no chat_template.jinja appears).
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let tmp = tempfile::tempdir().unwrap();
+    for (base, jinja) in [("tiny-qwen3", true), ("tiny-ernie4_5", false)] {
+        let merged = tmp.path().join(base);
+        sweep::trainer::checkpoint::export_merged(&root.join(format!("{base}-lora")), &merged)
+            .unwrap();
+        assert_eq!(merged.join("chat_template.jinja").exists(), jinja, "{base}");
+        let template = sweep::text::chat::ChatTemplate::from_folder(&merged).unwrap();
+        assert!(
+            template.is_some(),
+            "{base}: the merged folder has a chat template"
+        );
+    }
 }

@@ -276,7 +276,7 @@ impl Trial {
     }
 
     /// Saves the primary replica as the trial's checkpoint, with its labels.json and the base
-    /// folder's chat template (which rendered every prompt and answer).
+    /// folder's tokenizer files and chat template (which rendered every prompt and answer).
     fn save_checkpoint(&self) -> Result<PathBuf> {
         let l = &self.loaded;
         let checkpoint = self.dir.join("checkpoint");
@@ -290,11 +290,7 @@ impl Trial {
             )?,
         )];
         if let ModelSource::Path(src) = &l.cfg.model {
-            for name in ["tokenizer_config.json", "chat_template.jinja"] {
-                if let Ok(bytes) = std::fs::read(src.join(name)) {
-                    extra.push((name, bytes));
-                }
-            }
+            extra.extend(crate::trainer::checkpoint::tokenizer_files(src));
         }
         crate::trainer::checkpoint::save_with(
             l.replicas.primary(),
