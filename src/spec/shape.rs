@@ -483,3 +483,120 @@ pub fn weight_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(model_type: &str) -> ModelConfig {
+        let mut c = preset("test").unwrap();
+        c.vocab_size = 10;
+        c.model_type = model_type.into();
+        c
+    }
+
+    fn refusal(c: &ModelConfig) -> (Option<String>, String) {
+        let e = c.validate("config.json").unwrap_err();
+        (e.field.clone(), e.to_string())
+    }
+
+    #[test]
+    fn validate_refuses_what_the_model_does_not_build_naming_the_field() {
+        for t in ["llama", "qwen2", "qwen3", "ernie4_5", "mistral"] {
+            config(t).validate("config.json").unwrap();
+        }
+        let (field, text) = refusal(&config("gemma3"));
+        assert_eq!(field.as_deref(), Some("model_type"));
+        assert!(
+            text.starts_with("config.json: model_type: `gemma3` is not supported"),
+            "{text}"
+        );
+        let mut c = config("qwen3");
+        c.use_sliding_window = true;
+        assert_eq!(refusal(&c).0.as_deref(), Some("use_sliding_window"));
+        let mut c = config("llama");
+        c.hidden_act = Some("gelu".into());
+        assert_eq!(refusal(&c).0.as_deref(), Some("hidden_act"));
+        let mut c = config("qwen3");
+        c.head_dim = Some(7);
+        assert_eq!(refusal(&c).0.as_deref(), Some("head_dim"));
+        let mut c = config("mistral");
+        c.sliding_window = Some(0);
+        assert_eq!(refusal(&c).0.as_deref(), Some("sliding_window"));
+        // A head_dim of its own lifts the divisibility rule (hidden 32, 5 heads of 8).
+        let mut c = config("qwen3");
+        c.num_attention_heads = 5;
+        c.num_key_value_heads = Some(1);
+        assert_eq!(refusal(&c).0.as_deref(), Some("hidden_size"));
+        c.head_dim = Some(8);
+        c.validate("config.json").unwrap();
+        assert_eq!(c.projection_shape("q_proj"), (32, 40));
+        assert_eq!(c.projection_shape("o_proj"), (40, 32));
+    }
+
+    #[test]
+    fn each_family_has_its_own_tensors_and_they_are_counted() {
+        let count = |c: &ModelConfig| -> usize {
+            weight_shapes(c)
+                .iter()
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum()
+        };
+        let llama = config("llama");
+        // 1 layer, hidden 32, 4 heads (2 kv) of 8, intermediate 64, tied: the old formula.
+        let (h, kv, i) = (32, 16, 64);
+        let per_layer = h * h * 2 + h * kv * 2 + 3 * h * i + 2 * h;
+        assert_eq!(llama.parameter_count(), 10 * h + h + per_layer);
+        let mut qwen3 = config("qwen3");
+        qwen3.head_dim = Some(12);
+        let names: Vec<String> = weight_shapes(&qwen3).into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"model.layers.0.self_attn.k_norm.weight".to_string()));
+        assert_eq!(qwen3.parameter_count(), count(&qwen3));
+        let mut ernie = config("ernie4_5");
+        ernie.use_bias = true;
+        let biases = weight_shapes(&ernie)
+            .into_iter()
+            .filter(|(n, _)| n.ends_with(".bias"))
+            .count();
+        assert_eq!(biases, 7, "every projection of the one layer");
+        assert_eq!(
+            config("qwen2").parameter_count(),
+            llama.parameter_count() + h + 2 * kv
+        );
+        assert!(!config("mistral").has_bias("q_proj"));
+    }
+
+    #[test]
+    fn the_written_config_json_names_the_class_and_keeps_mistrals_window() {
+        let mut m = config("mistral");
+        let json = m.to_hf_json();
+        assert_eq!(json["architectures"][0], "MistralForCausalLM");
+        assert!(
+            json["sliding_window"].is_null(),
+            "no window: null, not absent"
+        );
+        assert!(json.as_object().unwrap().contains_key("sliding_window"));
+        m.sliding_window = Some(4096);
+        assert_eq!(m.to_hf_json()["sliding_window"], 4096);
+        let mut e = config("ernie4_5");
+        e.use_bias = true;
+        e.head_dim = Some(12);
+        let json = e.to_hf_json();
+        assert_eq!(
+            (
+                &json["architectures"][0],
+                &json["use_bias"],
+                &json["head_dim"]
+            ),
+            (
+                &serde_json::json!("Ernie4_5ForCausalLM"),
+                &serde_json::json!(true),
+                &serde_json::json!(12)
+            )
+        );
+        assert_eq!(
+            config("qwen3").to_hf_json()["architectures"][0],
+            "Qwen3ForCausalLM"
+        );
+    }
+}
