@@ -341,11 +341,16 @@ fn check_model(yaml: &Yaml, ctx: &mut Ctx) -> Option<ModelSource> {
     let mut ok = true;
     for needed in ["config.json", "tokenizer.json"] {
         if !dir.join(needed).is_file() {
+            let hint = if needed == "tokenizer.json" && dir.join("tokenizer.model").is_file() {
+                "the folder has only a SentencePiece tokenizer.model: transformers writes its tokenizer.json with `AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)`"
+            } else {
+                "a Hugging Face model folder is expected: config.json, model.safetensors (or shards), tokenizer.json"
+            };
             ctx.error(
                 &seg,
                 Target::Value,
                 format!("`{p}` has no {needed}"),
-                Some("a Hugging Face model folder is expected: config.json, model.safetensors (or shards), tokenizer.json".into()),
+                Some(hint.into()),
             );
             ok = false;
         }
