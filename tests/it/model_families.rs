@@ -169,3 +169,54 @@ fn a_qwen3_folder_passes_check_trains_and_its_merged_export_carries_its_chat_tem
     let logits = merged_model.forward(&ids).unwrap();
     assert_eq!(logits.dims(), &[1, 4, 64]);
 }
+
+/// A full (sft) checkpoint of each new family holds exactly the tensors transformers saved for
+/// it (q/k norms, biases, tied head) and a config.json that builds the same model: what
+/// transformers loads as `AutoModelForCausalLM`.
+#[test]
+fn full_checkpoints_of_qwen3_ernie_and_mistral_hold_transformers_tensors_and_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["tiny-qwen3", "tiny-ernie4_5", "tiny-mistral"] {
+        let base = repo().join("tests/fixtures/hf").join(name);
+        let (config, weights) = load_hf_folder(&base, &Device::Cpu).unwrap();
+        let model = CausalLm::new(config, &weights, Trainable::All, 0, &Device::Cpu, name).unwrap();
+        let out = tmp.path().join(name);
+        let tokenizer = TextTokenizer::build_word_level(["a b"], 1).unwrap();
+        sweep::trainer::checkpoint::save_with(
+            &model,
+            &tokenizer,
+            name,
+            &out,
+            &sweep::trainer::checkpoint::tokenizer_files(&base),
+        )
+        .unwrap();
+        let (config, saved) = load_hf_folder(&out, &Device::Cpu).unwrap();
+        let mut want: Vec<&String> = weights.keys().collect();
+        let mut got: Vec<&String> = saved.keys().collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{name}: tensor names");
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        let original: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap())
+                .unwrap();
+        for key in [
+            "architectures",
+            "model_type",
+            "head_dim",
+            "tie_word_embeddings",
+        ] {
+            assert_eq!(written[key], original[key], "{name}: {key}");
+        }
+        let again =
+            CausalLm::new(config, &saved, Trainable::All, 0, &Device::Cpu, "saved").unwrap();
+        let ids = Tensor::new(&[[2u32, 5, 9, 3, 7]], &Device::Cpu).unwrap();
+        let diff = crate::common::max_abs_diff(
+            &model.forward(&ids).unwrap(),
+            &again.forward(&ids).unwrap(),
+        );
+        assert_eq!(diff, 0.0, "{name}");
+    }
+}
