@@ -40,6 +40,21 @@ pub struct Workload<'a> {
 /// micro-batch: what bounds its memory.
 pub const MAX_EVAL_BATCH: usize = 64;
 
+/// Tokens an evaluation's forward pass holds per token of a training micro-batch. A training step
+/// keeps every layer's activations for the backward pass (the fused kernels' 7 hidden- and 7
+/// intermediate-sized values per token and layer); a forward pass keeps only each layer's keys
+/// and values (2 key/value-sized values per token and layer) and one layer's intermediates at a
+/// time, about a twentieth on the 135M shape. Eight times a micro-batch's tokens lets label
+/// scoring put many dev examples in one pass (the fixed cost of a pass, reading every weight,
+/// is shared) and stays well under the training step's memory (`evaluation_activations`).
+pub const EVAL_TOKENS_PER_TRAINING_TOKEN: usize = 8;
+
+/// Tokens one forward pass of evaluation's label scoring holds for a trial of `micro_batch`
+/// sequences of up to `max_len` tokens.
+pub fn eval_tokens_per_pass(micro_batch: usize, max_len: usize) -> usize {
+    EVAL_TOKENS_PER_TRAINING_TOKEN * micro_batch.max(1) * max_len.max(1)
+}
+
 /// The parts of a trial's predicted peak, in bytes.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Estimate {
