@@ -29,7 +29,8 @@ use sweep::text::data::{label_set, load_examples};
 use sweep::text::encode::{answer_ids, encode_all, prompt_ids, Seq};
 use sweep::trainer::parallel::Replicas;
 use sweep::trainer::scoring::{
-    candidate_top_k, dev_loss, evaluate_dev, top_accuracy, Candidates, Trie,
+    candidate_top_k, candidate_top_k_by_search, dev_loss, evaluate_dev, top_accuracy, Candidates,
+    Trie,
 };
 
 fn main() -> Result<()> {
@@ -167,12 +168,29 @@ fn main() -> Result<()> {
                 1,
             )?;
             let top_s = start.elapsed().as_secs_f64() / dev.len().max(1) as f64;
+            // The search whatever the trie's size (`candidate_top_k` scores small tries whole).
+            let start = Instant::now();
+            let searched = candidate_top_k_by_search(
+                model,
+                &prompts,
+                &candidates,
+                tok.bos.is_some(),
+                max_len,
+                tok.pad,
+                micro,
+                1,
+            )?;
+            let search_s = start.elapsed().as_secs_f64() / dev.len().max(1) as f64;
             let same = (loss - e.dev_loss).abs() < 1e-4
+                && searched
+                    .iter()
+                    .zip(&best)
+                    .all(|(a, b)| a.first().map(|x| x.0) == b.first().map(|x| x.0))
                 && best
                     .iter()
                     .zip(&e.best)
                     .all(|(a, b)| a.first().map(|x| x.0) == b.first().map(|x| x.0));
-            (Some(loss_s), Some(top_s), Some(same))
+            (Some(loss_s), Some(top_s), Some((same, search_s)))
         } else {
             (None, None, None)
         };
@@ -187,7 +205,8 @@ fn main() -> Result<()> {
                 "eval_s_per_dev_example": eval_s,
                 "separate_dev_loss_s_per_dev_example": loss_s,
                 "separate_top1_s_per_dev_example": top_s,
-                "separate_agree": same,
+                "separate_agree": same.map(|s| s.0),
+                "search_top1_s_per_dev_example": same.map(|s| s.1),
                 "eval_over_train": eval_s / train_s,
                 "dev_loss": loss,
                 "accuracy": top_accuracy(&best, &gold),
