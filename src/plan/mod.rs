@@ -466,6 +466,8 @@ struct Lengths {
     longest: usize,
     /// Prompt tokens every labelled training example starts with.
     shared_prefix: usize,
+    /// The weights are read from a model folder's (memory-mapped) safetensors.
+    mapped_weights: bool,
 }
 
 impl Lengths {
@@ -524,6 +526,7 @@ impl Lengths {
             texts_desc,
             longest: counts.longest(),
             shared_prefix: counts.shared_prefix,
+            mapped_weights: matches!(model, ModelSource::Path(_)),
         })
     }
 
@@ -558,6 +561,7 @@ impl Lengths {
             on_cuda: false,
             // Evaluation scores dev by label whenever the data has labels, whatever the method.
             scored_answer_tokens: self.supervised.iter().map(|(_, a)| *a).max().unwrap_or(0),
+            mapped_weights: self.mapped_weights,
             // A prompt cut to max_seq_len keeps only bos of what the prompts share.
             shared_prefix: match params.method {
                 Method::PostPretrain => 0,

@@ -34,11 +34,30 @@ pub struct Workload<'a> {
     /// Tokens of the longest answer when evaluation scores the dev set by label (0 when it does
     /// not): it computes vocabulary rows for at most `MAX_EVAL_BATCH` examples' answers at once.
     pub scored_answer_tokens: usize,
+    /// The weights come from a model folder's safetensors, which loading maps into memory: every
+    /// page of the file is resident while its tensors are copied out (a preset's random weights
+    /// have no file).
+    pub mapped_weights: bool,
 }
 
 /// The most sequences evaluation computes per forward pass (`trainer::scoring`), whatever the
 /// micro-batch: what bounds its memory.
 pub const MAX_EVAL_BATCH: usize = 64;
+
+/// Tokens an evaluation's forward pass holds per token of a training micro-batch. A training step
+/// keeps every layer's activations for the backward pass (the fused kernels' 7 hidden- and 7
+/// intermediate-sized values per token and layer); a forward pass keeps only each layer's keys
+/// and values (2 key/value-sized values per token and layer) and one layer's intermediates at a
+/// time, about a twentieth on the 135M shape. Eight times a micro-batch's tokens lets label
+/// scoring put many dev examples in one pass (the fixed cost of a pass, reading every weight,
+/// is shared) and stays well under the training step's memory (`evaluation_activations`).
+pub const EVAL_TOKENS_PER_TRAINING_TOKEN: usize = 8;
+
+/// Tokens one forward pass of evaluation's label scoring holds for a trial of `micro_batch`
+/// sequences of up to `max_len` tokens.
+pub fn eval_tokens_per_pass(micro_batch: usize, max_len: usize) -> usize {
+    EVAL_TOKENS_PER_TRAINING_TOKEN * micro_batch.max(1) * max_len.max(1)
+}
 
 /// The parts of a trial's predicted peak, in bytes.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -47,10 +66,14 @@ pub struct Estimate {
     pub gradients: f64,
     pub optimizer: f64,
     pub activations: f64,
-    /// The process itself: runtime, data, tokenizer.
+    /// What an evaluation's forward pass holds at once (keys and values of every layer, one
+    /// layer's intermediates, vocabulary rows), besides the weights, gradients and optimizer
+    /// state that stay allocated while it runs.
+    pub evaluation: f64,
+    /// The process itself: runtime, data, tokenizer, what the allocator keeps.
     pub overhead: f64,
-    /// The peak: the larger of loading (sft copies weights into trainable variables) and a
-    /// training step.
+    /// The peak: the largest of loading (a model folder's mapped file while its tensors are
+    /// copied out; sft's copy into trainable variables), a training step and an evaluation.
     pub total: f64,
 }
 
@@ -73,8 +96,17 @@ pub fn keeps_logits(positions: usize, vocab: usize) -> bool {
     positions.saturating_mul(vocab) <= SAVED_LOGITS_MAX_VALUES
 }
 
-/// Resident memory of a trial process before the model (measured: runtime, rayon, data).
-const PROCESS_OVERHEAD: f64 = 20.0 * MB;
+/// Resident memory of a trial process besides its tensors (runtime, rayon, data, tokenizer,
+/// encoded sequences, allocator arenas). Measured with examples/memory_phases.rs on the 135M
+/// shape: 553 MiB resident after loading LoRA against 513 MiB of weights.
+const PROCESS_OVERHEAD: f64 = 40.0 * MB;
+
+/// What the CPU allocator keeps beyond the live tensors of a step that trains every weight, as
+/// a fraction of the trainable bytes: freed copies (the loaded weights, once copied into
+/// trainable variables; the step's gradient temporaries) that stay in malloc's arenas.
+/// Measured with examples/memory_phases.rs on the 135M shape: sft peaks 120 to 160 MiB above
+/// the live tensors at micro-batch 1 and 2 (LoRA, whose trainable part is small, not at all).
+const CPU_RETAINED_PER_TRAINABLE_BYTE: f64 = 0.3;
 
 /// Values (not bytes) alive at the peak of a step, per token and layer, as multiples of the
 /// hidden and intermediate sizes, and per attention score, for each implementation of the
@@ -89,8 +121,6 @@ struct Coefficients {
     per_adapted_output: f64,
     /// Vocabulary-sized values per counted position of a training step.
     per_counted_vocab: f64,
-    /// Vocabulary-sized values per answer row evaluation scores at once (logits, log-softmax).
-    per_scored_vocab: f64,
     /// Whether the loss keeps its logits for the backward, up to `SAVED_LOGITS_MAX_VALUES`.
     saves_logits: bool,
 }
@@ -105,26 +135,24 @@ const COMPOSED: Coefficients = Coefficients {
     per_score: 5.0,
     per_adapted_output: 2.0,
     per_counted_vocab: 9.0,
-    per_scored_vocab: 0.0,
     saves_logits: false,
 };
 
 /// Fused CPU ops (`trainer::ops`): norms, rotary positions and SwiGLU save only their inputs,
 /// attention keeps no score-sized tensor (one log-sum-exp per row), and the training loss keeps
 /// its logits' exponentials for the backward only up to `SAVED_LOGITS_MAX_VALUES` (counted
-/// apart, `saves_logits`); what else is vocabulary-sized is evaluation's label scoring
-/// (logits and log-softmax of at most `MAX_EVAL_BATCH` examples' answers at once), which the
-/// composed coefficients' training vocabulary already covers. An adapted projection is one op
-/// (`ops::lora`) that keeps no tensor of its own. Measured with `train_speed --kernels fused`:
-/// the 135M shape at 4 x 128 peaks at 2,943 MiB (sft) and 1,381 MiB (LoRA), against 4,595 and
-/// 3,850 composed.
+/// apart, `saves_logits`; evaluation's vocabulary rows are `evaluation_activations`'). An
+/// adapted projection is one op (`ops::lora`) that keeps no tensor of its own. Measured with
+/// `train_speed --kernels fused`: the 135M shape at 4 x 128 peaks at 2,943 MiB (sft) and 1,381
+/// MiB (LoRA), against 4,595 and 3,850 composed; per token, 8 hidden- and 7.5
+/// intermediate-sized values per layer fit the LoRA peaks of examples/memory_phases.rs at
+/// micro-batch 1, 2 and 8 (1.6 to 1.9 MiB a token on the 135M shape).
 const FUSED: Coefficients = Coefficients {
-    per_token_hidden: 7.0,
-    per_token_intermediate: 7.0,
+    per_token_hidden: 8.0,
+    per_token_intermediate: 7.5,
     per_score: 0.0,
     per_adapted_output: 0.0,
     per_counted_vocab: 0.0,
-    per_scored_vocab: 2.0,
     saves_logits: true,
 };
 
@@ -180,6 +208,36 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
     let accumulating = w.params.grad_accum() > 1;
     let gradients = trainable * b * if accumulating { 2.0 } else { 1.0 };
     let optimizer = 2.0 * trainable * b;
+    let activations = training_activations(w, micro_batch) * b;
+    let evaluation = evaluation_activations(w, micro_batch) * b;
+    let tensors = weights + gradients + optimizer + activations.max(evaluation);
+    let cuda = |bytes| w.on_cuda.then(|| cuda_process_overhead(bytes));
+    let retained = if w.on_cuda {
+        0.0
+    } else {
+        CPU_RETAINED_PER_TRAINABLE_BYTE * trainable * b
+    };
+    let overhead = PROCESS_OVERHEAD + retained + cuda(tensors).unwrap_or(0.0);
+    let running = tensors + overhead;
+    // Loading: the weights, plus either the mapped file they are copied from or (sft) their
+    // copy into trainable variables; the two never overlap (the file is unmapped first).
+    let copied = w.mapped_weights || trainable >= params;
+    let loading = weights * if copied { 2.0 } else { 1.0 };
+    let loading = loading + PROCESS_OVERHEAD + cuda(loading).unwrap_or(0.0);
+    Estimate {
+        weights,
+        gradients,
+        optimizer,
+        activations,
+        evaluation,
+        overhead,
+        total: running.max(loading),
+    }
+}
+
+/// Values a training step keeps for its backward pass at its peak, at micro-batch `micro_batch`.
+fn training_activations(w: &Workload, micro_batch: usize) -> f64 {
+    let c = w.config;
     let t = w.longest_sequence.max(2) as f64;
     // The shared prefix once, then every sequence's own part (which attends to the prefix too).
     let prefix = if micro_batch >= 2 {
@@ -210,34 +268,38 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
         _ => micro_batch as f64 * w.counted_per_sequence.max(1) as f64,
     };
     let layers = per_layer * c.num_hidden_layers as f64;
-    // Vocabulary-sized rows: a composed training step's loss, or, fused, evaluation's scoring.
-    let scored_rows = (micro_batch.min(MAX_EVAL_BATCH) * w.scored_answer_tokens) as f64;
     let saved_logits = if k.saves_logits {
         (counted * c.vocab_size as f64).min(SAVED_LOGITS_MAX_VALUES as f64)
     } else {
         0.0
     };
-    let vocabulary = (k.per_counted_vocab * counted + k.per_scored_vocab * scored_rows)
-        * c.vocab_size as f64
-        + saved_logits;
-    let activations = (layers + vocabulary + 2.0 * tokens * c.hidden_size as f64) * b;
-    let tensors = weights + gradients + optimizer + activations;
-    let cuda = |bytes| w.on_cuda.then(|| cuda_process_overhead(bytes));
-    let overhead = PROCESS_OVERHEAD + cuda(tensors).unwrap_or(0.0);
-    let training = tensors + overhead;
-    let loading = match w.params.method {
-        Method::Sft | Method::PostPretrain => 2.0 * weights,
-        Method::Lora => weights,
-    };
-    let loading = loading + PROCESS_OVERHEAD + cuda(loading).unwrap_or(0.0);
-    Estimate {
-        weights,
-        gradients,
-        optimizer,
-        activations,
-        overhead,
-        total: training.max(loading),
+    let vocabulary = k.per_counted_vocab * counted * c.vocab_size as f64 + saved_logits;
+    layers + vocabulary + 2.0 * tokens * c.hidden_size as f64
+}
+
+/// Values evaluation's label scoring holds at once at micro-batch `micro_batch`: a forward
+/// pass of `eval_tokens_per_pass` tokens keeps every layer's keys and values of them (the search
+/// keeps a round's for the next) and one layer's intermediates at a time (about 6 hidden- and 3
+/// intermediate-sized values per token); every row also sees the common prefix's keys and values
+/// widened to it, one layer at a time; and the vocabulary rows of at most a micro-batch's
+/// answers (logits and log-softmax). Far less than a training step, which keeps every layer's
+/// activations: the estimate shows it all the same, so that it is never the hidden peak.
+fn evaluation_activations(w: &Workload, micro_batch: usize) -> f64 {
+    if w.scored_answer_tokens == 0 {
+        return 0.0;
     }
+    let c = w.config;
+    let batch = micro_batch.clamp(1, MAX_EVAL_BATCH);
+    let tokens = eval_tokens_per_pass(batch, w.longest_sequence) as f64;
+    let kv = (c.kv_heads() * c.head_dim()) as f64;
+    let per_token = 2.0 * kv * c.num_hidden_layers as f64
+        + 6.0 * c.hidden_size as f64
+        + 3.0 * c.intermediate_size as f64;
+    let rows = tokens / (w.longest_sequence.max(1) as f64);
+    let widened_prefix = 2.0 * kv * rows * w.shared_prefix as f64;
+    let scored_rows = (batch * w.scored_answer_tokens) as f64;
+    let vocabulary = 2.0 * scored_rows * c.vocab_size as f64;
+    tokens * per_token + widened_prefix + vocabulary
 }
 
 /// Counted positions of a micro-batch of `m` random examples: the mean plus two standard
@@ -341,6 +403,7 @@ mod tests {
             on_cuda: false,
             shared_prefix: 0,
             scored_answer_tokens: 0,
+            mapped_weights: false,
         };
         let (s, l) = (estimate(&w(&sft), 8), estimate(&w(&lora), 8));
         assert!(l.total < s.total);
@@ -372,6 +435,7 @@ mod tests {
             on_cuda: false,
             shared_prefix: 0,
             scored_answer_tokens: 0,
+            mapped_weights: false,
         };
         let full = estimate(&w, 16).total;
         let quarter = estimate(&w, 4).total;
@@ -408,19 +472,22 @@ mod tests {
                 on_cuda,
                 shared_prefix: 0,
                 scored_answer_tokens: 0,
+                mapped_weights: false,
             };
             let (cpu, gpu) = (estimate(&w(false), 8), estimate(&w(true), 8));
-            let tensors = cpu.weights + cpu.gradients + cpu.optimizer + cpu.activations;
-            let added = gpu.total - cpu.total;
-            assert!(
-                (added - cuda_process_overhead(tensors)).abs() < 1.0,
-                "{method}: {added}"
-            );
+            let tensors =
+                cpu.weights + cpu.gradients + cpu.optimizer + cpu.activations.max(cpu.evaluation);
             // The parts that are tensors do not change; the overhead holds the difference.
             assert_eq!(
                 (cpu.weights, cpu.gradients, cpu.optimizer, cpu.activations),
                 (gpu.weights, gpu.gradients, gpu.optimizer, gpu.activations)
             );
+            assert_eq!(cpu.total - cpu.overhead, gpu.total - gpu.overhead);
+            assert!(
+                (gpu.overhead - PROCESS_OVERHEAD - cuda_process_overhead(tensors)).abs() < 1.0,
+                "{method}"
+            );
+            let added = gpu.total - cpu.total;
             assert!(gpu.overhead > CUDA_CONTEXT + CUBLAS_WORKSPACE);
             // A few hundred MiB plus a tenth: on the 135M shape, between 0.5 and 1.5 GiB.
             assert!(
@@ -452,6 +519,7 @@ mod tests {
                     on_cuda,
                     shared_prefix: 0,
                     scored_answer_tokens: 0,
+                    mapped_weights: false,
                 },
                 4,
             )
@@ -470,5 +538,99 @@ mod tests {
     fn the_overhead_grows_with_the_tensors_and_never_goes_below_the_fixed_part() {
         assert_eq!(cuda_process_overhead(-5.0), CUDA_CONTEXT + CUBLAS_WORKSPACE);
         assert!(cuda_process_overhead(1e9) > cuda_process_overhead(1e8));
+    }
+
+    /// Peaks measured on the 135M shape (SmolLM2-135M-Instruct's, random weights, its chat
+    /// template; 64 lines of the bundled 10-intent set: prompts of 97 tokens at most sharing 61,
+    /// answers of 3 to 9), batch 8, the larger of `scripts/validate-memory.sh`'s trial peak and
+    /// examples/memory_phases.rs' phase peaks, MiB: (method, micro-batch, peak).
+    const MEASURED_135M: [(&str, usize, f64); 6] = [
+        ("sft", 1, 2938.0),
+        ("sft", 2, 2991.0),
+        ("sft", 8, 2720.0),
+        ("lora", 1, 1044.0),
+        ("lora", 2, 1044.0),
+        ("lora", 8, 1147.0),
+    ];
+
+    fn chat_135m_workload<'a>(cfg: &'a ModelConfig, p: &'a TrialParams) -> Workload<'a> {
+        Workload {
+            config: cfg,
+            params: p,
+            longest_sequence: 97,
+            counted_per_sequence: 9,
+            counted_longest_first: None,
+            bytes_per_value: 4,
+            on_cuda: false,
+            shared_prefix: 61,
+            scored_answer_tokens: 9,
+            mapped_weights: true,
+        }
+    }
+
+    #[test]
+    fn the_135m_chat_shape_estimate_holds_its_measured_peaks_within_a_tenth() {
+        let mut cfg = crate::spec::shape::preset("llama-135m").expect("preset");
+        cfg.vocab_size = 49152;
+        for (method, micro, peak) in MEASURED_135M {
+            let a: BTreeMap<String, serde_json::Value> = [
+                ("method".to_string(), serde_json::json!(method)),
+                ("batch_size".to_string(), serde_json::json!(8)),
+                ("micro_batch".to_string(), serde_json::json!(micro)),
+            ]
+            .into_iter()
+            .collect();
+            let p = TrialParams::from_assignment(&a, 0).expect("valid trial");
+            let e = estimate(&chat_135m_workload(&cfg, &p), micro);
+            let mb = e.total_mb();
+            assert!(
+                mb >= peak && mb <= 1.10 * peak,
+                "{method} at micro-batch {micro}: estimated {mb:.0} MiB, measured {peak:.0}"
+            );
+            // Evaluation never sets the peak: its pass holds less than a training step.
+            assert!(e.evaluation < e.activations, "{method} {micro}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_mapped_model_folder_costs_its_weights_twice_while_loading() {
+        let mut cfg = crate::spec::shape::preset("llama-135m").expect("preset");
+        cfg.vocab_size = 49152;
+        let p = workload_params("lora");
+        let folder = chat_135m_workload(&cfg, &p);
+        let preset = Workload {
+            mapped_weights: false,
+            ..folder.clone()
+        };
+        // LoRA at micro-batch 1: loading is the peak from a folder (file and copy), not from a
+        // preset's random weights.
+        let (f, r) = (estimate(&folder, 1), estimate(&preset, 1));
+        assert_eq!(f.total, 2.0 * f.weights + PROCESS_OVERHEAD);
+        assert!(r.total < f.total);
+        assert_eq!(
+            (f.weights, f.gradients, f.optimizer, f.activations),
+            (r.weights, r.gradients, r.optimizer, r.activations)
+        );
+    }
+
+    #[test]
+    fn evaluation_holds_keys_and_values_and_a_micro_batch_of_vocabulary_rows() {
+        let mut cfg = crate::spec::shape::preset("llama-135m").expect("preset");
+        cfg.vocab_size = 49152;
+        let p = workload_params("lora");
+        let w = chat_135m_workload(&cfg, &p);
+        // Micro-batch 2, sequences of 97: 8 x 2 x 97 = 1,552 tokens a pass; per token 2 x 192
+        // key/value values in 30 layers, 6 x 576 + 3 x 1536 intermediates; 16 rows widened
+        // with the 61-token prefix's keys and values; 2 x 9 answer rows of the vocabulary, twice.
+        let tokens = 1552.0;
+        let want = tokens * (2.0 * 192.0 * 30.0 + 6.0 * 576.0 + 3.0 * 1536.0)
+            + 2.0 * 192.0 * 16.0 * 61.0
+            + 2.0 * 18.0 * 49152.0;
+        assert!((evaluation_activations(&w, 2) - want).abs() < 1.0);
+        let none = Workload {
+            scored_answer_tokens: 0,
+            ..w.clone()
+        };
+        assert_eq!(evaluation_activations(&none, 2), 0.0);
     }
 }

@@ -127,6 +127,8 @@ pub fn measure(c: &BenchConfig, device: &Device) -> Result<Measured> {
             shared_prefix: 0,
             // The benchmark times training steps only; nothing is scored.
             scored_answer_tokens: 0,
+            // Random weights: no file is mapped.
+            mapped_weights: false,
         },
         c.batch,
     );

@@ -19,6 +19,7 @@ use crate::trainer::batch::{
 };
 use crate::trainer::model::{additive_mask, CausalLm, KvCache};
 
+use crate::spec::memory::eval_tokens_per_pass;
 /// Most sequences scored per forward pass during evaluation. Callers pass the trial's
 /// micro-batch, so evaluation never needs more memory than the plan-time estimate allows for.
 pub use crate::spec::memory::MAX_EVAL_BATCH;
@@ -29,13 +30,23 @@ pub use crate::spec::memory::MAX_EVAL_BATCH;
 /// computation up to rounding (integration test `shared_prefix`). Why: with the seed's system
 /// prompt the plain way computed 630 tokens per dev line, more than the whole label search.
 pub fn dev_loss(model: &CausalLm, seqs: &[Seq], pad: u32, eval_batch: usize) -> Result<f64> {
-    let model = &model.detached();
     let all: Vec<&Seq> = seqs.iter().collect();
-    let shared = shared_prefix_len(&all);
-    let past = if shared > 0 {
-        Some(prefix_past(model, &seqs[0].ids[..shared])?)
-    } else {
-        None
+    let (total, tokens) = dev_nll_sum(model, &all, pad, eval_batch)?;
+    Ok(total / tokens.max(1) as f64)
+}
+
+/// `dev_loss`'s sum of negative log-likelihoods and its count of tokens.
+fn dev_nll_sum(
+    model: &CausalLm,
+    all: &[&Seq],
+    pad: u32,
+    eval_batch: usize,
+) -> Result<(f64, usize)> {
+    let model = &model.detached();
+    let shared = shared_prefix_len(all);
+    let past = match all.first() {
+        Some(first) if shared > 0 => Some(prefix_past(model, &first.ids[..shared])?),
+        _ => None,
     };
     let mut total = 0.0f64;
     let mut tokens = 0usize;
@@ -56,7 +67,7 @@ pub fn dev_loss(model: &CausalLm, seqs: &[Seq], pad: u32, eval_batch: usize) -> 
             .to_scalar::<f64>()?;
         tokens += batch.tokens;
     }
-    Ok(total / tokens.max(1) as f64)
+    Ok((total, tokens))
 }
 
 /// The classification task: each dev prompt, its gold label's index, and every candidate answer.
@@ -87,8 +98,8 @@ pub fn candidate_scores(
         prompts,
         candidates,
         (has_bos, max_len, pad, eval_batch),
-        |scores| scores,
-        |model, whole, budget, vocab_rows| {
+        |_, scores| scores,
+        |model, _, whole, budget, vocab_rows| {
             shared_scores(model, whole, &candidates.answers, budget, vocab_rows)
         },
     )
@@ -104,8 +115,8 @@ fn by_prompt_fit<T: Clone + Default>(
     prompts: &[Vec<u32>],
     candidates: &Candidates,
     (has_bos, max_len, pad, eval_batch): (bool, usize, u32, usize),
-    from_plain: impl Fn(Vec<f64>) -> T,
-    whole_scored: impl FnOnce(&CausalLm, &[&[u32]], usize, usize) -> Result<Vec<T>>,
+    from_plain: impl Fn(usize, Vec<f64>) -> T,
+    whole_scored: impl FnOnce(&CausalLm, &[usize], &[&[u32]], usize, usize) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
     let model = &model.detached();
     let longest = candidates.answers.iter().map(Vec::len).max().unwrap_or(0);
@@ -118,18 +129,20 @@ fn by_prompt_fit<T: Clone + Default>(
             model, &subset, candidates, has_bos, max_len, pad, eval_batch,
         )?;
         for (i, s) in cut.iter().zip(plain) {
-            out[*i] = from_plain(s);
+            out[*i] = from_plain(*i, s);
         }
     }
     if !whole.is_empty() && !candidates.answers.is_empty() {
         let subset: Vec<&[u32]> = whole.iter().map(|i| prompts[*i].as_slice()).collect();
         let batch = eval_batch.clamp(1, MAX_EVAL_BATCH);
-        // Tokens per forward pass and vocabulary-sized rows at once: a training micro-batch's.
-        let budget = batch * max_len.max(1);
+        // Tokens per forward pass: a multiple of a training micro-batch's (a forward pass keeps
+        // far less per token than a training step, `spec::memory::eval_tokens_per_pass`), and
+        // vocabulary-sized rows at once: a micro-batch's answers.
+        let budget = eval_tokens_per_pass(batch, max_len);
         let vocab_rows = batch * longest.max(1);
         for (i, s) in whole
             .iter()
-            .zip(whole_scored(model, &subset, budget, vocab_rows)?)
+            .zip(whole_scored(model, &whole, &subset, budget, vocab_rows)?)
         {
             out[*i] = s;
         }
@@ -237,12 +250,15 @@ fn shared_scores(
     let trie = Trie::new(answers);
     let is_parent = trie.parents();
     let n = trie.nodes.len();
+    // Only nodes with children are computed: a leaf's score comes from its parent's logits.
+    let parents: Vec<Expand> = (0..n).filter(|i| is_parent[*i]).map(Expand::Node).collect();
+    let (inner, local) = sub_trie(&trie, &parents);
     let (common, past) = common_prefix(model, prompts)?;
     let mut out = Vec::with_capacity(prompts.len());
-    for group in prompt_groups(prompts, common, n, budget) {
+    for group in prompt_groups(prompts, common, inner.nodes.len(), budget) {
         let rows = &prompts[group];
         let b = rows.len();
-        let width = rows.iter().map(|p| p.len() - common).max().unwrap_or(0) + n;
+        let width = rows.iter().map(|p| p.len() - common).max().unwrap_or(0) + inner.nodes.len();
         let mut ids = Vec::with_capacity(b * width);
         let mut allowed = Vec::with_capacity(b * width * (common + width));
         let mut positions = Vec::with_capacity(b * width);
@@ -254,18 +270,18 @@ fn shared_scores(
         for (r, p) in rows.iter().enumerate() {
             let rest = &p[common..];
             ids.extend_from_slice(rest);
-            ids.extend(trie.nodes.iter().map(|(_, tok, _)| *tok));
+            ids.extend(inner.nodes.iter().map(|(_, tok, _)| *tok));
             ids.resize((r + 1) * width, 0);
-            let (a, pos) = trie_row_layout(common, rest.len(), &trie, width);
+            let (a, pos) = trie_row_layout(common, rest.len(), &inner, width);
             allowed.extend(a);
             positions.extend(pos);
             let last = contexts.len();
             contexts.push((r * width + rest.len() - 1) as u32);
             let mut node_context = vec![0usize; n];
-            for (k, parent) in is_parent.iter().enumerate() {
-                if *parent {
+            for (k, at) in local.iter().enumerate() {
+                if let Some(at) = at {
                     node_context[k] = contexts.len();
-                    contexts.push((r * width + rest.len() + k) as u32);
+                    contexts.push((r * width + rest.len() + at) as u32);
                 }
             }
             for (parent, tok, _) in &trie.nodes {
@@ -395,14 +411,17 @@ pub fn candidate_top_k(
     eval_batch: usize,
     k: usize,
 ) -> Result<Vec<Vec<(usize, f64)>>> {
-    top_k_scored(
+    let none = vec![None; prompts.len()];
+    let searched = top_k_scored(
         model,
         prompts,
         candidates,
         (has_bos, max_len, pad, eval_batch),
         k,
+        &none,
         SEARCH_FROM_INNER_NODES,
-    )
+    )?;
+    Ok(searched.into_iter().map(|s| s.best).collect())
 }
 
 /// Labels whose trie has fewer nodes with children than this are all scored (and ranked) by
@@ -423,25 +442,35 @@ pub fn candidate_top_k_by_search(
     eval_batch: usize,
     k: usize,
 ) -> Result<Vec<Vec<(usize, f64)>>> {
-    top_k_scored(
+    let none = vec![None; prompts.len()];
+    let searched = top_k_scored(
         model,
         prompts,
         candidates,
         (has_bos, max_len, pad, eval_batch),
         k,
+        &none,
         0,
-    )
+    )?;
+    Ok(searched.into_iter().map(|s| s.best).collect())
 }
 
-/// `candidate_top_k`, searching when the trie has at least `search_from` nodes with children.
+/// `candidate_top_k`, searching when the trie has at least `search_from` nodes with children;
+/// with `gold`, each prompt's gold label's exact score too.
 fn top_k_scored(
     model: &CausalLm,
     prompts: &[Vec<u32>],
     candidates: &Candidates,
-    (has_bos, max_len, pad, eval_batch): (bool, usize, u32, usize),
+    settings: (bool, usize, u32, usize),
     k: usize,
+    gold: &[Option<usize>],
     search_from: usize,
-) -> Result<Vec<Vec<(usize, f64)>>> {
+) -> Result<Vec<Searched>> {
+    let (has_bos, max_len, pad, eval_batch) = settings;
+    let ranked = |i: usize, scores: Vec<f64>| Searched {
+        best: crate::stats::classify::top_k(&scores, k),
+        gold: gold[i].and_then(|g| scores.get(g).copied()),
+    };
     let inner = Trie::new(&candidates.answers)
         .parents()
         .into_iter()
@@ -452,20 +481,100 @@ fn top_k_scored(
             model, prompts, candidates, has_bos, max_len, pad, eval_batch,
         )?;
         return Ok(scores
-            .iter()
-            .map(|s| crate::stats::classify::top_k(s, k))
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| ranked(i, s))
             .collect());
     }
     by_prompt_fit(
         model,
         prompts,
         candidates,
-        (has_bos, max_len, pad, eval_batch),
-        |scores| crate::stats::classify::top_k(&scores, k),
-        |model, whole, budget, vocab_rows| {
-            searched_top_k(model, whole, &candidates.answers, k, budget, vocab_rows)
+        settings,
+        ranked,
+        |model, indices, whole, budget, vocab_rows| {
+            let gold: Vec<Option<usize>> = indices.iter().map(|i| gold[*i]).collect();
+            searched_top_k(
+                model,
+                whole,
+                &candidates.answers,
+                k,
+                &gold,
+                budget,
+                vocab_rows,
+            )
         },
     )
+}
+
+/// What a trial's evaluation reports of a labelled dev set.
+#[derive(Debug, Clone)]
+pub struct DevEvaluation {
+    /// Mean negative log-likelihood per gold answer token (`dev_loss`).
+    pub dev_loss: f64,
+    /// Per prompt, the `k` best labels, best first (`candidate_top_k`).
+    pub best: Vec<Vec<(usize, f64)>>,
+}
+
+/// `dev_loss` and `candidate_top_k` of a labelled dev set in one pass over it: the label search
+/// also completes each example's gold label, whose exact score is the negative of that example's
+/// summed answer loss, so the dev loss needs no pass of its own. Examples whose dev sequence is
+/// not their prompt and gold answer as the scoring cuts it (a gold label that is not a
+/// candidate, a prompt cut otherwise) get their loss from `dev_loss`'s own computation. Equal to
+/// calling both up to rounding (unit test below, integration test `shared_prefix`).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_dev(
+    model: &CausalLm,
+    dev_seqs: &[Seq],
+    prompts: &[Vec<u32>],
+    candidates: &Candidates,
+    gold: &[Option<usize>],
+    (has_bos, max_len, pad, eval_batch): (bool, usize, u32, usize),
+    k: usize,
+) -> Result<DevEvaluation> {
+    // The gold label to complete, per prompt: only where its sequence is the dev sequence.
+    let scored_gold: Vec<Option<usize>> = (0..prompts.len())
+        .map(|i| {
+            let g = (*gold.get(i)?)?;
+            let seq = supervised(&prompts[i], candidates.answers.get(g)?, has_bos, max_len, 0);
+            (seq.ok().as_ref() == dev_seqs.get(i)).then_some(g)
+        })
+        .collect();
+    let searched = top_k_scored(
+        model,
+        prompts,
+        candidates,
+        (has_bos, max_len, pad, eval_batch),
+        k,
+        &scored_gold,
+        SEARCH_FROM_INNER_NODES,
+    )?;
+    let mut total = 0.0f64;
+    let mut tokens = 0usize;
+    let mut rest: Vec<&Seq> = Vec::new();
+    for (i, seq) in dev_seqs.iter().enumerate() {
+        match (scored_gold.get(i).copied().flatten(), searched.get(i)) {
+            (
+                Some(_),
+                Some(Searched {
+                    gold: Some(score), ..
+                }),
+            ) => {
+                total -= score;
+                tokens += seq.ids.len() - seq.loss_from.max(1);
+            }
+            _ => rest.push(seq),
+        }
+    }
+    if !rest.is_empty() {
+        let (t, n) = dev_nll_sum(model, &rest, pad, eval_batch)?;
+        total += t;
+        tokens += n;
+    }
+    Ok(DevEvaluation {
+        dev_loss: total / tokens.max(1) as f64,
+        best: searched.into_iter().map(|s| s.best).collect(),
+    })
 }
 
 /// The exact best-first search over the answer trie behind `candidate_top_k`, for one prompt,
@@ -632,33 +741,79 @@ impl<'a> TopSearch<'a> {
 /// Most prefixes expanded per prompt in one forward pass of the search.
 const EXPANSIONS_PER_PASS: usize = 64;
 
-/// `candidate_top_k` for prompts that fit whole: the common prefix once; per group of prompts,
-/// each prompt's own part once (which expands the prompt itself), then rounds of the search, each
-/// one forward pass that holds, per prompt, the trie nodes its expansions need (the expanded
-/// nodes and their ancestors) attending to the common prefix and the prompt's own keys and
-/// values (`nodes_after_own_layout`).
+/// A prompt's outcome of the search: its `k` best labels, best first, and the score of the label
+/// whose path it was asked to complete (the gold label, for the dev loss), when asked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Searched {
+    pub best: Vec<(usize, f64)>,
+    pub gold: Option<f64>,
+}
+
+/// `candidate_top_k` for prompts that fit whole, many prompts per forward pass: the common
+/// prefix once; per group of prompts (as many as the token `budget` of a pass holds), one pass
+/// over every prompt's own part (which expands the prompts themselves), then rounds of the
+/// search, each one pass that holds, per prompt, only the trie nodes this round expands. Every
+/// computed node's keys and values are kept for the rounds after it, so a node is computed once
+/// whatever its depth, and attends to the common prefix, its prompt's own part and its
+/// ancestors (`round_row_layout`). `gold[i]`, when given, is a label whose whole path prompt i
+/// expands besides the search's choices, so that its exact score is known (the dev loss).
 fn searched_top_k(
     model: &CausalLm,
     prompts: &[&[u32]],
     answers: &[Vec<u32>],
     k: usize,
+    gold: &[Option<usize>],
     budget: usize,
     vocab_rows: usize,
-) -> Result<Vec<Vec<(usize, f64)>>> {
-    let device = model.device();
-    let dtype = model.dtype();
+) -> Result<Vec<Searched>> {
     let trie = Trie::new(answers);
     let search = TopSearch::new(&trie, k);
-    let n = trie.nodes.len();
+    let inner = trie.parents().iter().filter(|p| **p).count();
     let (common, past) = common_prefix(model, prompts)?;
     let mut out = Vec::with_capacity(prompts.len());
-    let common_past: Vec<&KvCache> = past.iter().collect();
-    // Groups as `shared_scores` makes them: a round never holds more than the whole trie.
-    for range in prompt_groups(prompts, common, n, budget) {
-        let group = &prompts[range];
-        let mut states: Vec<SearchState> = group.iter().map(|_| search.start()).collect();
-        // Each prompt's own part (past the common prefix), once: its last hidden state scores
-        // the first tokens, and its keys and values serve every later round.
+    // Groups as wide as a prompt's own part and a round's expansions.
+    for range in prompt_groups(prompts, common, inner.min(EXPANSIONS_PER_PASS), budget) {
+        let gold = &gold[range.clone()];
+        let group = GroupSearch::start(
+            model,
+            &search,
+            &prompts[range],
+            (common, past.as_ref()),
+            vocab_rows,
+        )?;
+        out.extend(group.run(model, gold, vocab_rows)?);
+    }
+    Ok(out)
+}
+
+/// One group of prompts searched together: their own parts' keys and values, and those of every
+/// round's nodes (each round's tensors hold every row of the group, padded).
+struct GroupSearch<'a> {
+    search: &'a TopSearch<'a>,
+    common_past: Option<&'a KvCache>,
+    common: usize,
+    /// Per row: its prompt's tokens past the common prefix.
+    rests: Vec<usize>,
+    own_width: usize,
+    own: KvCache,
+    rounds: Vec<KvCache>,
+    /// Columns before the next round's nodes: common + own_width + every earlier round's width.
+    columns: usize,
+    /// Per row, per trie node: its column once computed.
+    node_cols: Vec<Vec<Option<usize>>>,
+    states: Vec<SearchState>,
+}
+
+impl<'a> GroupSearch<'a> {
+    /// The group's own parts in one pass, which expands each prompt (its first tokens' scores).
+    fn start(
+        model: &CausalLm,
+        search: &'a TopSearch<'a>,
+        group: &[&[u32]],
+        (common, common_past): (usize, Option<&'a KvCache>),
+        vocab_rows: usize,
+    ) -> Result<Self> {
+        let device = model.device();
         let rests: Vec<usize> = group.iter().map(|p| p.len() - common).collect();
         let own_width = rests.iter().copied().max().unwrap_or(1);
         let b = group.len();
@@ -674,126 +829,169 @@ fn searched_top_k(
             positions.extend(pos);
         }
         let ids = Tensor::from_vec(ids, (b, own_width), device)?;
-        let mask = additive_mask(&allowed, &[b, own_width, common + own_width], dtype, device)?;
-        let (hidden, own) = model.forward_with_past(&ids, &common_past, &positions, &mask)?;
+        let shape = [b, own_width, common + own_width];
+        let mask = additive_mask(&allowed, &shape, model.dtype(), device)?;
+        let pasts: Vec<&KvCache> = common_past.into_iter().collect();
+        let (hidden, own) = model.forward_with_past(&ids, &pasts, &positions, &mask)?;
         let flat = hidden.reshape((b * own_width, hidden.dim(2)?))?;
         let contexts: Vec<u32> = (0..b)
             .map(|row| (row * own_width + rests[row] - 1) as u32)
             .collect();
         let wanted = vec![search.wanted(Expand::Prompt); b];
         let values = log_probs_at(model, &flat, &contexts, &wanted, vocab_rows)?;
+        let mut states: Vec<SearchState> = group.iter().map(|_| search.start()).collect();
         for (state, v) in states.iter_mut().zip(&values) {
             search.record(state, Expand::Prompt, v);
         }
+        Ok(Self {
+            search,
+            common_past,
+            common,
+            rests,
+            own_width,
+            own,
+            rounds: Vec::new(),
+            columns: common + own_width,
+            node_cols: vec![vec![None; search.trie.nodes.len()]; b],
+            states,
+        })
+    }
+
+    /// Row `row`'s nodes to expand this round: the search's choices, then the gold path's nodes
+    /// whose scores are known and that are not yet expanded.
+    fn round_of(&self, row: usize, gold: Option<usize>) -> Vec<usize> {
+        let state = &self.states[row];
+        let mut nodes: Vec<usize> = self
+            .search
+            .next(state, EXPANSIONS_PER_PASS)
+            .into_iter()
+            .filter_map(|what| match what {
+                Expand::Node(i) => Some(i),
+                Expand::Prompt => None,
+            })
+            .collect();
+        if let Some(path) = gold.and_then(|g| self.search.trie.paths.get(g)) {
+            for node in path.iter().take(path.len().saturating_sub(1)) {
+                if state.partial[*node].is_some() && !state.expanded[*node] && !nodes.contains(node)
+                {
+                    nodes.push(*node);
+                }
+            }
+        }
+        nodes
+    }
+
+    /// Rounds until no prompt of the group has anything left to expand; each prompt's result.
+    fn run(
+        mut self,
+        model: &CausalLm,
+        gold: &[Option<usize>],
+        vocab_rows: usize,
+    ) -> Result<Vec<Searched>> {
+        let device = model.device();
+        let b = self.states.len();
         loop {
-            let rounds: Vec<Vec<Expand>> = states
-                .iter()
-                .map(|s| search.next(s, EXPANSIONS_PER_PASS))
-                .collect();
-            let active: Vec<usize> = (0..group.len())
-                .filter(|r| !rounds[*r].is_empty())
-                .collect();
-            if active.is_empty() {
+            let rounds: Vec<Vec<usize>> = (0..b).map(|r| self.round_of(r, gold[r])).collect();
+            let width = rounds.iter().map(Vec::len).max().unwrap_or(0);
+            if width == 0 {
                 break;
             }
-            // Per active prompt: the sub-trie of the expanded nodes and their ancestors.
-            let subs: Vec<(Trie, Vec<Option<usize>>)> = active
-                .iter()
-                .map(|r| sub_trie(&trie, &rounds[*r]))
-                .collect();
-            let width = subs
-                .iter()
-                .map(|(sub, _)| sub.nodes.len())
-                .max()
-                .unwrap_or(1)
-                .max(1);
-            let b = active.len();
-            let cols = common + own_width + width;
+            let cols = self.columns + width;
             let mut ids = Vec::with_capacity(b * width);
             let mut allowed = Vec::with_capacity(b * width * cols);
             let mut positions = Vec::with_capacity(b * width);
-            // Per expansion (in `active`, then `rounds` order): the flat row of its context.
             let mut contexts: Vec<u32> = Vec::new();
-            for (row, (r, (sub, local))) in active.iter().zip(&subs).enumerate() {
-                ids.extend(sub.nodes.iter().map(|(_, tok, _)| *tok));
-                ids.resize((row + 1) * width, 0);
-                let (a, pos) = nodes_after_own_layout(common, rests[*r], own_width, sub, width);
+            let mut wanted: Vec<Vec<u32>> = Vec::new();
+            for (row, nodes) in rounds.iter().enumerate() {
+                let (a, pos) = round_row_layout(
+                    (self.common, self.rests[row], self.own_width, self.columns),
+                    &self.node_cols[row],
+                    self.search.trie,
+                    nodes,
+                    width,
+                );
                 allowed.extend(a);
                 positions.extend(pos);
-                for what in &rounds[*r] {
-                    // The prompt itself was expanded before the rounds (`next` offers it first).
-                    if let Expand::Node(i) = what {
-                        contexts.push((row * width + local[*i].unwrap_or(0)) as u32);
-                    }
+                ids.extend(nodes.iter().map(|n| self.search.trie.nodes[*n].1));
+                ids.resize((row + 1) * width, 0);
+                for (j, node) in nodes.iter().enumerate() {
+                    contexts.push((row * width + j) as u32);
+                    wanted.push(self.search.wanted(Expand::Node(*node)));
                 }
             }
             let ids = Tensor::from_vec(ids, (b, width), device)?;
-            let mask = additive_mask(&allowed, &[b, width, cols], dtype, device)?;
-            let rows = Tensor::from_vec(
-                active.iter().map(|r| *r as u32).collect::<Vec<u32>>(),
-                b,
-                device,
-            )?;
-            let own_active = KvCache {
-                layers: own
-                    .layers
-                    .iter()
-                    .map(|(k, v)| Ok((k.index_select(&rows, 0)?, v.index_select(&rows, 0)?)))
-                    .collect::<Result<_>>()?,
-            };
-            let mut pasts = common_past.clone();
-            pasts.push(&own_active);
-            let (hidden, _) = model.forward_with_past(&ids, &pasts, &positions, &mask)?;
+            let mask = additive_mask(&allowed, &[b, width, cols], model.dtype(), device)?;
+            let mut pasts: Vec<&KvCache> = self.common_past.into_iter().collect();
+            pasts.push(&self.own);
+            pasts.extend(self.rounds.iter());
+            let (hidden, kv) = model.forward_with_past(&ids, &pasts, &positions, &mask)?;
             let flat = hidden.reshape((b * width, hidden.dim(2)?))?;
-            let expansions: Vec<(usize, Expand)> = active
-                .iter()
-                .flat_map(|r| rounds[*r].iter().map(move |w| (*r, *w)))
-                .filter(|(_, what)| matches!(what, Expand::Node(_)))
-                .collect();
-            let wanted: Vec<Vec<u32>> = expansions
-                .iter()
-                .map(|(_, what)| search.wanted(*what))
-                .collect();
             let values = log_probs_at(model, &flat, &contexts, &wanted, vocab_rows)?;
-            for ((r, what), v) in expansions.iter().zip(&values) {
-                search.record(&mut states[*r], *what, v);
+            let mut values = values.iter();
+            for (row, nodes) in rounds.iter().enumerate() {
+                for (j, node) in nodes.iter().enumerate() {
+                    self.node_cols[row][*node] = Some(self.columns + j);
+                    if let Some(v) = values.next() {
+                        self.search
+                            .record(&mut self.states[row], Expand::Node(*node), v);
+                    }
+                }
             }
+            self.rounds.push(kv);
+            self.columns = cols;
         }
-        out.extend(states.iter().map(|s| search.result(s)));
+        Ok(self
+            .states
+            .iter()
+            .zip(gold)
+            .map(|(state, g)| Searched {
+                best: self.search.result(state),
+                gold: g.and_then(|g| {
+                    state
+                        .complete
+                        .iter()
+                        .find(|(_, a)| *a == g)
+                        .map(|(score, _)| *score)
+                }),
+            })
+            .collect())
     }
-    Ok(out)
 }
 
-/// What a row of a search round attends to, on lengths alone: the row holds the trie's nodes,
-/// padded to `width`, after the `common` prefix and the prompt's own keys and values (`rest` of
-/// the `own_width` columns kept for it). Returns the mask (width x (common + own_width + width),
-/// row-major) and each token's position.
-pub fn nodes_after_own_layout(
-    common: usize,
-    rest: usize,
-    own_width: usize,
+/// What a row of a search round attends to, on lengths alone: the row holds this round's
+/// `nodes`, padded to `width`, after `before` columns: the `common` prefix, the prompt's own
+/// keys and values (`rest` of the `own_width` columns kept for it), then earlier rounds' nodes,
+/// each at its column in `node_cols` (every ancestor of a node expanded now has one). Returns the
+/// mask (width x (before + width), row-major) and each token's position.
+pub fn round_row_layout(
+    (common, rest, own_width, before): (usize, usize, usize, usize),
+    node_cols: &[Option<usize>],
     trie: &Trie,
+    nodes: &[usize],
     width: usize,
 ) -> (Vec<bool>, Vec<usize>) {
-    let before = common + own_width;
+    debug_assert!(before >= common + own_width);
     let cols = before + width;
     let mut allowed = vec![false; width * cols];
     let mut positions = Vec::with_capacity(width);
     for i in 0..width {
         let row = &mut allowed[i * cols..(i + 1) * cols];
-        if i < trie.nodes.len() {
-            // The whole prompt, then the node's ancestors and itself.
-            row[..common + rest].iter_mut().for_each(|a| *a = true);
-            let mut node = Some(i);
-            while let Some(k) = node {
-                row[before + k] = true;
-                node = trie.nodes[k].0;
+        row[before + i] = true;
+        match nodes.get(i) {
+            Some(node) => {
+                // The whole prompt, then the node's ancestors (computed in earlier rounds).
+                row[..common + rest].iter_mut().for_each(|a| *a = true);
+                let mut up = trie.nodes[*node].0;
+                while let Some(k) = up {
+                    if let Some(c) = node_cols[k] {
+                        row[c] = true;
+                    }
+                    up = trie.nodes[k].0;
+                }
+                positions.push(common + rest + trie.nodes[*node].2);
             }
-            positions.push(common + rest + trie.nodes[i].2);
-        } else {
             // Padding sees itself only (never seen by a real token), so no row is all -inf.
-            row[before + i] = true;
-            positions.push(before + i);
+            None => positions.push(before + i),
         }
     }
     (allowed, positions)
@@ -1067,17 +1265,153 @@ mod tests {
         assert_eq!(positions[..4], [2, 3, 4, 5]);
         assert_eq!(positions[2 + 4], 6, "depth 2 after 4 prompt tokens");
 
-        // A search round: common 2, this prompt's own 2 of 3 kept columns, then 7 nodes of 8.
-        let (allowed, positions) = nodes_after_own_layout(2, 2, 3, &trie, 8);
-        let cols = 2 + 3 + 8;
+        // A search round: common 2, this prompt's own 2 of 3 kept columns, then two earlier
+        // rounds: nodes 0 (5) and 5 (8) at columns 5 and 6, nodes 1 (5-6) and 3 (5-7) at 7 and
+        // 8; this round expands nodes 4 (5-7-9) and 6 (8-9), padded to 3.
+        let cols_of = [Some(5), Some(7), None, Some(8), None, Some(6), None];
+        let (allowed, positions) = round_row_layout((2, 2, 3, 9), &cols_of, &trie, &[4, 6], 3);
+        let cols = 9 + 3;
         let row =
             |i: usize| -> Vec<usize> { (0..cols).filter(|j| allowed[i * cols + j]).collect() };
-        // Node 4 (5-7-9): the common prefix, its own two tokens (not the third, padding
-        // column), nodes 0 and 3 and itself.
-        assert_eq!(row(4), vec![0, 1, 2, 3, 5, 8, 9]);
-        assert_eq!(row(0), vec![0, 1, 2, 3, 5]);
-        assert_eq!(row(7), vec![12], "padding sees only itself");
-        assert_eq!(positions[4], 6, "depth 2 after 4 prompt tokens");
-        assert_eq!(positions[0], 4);
+        // Node 4: the common prefix, its own two tokens (not the third, padding column), its
+        // ancestors 0 and 3 where earlier rounds put them, and itself.
+        assert_eq!(row(0), vec![0, 1, 2, 3, 5, 8, 9]);
+        assert_eq!(row(1), vec![0, 1, 2, 3, 6, 10]);
+        assert_eq!(row(2), vec![11], "padding sees only itself");
+        assert_eq!(positions[0], 6, "depth 2 after 4 prompt tokens");
+        assert_eq!(positions[1], 5);
+    }
+
+    /// A random `test`-preset model (vocabulary 40) for the scoring comparisons.
+    fn tiny_model() -> CausalLm {
+        let mut config = crate::spec::shape::preset("test").expect("preset");
+        config.vocab_size = 40;
+        let device = candle_core::Device::Cpu;
+        let weights =
+            CausalLm::random_weights(&config, 3, candle_core::DType::F32, &device).expect("w");
+        CausalLm::new(
+            config,
+            &weights,
+            crate::trainer::model::Trainable::All,
+            3,
+            &device,
+            "test",
+        )
+        .expect("model")
+    }
+
+    #[test]
+    fn batched_evaluation_equals_every_example_scored_alone() {
+        let model = tiny_model();
+        let mut rng = crate::util::rng::SplitMix64::new(5);
+        let mut draw =
+            |n: usize| -> Vec<u32> { (0..n).map(|_| 3 + rng.below(37) as u32).collect() };
+        // A shared system prompt, then each example's own part of varying length.
+        let system = draw(9);
+        let prompts: Vec<Vec<u32>> = (0..7)
+            .map(|i| [system.clone(), draw(1 + i % 4)].concat())
+            .collect();
+        // Labels sharing first tokens, of 2 to 9 tokens, each ending in the eos token 2, and
+        // enough of them (over 64 inner nodes) that the search runs rather than full scoring.
+        let answers: Vec<Vec<u32>> = (0..24)
+            .map(|i| {
+                let stem = [5 + (i % 3) as u32, 9 + (i % 5) as u32];
+                [&stem[..1 + i % 2], &draw(i % 7)[..], &[2]].concat()
+            })
+            .collect();
+        let candidates = Candidates {
+            labels: (0..answers.len()).map(|i| format!("l{i}")).collect(),
+            answers,
+        };
+        assert!(
+            Trie::new(&candidates.answers)
+                .parents()
+                .iter()
+                .filter(|p| **p)
+                .count()
+                >= 64
+        );
+        // The last example's gold label is not a candidate: its loss comes from its own pass.
+        let mut gold: Vec<Option<usize>> = (0..prompts.len()).map(|i| Some(i * 5 % 24)).collect();
+        let outside = vec![7, 7, 2];
+        *gold.last_mut().expect("examples") = None;
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        // Roomy, then so tight that long prompts are cut (and scored the plain way).
+        for (max_len, eval_batch) in [(longest + 8, 64), (longest + 8, 1), (longest + 2, 3)] {
+            let dev_seqs: Vec<Seq> = prompts
+                .iter()
+                .zip(&gold)
+                .map(|(p, g)| {
+                    let answer = g.map_or(&outside, |g| &candidates.answers[g]);
+                    supervised(p, answer, false, max_len, 0).expect("fits")
+                })
+                .collect();
+            // The reference: every (prompt, label) sequence whole, every dev example alone.
+            let plain = candidate_scores_plain(
+                &model,
+                &prompts,
+                &candidates,
+                false,
+                max_len,
+                0,
+                eval_batch,
+            )
+            .expect("plain");
+            let (mut nll, mut tokens) = (0.0, 0);
+            for seq in &dev_seqs {
+                let (n, t) = dev_nll_sum(&model, &[seq], 0, 1).expect("alone");
+                nll += n;
+                tokens += t;
+            }
+            let settings = (false, max_len, 0, eval_batch);
+            for search_from in [0, usize::MAX] {
+                let searched = top_k_scored(
+                    &model,
+                    &prompts,
+                    &candidates,
+                    settings,
+                    2,
+                    &gold,
+                    search_from,
+                )
+                .expect("searched");
+                for (i, (s, full)) in searched.iter().zip(&plain).enumerate() {
+                    let want = crate::stats::classify::top_k(full, 2);
+                    assert_eq!(
+                        s.best.iter().map(|x| x.0).collect::<Vec<_>>(),
+                        want.iter().map(|x| x.0).collect::<Vec<_>>(),
+                        "prompt {i}, max_len {max_len}, search from {search_from}"
+                    );
+                    for ((_, a), (_, b)) in s.best.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+                    }
+                    match gold[i] {
+                        Some(g) => {
+                            let score = s.gold.expect("the gold path is completed");
+                            assert!((score - full[g]).abs() < 1e-4, "{score} vs {}", full[g]);
+                        }
+                        None => assert_eq!(s.gold, None),
+                    }
+                }
+            }
+            let e = evaluate_dev(&model, &dev_seqs, &prompts, &candidates, &gold, settings, 1)
+                .expect("evaluation");
+            let alone = nll / tokens as f64;
+            assert!(
+                (e.dev_loss - alone).abs() < 1e-5 * alone.max(1.0),
+                "dev loss, max_len {max_len}: {} vs {alone}",
+                e.dev_loss
+            );
+            assert!(
+                (e.dev_loss - dev_loss(&model, &dev_seqs, 0, eval_batch).expect("loss")).abs()
+                    < 1e-5 * alone.max(1.0)
+            );
+            let best: Vec<Option<usize>> = e.best.iter().map(|b| b.first().map(|x| x.0)).collect();
+            let want: Vec<Option<usize>> = plain
+                .iter()
+                .map(|s| crate::stats::classify::argmax(s))
+                .collect();
+            assert_eq!(best, want, "max_len {max_len}, eval_batch {eval_batch}");
+        }
     }
 }

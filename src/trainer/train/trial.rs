@@ -15,7 +15,7 @@ use crate::text::encode::Seq;
 use crate::trainer::error::{AtPath, Result, TrainError};
 use crate::trainer::optim::learning_rate;
 use crate::trainer::resume::{PartialEpoch, ResumeState};
-use crate::trainer::scoring::{candidate_top_k, dev_loss, top_accuracy};
+use crate::trainer::scoring::{dev_loss, evaluate_dev, top_accuracy};
 use crate::trainer::step::StepStats;
 use crate::trainer::train::load::Loaded;
 use crate::trainer::train::schedule::epoch_order;
@@ -195,24 +195,36 @@ impl Trial {
         let model = l.replicas.primary();
         let eval_batch = l.schedule.micro_batch;
         let eval_start = Instant::now();
-        let dev_loss = dev_loss(model, &l.dev_seqs, l.tokenizer.pad, eval_batch)?;
-        let (accuracy, best_labels) = match &l.scoring {
+        let (dev_loss, accuracy, best_labels) = match &l.scoring {
             Some(scoring) => {
                 // Accuracy and the dev predictions need only the best label, not every score
-                // (`sweep predict` on the dev file gives the others).
-                let best = candidate_top_k(
+                // (`sweep predict` on the dev file gives the others); the search completes each
+                // gold label too, which gives the dev loss.
+                let e = evaluate_dev(
                     model,
+                    &l.dev_seqs,
                     &scoring.prompts,
                     &scoring.candidates,
-                    l.tokenizer.bos.is_some(),
-                    l.cfg.params.max_seq_len as usize,
-                    l.tokenizer.pad,
-                    eval_batch,
+                    &scoring.gold,
+                    (
+                        l.tokenizer.bos.is_some(),
+                        l.cfg.params.max_seq_len as usize,
+                        l.tokenizer.pad,
+                        eval_batch,
+                    ),
                     1,
                 )?;
-                (Some(top_accuracy(&best, &scoring.gold)), Some(best))
+                (
+                    e.dev_loss,
+                    Some(top_accuracy(&e.best, &scoring.gold)),
+                    Some(e.best),
+                )
             }
-            None => (None, None),
+            None => (
+                dev_loss(model, &l.dev_seqs, l.tokenizer.pad, eval_batch)?,
+                None,
+                None,
+            ),
         };
         let metrics = EpochMetrics {
             epoch,
