@@ -646,6 +646,7 @@ fn prepare_trial(
         metric: checked.spec().metric.clone(),
         devices: placement.devices.clone(),
         threads: placement.threads,
+        label_separator: checked.spec().data.label_separator.clone(),
     };
     let path = dir.join(TrialConfig::FILE);
     let io = |source| StartError::Io {

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::results::html::{collect, ReportData, TrialView};
+use crate::results::html::{collect, AxisScale, ReportData, TrialView};
 use crate::results::{file_at, io_at, Result};
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
@@ -140,9 +140,17 @@ fn by_param(d: &ReportData, p: &str) -> Image {
         .iter()
         .filter(|t| t.status == "finished" && t.metric.is_some())
         .collect();
-    let numeric = done
+    let all_numbers = done
         .iter()
         .all(|t| t.params.get(p).is_some_and(|v| v.is_number()));
+    // The axis follows how the sweep file draws the parameter (`AxisScale`): a list of values
+    // is categories even when they are numbers.
+    let scale = d.axes.get(p).copied().unwrap_or(if all_numbers {
+        AxisScale::Linear
+    } else {
+        AxisScale::Category
+    });
+    let numeric = all_numbers && scale != AxisScale::Category;
     let text = |v: Option<&serde_json::Value>| -> String {
         match v {
             Some(serde_json::Value::String(s)) => s.clone(),
@@ -150,8 +158,12 @@ fn by_param(d: &ReportData, p: &str) -> Image {
             None => String::new(),
         }
     };
-    let mut cats: Vec<String> = done.iter().map(|t| text(t.params.get(p))).collect();
-    cats.sort();
+    let mut values: Vec<&serde_json::Value> = done.iter().filter_map(|t| t.params.get(p)).collect();
+    values.sort_by(|a, b| match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        _ => text(Some(a)).cmp(&text(Some(b))),
+    });
+    let mut cats: Vec<String> = values.into_iter().map(|v| text(Some(v))).collect();
     cats.dedup();
     let x_of = |t: &TrialView| -> f64 {
         let v = t.params.get(p);
@@ -163,14 +175,7 @@ fn by_param(d: &ReportData, p: &str) -> Image {
         }
     };
     let xs: Vec<f64> = done.iter().map(|t| x_of(t)).collect();
-    let log = numeric && {
-        let pos: Vec<f64> = xs.iter().copied().filter(|x| *x > 0.0).collect();
-        pos.len() == xs.len()
-            && !pos.is_empty()
-            && pos.iter().cloned().fold(0.0, f64::max)
-                / pos.iter().cloned().fold(f64::MAX, f64::min)
-                >= 20.0
-    };
+    let log = numeric && scale == AxisScale::Log && xs.iter().all(|x| *x > 0.0);
     plot(|root| {
         let (y0, y1) = range(done.iter().filter_map(|t| t.metric));
         let (x0, x1) = if numeric {
