@@ -142,6 +142,8 @@ fn the_best_checkpoint_is_scored_on_test_once_and_predict_reproduces_dev() {
         "importance.png",
         "memory.png",
         "accuracy_by_method.png",
+        "accuracy_by_train_seconds.png",
+        "accuracy_by_eval_seconds.png",
     ] {
         let bytes = std::fs::read(pngs.join(name)).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "{name}");
