@@ -589,6 +589,7 @@ fn score_test(
         examples: report.metrics.examples,
         accuracy: report.metrics.accuracy,
         macro_f1: report.metrics.macro_f1,
+        levels: report.levels,
     };
     let line = format!(
         "best trial {:04} on test ({}): accuracy {:.4}, macro-F1 {:.4} ({} examples); dev accuracy {}",

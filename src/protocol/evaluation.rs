@@ -115,4 +115,7 @@ pub struct TestScore {
     pub examples: usize,
     pub accuracy: f64,
     pub macro_f1: f64,
+    /// Accuracy per label level, when the labels have levels (`data.label_separator`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<LevelAccuracy>,
 }

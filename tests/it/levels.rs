@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use crate::common::{csv_rows, repo, run, sweep};
 
-/// The first `n` lines of the bundled two-level set's `name`, written into `dir`.
-fn levels_data(dir: &Path, name: &str, n: usize) -> PathBuf {
+/// Lines `skip..skip + n` of the bundled two-level set's `name`, written into `dir/out`.
+fn levels_data(dir: &Path, name: &str, skip: usize, n: usize, out: &str) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("data/clinc150-levels").join(name)).unwrap();
-    let lines: Vec<&str> = text.lines().take(n).collect();
-    let path = dir.join(name);
+    let lines: Vec<&str> = text.lines().skip(skip).take(n).collect();
+    let path = dir.join(out);
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     path
 }
@@ -25,12 +25,14 @@ fn domain_accuracy(pairs: &[(String, String)]) -> f64 {
 #[test]
 fn label_levels_give_accuracy_per_level_in_every_output() {
     let tmp = tempfile::tempdir().unwrap();
-    let train = levels_data(tmp.path(), "train.json", 120);
-    let dev = levels_data(tmp.path(), "dev.json", 40);
+    let train = levels_data(tmp.path(), "train.json", 0, 120, "train.json");
+    let dev = levels_data(tmp.path(), "dev.json", 0, 40, "dev.json");
+    let test = levels_data(tmp.path(), "dev.json", 40, 40, "test.json");
     let spec = format!(
-        "name: levels\ndata:\n  train: {}\n  dev: {}\n  label_separator: \"/\"\nmodel: {{preset: test}}\noutput: {}\nseed: 5\nparameters:\n  method: {{values: [sft, lora]}}\n  learning_rate: {{value: 1.0e-2}}\n  epochs: {{value: 2}}\n  batch_size: {{value: 8}}\n  micro_batch: {{value: 4}}\n  lora_rank: {{value: 4}}\nresources: {{devices: cpu, slots: 2, parallel: 2}}\n",
+        "name: levels\ndata:\n  train: {}\n  dev: {}\n  test: {}\n  label_separator: \"/\"\nmodel: {{preset: test}}\noutput: {}\nseed: 5\nparameters:\n  method: {{values: [sft, lora]}}\n  learning_rate: {{value: 1.0e-2}}\n  epochs: {{value: 2}}\n  batch_size: {{value: 8}}\n  micro_batch: {{value: 4}}\n  lora_rank: {{value: 4}}\nresources: {{devices: cpu, slots: 2, parallel: 2}}\n",
         train.display(),
         dev.display(),
+        test.display(),
         tmp.path().join("results").display()
     );
     let spec_path = tmp.path().join("sweep.yaml");
@@ -124,8 +126,20 @@ fn label_levels_give_accuracy_per_level_in_every_output() {
         );
     }
 
+    // The test score has its levels too.
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("best/best.json")).unwrap())
+            .unwrap();
+    let test_levels = best["test"]["levels"].as_array().expect("test levels");
+    assert_eq!(test_levels.len(), 2);
+    assert_eq!(test_levels[1]["accuracy"], best["test"]["accuracy"]);
+
     // The report: level columns, the best trial's levels, and the per-method cost table.
     let page = std::fs::read_to_string(results.join("report.html")).unwrap();
+    assert!(
+        page.contains("scored once; level 1 "),
+        "the test score's levels"
+    );
     assert!(page.contains("<th>accuracy level 1</th>"));
     assert!(page.contains("dev accuracy by label level"));
     assert!(page.contains("Methods: accuracy against cost"));
