@@ -170,17 +170,7 @@ pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame>
         rows.iter().map(|r| r.result.as_ref().map(f)).collect()
     };
     cols.push(Column::new("accuracy".into(), res(&|r| r.accuracy)));
-    let levels = rows
-        .iter()
-        .filter_map(|r| r.result.as_ref().map(|x| x.accuracy_by_level.len()))
-        .max()
-        .unwrap_or(0);
-    for level in 1..=levels {
-        cols.push(Column::new(
-            level_column(level).into(),
-            res(&|r| r.accuracy_by_level.get(level - 1).copied()),
-        ));
-    }
+    cols.extend(level_accuracy_columns(rows));
     cols.push(Column::new(
         "test_accuracy".into(),
         rows.iter()
@@ -295,6 +285,25 @@ pub fn level_columns(df: &DataFrame) -> Vec<String> {
     (1..)
         .map(level_column)
         .take_while(|c| df.column(c).is_ok())
+        .collect()
+}
+
+/// `accuracy_level1`, `accuracy_level2`, ...: as many as the deepest labels of any trial (none
+/// for flat labels).
+fn level_accuracy_columns(rows: &[TrialRow]) -> Vec<Column> {
+    let levels = rows
+        .iter()
+        .filter_map(|r| r.result.as_ref().map(|x| x.accuracy_by_level.len()))
+        .max()
+        .unwrap_or(0);
+    (1..=levels)
+        .map(|level| {
+            let values: Vec<Option<f64>> = rows
+                .iter()
+                .map(|r| r.result.as_ref()?.accuracy_by_level.get(level - 1).copied())
+                .collect();
+            Column::new(level_column(level).into(), values)
+        })
         .collect()
 }
 
