@@ -11,6 +11,7 @@
 //!   `sweep_file`: the file read once, then all of the above.
 //! - `data`: one file of JSON lines: encoding, line ends, pretty-printed JSON, fields, duplicates.
 //! - `files`: across train and dev: labels, leaks, and the seed's naming mistakes.
+//! - `levels`: `data.label_separator` against the training labels it splits.
 //! - `tokens`: lengths with the model's tokenizer against every `max_seq_len` the sweep uses.
 //!
 //! **Reuses the rules of spec, text and plan instead of restating them; never imports the
@@ -18,6 +19,7 @@
 
 pub mod data;
 pub mod files;
+pub mod levels;
 pub mod located;
 pub mod named;
 pub mod paths;

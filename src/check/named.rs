@@ -35,6 +35,7 @@ pub fn check_named_files(
     let conflicts = conflict_policy(yaml);
     let [train, dev] = check_train_and_dev(yaml, conflicts, &mut ctx);
     check_test_file(yaml, conflicts, train.as_ref(), &mut ctx);
+    super::levels::check_label_levels(yaml, train.as_ref(), &mut ctx);
     let model = check_model(yaml, &mut ctx);
     let (true, Some(model)) = (checked.spec.is_some(), model) else {
         return None;

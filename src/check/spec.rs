@@ -315,6 +315,25 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_label_separator_is_refused_where_it_is_written() {
+        let ok = "name: t\ndata: {train: a, dev: b, label_separator: \"/\"}\nparameters: {epochs: {value: 1}}\n";
+        assert_eq!(
+            SweepSpec::from_yaml(ok, "s.yaml")
+                .unwrap()
+                .data
+                .label_separator
+                .as_deref(),
+            Some("/")
+        );
+        assert!(!check(ok).contains("error"), "{}", check(ok));
+        let out = check("name: t\ndata:\n  train: a\n  dev: b\n  label_separator: \"\"\nparameters: {epochs: {value: 1}}\n");
+        assert!(
+            out.contains("s.yaml:5:20: error: data.label_separator: must not be empty"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_have_line_and_column() {
         let out = check("name: t\ndata: {train: a, dev: b\nparameters: {}\n");
         assert!(out.contains("s.yaml:3:"), "{out}");
@@ -456,6 +475,7 @@ mod tests {
                 dev: "b".into(),
                 test: Some("c".into()),
                 conflicts: ConflictPolicy::Error,
+                label_separator: Some("/".into()),
             },
             model: ModelSpec {
                 preset: Some("tiny".into()),

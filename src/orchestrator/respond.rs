@@ -994,6 +994,7 @@ mod tests {
                 peak_rss_mb: 1.0,
                 elapsed_s: 1.0,
                 eval_seconds: 0.1,
+                accuracy_by_level: Vec::new(),
             }),
         };
         let judging = Situation {
@@ -1144,6 +1145,7 @@ mod tests {
             peak_rss_mb: 1.0,
             elapsed_s: 1.0,
             eval_seconds: 0.1,
+            accuracy_by_level: Vec::new(),
         };
         let evaluations = [evaluation(4, 0.1)];
         let judging = Judging {

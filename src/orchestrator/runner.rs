@@ -589,6 +589,7 @@ fn score_test(
         examples: report.metrics.examples,
         accuracy: report.metrics.accuracy,
         macro_f1: report.metrics.macro_f1,
+        levels: report.levels,
     };
     let line = format!(
         "best trial {:04} on test ({}): accuracy {:.4}, macro-F1 {:.4} ({} examples); dev accuracy {}",
@@ -646,6 +647,7 @@ fn prepare_trial(
         metric: checked.spec().metric.clone(),
         devices: placement.devices.clone(),
         threads: placement.threads,
+        label_separator: checked.spec().data.label_separator.clone(),
     };
     let path = dir.join(TrialConfig::FILE);
     let io = |source| StartError::Io {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::trial::ReadError;
-use crate::stats::classify::Classification;
+use crate::stats::classify::{Classification, LevelAccuracy};
 
 /// In every checkpoint folder: the candidate labels and the sequence length the model was
 /// trained and scored with, so `sweep predict` and `sweep eval` need nothing else.
@@ -20,6 +20,10 @@ pub struct CheckpointLabels {
     /// Sequences scored per forward pass when the trial evaluated (its micro-batch): scoring in
     /// the same batches gives the same numbers.
     pub eval_batch: usize,
+    /// `data.label_separator` of the sweep that trained it: `sweep eval` reports accuracy per
+    /// label level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_separator: Option<String>,
 }
 
 impl CheckpointLabels {
@@ -98,6 +102,10 @@ pub struct EvalReport {
     pub labels: usize,
     #[serde(flatten)]
     pub metrics: Classification,
+    /// Accuracy per label level, level 1 first, when the labels have levels (the checkpoint's
+    /// `label_separator`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<LevelAccuracy>,
 }
 
 /// The best trial's score on `data.test`, evaluated once when the sweep ends.
@@ -107,4 +115,7 @@ pub struct TestScore {
     pub examples: usize,
     pub accuracy: f64,
     pub macro_f1: f64,
+    /// Accuracy per label level, when the labels have levels (`data.label_separator`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<LevelAccuracy>,
 }

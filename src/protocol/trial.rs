@@ -37,6 +37,9 @@ pub struct TrialConfig {
     pub devices: Vec<String>,
     /// CPU threads the trial may use.
     pub threads: usize,
+    /// `data.label_separator`: accuracy is also measured per label level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_separator: Option<String>,
 }
 
 impl TrialConfig {
@@ -145,6 +148,10 @@ pub struct EpochMetrics {
     /// was measured.
     #[serde(default)]
     pub eval_seconds: f64,
+    /// Accuracy at each label level, level 1 first (`data.label_separator`); empty for flat
+    /// labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accuracy_by_level: Vec<f64>,
 }
 
 impl EpochMetrics {
@@ -171,6 +178,18 @@ pub struct TrialResult {
     /// Seconds spent evaluating, over every epoch of the trial's last run.
     #[serde(default)]
     pub eval_seconds: f64,
+    /// The best evaluation's accuracy at each label level, level 1 first; empty for flat labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accuracy_by_level: Vec<f64>,
+    /// Seconds of training per epoch, evaluations excluded, over the trial's last run: what a
+    /// method costs to train. `None` in results recorded before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_seconds_per_epoch: Option<f64>,
+    /// Seconds one evaluation of the dev set took (dev loss and accuracy), averaged over the
+    /// last run's evaluations: what a method costs to predict. `None` in results recorded
+    /// before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_per_evaluation: Option<f64>,
     pub trainable_params: usize,
     /// Examples per forward pass on one device.
     pub micro_batch: u32,
@@ -321,6 +340,9 @@ mod tests {
             tokens_per_sec: 100.0,
             peak_rss_mb: 10.0,
             eval_seconds: 0.5,
+            accuracy_by_level: vec![0.75, 0.5],
+            train_seconds_per_epoch: Some(1.0),
+            seconds_per_evaluation: Some(0.25),
             trainable_params: 1000,
             micro_batch: 4,
             grad_accum: 1,

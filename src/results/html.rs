@@ -4,6 +4,7 @@
 //! leaderboard, the best trial's per-class table and its confusions are plain HTML tables
 //! rendered here (minijinja, escaped), so the page reads without JavaScript.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -12,9 +13,10 @@ use serde_json::{Map, Value};
 
 use crate::protocol::evaluation::{dev_predictions, read_predictions, TestScore};
 use crate::protocol::trial::{trial_dir, ProgressEvent};
-use crate::results::{file_at, io_at, read_best, read_csv, Result};
-use crate::spec::{Goal, Score, SweepSpec};
-use crate::stats::classify::{classify, Classification};
+use crate::results::cost::{self, MethodCost};
+use crate::results::{file_at, io_at, level_columns, read_best, read_csv, Result};
+use crate::spec::{Domain, Goal, ParamSpec, Score, SweepSpec};
+use crate::stats::classify::{classify, level_accuracy, Classification, LevelAccuracy};
 use crate::stats::importance::{bins, main_effect};
 use crate::util::fs::write_atomic;
 
@@ -39,6 +41,12 @@ pub struct TrialView {
     pub seconds: Option<f64>,
     pub estimated_mb: Option<f64>,
     pub peak_rss_mb: Option<f64>,
+    /// Accuracy at each label level, level 1 first (`data.label_separator`).
+    pub accuracy_by_level: Vec<Option<f64>>,
+    /// The trial's method (sft, lora, ...), whether swept or not.
+    pub method: Option<String>,
+    pub train_seconds_per_epoch: Option<f64>,
+    pub seconds_per_evaluation: Option<f64>,
     pub best: bool,
     /// Rank among finished trials (1 = best).
     pub rank: Option<usize>,
@@ -63,6 +71,36 @@ pub struct BestView {
     pub accuracy: Option<f64>,
     pub test: Option<TestScore>,
     pub dev: Option<Classification>,
+    /// The dev predictions' accuracy per label level (`data.label_separator`).
+    pub dev_levels: Vec<LevelAccuracy>,
+}
+
+/// How a chart's axis shows a swept parameter, from how the sweep file draws it: a log axis for
+/// the log-distributed ones, categories for a list of values (batch size 4 and 8 are two values,
+/// not a range), a linear axis for the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AxisScale {
+    Linear,
+    Log,
+    Category,
+}
+
+impl AxisScale {
+    /// The axis of a parameter written as `p`; linear for one that does not parse (the checks
+    /// refused that sweep; an old results folder may still hold it).
+    pub fn of(p: &ParamSpec) -> Self {
+        match Domain::from_spec(p) {
+            Ok(Domain::LogUniformValues { .. })
+            | Ok(Domain::LogUniform { .. })
+            | Ok(Domain::QLogUniformValues { .. }) => AxisScale::Log,
+            Ok(Domain::Categorical { .. }) | Ok(Domain::Constant(_)) => AxisScale::Category,
+            Ok(Domain::Uniform { .. })
+            | Ok(Domain::IntUniform { .. })
+            | Ok(Domain::QUniform { .. })
+            | Err(_) => AxisScale::Linear,
+        }
+    }
 }
 
 /// Everything the page shows.
@@ -72,6 +110,12 @@ pub struct ReportData {
     pub metric: String,
     pub goal: String,
     pub swept: Vec<String>,
+    /// Each swept parameter's axis (`AxisScale`).
+    pub axes: BTreeMap<String, AxisScale>,
+    /// How many label levels results.csv has columns for (0: flat labels).
+    pub levels: usize,
+    /// Accuracy against cost, per method.
+    pub costs: Vec<MethodCost>,
     pub trials: Vec<TrialView>,
     pub importance: Vec<Importance>,
     pub best: Option<BestView>,
@@ -188,6 +232,7 @@ pub fn collect(dir: &Path) -> Result<ReportData> {
         .filter(|p| df.column(p).is_ok())
         .collect();
     let best = read_best(dir).ok();
+    let levels = level_columns(&df);
     let num = |r: &Map<String, Value>, k: &str| r.get(k).and_then(Value::as_f64);
     let mut trials: Vec<TrialView> = rows(&df)
         .into_iter()
@@ -219,6 +264,10 @@ pub fn collect(dir: &Path) -> Result<ReportData> {
                 seconds: num(&r, "seconds"),
                 estimated_mb: num(&r, "estimated_mb"),
                 peak_rss_mb: num(&r, "peak_rss_mb"),
+                accuracy_by_level: levels.iter().map(|c| num(&r, c)).collect(),
+                method: r.get("method").and_then(Value::as_str).map(String::from),
+                train_seconds_per_epoch: num(&r, "train_seconds_per_epoch"),
+                seconds_per_evaluation: num(&r, "seconds_per_evaluation"),
                 best: best.as_ref().is_some_and(|b| b.trial as i64 == trial),
                 rank: None,
                 steps,
@@ -245,25 +294,35 @@ pub fn collect(dir: &Path) -> Result<ReportData> {
         t.rank = Some(rank);
     }
     let importance = importance(&trials, &swept);
+    let separator = spec.data.label_separator.as_deref();
     let best = best.map(|b| {
-        let dev = read_predictions(&dev_predictions(&trial_dir(dir, b.trial)))
-            .ok()
-            .map(|preds| {
-                let gold: Vec<&str> = preds
-                    .iter()
-                    .map(|p| p.gold.as_deref().unwrap_or(""))
-                    .collect();
-                let predicted: Vec<&str> = preds.iter().map(|p| p.predicted.as_str()).collect();
-                classify(&gold, &predicted)
-            });
+        let preds = read_predictions(&dev_predictions(&trial_dir(dir, b.trial))).ok();
+        let gold: Vec<&str> = preds
+            .iter()
+            .flatten()
+            .map(|p| p.gold.as_deref().unwrap_or(""))
+            .collect();
+        let predicted: Vec<&str> = preds
+            .iter()
+            .flatten()
+            .map(|p| p.predicted.as_str())
+            .collect();
         BestView {
             trial: b.trial as i64,
             metric: b.value,
             accuracy: b.result.accuracy,
             test: b.test.clone(),
-            dev,
+            dev: preds.is_some().then(|| classify(&gold, &predicted)),
+            dev_levels: separator
+                .map(|s| level_accuracy(&gold, &predicted, s))
+                .unwrap_or_default(),
         }
     });
+    let axes = swept
+        .iter()
+        .filter_map(|p| Some((p.clone(), AxisScale::of(spec.parameters.get(p)?))))
+        .collect();
+    let costs = cost::summarise(&cost::trial_costs(&df)?);
     Ok(ReportData {
         name: spec.name.clone(),
         metric: metric_col.to_string(),
@@ -272,6 +331,9 @@ pub fn collect(dir: &Path) -> Result<ReportData> {
             Goal::Minimize => "minimize".into(),
         },
         swept,
+        axes,
+        levels: levels.len(),
+        costs,
         trials,
         importance,
         best,
@@ -335,6 +397,10 @@ mod tests {
             seconds: Some(1.0),
             estimated_mb: Some(10.0),
             peak_rss_mb: Some(12.0),
+            accuracy_by_level: vec![Some(metric), Some(metric / 2.0)],
+            method: Some(method.to_string()),
+            train_seconds_per_epoch: Some(2.0),
+            seconds_per_evaluation: Some(0.5),
             best: n == 1,
             rank: None,
             steps: vec![(1, 2.0), (2, 1.5)],
@@ -366,6 +432,12 @@ mod tests {
             metric: "accuracy".into(),
             goal: "maximize".into(),
             swept: vec!["learning_rate".into(), "method".into()],
+            axes: BTreeMap::from([
+                ("learning_rate".to_string(), AxisScale::Log),
+                ("method".to_string(), AxisScale::Category),
+            ]),
+            levels: 2,
+            costs: Vec::new(),
             trials: vec![t],
             importance: vec![],
             best: None,
@@ -386,5 +458,38 @@ mod tests {
             page.matches("</script>").count(),
             page.matches("<script").count()
         );
+        // The axes and the level columns reach the page.
+        assert!(page.contains(r#""axes":{"learning_rate":"log","method":"category"}"#));
+        assert!(page.contains("<th>accuracy level 2</th>"), "{page}");
+    }
+
+    #[test]
+    fn axes_follow_how_the_sweep_file_draws_each_parameter() {
+        let spec = |yaml: &str| -> ParamSpec { yaml_serde::from_str(yaml).unwrap() };
+        for (yaml, scale) in [
+            (
+                "{distribution: log_uniform_values, min: 1.0e-5, max: 1.0e-3}",
+                AxisScale::Log,
+            ),
+            (
+                "{distribution: log_uniform, min: -9, max: -4}",
+                AxisScale::Log,
+            ),
+            (
+                "{distribution: q_log_uniform_values, min: 8, max: 256, q: 8}",
+                AxisScale::Log,
+            ),
+            ("{values: [4, 8]}", AxisScale::Category),
+            ("{values: [sft, lora]}", AxisScale::Category),
+            ("{min: 0.0, max: 0.3}", AxisScale::Linear),
+            ("{min: 1, max: 5}", AxisScale::Linear),
+            (
+                "{distribution: q_uniform, min: 0, max: 10, q: 2}",
+                AxisScale::Linear,
+            ),
+            ("{distribution: bogus}", AxisScale::Linear),
+        ] {
+            assert_eq!(AxisScale::of(&spec(yaml)), scale, "{yaml}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! read), and never change a trial's course: it describes what happened, ranking by the spec's
 //! one rule (`MetricSpec::rank`) rather than one of its own.
 
+pub mod cost;
 pub mod html;
 pub mod png;
 pub mod report;
@@ -169,6 +170,7 @@ pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame>
         rows.iter().map(|r| r.result.as_ref().map(f)).collect()
     };
     cols.push(Column::new("accuracy".into(), res(&|r| r.accuracy)));
+    cols.extend(level_accuracy_columns(rows));
     cols.push(Column::new(
         "test_accuracy".into(),
         rows.iter()
@@ -196,6 +198,14 @@ pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame>
     cols.push(Column::new(
         "eval_seconds".into(),
         res(&|r| Some(r.eval_seconds)),
+    ));
+    cols.push(Column::new(
+        "train_seconds_per_epoch".into(),
+        res(&|r| r.train_seconds_per_epoch),
+    ));
+    cols.push(Column::new(
+        "seconds_per_evaluation".into(),
+        res(&|r| r.seconds_per_evaluation),
     ));
     cols.push(Column::new(
         "trainable_params".into(),
@@ -264,6 +274,38 @@ pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame>
 }
 
 pub const CSV: &str = "results.csv";
+
+/// results.csv's column of the accuracy at label level `level` (1-based): `accuracy_level1`.
+pub fn level_column(level: usize) -> String {
+    format!("accuracy_level{level}")
+}
+
+/// The label-level columns results.csv has, level 1 first.
+pub fn level_columns(df: &DataFrame) -> Vec<String> {
+    (1..)
+        .map(level_column)
+        .take_while(|c| df.column(c).is_ok())
+        .collect()
+}
+
+/// `accuracy_level1`, `accuracy_level2`, ...: as many as the deepest labels of any trial (none
+/// for flat labels).
+fn level_accuracy_columns(rows: &[TrialRow]) -> Vec<Column> {
+    let levels = rows
+        .iter()
+        .filter_map(|r| r.result.as_ref().map(|x| x.accuracy_by_level.len()))
+        .max()
+        .unwrap_or(0);
+    (1..=levels)
+        .map(|level| {
+            let values: Vec<Option<f64>> = rows
+                .iter()
+                .map(|r| r.result.as_ref()?.accuracy_by_level.get(level - 1).copied())
+                .collect();
+            Column::new(level_column(level).into(), values)
+        })
+        .collect()
+}
 
 /// Columns that come from a trial's result. `micro_batch` is also a parameter; the column shows
 /// what the trial really ran with.
@@ -383,14 +425,18 @@ pub fn leaderboard(df: &DataFrame, metric: &MetricSpec, params: &[String]) -> Re
     let m = metric.name.column();
     let mut names: Vec<&str> = vec!["trial", "status"];
     names.extend(params.iter().map(String::as_str));
-    for c in [
-        m,
-        "accuracy",
+    let levels = level_columns(df);
+    let mut shown = vec![m, "accuracy"];
+    shown.extend(levels.iter().map(String::as_str));
+    shown.extend([
         "test_accuracy",
         "dev_loss",
         "best_epoch",
         "seconds",
-    ] {
+        "train_seconds_per_epoch",
+        "seconds_per_evaluation",
+    ]);
+    for c in shown {
         // test_accuracy only in results written since `data.test` exists.
         if !names.contains(&c) && df.column(c).is_ok() {
             names.push(c);
@@ -472,6 +518,9 @@ mod tests {
                 tokens_per_sec: 1.0,
                 peak_rss_mb: 1.0,
                 eval_seconds: 1.0,
+                accuracy_by_level: Vec::new(),
+                train_seconds_per_epoch: Some(secs / 2.0),
+                seconds_per_evaluation: Some(secs / 10.0),
                 trainable_params: 10,
                 micro_batch: 4,
                 grad_accum: 1,
@@ -559,5 +608,42 @@ mod tests {
         let first = lb.column("trial").unwrap().i64().unwrap().clone();
         let first: Vec<Option<i64>> = (0..first.len()).map(|i| first.get(i)).collect();
         assert_eq!(first, vec![Some(3), Some(2), Some(1)]);
+        // The cost columns come back for the per-method summary; the failed trial is left out.
+        let costs = cost::trial_costs(&df).unwrap();
+        assert_eq!(costs.len(), 3);
+        assert_eq!(costs[0].method, "sft");
+        assert_eq!(costs[0].train_seconds_per_epoch, Some(0.5));
+        assert_eq!(costs[2].seconds_per_evaluation, Some(0.1));
+        let summary = cost::summarise(&costs);
+        assert_eq!(summary.len(), 1);
+        assert_eq!(summary[0].best_accuracy, Some(0.9));
+        assert!(summary[0].cheapest_to_train && summary[0].cheapest_to_evaluate);
+    }
+
+    #[test]
+    fn label_levels_get_a_column_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rows = vec![
+            finished(1, 0.1, 0.5, 0.5, 1.0),
+            finished(2, 0.1, 0.7, 0.5, 1.0),
+        ];
+        if let Some(r) = rows[1].result.as_mut() {
+            r.accuracy_by_level = vec![0.9, 0.7];
+        }
+        write_csv(dir.path(), &rows).unwrap();
+        let df = read_csv(dir.path()).unwrap();
+        assert_eq!(level_columns(&df), ["accuracy_level1", "accuracy_level2"]);
+        let level1 = df.column("accuracy_level1").unwrap().f64().unwrap().clone();
+        assert_eq!((level1.get(0), level1.get(1)), (None, Some(0.9)));
+        let metric = MetricSpec {
+            name: Metric::Accuracy,
+            goal: None,
+            target: None,
+        };
+        let lb = leaderboard(&df, &metric, &[]).unwrap();
+        assert!(lb.column("accuracy_level2").is_ok());
+        // Flat labels: no level columns.
+        write_csv(dir.path(), &rows[..1]).unwrap();
+        assert!(level_columns(&read_csv(dir.path()).unwrap()).is_empty());
     }
 }

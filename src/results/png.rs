@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::results::html::{collect, ReportData, TrialView};
+use crate::results::html::{collect, AxisScale, ReportData, TrialView};
 use crate::results::{file_at, io_at, Result};
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
@@ -140,9 +140,17 @@ fn by_param(d: &ReportData, p: &str) -> Image {
         .iter()
         .filter(|t| t.status == "finished" && t.metric.is_some())
         .collect();
-    let numeric = done
+    let all_numbers = done
         .iter()
         .all(|t| t.params.get(p).is_some_and(|v| v.is_number()));
+    // The axis follows how the sweep file draws the parameter (`AxisScale`): a list of values
+    // is categories even when they are numbers.
+    let scale = d.axes.get(p).copied().unwrap_or(if all_numbers {
+        AxisScale::Linear
+    } else {
+        AxisScale::Category
+    });
+    let numeric = all_numbers && scale != AxisScale::Category;
     let text = |v: Option<&serde_json::Value>| -> String {
         match v {
             Some(serde_json::Value::String(s)) => s.clone(),
@@ -150,8 +158,12 @@ fn by_param(d: &ReportData, p: &str) -> Image {
             None => String::new(),
         }
     };
-    let mut cats: Vec<String> = done.iter().map(|t| text(t.params.get(p))).collect();
-    cats.sort();
+    let mut values: Vec<&serde_json::Value> = done.iter().filter_map(|t| t.params.get(p)).collect();
+    values.sort_by(|a, b| match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        _ => text(Some(a)).cmp(&text(Some(b))),
+    });
+    let mut cats: Vec<String> = values.into_iter().map(|v| text(Some(v))).collect();
     cats.dedup();
     let x_of = |t: &TrialView| -> f64 {
         let v = t.params.get(p);
@@ -163,14 +175,7 @@ fn by_param(d: &ReportData, p: &str) -> Image {
         }
     };
     let xs: Vec<f64> = done.iter().map(|t| x_of(t)).collect();
-    let log = numeric && {
-        let pos: Vec<f64> = xs.iter().copied().filter(|x| *x > 0.0).collect();
-        pos.len() == xs.len()
-            && !pos.is_empty()
-            && pos.iter().cloned().fold(0.0, f64::max)
-                / pos.iter().cloned().fold(f64::MAX, f64::min)
-                >= 20.0
-    };
+    let log = numeric && scale == AxisScale::Log && xs.iter().all(|x| *x > 0.0);
     plot(|root| {
         let (y0, y1) = range(done.iter().filter_map(|t| t.metric));
         let (x0, x1) = if numeric {
@@ -297,8 +302,68 @@ fn memory(d: &ReportData) -> Image {
     })
 }
 
-/// Writes learning_curves.png, one `METRIC_by_PARAM.png` per swept parameter, importance.png and
-/// memory.png into `out`; returns their paths.
+/// Colours of the methods in the cost plot, in the order of `ReportData::costs`.
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(78, 121, 167),
+    RGBColor(242, 142, 43),
+    RGBColor(89, 161, 79),
+    RGBColor(225, 87, 89),
+    RGBColor(118, 183, 178),
+    RGBColor(176, 122, 161),
+];
+
+/// Accuracy against a cost (log scale), one colour per method: which method is as good for
+/// less. `pick` chooses the cost: training seconds per epoch, or seconds per evaluation.
+fn accuracy_by_cost(d: &ReportData, what: &str, pick: fn(&TrialView) -> Option<f64>) -> Image {
+    let pts: Vec<(f64, f64, usize)> = d
+        .trials
+        .iter()
+        .filter(|t| t.status == "finished" || t.status == "pruned")
+        .filter_map(|t| {
+            let m = t.method.as_deref()?;
+            let i = d.costs.iter().position(|c| c.method == m)?;
+            Some((pick(t).filter(|c| *c > 0.0)?.log10(), t.accuracy?, i))
+        })
+        .collect();
+    plot(|root| {
+        let (x0, x1) = range(pts.iter().map(|p| p.0));
+        let (y0, y1) = range(pts.iter().map(|p| p.1));
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("accuracy against {what}"), ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("{what} (log scale)"))
+            .y_desc("accuracy")
+            .x_label_formatter(&|x: &f64| format!("{:.3}", 10f64.powf(*x)))
+            .draw()?;
+        for (i, c) in d.costs.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(
+                    pts.iter()
+                        .filter(|p| p.2 == i)
+                        .map(|p| Circle::new((p.0, p.1), 7, color.filled())),
+                )?
+                .label(c.method.clone())
+                .legend(move |(x, y)| Circle::new((x + 10, y), 6, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    })
+}
+
+/// Writes learning_curves.png, one `METRIC_by_PARAM.png` per swept parameter, importance.png,
+/// memory.png and, when trials have a method, accuracy against each cost
+/// (`accuracy_by_train_seconds.png`, `accuracy_by_eval_seconds.png`) into `out`; returns their
+/// paths.
 pub fn write(dir: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let d = collect(dir)?;
     std::fs::create_dir_all(out).map_err(io_at(out))?;
@@ -309,6 +374,18 @@ pub fn write(dir: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     ];
     for p in &d.swept {
         images.push((format!("{}_by_{p}.png", d.metric), by_param(&d, p)));
+    }
+    if !d.costs.is_empty() {
+        images.push((
+            "accuracy_by_train_seconds.png".into(),
+            accuracy_by_cost(&d, "training seconds per epoch", |t| {
+                t.train_seconds_per_epoch
+            }),
+        ));
+        images.push((
+            "accuracy_by_eval_seconds.png".into(),
+            accuracy_by_cost(&d, "seconds per evaluation", |t| t.seconds_per_evaluation),
+        ));
     }
     let mut written = Vec::new();
     for (name, bytes) in images {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::results::{by_parameter, leaderboard, read_csv, Result, ResultsError};
+use crate::results::{by_parameter, cost, leaderboard, read_csv, Result, ResultsError};
 use crate::spec::SweepSpec;
 
 /// polars' table settings for whole, compact tables however many trials: set by the command line
@@ -38,6 +38,13 @@ pub fn render(dir: &Path) -> Result<String> {
         },
         leaderboard(&df, &spec.metric, &swept)?
     );
+    let costs = cost::summarise(&cost::trial_costs(&df)?);
+    if !costs.is_empty() {
+        out.push_str(&format!(
+            "\nby method: accuracy against cost (train seconds per epoch and seconds per evaluation, means over its trials; the cheapest within a point of the best accuracy marked):\n{}\n",
+            cost::table(&costs)?
+        ));
+    }
     for p in &swept {
         out.push_str(&format!(
             "\nby {p}:\n{}\n",

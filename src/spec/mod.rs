@@ -194,6 +194,11 @@ pub struct DataSpec {
     /// is noisy) or an error.
     #[serde(default)]
     pub conflicts: ConflictPolicy,
+    /// What separates a label's levels (`体育/足球` with `/`): accuracy is then also reported
+    /// per level (level 1 counts a prediction right when its first part is). Not set: labels
+    /// are flat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_separator: Option<String>,
 }
 
 /// `data: {conflicts: warn | error}`.
@@ -824,6 +829,12 @@ impl SweepSpec {
         }
         for (name, message) in slurm::resource_problems(&self.resources) {
             field(&format!("resources.{name}"), message);
+        }
+        if self.data.label_separator.as_deref() == Some("") {
+            field(
+                "data.label_separator",
+                "must not be empty: give the text between a label's levels, such as \"/\"".into(),
+            );
         }
         if self.checkpoints.as_ref().is_some_and(|c| c.keep == 0) {
             field(

@@ -145,6 +145,80 @@ pub fn classify<S: AsRef<str>>(gold: &[S], predicted: &[S]) -> Classification {
     }
 }
 
+/// Accuracy at one level of labels that have levels (`体育/足球`: level 1 is `体育`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelAccuracy {
+    /// 1 for the first part of a label, 2 for the first two, and so on.
+    pub level: usize,
+    pub correct: usize,
+    pub examples: usize,
+    pub accuracy: f64,
+}
+
+/// The first `k` parts of `label` split at `separator`, with the separators between them (the
+/// whole label when it has `k` parts or fewer).
+pub fn label_prefix<'a>(label: &'a str, separator: &str, k: usize) -> &'a str {
+    if k == 0 {
+        return "";
+    }
+    if separator.is_empty() {
+        return label;
+    }
+    match label.match_indices(separator).nth(k - 1) {
+        Some((end, _)) => &label[..end],
+        None => label,
+    }
+}
+
+/// How many levels `label` has: its parts at `separator`.
+pub fn label_depth(label: &str, separator: &str) -> usize {
+    if separator.is_empty() {
+        1
+    } else {
+        label.matches(separator).count() + 1
+    }
+}
+
+/// Accuracy at every level of `gold`'s labels, level 1 first, pair by pair as `classify`: a
+/// prediction counts at level k when its first k parts equal the gold label's first k (so the
+/// level-1 accuracy of a level-2 classifier counts `体育/篮球` for `体育/足球`). A label with fewer
+/// than k parts is compared whole, so the deepest level is exact accuracy. Levels run from 1 to
+/// the deepest gold label; nothing for no examples or an empty separator.
+pub fn level_accuracy<S: AsRef<str>>(
+    gold: &[S],
+    predicted: &[S],
+    separator: &str,
+) -> Vec<LevelAccuracy> {
+    let n = gold.len().min(predicted.len());
+    if n == 0 || separator.is_empty() {
+        return Vec::new();
+    }
+    let depth = gold[..n]
+        .iter()
+        .map(|g| label_depth(g.as_ref(), separator))
+        .max()
+        .unwrap_or(1);
+    (1..=depth)
+        .map(|level| {
+            let correct = gold
+                .iter()
+                .zip(predicted)
+                .take(n)
+                .filter(|(g, p)| {
+                    label_prefix(g.as_ref(), separator, level)
+                        == label_prefix(p.as_ref(), separator, level)
+                })
+                .count();
+            LevelAccuracy {
+                level,
+                correct,
+                examples: n,
+                accuracy: correct as f64 / n as f64,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +297,46 @@ mod tests {
         let p = softmax(&[0.0, (2.0f64).ln()]);
         assert!((p[0] - 1.0 / 3.0).abs() < 1e-12 && (p[1] - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(softmax(&[f64::NEG_INFINITY]), vec![0.0]);
+    }
+
+    #[test]
+    fn a_prediction_counts_at_a_level_when_its_first_parts_match() {
+        assert_eq!(label_prefix("体育/足球/英超", "/", 1), "体育");
+        assert_eq!(label_prefix("体育/足球/英超", "/", 2), "体育/足球");
+        assert_eq!(label_prefix("体育/足球/英超", "/", 3), "体育/足球/英超");
+        assert_eq!(label_prefix("体育", "/", 2), "体育");
+        assert_eq!(label_prefix("a::b", "::", 1), "a");
+        assert_eq!(label_depth("a/b/c", "/"), 3);
+        assert_eq!(label_depth("a", "/"), 1);
+        // gold:      体育/足球 体育/足球 财经/股票 财经/基金 财经
+        // predicted: 体育/足球 体育/篮球 财经/基金 体育/足球 财经/股票
+        let gold = ["体育/足球", "体育/足球", "财经/股票", "财经/基金", "财经"];
+        let pred = [
+            "体育/足球",
+            "体育/篮球",
+            "财经/基金",
+            "体育/足球",
+            "财经/股票",
+        ];
+        let levels = level_accuracy(&gold, &pred, "/");
+        assert_eq!(levels.len(), 2);
+        assert_eq!((levels[0].level, levels[0].correct), (1, 4));
+        assert!((levels[0].accuracy - 0.8).abs() < 1e-12);
+        // Level 2: only the first is right; `财经` (one part) is compared whole.
+        assert_eq!(
+            (levels[1].level, levels[1].correct, levels[1].examples),
+            (2, 1, 5)
+        );
+        // The deepest level is exact accuracy.
+        assert_eq!(levels[1].accuracy, classify(&gold, &pred).accuracy);
+        // A prefix of a part is not the part: `a/bc` is not `a/b` at level 2.
+        let l = level_accuracy(&["a/b"], &["a/bc"], "/");
+        assert_eq!((l[0].correct, l[1].correct), (1, 0));
+        assert!(level_accuracy(&["a/b"], &["a/b"], "").is_empty());
+        assert!(level_accuracy::<&str>(&[], &[], "/").is_empty());
+        // Labels without the separator: one level, which is accuracy.
+        let flat = level_accuracy(&["x", "y"], &["x", "x"], "/");
+        assert_eq!(flat.len(), 1);
+        assert!((flat[0].accuracy - 0.5).abs() < 1e-12);
     }
 }

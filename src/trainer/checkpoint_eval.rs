@@ -12,7 +12,7 @@ use candle_core::{DType, Device};
 
 use crate::protocol::evaluation::{CheckpointLabels, EvalReport, LabelScore, Prediction};
 use crate::spec::ModelSource;
-use crate::stats::classify::{argmax, classify, softmax, top_k};
+use crate::stats::classify::{argmax, classify, level_accuracy, softmax, top_k};
 use crate::text::data::{examples_from_bytes, Example};
 use crate::text::encode::{answer_ids, prompt_ids};
 use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
@@ -269,6 +269,12 @@ pub fn evaluate(checkpoint: &Path, data: &Path) -> Result<(EvalReport, Vec<Predi
         data: data.to_path_buf(),
         labels: scorer.labels.labels.len(),
         metrics: classify(&gold, &predicted),
+        levels: scorer
+            .labels
+            .label_separator
+            .as_deref()
+            .map(|separator| level_accuracy(&gold, &predicted, separator))
+            .unwrap_or_default(),
     };
     Ok((report, predictions))
 }
@@ -277,7 +283,7 @@ pub fn evaluate(checkpoint: &Path, data: &Path) -> Result<(EvalReport, Vec<Predi
 pub fn render(report: &EvalReport, confusions: usize) -> String {
     let m = &report.metrics;
     let mut out = format!(
-        "{} on {}: {} examples, {} labels\naccuracy {:.4} ({}/{}), macro-F1 {:.4}\n\n{:<32} {:>9} {:>9} {:>9} {:>8}\n",
+        "{} on {}: {} examples, {} labels\naccuracy {:.4} ({}/{}), macro-F1 {:.4}\n{}\n{:<32} {:>9} {:>9} {:>9} {:>8}\n",
         report.checkpoint.display(),
         report.data.display(),
         m.examples,
@@ -286,6 +292,7 @@ pub fn render(report: &EvalReport, confusions: usize) -> String {
         m.correct,
         m.examples,
         m.macro_f1,
+        levels_text(&report.levels),
         "label",
         "precision",
         "recall",
@@ -308,6 +315,19 @@ pub fn render(report: &EvalReport, confusions: usize) -> String {
         }
     }
     out
+}
+
+/// One line per label level (`accuracy at level 1 0.9000 (27/30)`), or nothing for flat labels.
+fn levels_text(levels: &[crate::stats::classify::LevelAccuracy]) -> String {
+    levels
+        .iter()
+        .map(|l| {
+            format!(
+                "accuracy at level {} {:.4} ({}/{})\n",
+                l.level, l.accuracy, l.correct, l.examples
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -26,7 +26,10 @@ const LAYERS: [(&str, &[&str]); 11] = [
     ("text", &["spec", "util"]),
     ("protocol", &["spec", "stats", "util"]),
     ("plan", &["spec", "text", "protocol", "util"]),
-    ("check", &["spec", "text", "plan", "protocol", "util"]),
+    (
+        "check",
+        &["spec", "stats", "text", "plan", "protocol", "util"],
+    ),
     ("trainer", &["spec", "stats", "text", "protocol", "util"]),
     ("results", &["spec", "stats", "protocol", "util"]),
     (

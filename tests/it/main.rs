@@ -9,6 +9,7 @@ mod export;
 mod gpu_check;
 mod gradients;
 mod hf_reference;
+mod levels;
 mod model_families;
 mod report;
 mod resources;

@@ -142,6 +142,8 @@ fn the_best_checkpoint_is_scored_on_test_once_and_predict_reproduces_dev() {
         "importance.png",
         "memory.png",
         "accuracy_by_method.png",
+        "accuracy_by_train_seconds.png",
+        "accuracy_by_eval_seconds.png",
     ] {
         let bytes = std::fs::read(pngs.join(name)).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "{name}");
@@ -295,4 +297,104 @@ fn the_html_report_draws_every_chart_in_headless_chromium() {
         "a blank page compresses to almost nothing: {} bytes",
         png.len()
     );
+}
+
+/// The title's `drawn/expected` chart counts and the body's `data-axes` of a page, as headless
+/// Chromium renders it.
+fn rendered(chrome: &Path, profile: &Path, page: &Path) -> (String, String) {
+    let dom = headless(chrome, profile, &["--dump-dom"], page);
+    let html = String::from_utf8_lossy(&dom.stdout).to_string();
+    let logs = String::from_utf8_lossy(&dom.stderr);
+    assert!(!logs.contains("Uncaught"), "script error:\n{logs}");
+    let between = |a: &str, b: &str| {
+        html.split(a)
+            .nth(1)
+            .and_then(|t| t.split(b).next())
+            .unwrap_or("")
+            .to_string()
+    };
+    (
+        between("<title>", "</title>"),
+        between("data-axes=\"", "\""),
+    )
+}
+
+#[test]
+fn the_report_axes_follow_how_each_parameter_is_drawn_in_headless_chromium() {
+    let Some(chrome) = chromium() else { return };
+    // A results folder as a finished random sweep leaves it: a log-distributed learning rate,
+    // batch sizes 4 and 8 (two values, not a range) and two methods.
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(
+        results.join("spec.yaml"),
+        "name: axes\ndata: {train: a.json, dev: b.json}\nmethod: random\nrun_cap: 6\nparameters:\n  learning_rate: {distribution: log_uniform_values, min: 1.0e-5, max: 1.0e-2}\n  batch_size: {values: [4, 8]}\n  warmup_ratio: {min: 0.0, max: 0.2}\n  method: {values: [sft, lora]}\n",
+    )
+    .unwrap();
+    let mut csv = String::from("trial,status,reason,batch_size,learning_rate,method,warmup_ratio,accuracy,dev_loss,best_epoch,seconds,train_seconds_per_epoch,seconds_per_evaluation,peak_rss_mb,estimated_mb\n");
+    for (i, (lr, bs, m, acc)) in [
+        (2.0e-5, 4, "sft", 0.61),
+        (3.0e-4, 8, "sft", 0.83),
+        (8.0e-3, 4, "lora", 0.78),
+        (1.0e-4, 8, "lora", 0.82),
+        (5.0e-5, 4, "lora", 0.70),
+        (1.0e-3, 8, "sft", 0.80),
+    ]
+    .iter()
+    .enumerate()
+    {
+        csv.push_str(&format!(
+            "{},finished,,{bs},{lr},{m},{},{acc},1.0,1,10.0,{},{},300.0,280.0\n",
+            i + 1,
+            0.03 * i as f64,
+            if *m == "sft" { 4.0 } else { 3.0 },
+            0.5 + 0.1 * i as f64
+        ));
+    }
+    std::fs::write(results.join("results.csv"), csv).unwrap();
+    let out = run(&["report".as_ref(), results.as_os_str(), "--html".as_ref()]);
+    assert!(out.status.success());
+    let (title, axes) = rendered(
+        &chrome,
+        &tmp.path().join("profile"),
+        &results.join("report.html"),
+    );
+    assert!(title.starts_with("charts drawn "), "{title}");
+    let counts: Vec<&str> = title["charts drawn ".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .collect();
+    assert_eq!(counts[0], counts[1], "{title}");
+    let mut axes: Vec<&str> = axes.split(' ').collect();
+    axes.sort();
+    assert_eq!(
+        axes,
+        [
+            "batch_size:category",
+            "learning_rate:log",
+            "method:category",
+            "warmup_ratio:value"
+        ]
+    );
+    // And the per-method cost table marks the cheapest within a point of the best (sft 0.83,
+    // lora 0.82: lora trains faster).
+    let page = std::fs::read_to_string(results.join("report.html")).unwrap();
+    let marks = |method: &str| -> Vec<bool> {
+        let row = page
+            .split(&format!("<tr><td class=\"t\">{method}</td>"))
+            .nth(1)
+            .and_then(|r| r.split("</tr>").next())
+            .unwrap_or_else(|| panic!("no cost row for {method}"));
+        let cells: Vec<&str> = row.split("<td>").collect();
+        cells[cells.len() - 2..]
+            .iter()
+            .map(|c| c.contains("&#10003;"))
+            .collect()
+    };
+    // Cheapest to train: lora (3 s/epoch against 4); to evaluate: sft (0.7 s against 0.8).
+    assert_eq!(marks("lora"), [true, false]);
+    assert_eq!(marks("sft"), [false, true]);
 }

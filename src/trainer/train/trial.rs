@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::protocol::evaluation::{dev_predictions, CheckpointLabels};
 use crate::protocol::trial::{peak_rss_mb, EpochMetrics, ProgressEvent, TrialEnd, TrialResult};
 use crate::spec::{MetricSpec, ModelSource, Score};
+use crate::stats::classify::level_accuracy;
 use crate::text::data::Example;
 use crate::text::encode::Seq;
 use crate::trainer::error::{AtPath, Result, TrainError};
@@ -32,6 +33,10 @@ struct Progress {
     train_seconds: f64,
     /// Seconds evaluating in this run.
     eval_seconds: f64,
+    /// Evaluations in this run.
+    evaluations: usize,
+    /// `step` and `train_seconds` when this run began (a resumed run continues both).
+    run_start: (usize, f64),
     /// Wall time of the earlier runs of the trial.
     prior_seconds: f64,
     /// The best evaluation so far, whose weights are in checkpoint/.
@@ -124,6 +129,8 @@ impl Trial {
                 train_tokens: state.train_tokens,
                 train_seconds: state.train_seconds,
                 eval_seconds: 0.0,
+                evaluations: 0,
+                run_start: (state.step, state.train_seconds),
                 prior_seconds: state.seconds,
                 best: state.best,
                 first_epoch: state.epoch + 1,
@@ -226,6 +233,10 @@ impl Trial {
                 None,
             ),
         };
+        let accuracy_by_level = match (&best_labels, &l.cfg.label_separator) {
+            (Some(best), Some(separator)) => accuracy_by_level(best, &l.labels, &l.dev, separator),
+            _ => Vec::new(),
+        };
         let metrics = EpochMetrics {
             epoch,
             step: self.progress.step,
@@ -236,8 +247,10 @@ impl Trial {
             peak_rss_mb: peak_rss_mb(),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             eval_seconds: eval_start.elapsed().as_secs_f64(),
+            accuracy_by_level,
         };
         self.progress.eval_seconds += metrics.eval_seconds;
+        self.progress.evaluations += 1;
         Ok(Evaluation {
             metrics,
             best_labels,
@@ -275,6 +288,9 @@ impl Trial {
             tokens_per_sec: 0.0,
             peak_rss_mb: 0.0,
             eval_seconds: 0.0,
+            accuracy_by_level: m.accuracy_by_level.clone(),
+            train_seconds_per_epoch: None,
+            seconds_per_evaluation: None,
             trainable_params: l.replicas.primary().trainable_parameter_count(),
             micro_batch: s.micro_batch as u32,
             grad_accum: s.grad_accum as u32,
@@ -299,6 +315,7 @@ impl Trial {
                 &l.labels,
                 l.cfg.params.max_seq_len,
                 l.schedule.micro_batch,
+                l.cfg.label_separator.clone(),
             )?,
         )];
         if let ModelSource::Path(src) = &l.cfg.model {
@@ -415,6 +432,8 @@ impl Trial {
             train_tokens,
             train_seconds,
             eval_seconds,
+            evaluations,
+            run_start,
             ..
         } = self.progress.clone();
         let s = &self.loaded.schedule;
@@ -427,6 +446,15 @@ impl Trial {
         result.tokens_per_sec = train_tokens as f64 / train_seconds.max(1e-9);
         result.peak_rss_mb = peak_rss_mb();
         result.eval_seconds = eval_seconds;
+        let run_steps = step.saturating_sub(run_start.0);
+        if run_steps > 0 {
+            let training = (train_seconds - run_start.1 - eval_seconds).max(0.0);
+            let epochs = run_steps as f64 / s.steps_per_epoch.max(1) as f64;
+            result.train_seconds_per_epoch = Some(training / epochs);
+        }
+        if evaluations > 0 {
+            result.seconds_per_evaluation = Some(eval_seconds / evaluations as f64);
+        }
         result.steps = Some(step);
         if !pruned {
             return Ok(TrialEnd::Finished { result });
@@ -441,17 +469,44 @@ impl Trial {
     }
 }
 
+/// Accuracy at each level of the dev set's labels (`stats::classify::level_accuracy`), from
+/// the best label of each example; empty when a dev example has no label.
+fn accuracy_by_level(
+    best: &[Vec<(usize, f64)>],
+    labels: &[String],
+    dev: &[Example],
+    separator: &str,
+) -> Vec<f64> {
+    let predicted: Vec<&str> = best
+        .iter()
+        .map(|b| {
+            b.first()
+                .and_then(|(i, _)| labels.get(*i))
+                .map_or("", String::as_str)
+        })
+        .collect();
+    let gold: Option<Vec<&str>> = dev.iter().map(|e| e.tgt.as_deref()).collect();
+    gold.map_or_else(Vec::new, |gold| {
+        level_accuracy(&gold, &predicted, separator)
+            .into_iter()
+            .map(|l| l.accuracy)
+            .collect()
+    })
+}
+
 /// The contents of a checkpoint's `labels.json` (`protocol::evaluation::CheckpointLabels`).
 fn labels_file(
     checkpoint: &Path,
     labels: &[String],
     max_seq_len: u32,
     eval_batch: usize,
+    label_separator: Option<String>,
 ) -> Result<Vec<u8>> {
     let value = CheckpointLabels {
         labels: labels.to_vec(),
         max_seq_len,
         eval_batch,
+        label_separator,
     };
     serde_json::to_vec_pretty(&value).at(&checkpoint.join(CheckpointLabels::FILE))
 }
