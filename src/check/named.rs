@@ -229,7 +229,9 @@ fn trial_lengths(trials: &[TrialParams]) -> Lengths {
     for p in trials {
         match p.method {
             Method::PostPretrain => lengths.unsupervised.insert(p.max_seq_len as usize),
-            Method::Sft | Method::Lora => lengths.supervised.insert(p.max_seq_len as usize),
+            Method::Sft | Method::Lora | Method::Classifier | Method::ClassifierLora => {
+                lengths.supervised.insert(p.max_seq_len as usize)
+            }
         };
     }
     lengths

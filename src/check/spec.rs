@@ -456,6 +456,7 @@ mod tests {
                 dev: "b".into(),
                 test: Some("c".into()),
                 conflicts: ConflictPolicy::Error,
+                system_prompt: Default::default(),
             },
             model: ModelSpec {
                 preset: Some("tiny".into()),

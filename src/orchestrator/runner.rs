@@ -646,6 +646,7 @@ fn prepare_trial(
         metric: checked.spec().metric.clone(),
         devices: placement.devices.clone(),
         threads: placement.threads,
+        system_prompt: checked.spec().data.system_prompt,
     };
     let path = dir.join(TrialConfig::FILE);
     let io = |source| StartError::Io {

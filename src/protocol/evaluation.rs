@@ -20,6 +20,11 @@ pub struct CheckpointLabels {
     /// Sequences scored per forward pass when the trial evaluated (its micro-batch): scoring in
     /// the same batches gives the same numbers.
     pub eval_batch: usize,
+    /// The trial read its examples without their system prompt (a head method under
+    /// `data: {system_prompt: drop}`): so do `sweep eval` and `sweep predict`. Left out when
+    /// false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_system_prompt: bool,
 }
 
 impl CheckpointLabels {

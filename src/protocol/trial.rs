@@ -37,6 +37,10 @@ pub struct TrialConfig {
     pub devices: Vec<String>,
     /// CPU threads the trial may use.
     pub threads: usize,
+    /// `data.system_prompt` of the sweep: a head method's trial drops its examples' system
+    /// prompt when it says `drop`. Left out when `keep`, so older trial folders read unchanged.
+    #[serde(default, skip_serializing_if = "crate::spec::SystemPrompt::is_keep")]
+    pub system_prompt: crate::spec::SystemPrompt,
 }
 
 impl TrialConfig {

@@ -140,8 +140,10 @@ fn coefficients(w: &Workload) -> Coefficients {
 /// Trainable parameter count for the method.
 pub fn trainable_parameters(config: &ModelConfig, params: &TrialParams) -> usize {
     match params.method {
-        Method::Sft | Method::PostPretrain => config.parameter_count(),
-        Method::Lora => {
+        // A head method's head (labels x hidden) is left out: small beside the rest, and the
+        // label count is the data's, which the shape does not know.
+        Method::Sft | Method::PostPretrain | Method::Classifier => config.parameter_count(),
+        Method::Lora | Method::ClassifierLora => {
             let r = params.lora_rank as usize;
             let per_layer: usize = params
                 .lora_targets
@@ -189,13 +191,13 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
     };
     let tokens = micro_batch as f64 * (t - prefix) + prefix;
     let adapted_outputs: usize = match w.params.method {
-        Method::Lora => w
+        Method::Lora | Method::ClassifierLora => w
             .params
             .lora_targets
             .iter()
             .map(|t| projection_shape(c, t).1)
             .sum(),
-        Method::Sft | Method::PostPretrain => 0,
+        Method::Sft | Method::PostPretrain | Method::Classifier => 0,
     };
     let k = coefficients(w);
     let per_layer = tokens
@@ -217,17 +219,22 @@ pub fn estimate(w: &Workload, micro_batch: usize) -> Estimate {
     } else {
         0.0
     };
-    let vocabulary = (k.per_counted_vocab * counted + k.per_scored_vocab * scored_rows)
-        * c.vocab_size as f64
-        + saved_logits;
+    // A head method computes no vocabulary-sized rows: one hidden row per sequence meets the
+    // head, in training and in evaluation (no label search).
+    let vocabulary = if w.params.method.is_head() {
+        0.0
+    } else {
+        (k.per_counted_vocab * counted + k.per_scored_vocab * scored_rows) * c.vocab_size as f64
+            + saved_logits
+    };
     let activations = (layers + vocabulary + 2.0 * tokens * c.hidden_size as f64) * b;
     let tensors = weights + gradients + optimizer + activations;
     let cuda = |bytes| w.on_cuda.then(|| cuda_process_overhead(bytes));
     let overhead = PROCESS_OVERHEAD + cuda(tensors).unwrap_or(0.0);
     let training = tensors + overhead;
     let loading = match w.params.method {
-        Method::Sft | Method::PostPretrain => 2.0 * weights,
-        Method::Lora => weights,
+        Method::Sft | Method::PostPretrain | Method::Classifier => 2.0 * weights,
+        Method::Lora | Method::ClassifierLora => weights,
     };
     let loading = loading + PROCESS_OVERHEAD + cuda(loading).unwrap_or(0.0);
     Estimate {

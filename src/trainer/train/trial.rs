@@ -16,7 +16,8 @@ use crate::trainer::error::{AtPath, Result, TrainError};
 use crate::trainer::optim::learning_rate;
 use crate::trainer::resume::{PartialEpoch, ResumeState};
 use crate::trainer::scoring::{candidate_top_k, dev_loss, top_accuracy};
-use crate::trainer::step::StepStats;
+use crate::trainer::head::{head_metrics, label_log_probs};
+use crate::trainer::step::{StepBatch, StepStats};
 use crate::trainer::train::load::Loaded;
 use crate::trainer::train::schedule::epoch_order;
 use crate::trainer::train::sink::TrialSink;
@@ -155,6 +156,7 @@ impl Trial {
         let Loaded {
             cfg,
             train_seqs,
+            classes,
             schedule: s,
             replicas,
             tokenizer,
@@ -168,7 +170,21 @@ impl Trial {
             s.warmup_steps,
             s.total_steps,
         );
-        let stats = replicas.step(&seqs, s.micro_batch, tokenizer.pad, lr, p.max_grad_norm)?;
+        let labelled: Vec<(&Seq, u32)>;
+        let step_batch = match classes {
+            Some(c) => {
+                labelled = batch.iter().map(|i| (&train_seqs[*i], c.train[*i])).collect();
+                StepBatch::Classes(&labelled)
+            }
+            None => StepBatch::Tokens(&seqs),
+        };
+        let stats = replicas.step_batch(
+            step_batch,
+            s.micro_batch,
+            tokenizer.pad,
+            lr,
+            p.max_grad_norm,
+        )?;
         if !stats.loss.is_finite() {
             return Err(TrainError::Diverged {
                 loss: stats.loss,
@@ -195,24 +211,19 @@ impl Trial {
         let model = l.replicas.primary();
         let eval_batch = l.schedule.micro_batch;
         let eval_start = Instant::now();
-        let dev_loss = dev_loss(model, &l.dev_seqs, l.tokenizer.pad, eval_batch)?;
-        let (accuracy, best_labels) = match &l.scoring {
-            Some(scoring) => {
-                // Accuracy and the dev predictions need only the best label, not every score
-                // (`sweep predict` on the dev file gives the others).
-                let best = candidate_top_k(
-                    model,
-                    &scoring.prompts,
-                    &scoring.candidates,
-                    l.tokenizer.bos.is_some(),
-                    l.cfg.params.max_seq_len as usize,
-                    l.tokenizer.pad,
-                    eval_batch,
-                    1,
-                )?;
-                (Some(top_accuracy(&best, &scoring.gold)), Some(best))
+        let (dev_loss, accuracy, best_labels) = match &l.classes {
+            // One forward per dev example and the head's argmax: no label search.
+            Some(classes) => {
+                let prompts: Vec<Vec<u32>> = l.dev_seqs.iter().map(|s| s.ids.clone()).collect();
+                let log_probs = label_log_probs(model, &prompts, l.tokenizer.pad, eval_batch)?;
+                let m = head_metrics(&log_probs, &classes.dev_gold);
+                (m.dev_loss, Some(m.accuracy), Some(m.best))
             }
-            None => (None, None),
+            None => {
+                let (accuracy, best) = self.generative_accuracy(eval_batch)?;
+                let loss = dev_loss(model, &l.dev_seqs, l.tokenizer.pad, eval_batch)?;
+                (loss, accuracy, best)
+            }
         };
         let metrics = EpochMetrics {
             epoch,
@@ -229,6 +240,35 @@ impl Trial {
         Ok(Evaluation {
             metrics,
             best_labels,
+        })
+    }
+
+    /// The generative methods' accuracy and each dev example's best label, by label search;
+    /// none without labels on both sides.
+    #[allow(clippy::type_complexity)]
+    fn generative_accuracy(
+        &self,
+        eval_batch: usize,
+    ) -> Result<(Option<f64>, Option<Vec<Vec<(usize, f64)>>>)> {
+        let l = &self.loaded;
+        let model = l.replicas.primary();
+        Ok(match &l.scoring {
+            Some(scoring) => {
+                // Accuracy and the dev predictions need only the best label, not every score
+                // (`sweep predict` on the dev file gives the others).
+                let best = candidate_top_k(
+                    model,
+                    &scoring.prompts,
+                    &scoring.candidates,
+                    l.tokenizer.bos.is_some(),
+                    l.cfg.params.max_seq_len as usize,
+                    l.tokenizer.pad,
+                    eval_batch,
+                    1,
+                )?;
+                (Some(top_accuracy(&best, &scoring.gold)), Some(best))
+            }
+            None => (None, None),
         })
     }
 
@@ -284,9 +324,12 @@ impl Trial {
             CheckpointLabels::FILE,
             labels_file(
                 &checkpoint,
-                &l.labels,
-                l.cfg.params.max_seq_len,
-                l.schedule.micro_batch,
+                CheckpointLabels {
+                    labels: l.labels.clone(),
+                    max_seq_len: l.cfg.params.max_seq_len,
+                    eval_batch: l.schedule.micro_batch,
+                    drop_system_prompt: l.drop_system_prompt,
+                },
             )?,
         )];
         if let ModelSource::Path(src) = &l.cfg.model {
@@ -302,6 +345,7 @@ impl Trial {
             &l.base,
             &checkpoint,
             &extra,
+            &l.labels,
         )?;
         Ok(checkpoint)
     }
@@ -434,17 +478,7 @@ impl Trial {
 }
 
 /// The contents of a checkpoint's `labels.json` (`protocol::evaluation::CheckpointLabels`).
-fn labels_file(
-    checkpoint: &Path,
-    labels: &[String],
-    max_seq_len: u32,
-    eval_batch: usize,
-) -> Result<Vec<u8>> {
-    let value = CheckpointLabels {
-        labels: labels.to_vec(),
-        max_seq_len,
-        eval_batch,
-    };
+fn labels_file(checkpoint: &Path, value: CheckpointLabels) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(&value).at(&checkpoint.join(CheckpointLabels::FILE))
 }
 
