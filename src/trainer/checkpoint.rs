@@ -28,7 +28,12 @@ pub fn head_config_json(
     labels: &[String],
     num_labels: usize,
 ) -> serde_json::Value {
-    let name = |i: usize| labels.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}"));
+    let name = |i: usize| {
+        labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("LABEL_{i}"))
+    };
     let causal = config["architectures"][0]
         .as_str()
         .unwrap_or("LlamaForCausalLM")

@@ -17,8 +17,8 @@ use crate::text::data::{examples_from_bytes, Example};
 use crate::text::encode::{answer_ids, prompt_ids, supervised};
 use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
 use crate::trainer::checkpoint::AdapterConfig;
-use crate::trainer::head::label_log_probs;
 use crate::trainer::error::{bad_file, AtPath, Result};
+use crate::trainer::head::label_log_probs;
 use crate::trainer::model::{load_hf_folder, CausalLm, Trainable};
 use crate::trainer::scoring::{candidate_scores, Candidates};
 

@@ -219,7 +219,10 @@ mod tests {
             vec![-0.2, -1.0, -4.0],
         ];
         let m = head_metrics(&lp, &[Some(0), Some(2), None]);
-        assert_eq!(m.best, vec![vec![(0, -0.1)], vec![(1, -0.5)], vec![(0, -0.2)]]);
+        assert_eq!(
+            m.best,
+            vec![vec![(0, -0.1)], vec![(1, -0.5)], vec![(0, -0.2)]]
+        );
         assert!((m.accuracy - 1.0 / 3.0).abs() < 1e-12);
         assert!((m.dev_loss - (0.1 + 2.0) / 2.0).abs() < 1e-12);
     }
@@ -237,7 +240,10 @@ mod tests {
         };
         gradients_match_finite_differences(
             &f,
-            &[random(&[4, 6], 1, DType::F64), random(&[3, 6], 2, DType::F64)],
+            &[
+                random(&[4, 6], 1, DType::F64),
+                random(&[3, 6], 2, DType::F64),
+            ],
         );
     }
 
@@ -290,7 +296,10 @@ mod tests {
                 let m = model(trainable.clone(), kernels);
                 let plain = loss(&m, false);
                 let shared = loss(&m, true);
-                assert!(max_diff(&plain, &shared) < 1e-10, "the prefix changes nothing");
+                assert!(
+                    max_diff(&plain, &shared) < 1e-10,
+                    "the prefix changes nothing"
+                );
                 let grads = m.gradients(&shared.backward().unwrap()).unwrap();
                 let names: Vec<String> = m.trainable().iter().map(|(n, _)| n.clone()).collect();
                 assert!(names.iter().any(|n| n.ends_with("score.weight")));

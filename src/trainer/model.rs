@@ -415,7 +415,11 @@ impl CausalLm {
             _ => self.dtype(),
         };
         let var = Var::from_tensor(&weight.to_dtype(dtype)?.to_device(&self.device)?)?;
-        if let Some(i) = self.trainable.iter().position(|(n, _)| n == "lm_head.weight") {
+        if let Some(i) = self
+            .trainable
+            .iter()
+            .position(|(n, _)| n == "lm_head.weight")
+        {
             self.trainable.remove(i);
             self.sinks.remove(i);
             self.head_sink = None;

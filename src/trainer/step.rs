@@ -123,7 +123,8 @@ fn micro_batch_loss(
             let prompts: Vec<&[u32]> = examples.iter().map(|(s, _)| s.ids.as_slice()).collect();
             let classes: Vec<u32> = examples.iter().map(|(_, c)| *c).collect();
             let tokens = prompts.iter().map(|p| p.len()).sum();
-            let nll = crate::trainer::head::class_nll(model, &prompts, &classes, pad, share_prefix)?;
+            let nll =
+                crate::trainer::head::class_nll(model, &prompts, &classes, pad, share_prefix)?;
             return Ok((Some(nll.sum_all()?), tokens));
         }
     };

@@ -128,13 +128,19 @@ fn one_sweep_trains_both_approaches_and_head_checkpoints_evaluate_predict_and_me
     let names = tensor_names(&full.join("model.safetensors"));
     assert!(names.contains(&"score.weight".to_string()));
     assert!(!names.contains(&"lm_head.weight".to_string()));
-    assert!(full.join("tokenizer_config.json").exists(), "the chat template");
+    assert!(
+        full.join("tokenizer_config.json").exists(),
+        "the chat template"
+    );
 
     // classifier_lora: PEFT's SEQ_CLS adapter folder.
     let adapter = out_dir.join("trials/0003/checkpoint");
     let adapter_config = json_file(&adapter.join("adapter_config.json"));
     assert_eq!(adapter_config["task_type"], "SEQ_CLS");
-    assert_eq!(adapter_config["modules_to_save"], serde_json::json!(["score"]));
+    assert_eq!(
+        adapter_config["modules_to_save"],
+        serde_json::json!(["score"])
+    );
     let names = tensor_names(&adapter.join("adapter_model.safetensors"));
     assert!(names.contains(&"base_model.model.score.weight".to_string()));
     assert!(names.iter().any(|n| n.ends_with("lora_A.weight")));
@@ -180,7 +186,12 @@ fn one_sweep_trains_both_approaches_and_head_checkpoints_evaluate_predict_and_me
     let known: Vec<&serde_json::Value> = labels["labels"].as_array().unwrap().iter().collect();
     for line in &lines {
         assert!(known.contains(&&line["predicted"]), "{line}");
-        let p: f64 = line["top"].as_array().unwrap().iter().map(|t| t["p"].as_f64().unwrap()).sum();
+        let p: f64 = line["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["p"].as_f64().unwrap())
+            .sum();
         assert!(p <= 1.0 + 1e-9);
     }
     // The dev predictions of the head trial, as the generative ones have.

@@ -159,16 +159,9 @@ impl HeadClasses {
     /// The label indices of `train` and `dev` among `labels` (sorted); every training example
     /// has one, as `encode_all` refused those without.
     fn of(labels: &[String], train: &[Example], dev: &[Example]) -> Self {
-        let index = |e: &Example| {
-            e.tgt
-                .as_ref()
-                .and_then(|t| labels.binary_search(t).ok())
-        };
+        let index = |e: &Example| e.tgt.as_ref().and_then(|t| labels.binary_search(t).ok());
         Self {
-            train: train
-                .iter()
-                .map(|e| index(e).unwrap_or(0) as u32)
-                .collect(),
+            train: train.iter().map(|e| index(e).unwrap_or(0) as u32).collect(),
             dev_gold: dev.iter().map(index).collect(),
         }
     }

@@ -280,11 +280,14 @@ mod tests {
         let result = end.result().unwrap();
         let accuracy = result.accuracy.unwrap();
         assert!(accuracy > 0.5, "accuracy {accuracy}");
-        assert!(result.dev_loss < (10f64).ln(), "dev loss {}", result.dev_loss);
-        let labels: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.join("checkpoint/labels.json")).unwrap(),
-        )
-        .unwrap();
+        assert!(
+            result.dev_loss < (10f64).ln(),
+            "dev loss {}",
+            result.dev_loss
+        );
+        let labels: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("checkpoint/labels.json")).unwrap())
+                .unwrap();
         assert_eq!(labels["drop_system_prompt"], true);
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("checkpoint/config.json")).unwrap())
@@ -292,8 +295,7 @@ mod tests {
         assert_eq!(config["architectures"][0], "LlamaForSequenceClassification");
         assert_eq!(config["num_labels"], 10);
         assert_eq!(config["id2label"]["0"], "alarm");
-        let predictions =
-            std::fs::read_to_string(dir.join("dev_predictions.jsonl")).unwrap();
+        let predictions = std::fs::read_to_string(dir.join("dev_predictions.jsonl")).unwrap();
         assert_eq!(predictions.lines().count(), 200);
     }
 

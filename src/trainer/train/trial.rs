@@ -13,10 +13,10 @@ use crate::spec::{MetricSpec, ModelSource, Score};
 use crate::text::data::Example;
 use crate::text::encode::Seq;
 use crate::trainer::error::{AtPath, Result, TrainError};
+use crate::trainer::head::{head_metrics, label_log_probs};
 use crate::trainer::optim::learning_rate;
 use crate::trainer::resume::{PartialEpoch, ResumeState};
 use crate::trainer::scoring::{candidate_top_k, dev_loss, top_accuracy};
-use crate::trainer::head::{head_metrics, label_log_probs};
 use crate::trainer::step::{StepBatch, StepStats};
 use crate::trainer::train::load::Loaded;
 use crate::trainer::train::schedule::epoch_order;
@@ -173,7 +173,10 @@ impl Trial {
         let labelled: Vec<(&Seq, u32)>;
         let step_batch = match classes {
             Some(c) => {
-                labelled = batch.iter().map(|i| (&train_seqs[*i], c.train[*i])).collect();
+                labelled = batch
+                    .iter()
+                    .map(|i| (&train_seqs[*i], c.train[*i]))
+                    .collect();
                 StepBatch::Classes(&labelled)
             }
             None => StepBatch::Tokens(&seqs),
