@@ -456,7 +456,7 @@ mod tests {
                 dev: "b".into(),
                 test: Some("c".into()),
                 conflicts: ConflictPolicy::Error,
-                system_prompt: Default::default(),
+                system_prompt: SystemPrompt::Drop,
             },
             model: ModelSpec {
                 preset: Some("tiny".into()),
