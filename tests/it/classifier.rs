@@ -199,3 +199,76 @@ fn one_sweep_trains_both_approaches_and_head_checkpoints_evaluate_predict_and_me
         std::fs::read_to_string(out_dir.join("trials/0002/dev_predictions.jsonl")).unwrap();
     assert_eq!(dev_predictions.lines().count(), 20);
 }
+
+/// The head methods on two (CPU) devices take the same steps as on one at the same global batch,
+/// with an odd batch (shards of 3 and 2) sharing a prefix, full and LoRA.
+#[test]
+fn head_steps_on_two_devices_equal_one_device() {
+    use candle_core::{Device, Tensor};
+    use sweep::text::encode::Seq;
+    use sweep::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
+    use sweep::trainer::parallel::Replicas;
+    use sweep::trainer::step::StepBatch;
+
+    let dev = Device::Cpu;
+    let (config, weights) =
+        load_hf_folder(&repo().join("tests/fixtures/hf/tiny-llama"), &dev).unwrap();
+    let head = sweep::trainer::head::initial_head(3, config.hidden_size, 4, &dev).unwrap();
+    let prompts: Vec<Seq> = [
+        vec![1u32, 5, 9, 3, 7],
+        vec![1, 5, 9, 11, 4, 60],
+        vec![1, 5, 9, 33],
+        vec![1, 5, 9, 8, 8, 17, 25],
+        vec![1, 5, 9, 40],
+    ]
+    .into_iter()
+    .map(|ids| Seq {
+        loss_from: ids.len(),
+        ids,
+    })
+    .collect();
+    let batch: Vec<(&Seq, u32)> = prompts.iter().zip([0, 2, 1, 2, 0]).collect();
+    let lora = LoraSettings {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["q_proj".into(), "up_proj".into()],
+    };
+    for trainable in [Trainable::All, Trainable::Lora(lora)] {
+        let replicas = |devices: &[Device]| {
+            let model = CausalLm::new(config.clone(), &weights, trainable.clone(), 2, &dev, "t")
+                .unwrap()
+                .with_score_head(&head)
+                .unwrap();
+            Replicas::new(model, devices, 0.01, 2).unwrap()
+        };
+        let (mut one, mut two) = (replicas(&[]), replicas(&[Device::Cpu]));
+        for _ in 0..3 {
+            let a = one
+                .step_batch(StepBatch::Classes(&batch), 2, 0, 1e-2, 1.0)
+                .unwrap();
+            let b = two
+                .step_batch(StepBatch::Classes(&batch), 2, 0, 1e-2, 1.0)
+                .unwrap();
+            assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
+            assert!(a.loss > 0.0 && a.loss.is_finite());
+        }
+        let values = |r: &Replicas, i: usize| -> Vec<Tensor> {
+            r.models()[i]
+                .trainable()
+                .iter()
+                .map(|(_, v)| v.as_tensor().clone())
+                .collect()
+        };
+        for (a, b) in values(&one, 0).iter().zip(values(&two, 0)) {
+            assert!(crate::common::max_abs_diff(a, &b) < 1e-5);
+        }
+        for (a, b) in values(&two, 0).iter().zip(values(&two, 1)) {
+            assert_eq!(
+                crate::common::max_abs_diff(a, &b),
+                0.0,
+                "replicas stay identical"
+            );
+        }
+        assert!(two.models()[1].score_head().is_some());
+    }
+}
