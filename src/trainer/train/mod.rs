@@ -300,6 +300,38 @@ mod tests {
     }
 
     #[test]
+    fn a_head_trial_resumed_after_a_stop_ends_as_an_uninterrupted_one() {
+        // The head is a trained tensor like the adapters: in the resume point, and restored.
+        let params = [("method", serde_json::json!("classifier_lora"))];
+        let uninterrupted = {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = trial_folder_with(tmp.path(), 24, 8, &params, serde_json::json!({}));
+            run(&dir, &mut RecordingSink::default()).0
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = trial_folder_with(tmp.path(), 24, 8, &params, serde_json::json!({}));
+        let mut stopped = RecordingSink {
+            stop_after_steps: Some(4),
+            ..RecordingSink::default()
+        };
+        let (_, error) = run(&dir, &mut stopped);
+        assert!(
+            matches!(error, Some(TrainError::SavedOnSignal { .. })),
+            "{error:?}"
+        );
+        let (resumed, error) = run(&dir, &mut RecordingSink::default());
+        assert!(error.is_none(), "{error:?}");
+        let (a, b) = (uninterrupted.result().unwrap(), resumed.result().unwrap());
+        assert_eq!(a.accuracy, b.accuracy);
+        assert!(
+            (a.dev_loss - b.dev_loss).abs() < 1e-9,
+            "{} vs {}",
+            a.dev_loss,
+            b.dev_loss
+        );
+    }
+
+    #[test]
     fn missing_data_is_invalid_input() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = trial_folder(tmp.path());
