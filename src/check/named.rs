@@ -17,7 +17,7 @@ use super::yaml::{Seg, Target};
 use super::{CheckReport, Problem, Severity};
 use crate::spec::params::{Method, TrialParams};
 use crate::spec::shape::Architecture;
-use crate::spec::{ConflictPolicy, ModelSource};
+use crate::spec::{ConflictPolicy, ModelSource, SystemPrompt};
 use crate::text::encode::TokenCounts;
 use crate::text::tokenizer::TextTokenizer;
 
@@ -51,6 +51,11 @@ pub fn check_named_files(
         .is_some_and(|s| !s.parameters.contains_key("max_seq_len"));
     ctx.report
         .note(trials_note(file, &checked.trials, fitted_by_default));
+    if let Some(spec) = &checked.spec {
+        if let Some(note) = system_prompt_note(spec.data.system_prompt, &checked.trials) {
+            ctx.report.note(note);
+        }
+    }
     let train_file = train.as_ref()?;
     if train_file.examples.is_empty() {
         return None;
@@ -233,7 +238,9 @@ fn trial_lengths(trials: &[TrialParams]) -> Lengths {
     for p in trials {
         match p.method {
             Method::PostPretrain => lengths.unsupervised.insert(p.max_seq_len as usize),
-            Method::Sft | Method::Lora => lengths.supervised.insert(p.max_seq_len as usize),
+            Method::Sft | Method::Lora | Method::Classifier | Method::ClassifierLora => {
+                lengths.supervised.insert(p.max_seq_len as usize)
+            }
         };
     }
     lengths
@@ -261,6 +268,36 @@ fn trials_note(file: &str, trials: &[TrialParams], fitted_by_default: bool) -> S
                 .join(", ")
         }
     )
+}
+
+/// Which trials `data: {system_prompt: drop}` applies to (the head methods) and which keep the
+/// system prompt; nothing to say under `keep`.
+fn system_prompt_note(option: SystemPrompt, trials: &[TrialParams]) -> Option<String> {
+    if option.is_keep() {
+        return None;
+    }
+    let (dropping, keeping): (Vec<&TrialParams>, Vec<&TrialParams>) =
+        trials.iter().partition(|p| option.drops_for(p.method));
+    let names = |ps: &[&TrialParams]| {
+        let set: BTreeSet<&str> = ps.iter().map(|p| p.method.as_str()).collect();
+        set.into_iter().collect::<Vec<_>>().join(", ")
+    };
+    Some(if dropping.is_empty() {
+        "data.system_prompt: drop applies to none of the trials: only the head methods (classifier, classifier_lora) drop it".to_string()
+    } else if keeping.is_empty() {
+        format!(
+            "data.system_prompt: drop: every trial ({}) reads its examples without their system prompt",
+            names(&dropping)
+        )
+    } else {
+        format!(
+            "data.system_prompt: drop applies to {} of {} trials ({}); {} keep the system prompt",
+            dropping.len(),
+            trials.len(),
+            names(&dropping),
+            names(&keeping)
+        )
+    })
 }
 
 /// The trial's own tokenizer (a preset's is learned from the training examples).
@@ -425,5 +462,39 @@ fn check_window(model: &ModelSource, lengths: &Lengths, ctx: &mut Ctx) {
             ),
             Some(format!("use a max_seq_len of at most {window}")),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trials(methods: &[&str]) -> Vec<TrialParams> {
+        methods
+            .iter()
+            .map(|m| {
+                TrialParams::from_assignment(
+                    &[("method".to_string(), serde_json::json!(m))]
+                        .into_iter()
+                        .collect(),
+                    1,
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_system_prompt_option_names_the_trials_it_applies_to() {
+        let mixed = trials(&["sft", "lora", "classifier", "classifier_lora"]);
+        assert_eq!(system_prompt_note(SystemPrompt::Keep, &mixed), None);
+        assert_eq!(
+            system_prompt_note(SystemPrompt::Drop, &mixed).unwrap(),
+            "data.system_prompt: drop applies to 2 of 4 trials (classifier, classifier_lora); lora, sft keep the system prompt"
+        );
+        let none = system_prompt_note(SystemPrompt::Drop, &trials(&["sft"])).unwrap();
+        assert!(none.contains("applies to none"), "{none}");
+        let all = system_prompt_note(SystemPrompt::Drop, &trials(&["classifier"])).unwrap();
+        assert!(all.contains("every trial (classifier)"), "{all}");
     }
 }

@@ -476,6 +476,7 @@ mod tests {
                 test: Some("c".into()),
                 conflicts: ConflictPolicy::Error,
                 label_separator: Some("/".into()),
+                system_prompt: SystemPrompt::Drop,
             },
             model: ModelSpec {
                 preset: Some("tiny".into()),

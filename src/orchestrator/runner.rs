@@ -648,6 +648,7 @@ fn prepare_trial(
         devices: placement.devices.clone(),
         threads: placement.threads,
         label_separator: checked.spec().data.label_separator.clone(),
+        system_prompt: checked.spec().data.system_prompt,
     };
     let path = dir.join(TrialConfig::FILE);
     let io = |source| StartError::Io {

@@ -545,11 +545,22 @@ impl Lengths {
                     .unwrap_or(2),
                 self.supervised.iter().map(|(_, a)| *a).max().unwrap_or(1),
             ),
+            // The prompt alone; the head's one row per sequence is no counted token.
+            Method::Classifier | Method::ClassifierLora => (
+                self.supervised
+                    .iter()
+                    .map(|(p, _)| (*p).min(max))
+                    .max()
+                    .unwrap_or(2),
+                1,
+            ),
         };
         // Truncation to max_seq_len only shortens texts; the sorted lengths stay an upper bound.
         let counted_longest_first = match params.method {
             Method::PostPretrain => &self.texts_desc,
-            Method::Sft | Method::Lora => &self.answers_desc,
+            Method::Sft | Method::Lora | Method::Classifier | Method::ClassifierLora => {
+                &self.answers_desc
+            }
         };
         Workload {
             config: &self.config,
@@ -559,13 +570,18 @@ impl Lengths {
             counted_longest_first: Some(counted_longest_first),
             bytes_per_value: 4,
             on_cuda: false,
-            // Evaluation scores dev by label whenever the data has labels, whatever the method.
-            scored_answer_tokens: self.supervised.iter().map(|(_, a)| *a).max().unwrap_or(0),
+            // Evaluation scores dev by label whenever the data has labels, but for the head
+            // methods (one forward per dev example, no label search).
+            scored_answer_tokens: if params.method.is_head() {
+                0
+            } else {
+                self.supervised.iter().map(|(_, a)| *a).max().unwrap_or(0)
+            },
             mapped_weights: self.mapped_weights,
             // A prompt cut to max_seq_len keeps only bos of what the prompts share.
             shared_prefix: match params.method {
                 Method::PostPretrain => 0,
-                Method::Sft | Method::Lora => {
+                Method::Sft | Method::Lora | Method::Classifier | Method::ClassifierLora => {
                     let cut = self.supervised.iter().any(|(p, a)| p + a > max);
                     if cut {
                         self.shared_prefix.min(1)

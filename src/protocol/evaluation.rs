@@ -24,6 +24,11 @@ pub struct CheckpointLabels {
     /// label level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_separator: Option<String>,
+    /// The trial read its examples without their system prompt (a head method under
+    /// `data: {system_prompt: drop}`): so do `sweep eval` and `sweep predict`. Left out when
+    /// false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_system_prompt: bool,
 }
 
 impl CheckpointLabels {

@@ -40,6 +40,10 @@ pub struct TrialConfig {
     /// `data.label_separator`: accuracy is also measured per label level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_separator: Option<String>,
+    /// `data.system_prompt` of the sweep: a head method's trial drops its examples' system
+    /// prompt when it says `drop`. Left out when `keep`, so older trial folders read unchanged.
+    #[serde(default, skip_serializing_if = "crate::spec::SystemPrompt::is_keep")]
+    pub system_prompt: crate::spec::SystemPrompt,
 }
 
 impl TrialConfig {

@@ -168,8 +168,10 @@ fn coefficients(w: &Workload) -> Coefficients {
 /// Trainable parameter count for the method.
 pub fn trainable_parameters(config: &ModelConfig, params: &TrialParams) -> usize {
     match params.method {
-        Method::Sft | Method::PostPretrain => config.parameter_count(),
-        Method::Lora => {
+        // A head method's head (labels x hidden) is left out: small beside the rest, and the
+        // label count is the data's, which the shape does not know.
+        Method::Sft | Method::PostPretrain | Method::Classifier => config.parameter_count(),
+        Method::Lora | Method::ClassifierLora => {
             let r = params.lora_rank as usize;
             let per_layer: usize = params
                 .lora_targets
@@ -184,17 +186,10 @@ pub fn trainable_parameters(config: &ModelConfig, params: &TrialParams) -> usize
     }
 }
 
-/// (fan_in, fan_out) of a projection by its HF module name; (0, 0) for an unknown name.
+/// (fan_in, fan_out) of a projection by its HF module name; (0, 0) for an unknown name. The
+/// shape's own rule, so a head_dim of its own (Qwen3, ERNIE) is counted as the model has it.
 fn projection_shape(c: &ModelConfig, module: &str) -> (usize, usize) {
-    let (h, i) = (c.hidden_size, c.intermediate_size);
-    let kv = c.kv_heads() * c.head_dim();
-    match module {
-        "q_proj" | "o_proj" => (h, h),
-        "k_proj" | "v_proj" => (h, kv),
-        "gate_proj" | "up_proj" => (h, i),
-        "down_proj" => (i, h),
-        _ => (0, 0),
-    }
+    c.projection_shape(module)
 }
 
 /// Predicts the peak memory of a trial on one device at the given micro-batch.
@@ -247,13 +242,13 @@ fn training_activations(w: &Workload, micro_batch: usize) -> f64 {
     };
     let tokens = micro_batch as f64 * (t - prefix) + prefix;
     let adapted_outputs: usize = match w.params.method {
-        Method::Lora => w
+        Method::Lora | Method::ClassifierLora => w
             .params
             .lora_targets
             .iter()
             .map(|t| projection_shape(c, t).1)
             .sum(),
-        Method::Sft | Method::PostPretrain => 0,
+        Method::Sft | Method::PostPretrain | Method::Classifier => 0,
     };
     let k = coefficients(w);
     let per_layer = tokens
@@ -273,7 +268,13 @@ fn training_activations(w: &Workload, micro_batch: usize) -> f64 {
     } else {
         0.0
     };
-    let vocabulary = k.per_counted_vocab * counted * c.vocab_size as f64 + saved_logits;
+    // A head method computes no vocabulary-sized rows: one hidden row per sequence meets the
+    // head (no label search).
+    let vocabulary = if w.params.method.is_head() {
+        0.0
+    } else {
+        k.per_counted_vocab * counted * c.vocab_size as f64 + saved_logits
+    };
     layers + vocabulary + 2.0 * tokens * c.hidden_size as f64
 }
 

@@ -199,6 +199,32 @@ pub struct DataSpec {
     /// are flat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_separator: Option<String>,
+    /// What the head methods (`classifier`, `classifier_lora`) do with an example's system
+    /// prompt: keep it as the data gives it (default), or drop it (the list of classes a
+    /// generative prompt needs means nothing to a head, and costs its tokens in every forward).
+    /// The generative methods always keep it.
+    #[serde(default, skip_serializing_if = "SystemPrompt::is_keep")]
+    pub system_prompt: SystemPrompt,
+}
+
+/// `data: {system_prompt: keep | drop}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemPrompt {
+    #[default]
+    Keep,
+    Drop,
+}
+
+impl SystemPrompt {
+    pub fn is_keep(&self) -> bool {
+        *self == SystemPrompt::Keep
+    }
+
+    /// Whether a trial of `method` reads its examples without their system prompt.
+    pub fn drops_for(&self, method: crate::spec::params::Method) -> bool {
+        *self == SystemPrompt::Drop && method.is_head()
+    }
 }
 
 /// `data: {conflicts: warn | error}`.

@@ -17,6 +17,11 @@ pub enum Method {
     Lora,
     /// Continued causal-LM training on all tokens of unlabelled text.
     PostPretrain,
+    /// A linear head over the last prompt token's final hidden state, all weights trained;
+    /// cross-entropy over train's labels (transformers' `*ForSequenceClassification`).
+    Classifier,
+    /// The same head on a frozen base with low-rank adapters (PEFT's SEQ_CLS layout).
+    ClassifierLora,
 }
 
 impl Method {
@@ -25,7 +30,20 @@ impl Method {
             Method::Sft => "sft",
             Method::Lora => "lora",
             Method::PostPretrain => "post_pretrain",
+            Method::Classifier => "classifier",
+            Method::ClassifierLora => "classifier_lora",
         }
+    }
+
+    /// Whether the method classifies with a head over the prompt (no answer tokens, no label
+    /// search) rather than generating the label.
+    pub fn is_head(&self) -> bool {
+        matches!(self, Method::Classifier | Method::ClassifierLora)
+    }
+
+    /// Whether the base is frozen and low-rank adapters train.
+    pub fn is_lora(&self) -> bool {
+        matches!(self, Method::Lora | Method::ClassifierLora)
     }
 }
 

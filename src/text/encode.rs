@@ -184,6 +184,15 @@ pub fn encode_all(
         .iter()
         .map(|ex| match (method, &ex.tgt) {
             (Method::PostPretrain, _) => unsupervised(tok, &ex.src, max_len, ex.line),
+            // The head methods read the prompt alone (no answer tokens): its last token's hidden
+            // state meets the head; cut as a prompt before an answer would be.
+            (m, Some(_)) if m.is_head() => supervised(
+                &prompt_ids(tok, ex)?,
+                &[],
+                tok.bos.is_some(),
+                max_len,
+                ex.line,
+            ),
             (_, Some(tgt)) => supervised(
                 &prompt_ids(tok, ex)?,
                 &answer_ids(tok, tgt)?,

@@ -1,5 +1,8 @@
 //! Checkpoints in Hugging Face layouts: a full model folder (config.json, model.safetensors,
-//! tokenizer.json) for sft and post_pretrain, PEFT's adapter folder for LoRA.
+//! tokenizer.json) for sft and post_pretrain, PEFT's adapter folder for LoRA; with a
+//! classification head (`classifier`, `classifier_lora`) transformers' `*ForSequenceClassification`
+//! folder (`score.weight`, `id2label`) and PEFT's SEQ_CLS adapter folder (the head under
+//! `modules_to_save`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,18 +43,64 @@ pub fn tokenizer_files(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
 /// Writes the model's checkpoint into `dir`, replacing what was there only once the new one is
 /// complete (written beside it, then renamed).
 pub fn save(model: &CausalLm, tokenizer: &TextTokenizer, base: &str, dir: &Path) -> Result<()> {
-    save_with(model, tokenizer, base, dir, &[])
+    save_with(model, tokenizer, base, dir, &[], &[])
+}
+
+/// A full checkpoint's `config.json` for a model with a classification head of `labels` (an
+/// index's name `LABEL_i` where `labels` has none): transformers' `*ForSequenceClassification`
+/// of the causal LM's architecture, with `id2label`, `label2id` and `num_labels`.
+pub fn head_config_json(
+    mut config: serde_json::Value,
+    labels: &[String],
+    num_labels: usize,
+) -> serde_json::Value {
+    let name = |i: usize| {
+        labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("LABEL_{i}"))
+    };
+    let causal = config["architectures"][0]
+        .as_str()
+        .unwrap_or("LlamaForCausalLM")
+        .to_string();
+    let class = causal.replace("ForCausalLM", "ForSequenceClassification");
+    config["architectures"] = serde_json::json!([class]);
+    config["id2label"] = (0..num_labels)
+        .map(|i| (i.to_string(), serde_json::json!(name(i))))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    config["label2id"] = (0..num_labels)
+        .map(|i| (name(i), serde_json::json!(i)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    config["num_labels"] = serde_json::json!(num_labels);
+    config["problem_type"] = serde_json::json!("single_label_classification");
+    config
+}
+
+/// The tensors of a full checkpoint: the base's, and with a classification head `score.weight`
+/// in place of the language-model head (a `*ForSequenceClassification` has none).
+fn full_tensors(model: &CausalLm) -> HashMap<String, Tensor> {
+    let mut tensors: HashMap<String, Tensor> = model.base_tensors().into_iter().collect();
+    if let Some(score) = model.score_head() {
+        tensors.remove("lm_head.weight");
+        tensors.insert("score.weight".to_string(), score.clone());
+    }
+    tensors
 }
 
 /// As `save`, with `extra` files (name, contents) in the same folder swap, so a checkpoint is
-/// never seen without them (labels.json, the base's `tokenizer_files`). The tokenizer the trial
-/// used is written as tokenizer.json unless `extra` holds the base's own.
+/// never seen without them (labels.json, the base's `tokenizer_files`), and `labels` naming a
+/// classification head's outputs in config.json. The tokenizer the trial used is written as
+/// tokenizer.json unless `extra` holds the base's own.
 pub fn save_with(
     model: &CausalLm,
     tokenizer: &TextTokenizer,
     base: &str,
     dir: &Path,
     extra: &[(&str, Vec<u8>)],
+    labels: &[String],
 ) -> Result<()> {
     let tmp = staging_dir(dir).at(dir)?;
     for (name, bytes) in extra {
@@ -60,16 +109,19 @@ pub fn save_with(
     }
     match model.lora_settings() {
         None => {
-            let tensors: HashMap<String, Tensor> = model.base_tensors().into_iter().collect();
-            candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))?;
+            candle_core::safetensors::save(&full_tensors(model), tmp.join("model.safetensors"))?;
             let path = tmp.join("config.json");
-            let config = serde_json::to_vec_pretty(&model.config.to_hf_json()).at(&path)?;
+            let mut config = model.config.to_hf_json();
+            if let Some(score) = model.score_head() {
+                config = head_config_json(config, labels, score.dim(0)?);
+            }
+            let config = serde_json::to_vec_pretty(&config).at(&path)?;
             std::fs::write(&path, config).at(&path)?;
         }
         Some(lora) => {
             let tensors: HashMap<String, Tensor> = model.trainable_tensors().into_iter().collect();
             candle_core::safetensors::save(&tensors, tmp.join("adapter_model.safetensors"))?;
-            let config = serde_json::json!({
+            let mut config = serde_json::json!({
                 "peft_type": "LORA",
                 "task_type": "CAUSAL_LM",
                 "base_model_name_or_path": base,
@@ -81,6 +133,12 @@ pub fn save_with(
                 "fan_in_fan_out": false,
                 "inference_mode": true,
             });
+            if model.score_head().is_some() {
+                // PEFT's layout of a head trained beside the adapters: saved in full, as
+                // `base_model.model.score.weight`.
+                config["task_type"] = serde_json::json!("SEQ_CLS");
+                config["modules_to_save"] = serde_json::json!(["score"]);
+            }
             let path = tmp.join("adapter_config.json");
             std::fs::write(&path, serde_json::to_vec_pretty(&config).at(&path)?).at(&path)?;
         }
@@ -178,12 +236,22 @@ pub fn export_merged(adapter_dir: &Path, out: &Path) -> Result<()> {
             "no projection matched the adapter's target_modules",
         ));
     }
+    let mut config = config.to_hf_json();
+    // A SEQ_CLS adapter's head: the merged folder is a `*ForSequenceClassification`.
+    if let Some(score) = adapters.get("base_model.model.score.weight") {
+        let labels = crate::protocol::evaluation::CheckpointLabels::read(adapter_dir)
+            .map(|l| l.labels)
+            .unwrap_or_default();
+        weights.remove("lm_head.weight");
+        weights.insert("score.weight".to_string(), score.clone());
+        config = head_config_json(config, &labels, score.dim(0)?);
+    }
     let tmp = staging_dir(out).at(out)?;
     candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
     let config_out = tmp.join("config.json");
     std::fs::write(
         &config_out,
-        serde_json::to_vec_pretty(&config.to_hf_json()).at(&config_out)?,
+        serde_json::to_vec_pretty(&config).at(&config_out)?,
     )
     .at(&config_out)?;
     // The tokenizer and chat template as the checkpoint (else the base) has them; labels.json

@@ -14,10 +14,11 @@ use crate::protocol::evaluation::{CheckpointLabels, EvalReport, LabelScore, Pred
 use crate::spec::ModelSource;
 use crate::stats::classify::{argmax, classify, level_accuracy, softmax, top_k};
 use crate::text::data::{examples_from_bytes, Example};
-use crate::text::encode::{answer_ids, prompt_ids};
+use crate::text::encode::{answer_ids, prompt_ids, supervised};
 use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
 use crate::trainer::checkpoint::AdapterConfig;
 use crate::trainer::error::{bad_file, AtPath, Result};
+use crate::trainer::head::label_log_probs;
 use crate::trainer::model::{load_hf_folder, CausalLm, Trainable};
 use crate::trainer::scoring::{candidate_scores, Candidates};
 
@@ -115,10 +116,27 @@ impl Scorer {
             let adapters: HashMap<String, candle_core::Tensor> =
                 candle_core::safetensors::load(&adapters_path, &device)
                     .map_err(|e| bad_file(&adapters_path, e.to_string()))?;
+            // A SEQ_CLS adapter folder's head (PEFT's name), loaded with the adapters.
+            let model = match adapters.get("base_model.model.score.weight") {
+                Some(score) => model.with_score_head(score)?,
+                None => model,
+            };
             model.load_adapters(&adapters, &adapters_path.display().to_string())?;
             (model, tokenizer)
         } else if checkpoint.join("config.json").exists() {
-            let (config, weights) = load_hf_folder(checkpoint, &device)?;
+            let (config, mut weights) = load_hf_folder(checkpoint, &device)?;
+            let score = weights.remove("score.weight");
+            if score.is_some() && !config.tie_word_embeddings {
+                // A `*ForSequenceClassification` folder has no language-model head, which
+                // nothing here computes with: zeros stand in for it.
+                let shape = (config.vocab_size, config.hidden_size);
+                let dtype = weights
+                    .get("model.embed_tokens.weight")
+                    .map_or(DType::F32, |t| t.dtype());
+                weights
+                    .entry("lm_head.weight".to_string())
+                    .or_insert(candle_core::Tensor::zeros(shape, dtype, &device)?);
+            }
             let model = CausalLm::new(
                 config,
                 &weights,
@@ -127,6 +145,10 @@ impl Scorer {
                 &device,
                 &checkpoint.display().to_string(),
             )?;
+            let model = match score {
+                Some(score) => model.with_score_head(&score)?,
+                None => model,
+            };
             let tokenizer = load_tokenizer(&ModelSource::Path(checkpoint.to_path_buf()), &[])?;
             (model, tokenizer)
         } else {
@@ -152,18 +174,57 @@ impl Scorer {
         })
     }
 
-    /// Every candidate's score for every example, in the trial's evaluation batches.
+    /// Every candidate's score for every example, in the trial's evaluation batches: the sum
+    /// of its answer tokens' log-probabilities, or with a classification head the head's
+    /// log-probability (one forward per example), each prompt read as the trial read it.
     pub fn scores(&self, examples: &[Example]) -> Result<Vec<Vec<f64>>> {
         let prompts = examples
             .iter()
-            .map(|e| prompt_ids(&self.tokenizer, e))
+            .map(|e| {
+                if self.labels.drop_system_prompt {
+                    let mut e = e.clone();
+                    e.system = None;
+                    prompt_ids(&self.tokenizer, &e)
+                } else {
+                    prompt_ids(&self.tokenizer, e)
+                }
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        if self.model.score_head().is_some() {
+            return self.head_scores(&prompts, examples);
+        }
         Ok(candidate_scores(
             &self.model,
             &prompts,
             &self.candidates,
             self.tokenizer.bos.is_some(),
             self.labels.max_seq_len as usize,
+            self.tokenizer.pad,
+            self.labels.eval_batch,
+        )?)
+    }
+
+    /// The head's log-probabilities of every label, each prompt cut to the trial's
+    /// `max_seq_len` as training cut it (`text::encode::supervised` without an answer).
+    fn head_scores(&self, prompts: &[Vec<u32>], examples: &[Example]) -> Result<Vec<Vec<f64>>> {
+        let cut = prompts
+            .iter()
+            .zip(examples)
+            .map(|(p, e)| {
+                supervised(
+                    p,
+                    &[],
+                    self.tokenizer.bos.is_some(),
+                    self.labels.max_seq_len as usize,
+                    e.line,
+                )
+                .map(|s| s.ids)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| crate::trainer::error::TrainError::Setting(e.to_string()))?;
+        Ok(label_log_probs(
+            &self.model,
+            &cut,
             self.tokenizer.pad,
             self.labels.eval_batch,
         )?)

@@ -20,6 +20,8 @@
 //! - `step`: a batch's gradients in micro-batches; `parallel`: data-parallel replicas and the
 //!   optimizer step (`Replicas::step`, the one training takes and `bench` times); `optim`: AdamW,
 //!   schedule, clipping.
+//! - `head`: the head methods' classification head (`classifier`, `classifier_lora`): its loss
+//!   over each prompt's last token and its evaluation, one forward per example.
 //! - `scoring`: dev loss and candidate-label scores (a trial's evaluation); `checkpoint_eval`: a
 //!   saved checkpoint loaded and scored (`sweep eval`, `sweep predict`).
 //! - `checkpoint`: HF and PEFT folders, merge; `resume`: resume points; `stop`: the pre-timeout
@@ -34,6 +36,7 @@ pub mod checkpoint;
 pub mod checkpoint_eval;
 pub mod error;
 pub mod gpu;
+pub mod head;
 pub mod model;
 pub mod ops;
 pub mod optim;

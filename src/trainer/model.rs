@@ -178,6 +178,8 @@ pub struct CausalLm {
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Tensor,
+    /// The head methods' classification head (labels, hidden), trained: `with_score_head`.
+    score: Option<Tensor>,
     /// Trainable parameters by checkpoint name: HF names for full training, PEFT names for LoRA.
     trainable: Vec<(String, Var)>,
     /// `trainable[i]`'s gradient sink, where fused ops add its gradient instead of candle's
@@ -386,6 +388,7 @@ impl CausalLm {
             layers,
             norm,
             lm_head,
+            score: None,
             trainable: trainable_vars,
             sinks,
             embed_sink,
@@ -415,6 +418,41 @@ impl CausalLm {
     }
     pub fn lora_settings(&self) -> Option<&LoraSettings> {
         self.lora.as_ref()
+    }
+
+    /// The model with a trained classification head starting at `weight` (labels, hidden):
+    /// transformers' `score.weight`, or PEFT's `base_model.model.score.weight` beside LoRA
+    /// adapters (f32 over a half-precision base, as they are). Its gradient comes from candle's
+    /// store. An untied language-model head stops training: no head method's loss reaches it.
+    pub fn with_score_head(mut self, weight: &Tensor) -> Result<Self> {
+        let dtype = match self.lora {
+            Some(_) if is_half(self.dtype()) => DType::F32,
+            _ => self.dtype(),
+        };
+        let var = Var::from_tensor(&weight.to_dtype(dtype)?.to_device(&self.device)?)?;
+        if let Some(i) = self
+            .trainable
+            .iter()
+            .position(|(n, _)| n == "lm_head.weight")
+        {
+            self.trainable.remove(i);
+            self.sinks.remove(i);
+            self.head_sink = None;
+            self.lm_head = self.lm_head.detach();
+        }
+        let name = match self.lora {
+            Some(_) => "base_model.model.score.weight",
+            None => "score.weight",
+        };
+        self.score = Some(var.as_tensor().clone());
+        self.trainable.push((name.to_string(), var));
+        self.sinks.push(None);
+        Ok(self)
+    }
+
+    /// The classification head, when the model has one (`with_score_head`).
+    pub fn score_head(&self) -> Option<&Tensor> {
+        self.score.as_ref()
     }
 
     /// The parameters the optimizer updates, with their checkpoint names.
@@ -572,6 +610,7 @@ impl CausalLm {
                 .collect(),
             norm: norm(&self.norm),
             lm_head: self.lm_head.detach(),
+            score: self.score.as_ref().map(|s| s.detach()),
             trainable: Vec::new(),
             sinks: Vec::new(),
             embed_sink: None,

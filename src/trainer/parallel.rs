@@ -20,7 +20,7 @@ use candle_core::Device;
 use crate::text::encode::Seq;
 use crate::trainer::model::{CausalLm, ModelError, Trainable};
 use crate::trainer::optim::{AdamW, Clip};
-use crate::trainer::step::{counted_tokens, shard_gradients, ShardGradients, StepStats};
+use crate::trainer::step::{batch_gradients, ShardGradients, StepBatch, StepStats};
 
 /// Errors of building or stepping replicas.
 #[derive(Debug, thiserror::Error)]
@@ -104,17 +104,19 @@ impl Replicas {
                 None => Trainable::All,
             };
             for device in other_devices {
-                models.push(
-                    CausalLm::new(
-                        primary.config.clone(),
-                        &weights,
-                        trainable.clone(),
-                        seed,
-                        device,
-                        "replica of the first device's model",
-                    )?
-                    .with_kernels(primary.kernels()),
-                );
+                let mut replica = CausalLm::new(
+                    primary.config.clone(),
+                    &weights,
+                    trainable.clone(),
+                    seed,
+                    device,
+                    "replica of the first device's model",
+                )?
+                .with_kernels(primary.kernels());
+                if let Some(score) = primary.score_head() {
+                    replica = replica.with_score_head(&score.detach())?;
+                }
+                models.push(replica);
             }
         }
         models.insert(0, primary);
@@ -180,8 +182,20 @@ impl Replicas {
         lr: f64,
         max_grad_norm: f64,
     ) -> Result<StepStats> {
-        let denominator = counted_tokens(seqs).max(1) as f64;
-        let shards = self.shard_gradients(seqs, micro, pad, denominator)?;
+        self.step_batch(StepBatch::Tokens(seqs), micro, pad, lr, max_grad_norm)
+    }
+
+    /// `step` on a batch of either loss (`StepBatch`): the head methods' steps come here.
+    pub fn step_batch(
+        &mut self,
+        batch: StepBatch,
+        micro: usize,
+        pad: u32,
+        lr: f64,
+        max_grad_norm: f64,
+    ) -> Result<StepStats> {
+        let denominator = batch.denominator().max(1) as f64;
+        let shards = self.shard_gradients(batch, micro, pad, denominator)?;
         let primary_device = self.models[0].device().clone();
         let mut summed: Option<ShardGradients> = None;
         for shard in shards.into_iter().flatten() {
@@ -213,7 +227,14 @@ impl Replicas {
         } = match summed {
             Some(total) => total,
             // An empty batch: every shard was empty. Zero gradients, as one device would take.
-            None => shard_gradients(&self.models[0], &[], micro, pad, denominator)?,
+            None => batch_gradients(
+                &self.models[0],
+                batch.slice(0..0),
+                micro,
+                pad,
+                denominator,
+                true,
+            )?,
         };
         let clip = Clip::of(&grads, max_grad_norm)?;
         self.optimizer.step_scaled(&grads, clip.scale, lr)?;
@@ -230,28 +251,29 @@ impl Replicas {
     /// once; the primary's shard runs on the calling thread.
     fn shard_gradients(
         &self,
-        seqs: &[&Seq],
+        batch: StepBatch,
         micro: usize,
         pad: u32,
         denominator: f64,
     ) -> Result<Vec<Option<ShardGradients>>> {
-        let ranges = shard_ranges(seqs.len(), self.models.len());
+        let ranges = shard_ranges(batch.len(), self.models.len());
         if self.models.len() == 1 {
             // One device: the whole batch on the calling thread, empty batch included.
-            return Ok(vec![Some(shard_gradients(
+            return Ok(vec![Some(batch_gradients(
                 &self.models[0],
-                seqs,
+                batch,
                 micro,
                 pad,
                 denominator,
+                true,
             )?)]);
         }
         let work = |model: &CausalLm, range: std::ops::Range<usize>| {
-            let shard = &seqs[range];
+            let shard = batch.slice(range);
             if shard.is_empty() {
                 Ok(None)
             } else {
-                shard_gradients(model, shard, micro, pad, denominator).map(Some)
+                batch_gradients(model, shard, micro, pad, denominator, true).map(Some)
             }
         };
         std::thread::scope(|scope| {

@@ -60,31 +60,119 @@ pub fn shard_gradients_with(
     denominator: f64,
     share_prefix: bool,
 ) -> candle_core::Result<ShardGradients> {
+    batch_gradients(
+        model,
+        StepBatch::Tokens(seqs),
+        micro,
+        pad,
+        denominator,
+        share_prefix,
+    )
+}
+
+/// A batch (or part of one) as its method's loss reads it.
+#[derive(Debug, Clone, Copy)]
+pub enum StepBatch<'a> {
+    /// Sequences whose answer tokens (or text) count: the generative methods' token loss.
+    Tokens(&'a [&'a Seq]),
+    /// Prompts with their label's index: the head methods' cross-entropy, one per example
+    /// (`trainer::head`).
+    Classes(&'a [(&'a Seq, u32)]),
+}
+
+impl<'a> StepBatch<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            StepBatch::Tokens(s) => s.len(),
+            StepBatch::Classes(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The examples in `range`.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> StepBatch<'a> {
+        match *self {
+            StepBatch::Tokens(s) => StepBatch::Tokens(&s[range]),
+            StepBatch::Classes(s) => StepBatch::Classes(&s[range]),
+        }
+    }
+
+    /// What the batch's summed loss is divided by: its counted tokens, or its examples.
+    pub fn denominator(&self) -> usize {
+        match self {
+            StepBatch::Tokens(s) => counted_tokens(s),
+            StepBatch::Classes(s) => s.len(),
+        }
+    }
+}
+
+/// The summed loss of one micro-batch and its non-pad input tokens; `None` when nothing in it
+/// counts.
+fn micro_batch_loss(
+    model: &CausalLm,
+    chunk: StepBatch,
+    pad: u32,
+    share_prefix: bool,
+) -> candle_core::Result<(Option<Tensor>, usize)> {
+    let seqs = match chunk {
+        StepBatch::Tokens(seqs) => seqs,
+        StepBatch::Classes(examples) => {
+            let prompts: Vec<&[u32]> = examples.iter().map(|(s, _)| s.ids.as_slice()).collect();
+            let classes: Vec<u32> = examples.iter().map(|(_, c)| *c).collect();
+            let tokens = prompts.iter().map(|p| p.len()).sum();
+            let nll =
+                crate::trainer::head::class_nll(model, &prompts, &classes, pad, share_prefix)?;
+            return Ok((Some(nll.sum_all()?), tokens));
+        }
+    };
+    let shared = if share_prefix {
+        shared_prefix_nll(model, seqs, pad)?
+    } else {
+        None
+    };
+    let (nll, batch) = match shared {
+        Some(done) => done,
+        None => {
+            let batch = make_batch(seqs, pad, model.device())?;
+            if batch.tokens == 0 {
+                return Ok((None, batch.input_tokens));
+            }
+            (token_nll(model, &batch)?, batch)
+        }
+    };
+    Ok((Some(nll.sum_all()?), batch.input_tokens))
+}
+
+/// The gradients of `batch` (all or part of a batch) in micro-batches of `micro` examples, each
+/// micro-batch's summed loss divided by `denominator`, the whole batch's (`StepBatch::denominator`).
+/// Why a shared denominator: then the gradients of any split of the batch (micro-batches,
+/// devices, uneven shares) add up to the gradient of the batch's mean loss.
+pub fn batch_gradients(
+    model: &CausalLm,
+    batch: StepBatch,
+    micro: usize,
+    pad: u32,
+    denominator: f64,
+    share_prefix: bool,
+) -> candle_core::Result<ShardGradients> {
     let vars = model.trainable();
     // Whatever a failed earlier step left in the fused ops' gradient sinks is not this step's.
     model.clear_gradients()?;
     let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut loss_total = 0.0;
     let mut input_tokens = 0;
-    for chunk in seqs.chunks(micro.max(1)) {
-        let shared = if share_prefix {
-            shared_prefix_nll(model, chunk, pad)?
-        } else {
-            None
+    let micro = micro.max(1);
+    for start in (0..batch.len()).step_by(micro) {
+        let chunk = batch.slice(start..(start + micro).min(batch.len()));
+        let (summed, tokens) = micro_batch_loss(model, chunk, pad, share_prefix)?;
+        input_tokens += tokens;
+        let Some(summed) = summed else {
+            continue;
         };
-        let (nll, batch) = match shared {
-            Some(done) => done,
-            None => {
-                let batch = make_batch(chunk, pad, model.device())?;
-                if batch.tokens == 0 {
-                    input_tokens += batch.input_tokens;
-                    continue;
-                }
-                (token_nll(model, &batch)?, batch)
-            }
-        };
-        input_tokens += batch.input_tokens;
-        let loss = (nll.sum_all()? / denominator)?;
+        let loss = (summed / denominator)?;
         loss_total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let grads = model.gradients(&loss.backward()?)?;
         for (slot, g) in acc.iter_mut().zip(grads) {

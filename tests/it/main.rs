@@ -2,6 +2,7 @@
 
 mod architecture;
 mod check;
+mod classifier;
 mod cli;
 mod common;
 mod data_parallel;

@@ -13,6 +13,7 @@ use crate::text::encode::{answer_ids, encode_all, prompt_ids, Seq};
 use crate::text::tokenizer::{load_tokenizer, TextTokenizer};
 use crate::trainer::error::{Result, TrainError};
 use crate::trainer::gpu::{open_cuda, set_tf32};
+use crate::trainer::head::initial_head;
 use crate::trainer::model::{load_hf_folder, CausalLm, LoraSettings, Trainable};
 use crate::trainer::parallel::Replicas;
 use crate::trainer::resume::ResumeState;
@@ -61,12 +62,12 @@ pub fn load_model(
     device: &Device,
 ) -> Result<LoadedModel> {
     let trainable = match params.method {
-        Method::Lora => Trainable::Lora(LoraSettings {
+        Method::Lora | Method::ClassifierLora => Trainable::Lora(LoraSettings {
             rank: params.lora_rank as usize,
             alpha: params.lora_alpha,
             targets: params.lora_targets.clone(),
         }),
-        Method::Sft | Method::PostPretrain => Trainable::All,
+        Method::Sft | Method::PostPretrain | Method::Classifier => Trainable::All,
     };
     let seed = params.seed();
     let tokenizer = load_tokenizer(source, train)?;
@@ -147,6 +148,25 @@ fn label_scoring(
     }))
 }
 
+/// What the head methods train and evaluate against: each training example's label and each dev
+/// example's gold label, as indices into train's labels (`None`: a label train lacks).
+pub struct HeadClasses {
+    pub train: Vec<u32>,
+    pub dev_gold: Vec<Option<usize>>,
+}
+
+impl HeadClasses {
+    /// The label indices of `train` and `dev` among `labels` (sorted); every training example
+    /// has one, as `encode_all` refused those without.
+    fn of(labels: &[String], train: &[Example], dev: &[Example]) -> Self {
+        let index = |e: &Example| e.tgt.as_ref().and_then(|t| labels.binary_search(t).ok());
+        Self {
+            train: train.iter().map(|e| index(e).unwrap_or(0) as u32).collect(),
+            dev_gold: dev.iter().map(index).collect(),
+        }
+    }
+}
+
 /// Everything a trial loaded before its first step.
 pub struct Loaded {
     pub cfg: TrialConfig,
@@ -159,6 +179,10 @@ pub struct Loaded {
     /// Train's labels, sorted: the candidates every evaluation scores.
     pub labels: Vec<String>,
     pub scoring: Option<LabelScoring>,
+    /// The head methods' labels (their `scoring` is `None`: no label search).
+    pub classes: Option<HeadClasses>,
+    /// The examples were read without their system prompt (`SystemPrompt::drops_for`).
+    pub drop_system_prompt: bool,
     pub schedule: Schedule,
     pub replicas: Replicas,
     /// The resume point the trial continues from.
@@ -176,10 +200,17 @@ pub fn load(dir: &Path, cfg: TrialConfig, sink: &mut dyn TrialSink) -> Result<Lo
             cfg.trial
         ));
     }
-    let train = load_examples(&cfg.train)?;
-    let dev = load_examples(&cfg.dev)?;
+    let drop_system_prompt = cfg.system_prompt.drops_for(p.method);
+    let without_system = |mut examples: Vec<Example>| {
+        if drop_system_prompt {
+            examples.iter_mut().for_each(|e| e.system = None);
+        }
+        examples
+    };
+    let train = without_system(load_examples(&cfg.train)?);
+    let dev = without_system(load_examples(&cfg.dev)?);
     let LoadedModel {
-        model,
+        mut model,
         tokenizer,
         base,
     } = load_model(&cfg.model, p, &train, &devices[0])?;
@@ -187,7 +218,18 @@ pub fn load(dir: &Path, cfg: TrialConfig, sink: &mut dyn TrialSink) -> Result<Lo
     let train_seqs = encode_all(&train, &tokenizer, p.method, max_len, &cfg.train)?;
     let dev_seqs = encode_all(&dev, &tokenizer, p.method, max_len, &cfg.dev)?;
     let labels = label_set(&train);
-    let scoring = label_scoring(&tokenizer, &labels, &dev)?;
+    let (scoring, classes) = if p.method.is_head() {
+        let head = initial_head(
+            labels.len(),
+            model.config.hidden_size,
+            p.seed(),
+            &devices[0],
+        )?;
+        model = model.with_score_head(&head)?;
+        (None, Some(HeadClasses::of(&labels, &train, &dev)))
+    } else {
+        (label_scoring(&tokenizer, &labels, &dev)?, None)
+    };
     let schedule = Schedule::of(p, train_seqs.len(), devices.len());
     let mut replicas = Replicas::new(model, &devices[1..], p.weight_decay, p.seed())?;
     let resumed =
@@ -201,6 +243,8 @@ pub fn load(dir: &Path, cfg: TrialConfig, sink: &mut dyn TrialSink) -> Result<Lo
         dev_seqs,
         labels,
         scoring,
+        classes,
+        drop_system_prompt,
         schedule,
         replicas,
         resumed,

@@ -119,6 +119,18 @@ mod tests {
     /// A one-trial folder as `sweep run` writes it: the `test` preset on the first 24 training
     /// and 8 dev lines of clinc150-mini, batches of 8 (3 steps an epoch), 2 epochs.
     fn trial_folder(root: &Path) -> std::path::PathBuf {
+        trial_folder_with(root, 24, 8, &[], serde_json::json!({}))
+    }
+
+    /// `trial_folder` on the first `n_train` and `n_dev` lines, with `params` over the
+    /// defaults and `extra` keys in config.json.
+    fn trial_folder_with(
+        root: &Path,
+        n_train: usize,
+        n_dev: usize,
+        params: &[(&str, serde_json::Value)],
+        extra: serde_json::Value,
+    ) -> std::path::PathBuf {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clinc150-mini");
         let take = |name: &str, n: usize| {
             let text = std::fs::read_to_string(data.join(name)).unwrap();
@@ -126,7 +138,7 @@ mod tests {
             std::fs::write(&path, text.lines().take(n).collect::<Vec<_>>().join("\n")).unwrap();
             path
         };
-        let (train, dev) = (take("train.json", 24), take("dev.json", 8));
+        let (train, dev) = (take("train.json", n_train), take("dev.json", n_dev));
         let dir = root.join("trial");
         std::fs::create_dir_all(&dir).unwrap();
         let params = crate::spec::params::TrialParams::from_assignment(
@@ -135,15 +147,19 @@ mod tests {
                 ("batch_size".to_string(), serde_json::json!(8)),
             ]
             .into_iter()
+            .chain(params.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .collect(),
             5,
         )
         .unwrap();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "trial": 1, "sweep": "t", "params": params, "train": train, "dev": dev,
             "model": {"preset": "test"}, "metric": {"name": "accuracy"},
             "devices": ["cpu"], "threads": 1
         });
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
         std::fs::write(dir.join(TrialConfig::FILE), config.to_string()).unwrap();
         dir
     }
@@ -244,6 +260,75 @@ mod tests {
         };
         assert_eq!((result.best_step, result.steps), (Some(3), Some(3)));
         assert!(sink.lines.iter().any(|l| l.contains("early termination")));
+    }
+
+    #[test]
+    fn a_tiny_classifier_learns_the_intents_well_above_chance() {
+        // 10 intents (chance 0.1), the system prompt dropped (a head needs no list of classes).
+        let tmp = tempfile::tempdir().unwrap();
+        let params = [
+            ("method", serde_json::json!("classifier")),
+            ("epochs", serde_json::json!(4)),
+            ("learning_rate", serde_json::json!(1e-2)),
+            ("max_seq_len", serde_json::json!(64)),
+        ];
+        let extra = serde_json::json!({"system_prompt": "drop"});
+        let dir = trial_folder_with(tmp.path(), 600, 200, &params, extra);
+        let mut sink = RecordingSink::default();
+        let (end, error) = run(&dir, &mut sink);
+        assert!(error.is_none(), "{error:?}");
+        let result = end.result().unwrap();
+        let accuracy = result.accuracy.unwrap();
+        assert!(accuracy > 0.5, "accuracy {accuracy}");
+        assert!(
+            result.dev_loss < (10f64).ln(),
+            "dev loss {}",
+            result.dev_loss
+        );
+        let labels: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("checkpoint/labels.json")).unwrap())
+                .unwrap();
+        assert_eq!(labels["drop_system_prompt"], true);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("checkpoint/config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["architectures"][0], "LlamaForSequenceClassification");
+        assert_eq!(config["num_labels"], 10);
+        assert_eq!(config["id2label"]["0"], "alarm");
+        let predictions = std::fs::read_to_string(dir.join("dev_predictions.jsonl")).unwrap();
+        assert_eq!(predictions.lines().count(), 200);
+    }
+
+    #[test]
+    fn a_head_trial_resumed_after_a_stop_ends_as_an_uninterrupted_one() {
+        // The head is a trained tensor like the adapters: in the resume point, and restored.
+        let params = [("method", serde_json::json!("classifier_lora"))];
+        let uninterrupted = {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = trial_folder_with(tmp.path(), 24, 8, &params, serde_json::json!({}));
+            run(&dir, &mut RecordingSink::default()).0
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = trial_folder_with(tmp.path(), 24, 8, &params, serde_json::json!({}));
+        let mut stopped = RecordingSink {
+            stop_after_steps: Some(4),
+            ..RecordingSink::default()
+        };
+        let (_, error) = run(&dir, &mut stopped);
+        assert!(
+            matches!(error, Some(TrainError::SavedOnSignal { .. })),
+            "{error:?}"
+        );
+        let (resumed, error) = run(&dir, &mut RecordingSink::default());
+        assert!(error.is_none(), "{error:?}");
+        let (a, b) = (uninterrupted.result().unwrap(), resumed.result().unwrap());
+        assert_eq!(a.accuracy, b.accuracy);
+        assert!(
+            (a.dev_loss - b.dev_loss).abs() < 1e-9,
+            "{} vs {}",
+            a.dev_loss,
+            b.dev_loss
+        );
     }
 
     #[test]

@@ -14,10 +14,11 @@ use crate::stats::classify::level_accuracy;
 use crate::text::data::Example;
 use crate::text::encode::Seq;
 use crate::trainer::error::{AtPath, Result, TrainError};
+use crate::trainer::head::{head_metrics, label_log_probs};
 use crate::trainer::optim::learning_rate;
 use crate::trainer::resume::{PartialEpoch, ResumeState};
 use crate::trainer::scoring::{dev_loss, evaluate_dev, top_accuracy};
-use crate::trainer::step::StepStats;
+use crate::trainer::step::{StepBatch, StepStats};
 use crate::trainer::train::load::Loaded;
 use crate::trainer::train::schedule::epoch_order;
 use crate::trainer::train::sink::TrialSink;
@@ -162,6 +163,7 @@ impl Trial {
         let Loaded {
             cfg,
             train_seqs,
+            classes,
             schedule: s,
             replicas,
             tokenizer,
@@ -175,7 +177,24 @@ impl Trial {
             s.warmup_steps,
             s.total_steps,
         );
-        let stats = replicas.step(&seqs, s.micro_batch, tokenizer.pad, lr, p.max_grad_norm)?;
+        let labelled: Vec<(&Seq, u32)>;
+        let step_batch = match classes {
+            Some(c) => {
+                labelled = batch
+                    .iter()
+                    .map(|i| (&train_seqs[*i], c.train[*i]))
+                    .collect();
+                StepBatch::Classes(&labelled)
+            }
+            None => StepBatch::Tokens(&seqs),
+        };
+        let stats = replicas.step_batch(
+            step_batch,
+            s.micro_batch,
+            tokenizer.pad,
+            lr,
+            p.max_grad_norm,
+        )?;
         if !stats.loss.is_finite() {
             return Err(TrainError::Diverged {
                 loss: stats.loss,
@@ -202,36 +221,15 @@ impl Trial {
         let model = l.replicas.primary();
         let eval_batch = l.schedule.micro_batch;
         let eval_start = Instant::now();
-        let (dev_loss, accuracy, best_labels) = match &l.scoring {
-            Some(scoring) => {
-                // Accuracy and the dev predictions need only the best label, not every score
-                // (`sweep predict` on the dev file gives the others); the search completes each
-                // gold label too, which gives the dev loss.
-                let e = evaluate_dev(
-                    model,
-                    &l.dev_seqs,
-                    &scoring.prompts,
-                    &scoring.candidates,
-                    &scoring.gold,
-                    (
-                        l.tokenizer.bos.is_some(),
-                        l.cfg.params.max_seq_len as usize,
-                        l.tokenizer.pad,
-                        eval_batch,
-                    ),
-                    1,
-                )?;
-                (
-                    e.dev_loss,
-                    Some(top_accuracy(&e.best, &scoring.gold)),
-                    Some(e.best),
-                )
+        let (dev_loss, accuracy, best_labels) = match &l.classes {
+            // One forward per dev example and the head's argmax: no label search.
+            Some(classes) => {
+                let prompts: Vec<Vec<u32>> = l.dev_seqs.iter().map(|s| s.ids.clone()).collect();
+                let log_probs = label_log_probs(model, &prompts, l.tokenizer.pad, eval_batch)?;
+                let m = head_metrics(&log_probs, &classes.dev_gold);
+                (m.dev_loss, Some(m.accuracy), Some(m.best))
             }
-            None => (
-                dev_loss(model, &l.dev_seqs, l.tokenizer.pad, eval_batch)?,
-                None,
-                None,
-            ),
+            None => self.generative_evaluation(eval_batch)?,
         };
         let accuracy_by_level = match (&best_labels, &l.cfg.label_separator) {
             (Some(best), Some(separator)) => accuracy_by_level(best, &l.labels, &l.dev, separator),
@@ -254,6 +252,45 @@ impl Trial {
         Ok(Evaluation {
             metrics,
             best_labels,
+        })
+    }
+
+    /// The generative methods' dev loss, accuracy and each dev example's best label, by label
+    /// search (which completes each gold label too, and so gives the dev loss); without labels
+    /// on both sides, the dev loss alone.
+    #[allow(clippy::type_complexity)]
+    fn generative_evaluation(
+        &self,
+        eval_batch: usize,
+    ) -> Result<(f64, Option<f64>, Option<Vec<Vec<(usize, f64)>>>)> {
+        let l = &self.loaded;
+        let model = l.replicas.primary();
+        Ok(match &l.scoring {
+            Some(scoring) => {
+                // Accuracy and the dev predictions need only the best label, not every score
+                // (`sweep predict` on the dev file gives the others).
+                let e = evaluate_dev(
+                    model,
+                    &l.dev_seqs,
+                    &scoring.prompts,
+                    &scoring.candidates,
+                    &scoring.gold,
+                    (
+                        l.tokenizer.bos.is_some(),
+                        l.cfg.params.max_seq_len as usize,
+                        l.tokenizer.pad,
+                        eval_batch,
+                    ),
+                    1,
+                )?;
+                let accuracy = top_accuracy(&e.best, &scoring.gold);
+                (e.dev_loss, Some(accuracy), Some(e.best))
+            }
+            None => (
+                dev_loss(model, &l.dev_seqs, l.tokenizer.pad, eval_batch)?,
+                None,
+                None,
+            ),
         })
     }
 
@@ -312,10 +349,13 @@ impl Trial {
             CheckpointLabels::FILE,
             labels_file(
                 &checkpoint,
-                &l.labels,
-                l.cfg.params.max_seq_len,
-                l.schedule.micro_batch,
-                l.cfg.label_separator.clone(),
+                CheckpointLabels {
+                    labels: l.labels.clone(),
+                    max_seq_len: l.cfg.params.max_seq_len,
+                    eval_batch: l.schedule.micro_batch,
+                    label_separator: l.cfg.label_separator.clone(),
+                    drop_system_prompt: l.drop_system_prompt,
+                },
             )?,
         )];
         if let ModelSource::Path(src) = &l.cfg.model {
@@ -327,6 +367,7 @@ impl Trial {
             &l.base,
             &checkpoint,
             &extra,
+            &l.labels,
         )?;
         Ok(checkpoint)
     }
@@ -495,19 +536,7 @@ fn accuracy_by_level(
 }
 
 /// The contents of a checkpoint's `labels.json` (`protocol::evaluation::CheckpointLabels`).
-fn labels_file(
-    checkpoint: &Path,
-    labels: &[String],
-    max_seq_len: u32,
-    eval_batch: usize,
-    label_separator: Option<String>,
-) -> Result<Vec<u8>> {
-    let value = CheckpointLabels {
-        labels: labels.to_vec(),
-        max_seq_len,
-        eval_batch,
-        label_separator,
-    };
+fn labels_file(checkpoint: &Path, value: CheckpointLabels) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(&value).at(&checkpoint.join(CheckpointLabels::FILE))
 }
 
