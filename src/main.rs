@@ -335,6 +335,11 @@ fn predict(checkpoint: &Path, file: Option<&Path>, top: usize) -> Result<ExitCod
 
 /// `sweep train DIR`: one trial, its progress events on stdout.
 fn train(dir: PathBuf) -> Result<ExitCode> {
+    if sweep::program_trial::is_program_trial(&dir) {
+        // A user's program: its end is in result.json; exit 0 unless it could not be written.
+        sweep::program_trial::command(&dir)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     match sweep::trainer::train::command(&dir) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e @ sweep::trainer::error::TrainError::SavedOnSignal { .. }) => {

@@ -21,6 +21,7 @@ pub mod files;
 pub mod located;
 pub mod named;
 pub mod paths;
+pub mod program;
 pub mod spec;
 pub mod sweep_file;
 pub mod tokens;

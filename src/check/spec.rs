@@ -46,7 +46,7 @@ pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> Sp
     if walk_errors > 0 {
         return out;
     }
-    let spec: SweepSpec = match yaml_serde::from_str(text) {
+    let spec: SweepSpec = match SweepSpec::parse(text, file) {
         Ok(spec) => spec,
         Err(e) => {
             // The walk above should have said it; this is the safety net.
@@ -192,6 +192,11 @@ fn check_trials(spec: &SweepSpec, ctx: &mut Ctx) -> Vec<TrialParams> {
             }
         }
     }
+    if spec.is_program() {
+        // The parameters are the program's own: only `gpus` means something to sweep.
+        check_program_trials(spec, &list, ctx);
+        return Vec::new();
+    }
     let mut seen: BTreeMap<(Option<String>, String), Seen> = BTreeMap::new();
     let mut trials = Vec::new();
     for (i, a) in list.iter().enumerate() {
@@ -263,6 +268,28 @@ fn check_trials(spec: &SweepSpec, ctx: &mut Ctx) -> Vec<TrialParams> {
         ctx.error(&path, Target::Value, e.message, None);
     }
     trials
+}
+
+/// A program sweep's trials: `gpus` a count of devices the pool can hold, and the pool itself.
+fn check_program_trials(spec: &SweepSpec, list: &[crate::spec::search::Assignment], ctx: &mut Ctx) {
+    let gpus = crate::plan::program::GPUS;
+    let bad = list.iter().find_map(|a| {
+        a.get(gpus)
+            .filter(|v| v.as_u64().is_none_or(|n| n == 0))
+            .cloned()
+    });
+    if let Some(v) = bad {
+        ctx.error(
+            &[Seg::Key("parameters".into()), Seg::Key(gpus.into())],
+            Target::Key,
+            format!("gpus is the number of devices a trial holds: a whole number of at least 1, got {v}"),
+            None,
+        );
+    }
+    if let Err(e) = crate::plan::Pool::from_spec(spec, 1) {
+        let path: Vec<Seg> = e.field.split('.').map(|k| Seg::Key(k.into())).collect();
+        ctx.error(&path, Target::Value, e.message, None);
+    }
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ fn begin(
     for t in &plan.trials {
         record.log(Event::TrialPlanned {
             trial: t.id,
-            params: t.params.to_map(),
+            params: plan.recorded_params(&t),
             estimate_mb: t.estimate_mb,
             assignment: None,
         })?;
@@ -331,7 +331,7 @@ impl<'a> Loop<'a> {
         let t = self.by_id.get(&id)?;
         Some(TrialView {
             id,
-            label: respond::label(&t.params),
+            label: respond::label_of(self.plan, &t),
             batch_size: t.params.batch_size,
             pruned: self
                 .record
@@ -433,7 +433,7 @@ impl<'a> Loop<'a> {
             let placement = decide::placement_for(self.plan, &t, &slots);
             let dir = trial_dir(&self.record.dir, id);
             let params = decide::params_to_run(&t, &self.record.trials);
-            let launched = prepare_trial(self.checked, self.plan, id, &params, &dir, &placement)
+            let launched = prepare_trial(self.checked, self.plan, &t, &params, &dir, &placement)
                 .and_then(|()| self.executor.start(id, &dir, &placement));
             let event = match launched {
                 Ok(handle) => {
@@ -487,12 +487,12 @@ impl<'a> Loop<'a> {
             let event = LoopEvent::Proposed {
                 trial: TrialView {
                     id: t.id,
-                    label: respond::label(&t.params),
+                    label: respond::label_of(self.plan, &t),
                     batch_size: t.params.batch_size,
                     pruned: false,
                 },
                 gpus: t.params.gpus as usize,
-                params: t.params.to_map(),
+                params: self.plan.recorded_params(&t),
                 estimate_mb: t.estimate_mb,
                 assignment,
                 refusal: t.refusal.clone(),
@@ -523,7 +523,7 @@ impl<'a> Loop<'a> {
         let judging = Judging {
             rule,
             trial: id,
-            planned: self.plan.evaluation_steps(&t.params).len(),
+            planned: self.plan.planned_evaluations(&t.params),
             evaluations: &evaluations,
             judged_by: &judged_by,
             judged: &judged,
@@ -631,11 +631,32 @@ fn enforce_retention(record: &mut Record, spec: &SweepSpec) -> Result<()> {
 fn prepare_trial(
     checked: &CheckedSpec,
     plan: &Plan,
-    id: usize,
+    t: &PlannedTrial,
     params: &TrialParams,
     dir: &Path,
     placement: &decide::Placement,
 ) -> std::result::Result<(), StartError> {
+    let id = t.id;
+    let io_at = |what: String| move |source| StartError::Io { what, source };
+    std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
+    // A program's command and parameter files (`params.json`, `wandb-config.yaml`); on the
+    // local pool it sees exactly its GPUs (none: an empty CUDA_VISIBLE_DEVICES).
+    let program = match &plan.program {
+        Some(p) => {
+            let cuda = match plan.slurm {
+                Some(_) => None,
+                None => Some(placement.cuda_visible_devices.clone().unwrap_or_default()),
+            };
+            let run = p
+                .run(&t.assignment, params, dir, cuda)
+                .map_err(|e| StartError::Rejected(e.to_string()))?;
+            crate::protocol::program::write_param_files(dir, &run.params).map_err(io_at(
+                format!("writing the parameters into {}", dir.display()),
+            ))?;
+            Some(run)
+        }
+        None => None,
+    };
     let config = TrialConfig {
         trial: id,
         sweep: plan.name.clone(),
@@ -646,6 +667,7 @@ fn prepare_trial(
         metric: checked.spec().metric.clone(),
         devices: placement.devices.clone(),
         threads: placement.threads,
+        program,
     };
     let path = dir.join(TrialConfig::FILE);
     let io = |source| StartError::Io {

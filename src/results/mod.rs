@@ -73,7 +73,7 @@ pub fn compare(a: &TrialRow, b: &TrialRow, metric: &MetricSpec) -> std::cmp::Ord
     let score = |r: &TrialRow| {
         r.result
             .as_ref()
-            .map_or(unmeasured, |res| res.score(metric.name))
+            .map_or(unmeasured, |res| res.score(&metric.name))
     };
     metric.rank(&score(a), &score(b))
 }
@@ -85,7 +85,7 @@ pub fn best<'a>(rows: &'a [TrialRow], metric: &MetricSpec) -> Option<&'a TrialRo
             r.status.ranks()
                 && r.result
                     .as_ref()
-                    .and_then(|res| res.metric(metric.name))
+                    .and_then(|res| res.metric(&metric.name))
                     .is_some_and(f64::is_finite)
         })
         .min_by(|a, b| compare(a, b, metric))
@@ -260,7 +260,28 @@ pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame>
             })
             .collect::<Vec<_>>(),
     ));
+    push_reported_columns(rows, &mut cols);
     Ok(DataFrame::new(rows.len(), cols)?)
+}
+
+/// A program's reported numbers at each trial's best evaluation, one column per name (after
+/// the others; a name that is already a column is left out).
+fn push_reported_columns(rows: &[TrialRow], cols: &mut Vec<Column>) {
+    let taken: BTreeSet<String> = cols.iter().map(|c| c.name().to_string()).collect();
+    let names: BTreeSet<&String> = rows
+        .iter()
+        .filter_map(|r| r.result.as_ref())
+        .flat_map(|r| r.reported.keys())
+        .filter(|k| !taken.contains(k.as_str()))
+        .collect();
+    for name in names {
+        cols.push(Column::new(
+            name.as_str().into(),
+            rows.iter()
+                .map(|r| r.result.as_ref()?.reported.get(name).copied())
+                .collect::<Vec<_>>(),
+        ));
+    }
 }
 
 pub const CSV: &str = "results.csv";
@@ -310,17 +331,31 @@ pub fn write_best(dir: &Path, row: &TrialRow, metric: &MetricSpec) -> Result<()>
         }
     }
     let tmp = staging_dir(&best_dir).map_err(io_at(&best_dir))?;
-    copy_dir(&result.checkpoint, &tmp.join("checkpoint")).map_err(io_at(&result.checkpoint))?;
+    let best_checkpoint = std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .join("best")
+        .join("checkpoint");
+    // A folder (the built-in trainer's, or a program's) is copied; a program's file is copied
+    // into `checkpoint/`; a path that is not there (a program's, on another machine) is named.
+    let checkpoint = if result.checkpoint.is_dir() {
+        copy_dir(&result.checkpoint, &tmp.join("checkpoint")).map_err(io_at(&result.checkpoint))?;
+        best_checkpoint
+    } else if let (true, Some(name)) = (result.checkpoint.is_file(), result.checkpoint.file_name())
+    {
+        std::fs::create_dir_all(tmp.join("checkpoint"))
+            .and_then(|()| std::fs::copy(&result.checkpoint, tmp.join("checkpoint").join(name)))
+            .map_err(io_at(&result.checkpoint))?;
+        best_checkpoint.join(name)
+    } else {
+        result.checkpoint.clone()
+    };
     let best = BestTrial {
         trial: row.trial,
         metric: metric.name.column().to_string(),
-        value: result.metric(metric.name).unwrap_or(f64::NAN),
+        value: result.metric(&metric.name).unwrap_or(f64::NAN),
         params: row.params.clone(),
         result: result.clone(),
-        checkpoint: std::fs::canonicalize(dir)
-            .unwrap_or_else(|_| dir.to_path_buf())
-            .join("best")
-            .join("checkpoint"),
+        checkpoint,
         test: None,
     };
     let best_json = tmp.join("best.json");
@@ -464,6 +499,7 @@ mod tests {
             .into_iter()
             .collect(),
             result: Some(TrialResult {
+                reported: Default::default(),
                 best_epoch: 1,
                 accuracy: Some(acc),
                 dev_loss: loss,

@@ -60,7 +60,7 @@ pub enum EpochEnd {
 pub fn improves(metric: &MetricSpec, score: &Score, best: Option<&TrialResult>) -> bool {
     match best {
         None => true,
-        Some(b) => metric.rank(score, &b.score(metric.name)) == Ordering::Less,
+        Some(b) => metric.rank(score, &b.score(&metric.name)) == Ordering::Less,
     }
 }
 
@@ -224,6 +224,7 @@ impl Trial {
             peak_rss_mb: peak_rss_mb(),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             eval_seconds: eval_start.elapsed().as_secs_f64(),
+            reported: Default::default(),
         };
         self.progress.eval_seconds += metrics.eval_seconds;
         Ok(Evaluation {
@@ -240,7 +241,7 @@ impl Trial {
         let seconds = self.seconds();
         let metric = &self.loaded.cfg.metric;
         let score = Score {
-            value: m.metric(metric.name),
+            value: m.metric(&metric.name),
             dev_loss: m.dev_loss,
             seconds,
         };
@@ -271,6 +272,7 @@ impl Trial {
             best_step: Some(m.step),
             steps: None,
             checkpoint,
+            reported: Default::default(),
         });
         Ok(true)
     }
