@@ -35,6 +35,17 @@ pub struct SpecCheck {
 /// Checks a sweep file's text: syntax, keys, types, values, the grid and every trial. Touches
 /// no file, so it is fuzzed directly.
 pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> SpecCheck {
+    check_spec_source_counted(text, file, None, report)
+}
+
+/// [`check_spec_source`] for `sweep run FILE --count N`: at most `count` trials (the file's
+/// `run_cap`, when smaller, stays), as `wandb agent --count` runs at most N.
+pub fn check_spec_source_counted(
+    text: &str,
+    file: &str,
+    count: Option<usize>,
+    report: &mut CheckReport,
+) -> SpecCheck {
     let mut out = SpecCheck::default();
     let Some(yaml) = parse_yaml(text, file, report) else {
         return out;
@@ -47,7 +58,7 @@ pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> Sp
         return out;
     }
     let spec: SweepSpec = match SweepSpec::parse(text, file) {
-        Ok(spec) => spec,
+        Ok(spec) => spec.with_count(count),
         Err(e) => {
             // The walk above should have said it; this is the safety net.
             let at = e.location();
@@ -331,6 +342,7 @@ mod tests {
                 SweepSpec::from_yaml(&text, "s.yaml")
                     .unwrap()
                     .data
+                    .unwrap()
                     .conflicts,
                 policy
             );
@@ -467,7 +479,7 @@ mod tests {
     /// A spec with every field given (every `Option` is `Some`), at every level.
     fn full_spec() -> SweepSpec {
         use crate::spec::*;
-        let param = ParamSpec {
+        let leaf = ParamSpec {
             value: Some(serde_json::json!(1)),
             values: Some(vec![serde_json::json!(1)]),
             distribution: Some("categorical".into()),
@@ -475,15 +487,27 @@ mod tests {
             max: Some(1.0),
             q: Some(1.0),
             probabilities: Some(vec![1.0]),
+            parameters: Some(BTreeMap::new()),
+        };
+        let param = ParamSpec {
+            parameters: Some(BTreeMap::from([("inner".to_string(), leaf.clone())])),
+            ..leaf
         };
         SweepSpec {
             name: "t".into(),
-            data: DataSpec {
+            data: Some(DataSpec {
                 train: "a".into(),
                 dev: "b".into(),
                 test: Some("c".into()),
                 conflicts: ConflictPolicy::Error,
-            },
+            }),
+            program: Some("train.py".into()),
+            command: Some(vec![serde_json::json!("${program}")]),
+            oom_batch: Some(OomBatch {
+                per_device: "batch_size".into(),
+                accumulate: Some("accum".into()),
+            }),
+            nested: Default::default(),
             model: ModelSpec {
                 preset: Some("tiny".into()),
                 path: Some("m".into()),
@@ -492,7 +516,7 @@ mod tests {
             run_cap: Some(2),
             seed: 3,
             metric: MetricSpec {
-                name: Metric::DevLoss,
+                name: MetricName::Builtin(Metric::DevLoss),
                 goal: Some(Goal::Minimize),
                 target: Some(0.5),
             },

@@ -510,6 +510,7 @@ mod tests {
             bayes: None,
             early_terminate: None,
             planner: None,
+            program: None,
             model: crate::spec::ModelSource::Preset("test".into()),
             pool: Pool {
                 slots: Vec::new(),

@@ -1016,6 +1016,7 @@ mod tests {
                 peak_rss_mb: 1.0,
                 elapsed_s: 1.0,
                 eval_seconds: 0.1,
+                reported: Default::default(),
             }),
         };
         let judging = Situation {
@@ -1166,6 +1167,7 @@ mod tests {
             peak_rss_mb: 1.0,
             elapsed_s: 1.0,
             eval_seconds: 0.1,
+            reported: Default::default(),
         };
         let evaluations = [evaluation(4, 0.1)];
         let judging = Judging {

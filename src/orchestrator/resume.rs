@@ -17,11 +17,13 @@ use crate::spec::SweepSpec;
 /// states from the journal.
 pub fn check_resumable(dir: &Path, plan: &Plan, spec: &SweepSpec) -> Result<Trials> {
     let frozen_path = dir.join("spec.yaml");
-    let frozen = SweepSpec::from_file(&frozen_path).map_err(|e| RunError::NotResumable {
+    let frozen = SweepSpec::read_frozen(&frozen_path).map_err(|e| RunError::NotResumable {
         message: format!("{}: cannot resume: {e}", dir.display()),
     })?;
+    // `run_cap` may differ: `sweep run --count N` sets it without changing the file.
     let comparable = |s: &SweepSpec| SweepSpec {
         output: None,
+        run_cap: None,
         ..s.clone()
     };
     if comparable(&frozen) != comparable(spec) {

@@ -176,7 +176,8 @@ fn begin(
     reporter: &mut dyn Reporter,
 ) -> Result<Resumed> {
     let frozen = record.dir.join("spec.yaml");
-    write_atomic(&frozen, checked.text().as_bytes()).map_err(io_at(&frozen))?;
+    let text = checked.spec().frozen_text(checked.text());
+    write_atomic(&frozen, text.as_bytes()).map_err(io_at(&frozen))?;
     record.log(Event::SweepStarted {
         name: plan.name.clone(),
         trials: plan.trials.len(),

@@ -530,7 +530,7 @@ mod tests {
     #[test]
     fn best_breaks_ties_by_loss_then_time() {
         let metric = MetricSpec {
-            name: Metric::Accuracy,
+            name: crate::spec::MetricName::Builtin(Metric::Accuracy),
             goal: None,
             target: None,
         };
@@ -542,7 +542,7 @@ mod tests {
         ];
         assert_eq!(best(&rows, &metric).unwrap().trial, 4);
         let loss = MetricSpec {
-            name: Metric::DevLoss,
+            name: crate::spec::MetricName::Builtin(Metric::DevLoss),
             goal: None,
             target: None,
         };
@@ -575,7 +575,7 @@ mod tests {
         let df = read_csv(dir.path()).unwrap();
         assert_eq!(df.height(), 4);
         let metric = MetricSpec {
-            name: Metric::Accuracy,
+            name: crate::spec::MetricName::Builtin(Metric::Accuracy),
             goal: None,
             target: None,
         };

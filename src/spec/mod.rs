@@ -857,10 +857,21 @@ impl SweepSpec {
     }
 
     pub fn from_yaml(text: &str, file: &str) -> Result<Self, SpecError> {
-        let spec = SweepSpec::parse(text, file).map_err(|e| SpecError::Yaml {
-            file: file.to_string(),
-            message: e.to_string(),
-        })?;
+        Self::from_yaml_counted(text, file, None)
+    }
+
+    /// [`SweepSpec::from_yaml`] with `sweep run --count N` applied ([`SweepSpec::with_count`]).
+    pub fn from_yaml_counted(
+        text: &str,
+        file: &str,
+        count: Option<usize>,
+    ) -> Result<Self, SpecError> {
+        let spec = SweepSpec::parse(text, file)
+            .map_err(|e| SpecError::Yaml {
+                file: file.to_string(),
+                message: e.to_string(),
+            })?
+            .with_count(count);
         spec.validate(file)?;
         Ok(spec)
     }
@@ -876,6 +887,44 @@ impl SweepSpec {
         spec.parameters = flat;
         spec.nested = nested;
         Ok(spec)
+    }
+
+    /// A results folder's frozen copy of its sweep file (`spec.yaml`), read without the checks
+    /// it passed when the sweep started (a `run_cap` given by `--count` is not in it).
+    pub fn read_frozen(path: &Path) -> Result<Self, SpecError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, &file).map_err(|e| SpecError::Yaml {
+            file,
+            message: e.to_string(),
+        })
+    }
+
+    /// The text to freeze into a results folder: the file's own, with its defaulted `name`
+    /// written in when the file has none (W&B's files often do not), so the frozen copy reads
+    /// back as the same sweep.
+    pub fn frozen_text(&self, text: &str) -> String {
+        let named = text
+            .lines()
+            .any(|l| l.starts_with("name:") || l.starts_with("\"name\":"));
+        if named {
+            text.to_string()
+        } else {
+            let quoted = serde_json::to_string(&self.name).unwrap_or_else(|_| "sweep".into());
+            format!("name: {quoted}\n{text}")
+        }
+    }
+
+    /// `sweep run FILE --count N`: at most N trials (W&B's `wandb agent --count`), the file's
+    /// `run_cap` when it is smaller.
+    pub fn with_count(mut self, count: Option<usize>) -> Self {
+        if let Some(n) = count {
+            self.run_cap = Some(self.run_cap.map_or(n, |cap| cap.min(n)));
+        }
+        self
     }
 
     /// Whether trials run a user's program instead of the built-in trainer.
@@ -1123,7 +1172,7 @@ mod tests {
         };
         let acc = MetricSpec::default();
         let loss = MetricSpec {
-            name: Metric::DevLoss,
+            name: MetricName::Builtin(Metric::DevLoss),
             goal: None,
             target: None,
         };
@@ -1209,8 +1258,8 @@ resources: {devices: cpu, slots: 2, parallel: 2}
         let s = SweepSpec::from_yaml(&text, "s.yaml").unwrap();
         let judged = s.early_terminate.unwrap().judged_metric(&s.metric);
         assert_eq!(
-            (judged.name, judged.goal()),
-            (Metric::DevLoss, Goal::Minimize)
+            (judged.name.clone(), judged.goal()),
+            (MetricName::Builtin(Metric::DevLoss), Goal::Minimize)
         );
         assert_eq!(judged.as_loss(1.5), 1.5);
         assert_eq!(s.metric.as_loss(0.8), -0.8);

@@ -9,6 +9,7 @@ mod export;
 mod gpu_check;
 mod gradients;
 mod hf_reference;
+mod program;
 mod report;
 mod resources;
 mod resume;
