@@ -156,7 +156,9 @@ pub fn run_with(
 fn open_results(plan: &Plan, opts: &RunOptions) -> Result<(PathBuf, bool)> {
     let dir = &plan.results_dir;
     let slurm_gpus = plan.slurm.as_ref().is_some_and(|s| !s.cpu_stand_ins);
-    if (plan.pool.has_cuda() || slurm_gpus) && !cfg!(feature = "cuda") {
+    // A user's program drives the GPUs itself: sweep only hands them out.
+    let trains_here = plan.program.is_none();
+    if trains_here && (plan.pool.has_cuda() || slurm_gpus) && !cfg!(feature = "cuda") {
         return Err(RunError::NoCudaSupport);
     }
     let existing = dir.join(Journal::FILE).exists();

@@ -56,7 +56,7 @@ pub(crate) fn file_at(path: &Path, message: impl std::fmt::Display) -> ResultsEr
 
 /// Rewrites results.csv and, when a trial has finished, best/ from the trials' rows.
 pub fn refresh(dir: &Path, rows: &[TrialRow], metric: &MetricSpec) -> Result<()> {
-    write_csv(dir, rows)?;
+    write_csv_ranked(dir, rows, Some(metric))?;
     if let Some(best) = best(rows, metric) {
         write_best(dir, best, metric)?;
     }
@@ -138,6 +138,16 @@ fn param_column(name: &str, values: Vec<Option<&Value>>) -> Column {
 /// One row per trial: identity, status, every parameter, then the metrics of the best epoch
 /// (and, for the best trial once the sweep has ended, its test accuracy).
 pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame> {
+    table_ranked(rows, test, None)
+}
+
+/// [`table`], with a column for the sweep's metric even before any trial reported it (a
+/// program's metric is a reported name: the leaderboard needs its column).
+pub fn table_ranked(
+    rows: &[TrialRow],
+    test: Option<(usize, f64)>,
+    metric: Option<&MetricSpec>,
+) -> Result<DataFrame> {
     let names: BTreeSet<&String> = rows.iter().flat_map(|r| r.params.keys()).collect();
     let mut cols = vec![
         Column::new(
@@ -261,6 +271,11 @@ pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame>
             .collect::<Vec<_>>(),
     ));
     push_reported_columns(rows, &mut cols);
+    if let Some(name) = metric.map(|m| m.name.column()) {
+        if !cols.iter().any(|c| c.name().as_str() == name) {
+            cols.push(Column::new(name.into(), vec![None::<f64>; rows.len()]));
+        }
+    }
     Ok(DataFrame::new(rows.len(), cols)?)
 }
 
@@ -292,10 +307,15 @@ const RESULT_COLUMNS: [&str; 2] = ["micro_batch", "grad_accum"];
 
 /// Rewrites results.csv from the rows, atomically.
 pub fn write_csv(dir: &Path, rows: &[TrialRow]) -> Result<()> {
+    write_csv_ranked(dir, rows, None)
+}
+
+/// [`write_csv`] with the sweep's metric's column always there ([`table_ranked`]).
+pub fn write_csv_ranked(dir: &Path, rows: &[TrialRow], metric: Option<&MetricSpec>) -> Result<()> {
     let test = read_best(dir)
         .ok()
         .and_then(|b| Some((b.trial, b.test?.accuracy)));
-    let mut df = table(rows, test)?;
+    let mut df = table_ranked(rows, test, metric)?;
     let mut buf = Vec::new();
     CsvWriter::new(&mut buf).finish(&mut df)?;
     write_atomic(&dir.join(CSV), &buf).map_err(io_at(&dir.join(CSV)))
