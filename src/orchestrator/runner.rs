@@ -187,7 +187,7 @@ fn begin(
     for t in &plan.trials {
         record.log(Event::TrialPlanned {
             trial: t.id,
-            params: plan.recorded_params(&t),
+            params: plan.recorded_params(t),
             estimate_mb: t.estimate_mb,
             assignment: None,
         })?;
@@ -334,7 +334,7 @@ impl<'a> Loop<'a> {
         let t = self.by_id.get(&id)?;
         Some(TrialView {
             id,
-            label: respond::label_of(self.plan, &t),
+            label: respond::label_of(self.plan, t),
             batch_size: t.params.batch_size,
             pruned: self
                 .record
