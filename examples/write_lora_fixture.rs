@@ -64,6 +64,7 @@ fn write(name: &str) -> Result<()> {
         &format!("tests/fixtures/hf/{name}"),
         &adapter,
         &sweep::trainer::checkpoint::tokenizer_files(&base),
+        &[],
     )?;
     println!("wrote {}", adapter.display());
     Ok(())

@@ -8,6 +8,7 @@ pub mod check;
 pub mod diagnostics;
 pub mod orchestrator;
 pub mod plan;
+pub mod program_trial;
 pub mod protocol;
 pub mod results;
 pub mod spec;

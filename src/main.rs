@@ -118,6 +118,10 @@ struct RunArgs {
     /// interrupted ones continue from their last finished epoch.
     #[arg(long)]
     resume: bool,
+    /// Run at most N trials (as `wandb agent --count N`): what a random or bayes sweep without
+    /// `run_cap` needs; with `--resume`, give the same N.
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
     /// Results folder (instead of the spec's `output`, or results/<name>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -177,7 +181,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
 /// `sweep run`: nothing starts, and nothing is written, until the same checks as `sweep check`
 /// pass; warnings are shown and do not stop the sweep.
 fn run(args: RunArgs) -> Result<ExitCode> {
-    let checked = match sweep::check::gate(&args.spec) {
+    let checked = match sweep::check::gate_counted(&args.spec, args.count) {
         Ok(checked) => checked,
         Err(report) => {
             eprint!("{}", report.render());
@@ -335,6 +339,11 @@ fn predict(checkpoint: &Path, file: Option<&Path>, top: usize) -> Result<ExitCod
 
 /// `sweep train DIR`: one trial, its progress events on stdout.
 fn train(dir: PathBuf) -> Result<ExitCode> {
+    if sweep::program_trial::is_program_trial(&dir) {
+        // A user's program: its end is in result.json; exit 0 unless it could not be written.
+        sweep::program_trial::command(&dir)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     match sweep::trainer::train::command(&dir) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e @ sweep::trainer::error::TrainError::SavedOnSignal { .. }) => {

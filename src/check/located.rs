@@ -12,6 +12,9 @@ pub struct Ctx<'a> {
     pub report: &'a mut CheckReport,
     /// Errors pushed so far.
     pub errors: usize,
+    /// The file sweeps a user's own program (`program`/`command`): its parameters are the
+    /// program's, any name.
+    pub program: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -21,6 +24,7 @@ impl<'a> Ctx<'a> {
             file,
             report,
             errors: 0,
+            program: false,
         }
     }
 

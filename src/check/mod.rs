@@ -23,6 +23,7 @@ pub mod levels;
 pub mod located;
 pub mod named;
 pub mod paths;
+pub mod program;
 pub mod spec;
 pub mod sweep_file;
 pub mod tokens;
@@ -304,11 +305,16 @@ impl CheckedSpec {
 
 /// Every check of `check_spec_file`; the checked spec when none failed, else the report.
 pub fn gate(path: &Path) -> Result<CheckedSpec, CheckReport> {
-    let (mut report, text, train_tokens) = sweep_file::read_and_check_spec_file(path);
+    gate_counted(path, None)
+}
+
+/// [`gate`] for `sweep run FILE --count N`: at most N trials, as `wandb agent --count N`.
+pub fn gate_counted(path: &Path, count: Option<usize>) -> Result<CheckedSpec, CheckReport> {
+    let (mut report, text, train_tokens) = sweep_file::read_and_check_spec_file(path, count);
     let Some(text) = text.filter(|_| !report.has_errors()) else {
         return Err(report);
     };
-    match SweepSpec::from_yaml(&text, &path.display().to_string()) {
+    match SweepSpec::from_yaml_counted(&text, &path.display().to_string(), count) {
         Ok(spec) => Ok(CheckedSpec {
             path: path.to_path_buf(),
             text,

@@ -32,6 +32,16 @@ pub fn check_named_files(
 ) -> Option<TokenCounts> {
     let yaml = checked.yaml.as_ref()?;
     let mut ctx = Ctx::new(text, file, report);
+    if ["program", "command"]
+        .iter()
+        .any(|k| yaml.get(k).is_some_and(|v| !v.is_null()))
+    {
+        // A program sweep names no data and no model of ours.
+        if let Some(spec) = &checked.spec {
+            super::program::check_program(spec, &mut ctx);
+        }
+        return None;
+    }
     let conflicts = conflict_policy(yaml);
     let [train, dev] = check_train_and_dev(yaml, conflicts, &mut ctx);
     check_test_file(yaml, conflicts, train.as_ref(), &mut ctx);

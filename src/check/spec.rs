@@ -35,6 +35,17 @@ pub struct SpecCheck {
 /// Checks a sweep file's text: syntax, keys, types, values, the grid and every trial. Touches
 /// no file, so it is fuzzed directly.
 pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> SpecCheck {
+    check_spec_source_counted(text, file, None, report)
+}
+
+/// [`check_spec_source`] for `sweep run FILE --count N`: at most `count` trials (the file's
+/// `run_cap`, when smaller, stays), as `wandb agent --count` runs at most N.
+pub fn check_spec_source_counted(
+    text: &str,
+    file: &str,
+    count: Option<usize>,
+    report: &mut CheckReport,
+) -> SpecCheck {
     let mut out = SpecCheck::default();
     let Some(yaml) = parse_yaml(text, file, report) else {
         return out;
@@ -46,8 +57,8 @@ pub fn check_spec_source(text: &str, file: &str, report: &mut CheckReport) -> Sp
     if walk_errors > 0 {
         return out;
     }
-    let spec: SweepSpec = match yaml_serde::from_str(text) {
-        Ok(spec) => spec,
+    let spec: SweepSpec = match SweepSpec::parse(text, file) {
+        Ok(spec) => spec.with_count(count),
         Err(e) => {
             // The walk above should have said it; this is the safety net.
             let at = e.location();
@@ -192,6 +203,11 @@ fn check_trials(spec: &SweepSpec, ctx: &mut Ctx) -> Vec<TrialParams> {
             }
         }
     }
+    if spec.is_program() {
+        // The parameters are the program's own: only `gpus` means something to sweep.
+        check_program_trials(spec, &list, ctx);
+        return Vec::new();
+    }
     let mut seen: BTreeMap<(Option<String>, String), Seen> = BTreeMap::new();
     let mut trials = Vec::new();
     for (i, a) in list.iter().enumerate() {
@@ -265,6 +281,28 @@ fn check_trials(spec: &SweepSpec, ctx: &mut Ctx) -> Vec<TrialParams> {
     trials
 }
 
+/// A program sweep's trials: `gpus` a count of devices the pool can hold, and the pool itself.
+fn check_program_trials(spec: &SweepSpec, list: &[crate::spec::search::Assignment], ctx: &mut Ctx) {
+    let gpus = crate::plan::program::GPUS;
+    let bad = list.iter().find_map(|a| {
+        a.get(gpus)
+            .filter(|v| v.as_u64().is_none_or(|n| n == 0))
+            .cloned()
+    });
+    if let Some(v) = bad {
+        ctx.error(
+            &[Seg::Key("parameters".into()), Seg::Key(gpus.into())],
+            Target::Key,
+            format!("gpus is the number of devices a trial holds: a whole number of at least 1, got {v}"),
+            None,
+        );
+    }
+    if let Err(e) = crate::plan::Pool::from_spec(spec, 1) {
+        let path: Vec<Seg> = e.field.split('.').map(|k| Seg::Key(k.into())).collect();
+        ctx.error(&path, Target::Value, e.message, None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +342,7 @@ mod tests {
                 SweepSpec::from_yaml(&text, "s.yaml")
                     .unwrap()
                     .data
+                    .unwrap()
                     .conflicts,
                 policy
             );
@@ -459,7 +498,7 @@ mod tests {
     /// A spec with every field given (every `Option` is `Some`), at every level.
     fn full_spec() -> SweepSpec {
         use crate::spec::*;
-        let param = ParamSpec {
+        let leaf = ParamSpec {
             value: Some(serde_json::json!(1)),
             values: Some(vec![serde_json::json!(1)]),
             distribution: Some("categorical".into()),
@@ -467,17 +506,29 @@ mod tests {
             max: Some(1.0),
             q: Some(1.0),
             probabilities: Some(vec![1.0]),
+            parameters: Some(BTreeMap::new()),
+        };
+        let param = ParamSpec {
+            parameters: Some(BTreeMap::from([("inner".to_string(), leaf.clone())])),
+            ..leaf
         };
         SweepSpec {
             name: "t".into(),
-            data: DataSpec {
+            data: Some(DataSpec {
                 train: "a".into(),
                 dev: "b".into(),
                 test: Some("c".into()),
                 conflicts: ConflictPolicy::Error,
                 label_separator: Some("/".into()),
                 system_prompt: SystemPrompt::Drop,
-            },
+            }),
+            program: Some("train.py".into()),
+            command: Some(vec![serde_json::json!("${program}")]),
+            oom_batch: Some(OomBatch {
+                per_device: "batch_size".into(),
+                accumulate: Some("accum".into()),
+            }),
+            nested: Default::default(),
             model: ModelSpec {
                 preset: Some("tiny".into()),
                 path: Some("m".into()),
@@ -486,7 +537,7 @@ mod tests {
             run_cap: Some(2),
             seed: 3,
             metric: MetricSpec {
-                name: Metric::DevLoss,
+                name: MetricName::Builtin(Metric::DevLoss),
                 goal: Some(Goal::Minimize),
                 target: Some(0.5),
             },

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::named::check_named_files;
-use super::spec::check_spec_source;
+use super::spec::check_spec_source_counted;
 use super::{CheckReport, Problem};
 use crate::text::encode::TokenCounts;
 
@@ -13,13 +13,17 @@ const MAX_SPEC_BYTES: u64 = 1 << 20;
 
 /// Reads and checks a sweep file and everything it names.
 pub fn check_spec_file(path: &Path) -> CheckReport {
-    read_and_check_spec_file(path).0
+    read_and_check_spec_file(path, None).0
 }
 
 /// `check_spec_file`, and what the run needs of its work: the file's text when it could be read
 /// (so it is read once) and the training set's token counts when they were measured (so it is
 /// tokenized once).
-pub fn read_and_check_spec_file(path: &Path) -> (CheckReport, Option<String>, Option<TokenCounts>) {
+/// `count`: `sweep run --count N` (see `check_spec_source_counted`).
+pub fn read_and_check_spec_file(
+    path: &Path,
+    count: Option<usize>,
+) -> (CheckReport, Option<String>, Option<TokenCounts>) {
     let file = path.display().to_string();
     let mut report = CheckReport::default();
     let text = match read_spec(path) {
@@ -29,7 +33,7 @@ pub fn read_and_check_spec_file(path: &Path) -> (CheckReport, Option<String>, Op
             return (report, None, None);
         }
     };
-    let checked = check_spec_source(&text, &file, &mut report);
+    let checked = check_spec_source_counted(&text, &file, count, &mut report);
     let train_tokens = check_named_files(&checked, &text, &file, &mut report);
     (report, Some(text), train_tokens)
 }

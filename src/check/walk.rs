@@ -34,6 +34,9 @@ pub enum Rule {
     Scalar,
     /// One of the model presets (a string in the spec, checked by name).
     Preset,
+    /// `metric.name`: accuracy or dev_loss for the built-in trainer, any name a program
+    /// reports (`MetricName`, untagged).
+    MetricName,
 }
 
 /// Keys (dotted paths) with a rule of the checker's own.
@@ -42,6 +45,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("resources.devices", Rule::Devices),
     ("resources.memory_per_device", Rule::Scalar),
     ("model.preset", Rule::Preset),
+    ("metric.name", Rule::MetricName),
 ];
 
 fn rule_at(path: &[Seg]) -> Option<Rule> {
@@ -51,6 +55,9 @@ fn rule_at(path: &[Seg]) -> Option<Rule> {
 
 /// Walks the whole file: the top level must be a mapping of `SweepSpec`'s keys.
 pub fn walk_file(yaml: &Yaml, ctx: &mut Ctx) {
+    ctx.program = ["program", "command"]
+        .iter()
+        .any(|k| yaml.get(k).is_some_and(|v| !v.is_null()));
     match yaml {
         Yaml::Mapping(_) => walk_map(yaml, sweep_schema().fields(), &[], ctx),
         Yaml::Null => ctx.file_error(
@@ -79,7 +86,7 @@ fn foreign_key_hint(path: &[Seg], key: &str) -> Option<String> {
         })
         .collect();
     match (parent.as_slice(), key) {
-        ([], "program" | "command" | "project" | "entity" | "description") => Some(format!(
+        ([], "project" | "entity" | "description") => Some(format!(
             "`{key}` is a W&B sweep key that sweep does not use; remove it"
         )),
         (["data"], "valid" | "validation" | "eval" | "val") => Some(format!(
@@ -236,6 +243,8 @@ fn walk_value(v: &Yaml, field: &Field, path: &[Seg], ctx: &mut Ctx) {
         Some(Rule::Devices) => check_devices(v, path, ctx),
         Some(Rule::Scalar) => check_scalar(v, path, ctx),
         Some(Rule::Preset) => check_one_of(v, &crate::spec::shape::PRESET_NAMES, path, ctx),
+        Some(Rule::MetricName) if ctx.program => check_scalar(v, path, ctx),
+        Some(Rule::MetricName) => check_one_of(v, variants::<crate::spec::Metric>(), path, ctx),
         None => check_kind(v, &field.kind, path, ctx),
     }
 }
@@ -416,7 +425,7 @@ fn walk_parameters(v: &Yaml, path: &[Seg], ctx: &mut Ctx) {
             continue;
         };
         let here = with(path, Seg::Key(name.to_string()));
-        if !known.contains(&name) {
+        if !ctx.program && !known.contains(&name) {
             let meant = PARAMETER_ALIASES
                 .iter()
                 .find(|(alias, _)| *alias == name)
@@ -469,6 +478,11 @@ fn walk_search_space(name: &str, spec: &Yaml, path: &[Seg], ctx: &mut Ctx) {
             continue;
         };
         let at = with(path, Seg::Key(key.to_string()));
+        if key == "parameters" && ctx.program {
+            // W&B's nested parameters: a block of search spaces of their own.
+            walk_parameters(fv, &at, ctx);
+            continue;
+        }
         match fields.iter().find(|f| f.name == key) {
             Some(field) => check_search_field(field, fv, &at, ctx),
             None => ctx.error(

@@ -135,7 +135,7 @@ pub fn observations<'a>(
                 .result
                 .as_ref()
                 .filter(|_| r.status.ranks())
-                .and_then(|res| res.metric(metric.name))
+                .and_then(|res| res.metric(&metric.name))
                 .filter(|v| v.is_finite())
                 .map(|v| metric.as_loss(v));
             Some(Observation { assignment, loss })
@@ -184,7 +184,7 @@ pub fn target_reached<'a>(
     rows.into_iter().any(|r| {
         r.result
             .as_ref()
-            .and_then(|res| res.metric(metric.name))
+            .and_then(|res| res.metric(&metric.name))
             .is_some_and(|v| metric.reaches_target(v))
     })
 }
@@ -241,10 +241,16 @@ pub fn memory_bytes(plan: &Plan, on_cpu: bool, replicas: usize) -> Option<u64> {
 
 /// Where `trial` runs: on the pool's `slots`, or as a Slurm job.
 pub fn placement_for(plan: &Plan, trial: &PlannedTrial, slots: &[usize]) -> Placement {
-    match plan.slurm {
+    let mut placement = match plan.slurm {
         Some(_) => slurm_placement(plan, trial),
         None => placement(plan, slots),
+    };
+    // A user's program is not held to the built-in trainer's byte limit (RLIMIT_DATA would
+    // also cap a CUDA program's mappings).
+    if plan.program.is_some() {
+        placement.memory_bytes = None;
     }
+    placement
 }
 
 /// Where a trial of a Slurm sweep runs: Slurm picks the node and its GPUs (the job sees them
@@ -504,6 +510,7 @@ mod tests {
             bayes: None,
             early_terminate: None,
             planner: None,
+            program: None,
             model: crate::spec::ModelSource::Preset("test".into()),
             pool: Pool {
                 slots: Vec::new(),

@@ -158,13 +158,12 @@ impl Executor for LocalExecutor {
 
     fn stop(&mut self, trial: usize, how: Stop) {
         if let Some(pid) = self.pids.get(&trial) {
-            interrupt::signal(
-                *pid,
-                match how {
-                    Stop::Gracefully => interrupt::TERMINATE,
-                    Stop::Kill => interrupt::KILL,
-                },
-            );
+            match how {
+                // The trial itself (a program trial's supervisor passes it on to its program).
+                Stop::Gracefully => interrupt::signal(*pid, interrupt::TERMINATE),
+                // The trial's whole process group: nothing it started is left behind.
+                Stop::Kill => interrupt::signal_group(*pid, interrupt::KILL),
+            };
         }
     }
 
@@ -176,7 +175,8 @@ impl Executor for LocalExecutor {
         if !is_trial_process(pid, dir) {
             return Reclaimed::Gone;
         }
-        interrupt::signal(pid, interrupt::KILL);
+        // Its group: a program trial's program (and what it started) with it.
+        interrupt::signal_group(pid, interrupt::KILL);
         let deadline = Instant::now() + Duration::from_secs(5);
         while is_trial_process(pid, dir) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

@@ -39,6 +39,14 @@ pub fn signal(pid: u32, signal: libc::c_int) -> bool {
     unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
 }
 
+/// Sends `signal` to the process group `pgid` (a trial's, led by its `sweep train`); false when
+/// none of it exists any more.
+#[cfg(unix)]
+pub fn signal_group(pgid: u32, signal: libc::c_int) -> bool {
+    // SAFETY: kill(2) has no memory effects in this process.
+    unsafe { libc::kill(-(pgid as libc::pid_t), signal) == 0 }
+}
+
 #[cfg(unix)]
 pub const TERMINATE: libc::c_int = libc::SIGTERM;
 #[cfg(unix)]

@@ -293,7 +293,7 @@ fn on_progress(trial: &TrialView, event: ProgressEvent, now: &Situation) -> Vec<
     let mut actions = Vec::new();
     if let ProgressEvent::Epoch(m) = &event {
         let reached = m
-            .metric(now.metric.name)
+            .metric(&now.metric.name)
             .is_some_and(|v| now.metric.reaches_target(v));
         if reached && !now.target_reached {
             actions.extend([
@@ -503,7 +503,7 @@ pub struct Judging<'a> {
 pub fn judge(j: &Judging, history: impl Fn(usize) -> Vec<f64>) -> Vec<Action> {
     let mut losses = Vec::new();
     for m in j.evaluations {
-        match m.metric(j.judged_by.name).filter(|v| v.is_finite()) {
+        match m.metric(&j.judged_by.name).filter(|v| v.is_finite()) {
             Some(v) => losses.push(j.judged_by.as_loss(v)),
             None => break,
         }
@@ -565,6 +565,28 @@ fn accuracy(result: &TrialResult) -> String {
 }
 
 /// How the user tells a trial from the others.
+/// A trial's label: a program's parameters as `name=value`, else [`label`].
+pub fn label_of(plan: &crate::plan::Plan, t: &crate::plan::PlannedTrial) -> String {
+    match &plan.program {
+        Some(_) => {
+            let words: Vec<String> = t
+                .assignment
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect();
+            let text = words.join(" ");
+            match text.char_indices().nth(60) {
+                Some((i, _)) => format!("{}…", &text[..i]),
+                None => text,
+            }
+        }
+        None => label(&t.params),
+    }
+}
+
 pub fn label(p: &TrialParams) -> String {
     format!(
         "{} lr={:.0e} ep={} bs={}{}",
@@ -995,6 +1017,7 @@ mod tests {
                 elapsed_s: 1.0,
                 eval_seconds: 0.1,
                 accuracy_by_level: Vec::new(),
+                reported: Default::default(),
             }),
         };
         let judging = Situation {
@@ -1146,6 +1169,7 @@ mod tests {
             elapsed_s: 1.0,
             eval_seconds: 0.1,
             accuracy_by_level: Vec::new(),
+            reported: Default::default(),
         };
         let evaluations = [evaluation(4, 0.1)];
         let judging = Judging {

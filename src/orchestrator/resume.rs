@@ -11,18 +11,19 @@ use crate::plan::{Plan, PlannedTrial};
 use crate::protocol::journal::{self, Event, Handle};
 use crate::protocol::trial::{trial_dir, TrialEnd};
 use crate::results::state::{Status, TrialRow, Trials};
-use crate::spec::params::TrialParams;
 use crate::spec::SweepSpec;
 
 /// A sweep resumes only with the spec it started with, trial for trial. Returns the trials'
 /// states from the journal.
 pub fn check_resumable(dir: &Path, plan: &Plan, spec: &SweepSpec) -> Result<Trials> {
     let frozen_path = dir.join("spec.yaml");
-    let frozen = SweepSpec::from_file(&frozen_path).map_err(|e| RunError::NotResumable {
+    let frozen = SweepSpec::read_frozen(&frozen_path).map_err(|e| RunError::NotResumable {
         message: format!("{}: cannot resume: {e}", dir.display()),
     })?;
+    // `run_cap` may differ: `sweep run --count N` sets it without changing the file.
     let comparable = |s: &SweepSpec| SweepSpec {
         output: None,
+        run_cap: None,
         ..s.clone()
     };
     if comparable(&frozen) != comparable(spec) {
@@ -35,10 +36,8 @@ pub fn check_resumable(dir: &Path, plan: &Plan, spec: &SweepSpec) -> Result<Tria
     }
     let trials = Trials::from_entries(&journal::read(dir).map_err(io_at(dir))?);
     for t in &plan.trials {
-        let journalled = trials
-            .get(t.id)
-            .and_then(|r| TrialParams::from_map(&r.params).ok());
-        if !journalled.is_some_and(|p| p.same_trial_as(&t.params)) {
+        let journalled = trials.get(t.id).map(|r| &r.params);
+        if !journalled.is_some_and(|p| plan.same_trial(t, p)) {
             return Err(RunError::NotResumable {
                 message: format!(
                     "trial {} of {} does not match the plan of the sweep file; start a new sweep with `--out NEW_DIR`",

@@ -156,7 +156,9 @@ pub fn run_with(
 fn open_results(plan: &Plan, opts: &RunOptions) -> Result<(PathBuf, bool)> {
     let dir = &plan.results_dir;
     let slurm_gpus = plan.slurm.as_ref().is_some_and(|s| !s.cpu_stand_ins);
-    if (plan.pool.has_cuda() || slurm_gpus) && !cfg!(feature = "cuda") {
+    // A user's program drives the GPUs itself: sweep only hands them out.
+    let trains_here = plan.program.is_none();
+    if trains_here && (plan.pool.has_cuda() || slurm_gpus) && !cfg!(feature = "cuda") {
         return Err(RunError::NoCudaSupport);
     }
     let existing = dir.join(Journal::FILE).exists();
@@ -176,7 +178,8 @@ fn begin(
     reporter: &mut dyn Reporter,
 ) -> Result<Resumed> {
     let frozen = record.dir.join("spec.yaml");
-    write_atomic(&frozen, checked.text().as_bytes()).map_err(io_at(&frozen))?;
+    let text = checked.spec().frozen_text(checked.text());
+    write_atomic(&frozen, text.as_bytes()).map_err(io_at(&frozen))?;
     record.log(Event::SweepStarted {
         name: plan.name.clone(),
         trials: plan.trials.len(),
@@ -184,7 +187,7 @@ fn begin(
     for t in &plan.trials {
         record.log(Event::TrialPlanned {
             trial: t.id,
-            params: t.params.to_map(),
+            params: plan.recorded_params(t),
             estimate_mb: t.estimate_mb,
             assignment: None,
         })?;
@@ -331,7 +334,7 @@ impl<'a> Loop<'a> {
         let t = self.by_id.get(&id)?;
         Some(TrialView {
             id,
-            label: respond::label(&t.params),
+            label: respond::label_of(self.plan, t),
             batch_size: t.params.batch_size,
             pruned: self
                 .record
@@ -433,7 +436,7 @@ impl<'a> Loop<'a> {
             let placement = decide::placement_for(self.plan, &t, &slots);
             let dir = trial_dir(&self.record.dir, id);
             let params = decide::params_to_run(&t, &self.record.trials);
-            let launched = prepare_trial(self.checked, self.plan, id, &params, &dir, &placement)
+            let launched = prepare_trial(self.checked, self.plan, &t, &params, &dir, &placement)
                 .and_then(|()| self.executor.start(id, &dir, &placement));
             let event = match launched {
                 Ok(handle) => {
@@ -487,12 +490,12 @@ impl<'a> Loop<'a> {
             let event = LoopEvent::Proposed {
                 trial: TrialView {
                     id: t.id,
-                    label: respond::label(&t.params),
+                    label: respond::label_of(self.plan, &t),
                     batch_size: t.params.batch_size,
                     pruned: false,
                 },
                 gpus: t.params.gpus as usize,
-                params: t.params.to_map(),
+                params: self.plan.recorded_params(&t),
                 estimate_mb: t.estimate_mb,
                 assignment,
                 refusal: t.refusal.clone(),
@@ -523,7 +526,7 @@ impl<'a> Loop<'a> {
         let judging = Judging {
             rule,
             trial: id,
-            planned: self.plan.evaluation_steps(&t.params).len(),
+            planned: self.plan.planned_evaluations(&t.params),
             evaluations: &evaluations,
             judged_by: &judged_by,
             judged: &judged,
@@ -632,11 +635,32 @@ fn enforce_retention(record: &mut Record, spec: &SweepSpec) -> Result<()> {
 fn prepare_trial(
     checked: &CheckedSpec,
     plan: &Plan,
-    id: usize,
+    t: &PlannedTrial,
     params: &TrialParams,
     dir: &Path,
     placement: &decide::Placement,
 ) -> std::result::Result<(), StartError> {
+    let id = t.id;
+    let io_at = |what: String| move |source| StartError::Io { what, source };
+    std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
+    // A program's command and parameter files (`params.json`, `wandb-config.yaml`); on the
+    // local pool it sees exactly its GPUs (none: an empty CUDA_VISIBLE_DEVICES).
+    let program = match &plan.program {
+        Some(p) => {
+            let cuda = match plan.slurm {
+                Some(_) => None,
+                None => Some(placement.cuda_visible_devices.clone().unwrap_or_default()),
+            };
+            let run = p
+                .run(&t.assignment, params, dir, cuda)
+                .map_err(|e| StartError::Rejected(e.to_string()))?;
+            crate::protocol::program::write_param_files(dir, &run.params).map_err(io_at(
+                format!("writing the parameters into {}", dir.display()),
+            ))?;
+            Some(run)
+        }
+        None => None,
+    };
     let config = TrialConfig {
         trial: id,
         sweep: plan.name.clone(),
@@ -649,6 +673,7 @@ fn prepare_trial(
         threads: placement.threads,
         label_separator: checked.spec().data.label_separator.clone(),
         system_prompt: checked.spec().data.system_prompt,
+        program,
     };
     let path = dir.join(TrialConfig::FILE);
     let io = |source| StartError::Io {

@@ -7,6 +7,7 @@
 //! not work.)
 
 pub mod devices;
+pub mod program;
 pub mod slurm;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,12 @@ pub enum PlanError {
     },
     #[error("{file}: the sweep has no trials")]
     NoTrials { file: String },
+    #[error("{file}: {message}")]
+    Program { file: String, message: String },
+    #[error(
+        "{file}: data: missing (the built-in trainer needs `data: {{train: FILE, dev: FILE}}`)"
+    )]
+    NoData { file: String },
     #[error("unknown preset `{0}`")]
     UnknownPreset(String),
     #[error("{}:{line}: cannot tokenize: {message}", file.display())]
@@ -323,6 +330,10 @@ pub struct Plan {
     /// Plans trials proposed after planning (`plan_trial`).
     #[serde(skip)]
     pub(crate) planner: Option<TrialPlanner>,
+    /// With a `program`: how each trial's command is made (trials run it instead of the
+    /// built-in trainer; `train`, `dev` and `model` are then unused and empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<program::ProgramPlan>,
 }
 
 /// What `method: bayes` proposes from.
@@ -341,7 +352,11 @@ pub struct BayesSearch {
 #[derive(Debug, Clone)]
 pub(crate) struct TrialPlanner {
     file: String,
-    lengths: Lengths,
+    /// The training data's token lengths; `None` for a program sweep (its trials are sized by
+    /// their `gpus` alone).
+    lengths: Option<Lengths>,
+    /// With a program: its per-device batch parameter, read into a trial's micro-batch.
+    program_batch: Option<String>,
     pool: Pool,
     slurm: Option<SlurmPlan>,
     device_mb: Option<f64>,
@@ -356,6 +371,9 @@ impl TrialPlanner {
     /// Trial `id` with these parameter values: typed, fitted to memory, or refused.
     fn plan(&self, id: usize, assignment: Assignment) -> Result<PlannedTrial, PlanError> {
         let (pool, slurm, device_mb) = (&self.pool, &self.slurm, self.device_mb);
+        let Some(lengths) = &self.lengths else {
+            return self.plan_program_trial(id, assignment);
+        };
         let mut params =
             TrialParams::from_assignment(&assignment, self.seed).map_err(|problem| {
                 PlanError::Trial {
@@ -368,21 +386,13 @@ impl TrialPlanner {
         if let Some(fitted) = self.fitted {
             params.max_seq_len = fitted;
         }
-        let mut refusal = None;
+        let mut refusal = self.pool_refusal(params.gpus);
         let mut note = None;
-        if slurm.is_none() && params.gpus as usize > pool.slots.len() {
-            refusal = Some(format!(
-                "asks for {} devices but the pool has {} ({}); it could never start",
-                params.gpus,
-                pool.slots.len(),
-                pool.describe()
-            ));
-        }
         // Each device holds the model and its share of the micro-batch.
         let per_device = |micro: usize| micro.div_ceil(params.gpus.max(1) as usize);
         let workload = Workload {
             on_cuda: pool.has_cuda(),
-            ..self.lengths.workload(&params)
+            ..lengths.workload(&params)
         };
         let planned_micro = params.micro_batch() as usize;
         let mut estimate_mb = Some(estimate(&workload, per_device(planned_micro)).total_mb());
@@ -419,13 +429,7 @@ impl TrialPlanner {
                 }
             }
         }
-        let mut job = None;
-        if let (Some(s), None) = (slurm, &refusal) {
-            match job_request(&s.cluster, params.gpus, estimate_mb, self.time_s) {
-                Ok(request) => job = Some(request),
-                Err(reason) => refusal = Some(reason.to_string()),
-            }
-        }
+        let job = self.job(params.gpus, estimate_mb, &mut refusal);
         if refusal.is_some() && slurm.is_none() {
             estimate_mb = estimate_mb.filter(|_| params.gpus as usize <= pool.slots.len());
         }
@@ -438,6 +442,34 @@ impl TrialPlanner {
             refusal,
             job,
         })
+    }
+
+    /// A refusal when the pool can never hold `gpus` devices (a local sweep).
+    fn pool_refusal(&self, gpus: u32) -> Option<String> {
+        (self.slurm.is_none() && gpus as usize > self.pool.slots.len()).then(|| {
+            format!(
+                "asks for {gpus} devices but the pool has {} ({}); it could never start",
+                self.pool.slots.len(),
+                self.pool.describe()
+            )
+        })
+    }
+
+    /// On Slurm, the trial's job request, or its refusal in `refusal`.
+    fn job(
+        &self,
+        gpus: u32,
+        estimate_mb: Option<f64>,
+        refusal: &mut Option<String>,
+    ) -> Option<JobRequest> {
+        let mut job = None;
+        if let (Some(s), None) = (&self.slurm, &*refusal) {
+            match job_request(&s.cluster, gpus, estimate_mb, self.time_s) {
+                Ok(request) => job = Some(request),
+                Err(reason) => *refusal = Some(reason.to_string()),
+            }
+        }
+        job
     }
 }
 
@@ -617,6 +649,12 @@ impl Plan {
         train_tokens: Option<&TokenCounts>,
     ) -> Result<Self, PlanError> {
         let fname = file.display().to_string();
+        if spec.is_program() {
+            return program::plan(spec, &fname, options);
+        }
+        let Some(data) = &spec.data else {
+            return Err(PlanError::NoData { file: fname });
+        };
         let absolute = |field: &'static str, p: &Path| -> Result<PathBuf, PlanError> {
             std::fs::canonicalize(p).map_err(|source| PlanError::NotFound {
                 file: fname.clone(),
@@ -625,10 +663,9 @@ impl Plan {
                 source,
             })
         };
-        let train = absolute("data.train", &spec.data.train)?;
-        let dev = absolute("data.dev", &spec.data.dev)?;
-        let test = spec
-            .data
+        let train = absolute("data.train", &data.train)?;
+        let dev = absolute("data.dev", &data.dev)?;
+        let test = data
             .test
             .as_ref()
             .map(|t| absolute("data.test", t))
@@ -647,48 +684,7 @@ impl Plan {
             (None, Some(name)) => ModelSource::Preset(name.clone()),
             (None, None) => ModelSource::Preset("tiny".into()),
         };
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let pool = Pool::from_spec(spec, cores).map_err(|problem| PlanError::Pool {
-            file: fname.clone(),
-            problem,
-        })?;
-        let slurm = match spec.resources.executor() {
-            ExecutorKind::Local => None,
-            ExecutorKind::Slurm => Some(SlurmPlan {
-                cluster: read_cluster(spec.resources.partition.as_deref()).map_err(|e| {
-                    PlanError::Pool {
-                        file: fname.clone(),
-                        problem: PoolError {
-                            field: if spec.resources.partition.is_some() {
-                                "resources.partition"
-                            } else {
-                                "resources.executor"
-                            },
-                            message: e.to_string(),
-                        },
-                    }
-                })?,
-                cpu_stand_ins: matches!(
-                    spec.resources.devices,
-                    Some(DevicesSpec::Named(DeviceKind::Cpu))
-                ),
-            }),
-        };
-        let time_s =
-            match &spec.resources.time {
-                Some(t) => Some(crate::spec::slurm::parse_time_seconds(t).map_err(|e| {
-                    PlanError::Pool {
-                        file: fname.clone(),
-                        problem: PoolError {
-                            field: "resources.time",
-                            message: e.0,
-                        },
-                    }
-                })?),
-                None => None,
-            };
+        let (pool, slurm, time_s) = resources(spec, &fname)?;
         let examples = crate::text::data::load_examples(&train)?;
         let lengths = Lengths::measure(&model, &train, &examples, train_tokens)?;
         let device_mb = pool.trial_memory_limit_mb(slurm.is_some());
@@ -697,7 +693,8 @@ impl Plan {
         });
         let planner = TrialPlanner {
             file: fname.clone(),
-            lengths: lengths.clone(),
+            lengths: Some(lengths.clone()),
+            program_batch: None,
             pool: pool.clone(),
             slurm: slurm.clone(),
             device_mb,
@@ -744,6 +741,7 @@ impl Plan {
             bayes,
             early_terminate: spec.early_terminate.map(|e| e.hyperband()),
             planner: Some(planner),
+            program: None,
         })
     }
 
@@ -755,6 +753,41 @@ impl Plan {
             None => Err(PlanError::NoTrials {
                 file: self.name.clone(),
             }),
+        }
+    }
+
+    /// A trial's parameters as the journal and results.csv keep them: a program's own (its
+    /// assignment, `gpus` included), else the built-in trainer's typed settings.
+    pub fn recorded_params(
+        &self,
+        t: &PlannedTrial,
+    ) -> std::collections::BTreeMap<String, serde_json::Value> {
+        match &self.program {
+            Some(_) => t.assignment.clone(),
+            None => t.params.to_map(),
+        }
+    }
+
+    /// Whether the journalled parameters `journalled` are trial `t`'s (a resumed sweep must
+    /// plan the same trials).
+    pub fn same_trial(
+        &self,
+        t: &PlannedTrial,
+        journalled: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> bool {
+        match &self.program {
+            Some(_) => *journalled == t.assignment,
+            None => TrialParams::from_map(journalled).is_ok_and(|p| p.same_trial_as(&t.params)),
+        }
+    }
+
+    /// How many evaluations a trial makes, as early termination's last band: a program's is
+    /// not known in advance (unbounded).
+    pub fn planned_evaluations(&self, params: &TrialParams) -> usize {
+        if self.program.is_some() {
+            usize::MAX
+        } else {
+            self.evaluation_steps(params).len()
         }
     }
 
@@ -821,6 +854,10 @@ impl Plan {
             out.push_str("\n\n");
         }
         out.push_str(&self.render_search());
+        if let Some(program) = &self.program {
+            out.push_str(&program::render_trials(self, program));
+            return out;
+        }
         let device_mb = self
             .pool
             .trial_memory_limit_mb(self.slurm.is_some())
@@ -906,11 +943,18 @@ impl Plan {
                 .collect();
             kinds.sort_unstable();
             kinds.dedup();
-            let most_evaluations = typical
-                .iter()
-                .map(|p| self.evaluation_steps(p).len())
-                .max()
-                .unwrap_or(usize::MAX);
+            // A program's evaluations are not known in advance: the first bands are shown.
+            let most_evaluations = match &self.program {
+                Some(_) => rule.max_iter.unwrap_or(100),
+                None => typical
+                    .iter()
+                    .map(|p| self.evaluation_steps(p).len())
+                    .max()
+                    .unwrap_or(usize::MAX),
+            };
+            if self.program.is_some() {
+                kinds.clear();
+            }
             match rule.bands(most_evaluations) {
                 Ok(bands) => {
                     out.push_str(&format!(
@@ -973,6 +1017,58 @@ impl Plan {
             None => self.trials.iter().map(|t| &t.params).collect(),
         }
     }
+}
+
+/// The device pool, the Slurm partition (with `executor: slurm`) and the job time limit.
+fn resources(
+    spec: &SweepSpec,
+    fname: &str,
+) -> Result<(Pool, Option<SlurmPlan>, Option<u64>), PlanError> {
+    let fname = fname.to_string();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let pool = Pool::from_spec(spec, cores).map_err(|problem| PlanError::Pool {
+        file: fname.clone(),
+        problem,
+    })?;
+    let slurm = match spec.resources.executor() {
+        ExecutorKind::Local => None,
+        ExecutorKind::Slurm => Some(SlurmPlan {
+            cluster: read_cluster(spec.resources.partition.as_deref()).map_err(|e| {
+                PlanError::Pool {
+                    file: fname.clone(),
+                    problem: PoolError {
+                        field: if spec.resources.partition.is_some() {
+                            "resources.partition"
+                        } else {
+                            "resources.executor"
+                        },
+                        message: e.to_string(),
+                    },
+                }
+            })?,
+            cpu_stand_ins: matches!(
+                spec.resources.devices,
+                Some(DevicesSpec::Named(DeviceKind::Cpu))
+            ),
+        }),
+    };
+    let time_s = match &spec.resources.time {
+        Some(t) => {
+            Some(
+                crate::spec::slurm::parse_time_seconds(t).map_err(|e| PlanError::Pool {
+                    file: fname.clone(),
+                    problem: PoolError {
+                        field: "resources.time",
+                        message: e.0,
+                    },
+                })?,
+            )
+        }
+        None => None,
+    };
+    Ok((pool, slurm, time_s))
 }
 
 fn describe(a: &Assignment) -> String {

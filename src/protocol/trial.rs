@@ -44,6 +44,28 @@ pub struct TrialConfig {
     /// prompt when it says `drop`. Left out when `keep`, so older trial folders read unchanged.
     #[serde(default, skip_serializing_if = "crate::spec::SystemPrompt::is_keep")]
     pub system_prompt: crate::spec::SystemPrompt,
+    /// A user's own program to run instead of the built-in trainer (`sweep train` then
+    /// supervises it); absent for built-in trials, so their config.json is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramRun>,
+}
+
+/// What `sweep train` needs to run one trial of a user's program.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramRun {
+    /// The argument vector (never a shell string); the first element is the executable.
+    pub argv: Vec<String>,
+    /// Where it runs.
+    pub cwd: PathBuf,
+    /// Its parameters, as `params.json` holds them.
+    pub params: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The physical GPU ids for CUDA_VISIBLE_DEVICES (`None`: leave what the job has, Slurm's).
+    #[serde(default)]
+    pub cuda_visible_devices: Option<String>,
+    /// With `oom_batch`: the per-device batch this run has (what an out-of-memory end names).
+    #[serde(default)]
+    pub batch: Option<u32>,
 }
 
 impl TrialConfig {
@@ -156,15 +178,33 @@ pub struct EpochMetrics {
     /// labels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accuracy_by_level: Vec<f64>,
+    /// A program's reported numbers on this evaluation, by name (its metric among them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reported: std::collections::BTreeMap<String, f64>,
 }
 
 impl EpochMetrics {
     /// The sweep's metric at this evaluation.
-    pub fn metric(&self, metric: crate::spec::Metric) -> Option<f64> {
-        match metric {
-            crate::spec::Metric::Accuracy => self.accuracy,
-            crate::spec::Metric::DevLoss => Some(self.dev_loss),
-        }
+    pub fn metric(&self, metric: &crate::spec::MetricName) -> Option<f64> {
+        reported_or_builtin(&self.reported, metric, self.accuracy, self.dev_loss)
+    }
+}
+
+/// A metric from a program's reported values when it reported it, else the built-in trainer's.
+fn reported_or_builtin(
+    reported: &std::collections::BTreeMap<String, f64>,
+    metric: &crate::spec::MetricName,
+    accuracy: Option<f64>,
+    dev_loss: f64,
+) -> Option<f64> {
+    use crate::spec::{Metric, MetricName};
+    if let Some(v) = reported.get(metric.column()) {
+        return Some(*v);
+    }
+    match metric {
+        MetricName::Builtin(Metric::Accuracy) => accuracy,
+        MetricName::Builtin(Metric::DevLoss) if reported.is_empty() => Some(dev_loss),
+        MetricName::Builtin(Metric::DevLoss) | MetricName::Reported(_) => None,
     }
 }
 
@@ -215,6 +255,9 @@ pub struct TrialResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
     pub checkpoint: PathBuf,
+    /// A program's reported numbers at its best evaluation, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reported: std::collections::BTreeMap<String, f64>,
 }
 
 fn one_device() -> u32 {
@@ -224,15 +267,12 @@ fn one_device() -> u32 {
 impl TrialResult {
     pub const FILE: &'static str = "result.json";
 
-    pub fn metric(&self, metric: crate::spec::Metric) -> Option<f64> {
-        match metric {
-            crate::spec::Metric::Accuracy => self.accuracy,
-            crate::spec::Metric::DevLoss => Some(self.dev_loss),
-        }
+    pub fn metric(&self, metric: &crate::spec::MetricName) -> Option<f64> {
+        reported_or_builtin(&self.reported, metric, self.accuracy, self.dev_loss)
     }
 
     /// What the trial is ranked by among others (`MetricSpec::rank`).
-    pub fn score(&self, metric: crate::spec::Metric) -> crate::spec::Score {
+    pub fn score(&self, metric: &crate::spec::MetricName) -> crate::spec::Score {
         crate::spec::Score {
             value: self.metric(metric),
             dev_loss: self.dev_loss,
@@ -355,6 +395,7 @@ mod tests {
             best_step: Some(8),
             steps: Some(8),
             checkpoint: PathBuf::from("/r/trials/0001/checkpoint"),
+            reported: Default::default(),
         }
     }
 

@@ -222,7 +222,7 @@ pub fn importance(trials: &[TrialView], swept: &[String]) -> Vec<Importance> {
 
 /// Gathers the report's data from a results folder.
 pub fn collect(dir: &Path) -> Result<ReportData> {
-    let spec = SweepSpec::from_file(&dir.join("spec.yaml"))
+    let spec = SweepSpec::read_frozen(&dir.join("spec.yaml"))
         .map_err(|e| file_at(dir, format!("not a results folder ({e})")))?;
     let df = read_csv(dir)?;
     let metric_col = spec.metric.name.column();

@@ -57,7 +57,7 @@ pub(crate) fn file_at(path: &Path, message: impl std::fmt::Display) -> ResultsEr
 
 /// Rewrites results.csv and, when a trial has finished, best/ from the trials' rows.
 pub fn refresh(dir: &Path, rows: &[TrialRow], metric: &MetricSpec) -> Result<()> {
-    write_csv(dir, rows)?;
+    write_csv_ranked(dir, rows, Some(metric))?;
     if let Some(best) = best(rows, metric) {
         write_best(dir, best, metric)?;
     }
@@ -74,7 +74,7 @@ pub fn compare(a: &TrialRow, b: &TrialRow, metric: &MetricSpec) -> std::cmp::Ord
     let score = |r: &TrialRow| {
         r.result
             .as_ref()
-            .map_or(unmeasured, |res| res.score(metric.name))
+            .map_or(unmeasured, |res| res.score(&metric.name))
     };
     metric.rank(&score(a), &score(b))
 }
@@ -86,7 +86,7 @@ pub fn best<'a>(rows: &'a [TrialRow], metric: &MetricSpec) -> Option<&'a TrialRo
             r.status.ranks()
                 && r.result
                     .as_ref()
-                    .and_then(|res| res.metric(metric.name))
+                    .and_then(|res| res.metric(&metric.name))
                     .is_some_and(f64::is_finite)
         })
         .min_by(|a, b| compare(a, b, metric))
@@ -139,6 +139,16 @@ fn param_column(name: &str, values: Vec<Option<&Value>>) -> Column {
 /// One row per trial: identity, status, every parameter, then the metrics of the best epoch
 /// (and, for the best trial once the sweep has ended, its test accuracy).
 pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame> {
+    table_ranked(rows, test, None)
+}
+
+/// [`table`], with a column for the sweep's metric even before any trial reported it (a
+/// program's metric is a reported name: the leaderboard needs its column).
+pub fn table_ranked(
+    rows: &[TrialRow],
+    test: Option<(usize, f64)>,
+    metric: Option<&MetricSpec>,
+) -> Result<DataFrame> {
     let names: BTreeSet<&String> = rows.iter().flat_map(|r| r.params.keys()).collect();
     let mut cols = vec![
         Column::new(
@@ -270,7 +280,33 @@ pub fn table(rows: &[TrialRow], test: Option<(usize, f64)>) -> Result<DataFrame>
             })
             .collect::<Vec<_>>(),
     ));
+    push_reported_columns(rows, &mut cols);
+    if let Some(name) = metric.map(|m| m.name.column()) {
+        if !cols.iter().any(|c| c.name().as_str() == name) {
+            cols.push(Column::new(name.into(), vec![None::<f64>; rows.len()]));
+        }
+    }
     Ok(DataFrame::new(rows.len(), cols)?)
+}
+
+/// A program's reported numbers at each trial's best evaluation, one column per name (after
+/// the others; a name that is already a column is left out).
+fn push_reported_columns(rows: &[TrialRow], cols: &mut Vec<Column>) {
+    let taken: BTreeSet<String> = cols.iter().map(|c| c.name().to_string()).collect();
+    let names: BTreeSet<&String> = rows
+        .iter()
+        .filter_map(|r| r.result.as_ref())
+        .flat_map(|r| r.reported.keys())
+        .filter(|k| !taken.contains(k.as_str()))
+        .collect();
+    for name in names {
+        cols.push(Column::new(
+            name.as_str().into(),
+            rows.iter()
+                .map(|r| r.result.as_ref()?.reported.get(name).copied())
+                .collect::<Vec<_>>(),
+        ));
+    }
 }
 
 pub const CSV: &str = "results.csv";
@@ -313,10 +349,15 @@ const RESULT_COLUMNS: [&str; 2] = ["micro_batch", "grad_accum"];
 
 /// Rewrites results.csv from the rows, atomically.
 pub fn write_csv(dir: &Path, rows: &[TrialRow]) -> Result<()> {
+    write_csv_ranked(dir, rows, None)
+}
+
+/// [`write_csv`] with the sweep's metric's column always there ([`table_ranked`]).
+pub fn write_csv_ranked(dir: &Path, rows: &[TrialRow], metric: Option<&MetricSpec>) -> Result<()> {
     let test = read_best(dir)
         .ok()
         .and_then(|b| Some((b.trial, b.test?.accuracy)));
-    let mut df = table(rows, test)?;
+    let mut df = table_ranked(rows, test, metric)?;
     let mut buf = Vec::new();
     CsvWriter::new(&mut buf).finish(&mut df)?;
     write_atomic(&dir.join(CSV), &buf).map_err(io_at(&dir.join(CSV)))
@@ -352,17 +393,31 @@ pub fn write_best(dir: &Path, row: &TrialRow, metric: &MetricSpec) -> Result<()>
         }
     }
     let tmp = staging_dir(&best_dir).map_err(io_at(&best_dir))?;
-    copy_dir(&result.checkpoint, &tmp.join("checkpoint")).map_err(io_at(&result.checkpoint))?;
+    let best_checkpoint = std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .join("best")
+        .join("checkpoint");
+    // A folder (the built-in trainer's, or a program's) is copied; a program's file is copied
+    // into `checkpoint/`; a path that is not there (a program's, on another machine) is named.
+    let checkpoint = if result.checkpoint.is_dir() {
+        copy_dir(&result.checkpoint, &tmp.join("checkpoint")).map_err(io_at(&result.checkpoint))?;
+        best_checkpoint
+    } else if let (true, Some(name)) = (result.checkpoint.is_file(), result.checkpoint.file_name())
+    {
+        std::fs::create_dir_all(tmp.join("checkpoint"))
+            .and_then(|()| std::fs::copy(&result.checkpoint, tmp.join("checkpoint").join(name)))
+            .map_err(io_at(&result.checkpoint))?;
+        best_checkpoint.join(name)
+    } else {
+        result.checkpoint.clone()
+    };
     let best = BestTrial {
         trial: row.trial,
         metric: metric.name.column().to_string(),
-        value: result.metric(metric.name).unwrap_or(f64::NAN),
+        value: result.metric(&metric.name).unwrap_or(f64::NAN),
         params: row.params.clone(),
         result: result.clone(),
-        checkpoint: std::fs::canonicalize(dir)
-            .unwrap_or_else(|_| dir.to_path_buf())
-            .join("best")
-            .join("checkpoint"),
+        checkpoint,
         test: None,
     };
     let best_json = tmp.join("best.json");
@@ -510,6 +565,7 @@ mod tests {
             .into_iter()
             .collect(),
             result: Some(TrialResult {
+                reported: Default::default(),
                 best_epoch: 1,
                 accuracy: Some(acc),
                 dev_loss: loss,
@@ -543,7 +599,7 @@ mod tests {
     #[test]
     fn best_breaks_ties_by_loss_then_time() {
         let metric = MetricSpec {
-            name: Metric::Accuracy,
+            name: crate::spec::MetricName::Builtin(Metric::Accuracy),
             goal: None,
             target: None,
         };
@@ -555,7 +611,7 @@ mod tests {
         ];
         assert_eq!(best(&rows, &metric).unwrap().trial, 4);
         let loss = MetricSpec {
-            name: Metric::DevLoss,
+            name: crate::spec::MetricName::Builtin(Metric::DevLoss),
             goal: None,
             target: None,
         };
@@ -588,7 +644,7 @@ mod tests {
         let df = read_csv(dir.path()).unwrap();
         assert_eq!(df.height(), 4);
         let metric = MetricSpec {
-            name: Metric::Accuracy,
+            name: crate::spec::MetricName::Builtin(Metric::Accuracy),
             goal: None,
             target: None,
         };

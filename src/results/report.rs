@@ -19,7 +19,7 @@ pub const TABLE_FORMAT: [(&str, &str); 5] = [
 
 pub fn render(dir: &Path) -> Result<String> {
     let spec_path = dir.join("spec.yaml");
-    let spec = SweepSpec::from_file(&spec_path).map_err(|e| ResultsError::File {
+    let spec = SweepSpec::read_frozen(&spec_path).map_err(|e| ResultsError::File {
         path: dir.to_path_buf(),
         message: format!("not a results folder ({e})"),
     })?;

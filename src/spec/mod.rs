@@ -44,8 +44,26 @@ pub enum SpecError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SweepSpec {
+    /// The results folder's name. Default: the sweep file's name without its extension (W&B's
+    /// files often have none).
+    #[serde(default)]
     pub name: String,
-    pub data: DataSpec,
+    /// The built-in trainer's data; not used with a `program`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataSpec>,
+    /// A user's own training program (W&B's `program`): each trial runs it through `command`
+    /// instead of the built-in trainer (see `program`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<PathBuf>,
+    /// W&B's `command`: the argument vector with macros; default `${env} ${interpreter}
+    /// ${program} ${args}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<Value>>,
+    /// With a `program` and `on_oom: halve_batch`: which of its parameters is the per-device
+    /// batch that an out-of-memory retry halves, and which (if any) doubles to keep the
+    /// effective batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_batch: Option<OomBatch>,
     #[serde(default)]
     pub model: ModelSpec,
     #[serde(default)]
@@ -71,6 +89,22 @@ pub struct SweepSpec {
     /// Stop trials that fall behind at set numbers of evaluations (W&B's syntax).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_terminate: Option<EarlyTerminate>,
+    /// The parameters that came from nested `parameters:` blocks, by their dotted names (the
+    /// program gets them nested again); filled in by `SweepSpec::parse`.
+    #[serde(skip)]
+    pub nested: std::collections::BTreeSet<String>,
+}
+
+/// `oom_batch: {per_device: NAME, accumulate: NAME}`: a program's batch parameters, for
+/// `on_oom: halve_batch`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OomBatch {
+    /// The parameter holding the per-device batch (halved on out of memory).
+    pub per_device: String,
+    /// The parameter holding the gradient-accumulation steps (doubled with each halving).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accumulate: Option<String>,
 }
 
 /// `early_terminate: {type: hyperband, min_iter | max_iter + s, eta, strict}`, as W&B writes it.
@@ -138,8 +172,8 @@ impl EarlyTerminate {
     /// What trials are judged by: `metric` by its own goal, else the sweep's metric.
     pub fn judged_metric(&self, sweep: &MetricSpec) -> MetricSpec {
         match self.metric {
-            Some(name) if name != sweep.name => MetricSpec {
-                name,
+            Some(name) if sweep.name != name => MetricSpec {
+                name: name.into(),
                 goal: None,
                 target: None,
             },
@@ -269,7 +303,8 @@ pub enum SearchMethod {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MetricSpec {
-    pub name: Metric,
+    /// `accuracy` or `dev_loss` for the built-in trainer; any name a program reports.
+    pub name: MetricName,
     #[serde(default)]
     pub goal: Option<Goal>,
     /// W&B's `target`: once a trial's evaluation reaches it (by the goal), no new trial starts.
@@ -280,18 +315,56 @@ pub struct MetricSpec {
 impl Default for MetricSpec {
     fn default() -> Self {
         Self {
-            name: Metric::Accuracy,
+            name: MetricName::Builtin(Metric::Accuracy),
             goal: None,
             target: None,
         }
     }
 }
 
+/// A metric's name: one the built-in trainer measures, or any name a program reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum MetricName {
+    Builtin(Metric),
+    Reported(String),
+}
+
+impl MetricName {
+    /// Its name, as a column of results.csv and a key of a program's reports.
+    pub fn column(&self) -> &str {
+        match self {
+            MetricName::Builtin(m) => m.column(),
+            MetricName::Reported(name) => name,
+        }
+    }
+
+    pub fn builtin(&self) -> Option<Metric> {
+        match self {
+            MetricName::Builtin(m) => Some(*m),
+            MetricName::Reported(_) => None,
+        }
+    }
+}
+
+impl From<Metric> for MetricName {
+    fn from(m: Metric) -> Self {
+        MetricName::Builtin(m)
+    }
+}
+
+impl PartialEq<Metric> for MetricName {
+    fn eq(&self, other: &Metric) -> bool {
+        *self == MetricName::Builtin(*other)
+    }
+}
+
 impl MetricSpec {
     pub fn goal(&self) -> Goal {
+        // W&B's default goal is minimize; accuracy's is maximize.
         self.goal.unwrap_or(match self.name {
-            Metric::Accuracy => Goal::Maximize,
-            Metric::DevLoss => Goal::Minimize,
+            MetricName::Builtin(Metric::Accuracy) => Goal::Maximize,
+            MetricName::Builtin(Metric::DevLoss) | MetricName::Reported(_) => Goal::Minimize,
         })
     }
     /// A metric value as a loss (lower is better): negated when the goal is to maximise. What
@@ -505,6 +578,10 @@ pub struct ParamSpec {
     pub q: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probabilities: Option<Vec<f64>>,
+    /// W&B's nested parameters: `optimizer: {parameters: {lr: {...}}}` is the parameter
+    /// `optimizer.lr` (flattened by `SweepSpec::parse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<BTreeMap<String, ParamSpec>>,
 }
 
 /// A parameter's search space once understood.
@@ -741,6 +818,65 @@ impl Domain {
     }
 }
 
+/// A sweep's name from its file's: the stem, with characters a folder name should not have
+/// replaced by `_` (`sweep` when nothing is left).
+pub fn default_name(file: &str) -> String {
+    let stem = Path::new(file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.trim_matches('.').is_empty() {
+        "sweep".into()
+    } else {
+        name
+    }
+}
+
+/// W&B's nested `parameters:` as dotted names (`optimizer.lr`), and the set of names that came
+/// from nesting. A block with `parameters` and none of `value`, `values`, `distribution`,
+/// `min`, `max` is a nest; any other keeps its `parameters` (and is refused).
+fn flatten_parameters(
+    params: BTreeMap<String, ParamSpec>,
+) -> (
+    BTreeMap<String, ParamSpec>,
+    std::collections::BTreeSet<String>,
+) {
+    let mut flat = BTreeMap::new();
+    let mut nested = std::collections::BTreeSet::new();
+    for (name, mut p) in params {
+        let only_nest = p.value.is_none()
+            && p.values.is_none()
+            && p.distribution.is_none()
+            && p.min.is_none()
+            && p.max.is_none();
+        match p.parameters.take() {
+            Some(inner) if only_nest => {
+                let (inner_flat, _) = flatten_parameters(inner);
+                for (k, v) in inner_flat {
+                    let dotted = format!("{name}.{k}");
+                    nested.insert(dotted.clone());
+                    flat.insert(dotted, v);
+                }
+            }
+            other => {
+                p.parameters = other;
+                flat.insert(name, p);
+            }
+        }
+    }
+    (flat, nested)
+}
+
 impl SweepSpec {
     /// Reads and parses a sweep file. Interpretation of parameters happens in `search`.
     pub fn from_file(path: &Path) -> Result<Self, SpecError> {
@@ -752,12 +888,79 @@ impl SweepSpec {
     }
 
     pub fn from_yaml(text: &str, file: &str) -> Result<Self, SpecError> {
-        let spec: SweepSpec = yaml_serde::from_str(text).map_err(|e| SpecError::Yaml {
-            file: file.to_string(),
-            message: e.to_string(),
-        })?;
+        Self::from_yaml_counted(text, file, None)
+    }
+
+    /// [`SweepSpec::from_yaml`] with `sweep run --count N` applied ([`SweepSpec::with_count`]).
+    pub fn from_yaml_counted(
+        text: &str,
+        file: &str,
+        count: Option<usize>,
+    ) -> Result<Self, SpecError> {
+        let spec = SweepSpec::parse(text, file)
+            .map_err(|e| SpecError::Yaml {
+                file: file.to_string(),
+                message: e.to_string(),
+            })?
+            .with_count(count);
         spec.validate(file)?;
         Ok(spec)
+    }
+
+    /// The typed spec of a sweep file's text, with what the file leaves out filled in: `name`
+    /// from the file's name (`file`), nested parameters flattened to dotted names.
+    pub fn parse(text: &str, file: &str) -> Result<Self, yaml_serde::Error> {
+        let mut spec: SweepSpec = yaml_serde::from_str(text)?;
+        if spec.name.is_empty() {
+            spec.name = default_name(file);
+        }
+        let (flat, nested) = flatten_parameters(std::mem::take(&mut spec.parameters));
+        spec.parameters = flat;
+        spec.nested = nested;
+        Ok(spec)
+    }
+
+    /// A results folder's frozen copy of its sweep file (`spec.yaml`), read without the checks
+    /// it passed when the sweep started (a `run_cap` given by `--count` is not in it).
+    pub fn read_frozen(path: &Path) -> Result<Self, SpecError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, &file).map_err(|e| SpecError::Yaml {
+            file,
+            message: e.to_string(),
+        })
+    }
+
+    /// The text to freeze into a results folder: the file's own, with its defaulted `name`
+    /// written in when the file has none (W&B's files often do not), so the frozen copy reads
+    /// back as the same sweep.
+    pub fn frozen_text(&self, text: &str) -> String {
+        let named = text
+            .lines()
+            .any(|l| l.starts_with("name:") || l.starts_with("\"name\":"));
+        if named {
+            text.to_string()
+        } else {
+            let quoted = serde_json::to_string(&self.name).unwrap_or_else(|_| "sweep".into());
+            format!("name: {quoted}\n{text}")
+        }
+    }
+
+    /// `sweep run FILE --count N`: at most N trials (W&B's `wandb agent --count`), the file's
+    /// `run_cap` when it is smaller.
+    pub fn with_count(mut self, count: Option<usize>) -> Self {
+        if let Some(n) = count {
+            self.run_cap = Some(self.run_cap.map_or(n, |cap| cap.min(n)));
+        }
+        self
+    }
+
+    /// Whether trials run a user's program instead of the built-in trainer.
+    pub fn is_program(&self) -> bool {
+        self.program.is_some() || self.command.as_ref().is_some_and(|c| !c.is_empty())
     }
 
     fn validate(&self, file: &str) -> Result<(), SpecError> {
@@ -799,7 +1002,9 @@ impl SweepSpec {
                 ),
             );
         }
+        self.program_problems(&mut field);
         match (&self.model.preset, &self.model.path) {
+            _ if self.is_program() => {}
             (Some(_), Some(_)) => field("model", "give either `preset` or `path`, not both".into()),
             (Some(p), None) if crate::spec::shape::preset(p).is_none() => field(
                 "model.preset",
@@ -814,13 +1019,16 @@ impl SweepSpec {
         if self.method == SearchMethod::Random && self.run_cap.is_none() {
             field(
                 "run_cap",
-                "random search needs `run_cap` (how many trials)".into(),
+                "random search needs `run_cap` (how many trials), or `sweep run FILE --count N`"
+                    .into(),
             );
         }
         if self.method == SearchMethod::Bayes && self.run_cap.is_none() {
             field(
                 "run_cap",
-                "bayes search needs `run_cap` (how many trials it proposes)".into(),
+                "bayes search needs `run_cap` (how many trials it proposes), or `sweep run FILE \
+                 --count N`"
+                    .into(),
             );
         }
         if let Some(t) = self.metric.target.filter(|t| !t.is_finite()) {
@@ -869,11 +1077,97 @@ impl SweepSpec {
             );
         }
         for (name, p) in &self.parameters {
-            if let Err(e) = Domain::from_spec(p) {
+            if p.parameters.is_some() {
+                field(
+                    &format!("parameters.{name}"),
+                    "nested `parameters` cannot sit beside `value`, `values`, `distribution`, \
+                     `min` or `max`"
+                        .into(),
+                );
+            } else if let Err(e) = Domain::from_spec(p) {
                 field(&format!("parameters.{name}"), e.0);
             }
         }
         out
+    }
+
+    /// What differs with a `program`: no data or model needed, any metric name, `oom_batch`
+    /// naming parameters; without one, the built-in trainer's data, metrics and no `oom_batch`.
+    fn program_problems(&self, field: &mut impl FnMut(&str, String)) {
+        if !self.is_program() {
+            if self.data.is_none() {
+                field(
+                    "data",
+                    "missing `data` (`data: {train: FILE, dev: FILE}`), or give a `program` to \
+                     sweep your own training program"
+                        .into(),
+                );
+            }
+            if let MetricName::Reported(name) = &self.metric.name {
+                let known = schema::variants::<Metric>();
+                field(
+                    "metric.name",
+                    format!(
+                        "unknown metric `{name}`{} (the built-in trainer measures {}; a \
+                         `program` may report any name)",
+                        crate::util::suggest::suffix(name, known),
+                        known.join(", ")
+                    ),
+                );
+            }
+            if self.oom_batch.is_some() {
+                field(
+                    "oom_batch",
+                    "names a program's batch parameters; the built-in trainer halves its own \
+                     micro_batch"
+                        .into(),
+                );
+            }
+            return;
+        }
+        if let Some(Err(e)) = self
+            .command
+            .as_deref()
+            .map(program::CommandTemplate::from_yaml)
+        {
+            field(&format!("command[{}]", e.index()), e.reason());
+        }
+        if self.program.is_none()
+            && self
+                .command
+                .as_deref()
+                .and_then(|c| program::CommandTemplate::from_yaml(c).ok())
+                .is_some_and(|t| t.uses(program::Macro::Program))
+        {
+            field(
+                "program",
+                "the command uses `${program}` but the file names no `program`".into(),
+            );
+        }
+        if let Some(b) = &self.oom_batch {
+            for (key, name) in [
+                ("per_device", Some(&b.per_device)),
+                ("accumulate", b.accumulate.as_ref()),
+            ] {
+                let Some(name) = name else { continue };
+                if !self.parameters.contains_key(name) {
+                    field(
+                        &format!("oom_batch.{key}"),
+                        format!(
+                            "`{name}` is not a parameter of this sweep{}",
+                            crate::util::suggest::suffix(
+                                name,
+                                &self
+                                    .parameters
+                                    .keys()
+                                    .map(String::as_str)
+                                    .collect::<Vec<_>>()
+                            )
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// Where results go: `output`, else `results/<name>`.
@@ -915,7 +1209,7 @@ mod tests {
         };
         let acc = MetricSpec::default();
         let loss = MetricSpec {
-            name: Metric::DevLoss,
+            name: MetricName::Builtin(Metric::DevLoss),
             goal: None,
             target: None,
         };
@@ -1001,8 +1295,8 @@ resources: {devices: cpu, slots: 2, parallel: 2}
         let s = SweepSpec::from_yaml(&text, "s.yaml").unwrap();
         let judged = s.early_terminate.unwrap().judged_metric(&s.metric);
         assert_eq!(
-            (judged.name, judged.goal()),
-            (Metric::DevLoss, Goal::Minimize)
+            (judged.name.clone(), judged.goal()),
+            (MetricName::Builtin(Metric::DevLoss), Goal::Minimize)
         );
         assert_eq!(judged.as_loss(1.5), 1.5);
         assert_eq!(s.metric.as_loss(0.8), -0.8);

@@ -164,6 +164,29 @@ pub enum TemplateError {
     NotScalar { index: usize, found: &'static str },
 }
 
+impl TemplateError {
+    /// The element at fault (`command[index]`).
+    pub fn index(&self) -> usize {
+        match self {
+            TemplateError::UnknownMacro { index, .. }
+            | TemplateError::EmbeddedMacro { index, .. }
+            | TemplateError::ArgsDict { index }
+            | TemplateError::EnvVarName { index, .. }
+            | TemplateError::Unclosed { index }
+            | TemplateError::NotScalar { index, .. } => *index,
+        }
+    }
+
+    /// The message without its `command[i]: ` prefix.
+    pub fn reason(&self) -> String {
+        let text = self.to_string();
+        match text.split_once(": ") {
+            Some((_, rest)) => rest.to_string(),
+            None => text,
+        }
+    }
+}
+
 /// " (did you mean `${args}`?)", or W&B's list of macros.
 fn hint(name: &str) -> String {
     let mut known: Vec<&str> = Macro::ALL.iter().map(|m| m.name()).collect();
@@ -246,6 +269,13 @@ impl CommandTemplate {
                 Piece::Text(_) => None,
             })
             .collect()
+    }
+
+    /// The element that names the executable, with its index: a literal's text (`${envvar:..}`
+    /// inside left out), or the macro.
+    pub fn executable(&self) -> Option<(usize, &Element)> {
+        let i = self.executable_index();
+        self.elements.get(i).map(|e| (i, e))
     }
 
     /// The index of the element that names the executable: the first, or the second after

@@ -558,7 +558,8 @@ mod tests {
             .filter(|f| f.required)
             .map(|f| f.name)
             .collect();
-        assert_eq!(required, ["name", "data", "parameters"]);
+        // `name` defaults to the file's name, `data` is the built-in trainer's only.
+        assert_eq!(required, ["parameters"]);
         let run_cap = field(&["run_cap"]);
         assert!(run_cap.nullable && !run_cap.required);
         assert_eq!(run_cap.kind, Kind::Count);
@@ -595,7 +596,8 @@ mod tests {
                 "min",
                 "max",
                 "q",
-                "probabilities"
+                "probabilities",
+                "parameters"
             ]
         );
         assert_eq!(param.field("value").map(|f| &f.kind), Some(&Kind::Any));

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 /// `diagnostics` (`sweep gpu-check`) drives both the run loop and the trainer, so it sits above
 /// them all: it asks the trainer for candle work, reads the journal a `sweep run` child left,
 /// and queries GPUs through `plan`; it reaches the orchestrator only through child processes.
-const LAYERS: [(&str, &[&str]); 11] = [
+/// `program_trial` (one trial of a user's own program: `sweep train` supervising it) is the
+/// trainer's sibling for programs: the formats only, and never candle.
+const LAYERS: [(&str, &[&str]); 12] = [
     ("util", &[]),
     ("stats", &[]),
     ("spec", &["util"]),
@@ -31,6 +33,7 @@ const LAYERS: [(&str, &[&str]); 11] = [
         &["spec", "stats", "text", "plan", "protocol", "util"],
     ),
     ("trainer", &["spec", "stats", "text", "protocol", "util"]),
+    ("program_trial", &["spec", "protocol", "util"]),
     ("results", &["spec", "stats", "protocol", "util"]),
     (
         "orchestrator",
@@ -54,8 +57,9 @@ const NAME_THE_JOURNAL: [&str; 4] = [
 ];
 
 /// The folders that may start `sweep` processes: the run loop (a trial is `sweep train`, the
-/// test score `sweep eval`) and the diagnostics above it (`sweep run`, `sweep plan`).
-const START_SWEEP: [&str; 2] = ["orchestrator", "diagnostics"];
+/// test score `sweep eval`) and the diagnostics above it (`sweep run`, `sweep plan`); and
+/// `program_trial`, which starts a program not written out: the user's own (never sweep).
+const START_SWEEP: [&str; 3] = ["orchestrator", "diagnostics", "program_trial"];
 
 fn src() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -12,6 +12,7 @@ mod gradients;
 mod hf_reference;
 mod levels;
 mod model_families;
+mod program;
 mod report;
 mod resources;
 mod resume;

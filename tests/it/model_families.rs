@@ -188,6 +188,7 @@ fn full_checkpoints_of_qwen3_ernie_and_mistral_hold_transformers_tensors_and_rou
             name,
             &out,
             &sweep::trainer::checkpoint::tokenizer_files(&base),
+            &[],
         )
         .unwrap();
         let (config, saved) = load_hf_folder(&out, &Device::Cpu).unwrap();

@@ -201,6 +201,45 @@ fn a_sweep_runs_as_slurm_jobs_with_their_gpus_like_a_local_run() {
     }
 }
 
+/// A user's own program as Slurm jobs: the job's `sweep train` supervises it, and it sees the
+/// GPUs Slurm gave the job.
+#[test]
+fn a_program_runs_as_slurm_jobs_with_the_jobs_gpus() {
+    let Some(_cluster) = cluster() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let name = unique("p");
+    let program = tmp.path().join("show.py");
+    std::fs::write(
+        &program,
+        "import json, os\nids = os.environ.get('CUDA_VISIBLE_DEVICES', '')\nfor epoch in (1, 2):\n    print(json.dumps({'epoch': epoch, 'val_loss': 1.0 / epoch, 'gpus_seen': len([i for i in ids.split(',') if i])}), flush=True)\n",
+    )
+    .unwrap();
+    let spec = tmp.path().join(format!("{name}.yaml"));
+    std::fs::write(
+        &spec,
+        format!(
+            "name: {name}\nprogram: {}\noutput: {}\nmetric: {{name: val_loss}}\nparameters:\n  gpus: {{values: [1, 2]}}\n  lr: {{value: 0.1}}\nresources: {{executor: slurm, devices: cpu, parallel: 2, time: \"10\"}}\n",
+            program.display(),
+            tmp.path().join(&name).display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["run".as_ref(), spec.as_os_str(), "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(0));
+    let results = tmp.path().join(&name);
+    let rows = csv_rows(&results);
+    for (i, gpus) in [(1, 1), (2, 2)] {
+        let row = &rows[i - 1];
+        assert_eq!(row["status"], "finished", "{row:?}");
+        assert_eq!(row["val_loss"], "0.5");
+        assert_eq!(row["gpus_seen"], format!("{gpus}.0"), "{row:?}");
+        let jobs = jobs_in(&results.join(format!("trials/{i:04}")));
+        assert_eq!(jobs.len(), 1, "trial {i}: one job, got {jobs:?}");
+    }
+}
+
 #[test]
 fn kill_9_of_the_orchestrator_then_resume_reattaches_without_submitting_twice() {
     let Some(_cluster) = cluster() else {

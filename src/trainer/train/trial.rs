@@ -66,7 +66,7 @@ pub enum EpochEnd {
 pub fn improves(metric: &MetricSpec, score: &Score, best: Option<&TrialResult>) -> bool {
     match best {
         None => true,
-        Some(b) => metric.rank(score, &b.score(metric.name)) == Ordering::Less,
+        Some(b) => metric.rank(score, &b.score(&metric.name)) == Ordering::Less,
     }
 }
 
@@ -246,6 +246,7 @@ impl Trial {
             elapsed_s: self.started.elapsed().as_secs_f64(),
             eval_seconds: eval_start.elapsed().as_secs_f64(),
             accuracy_by_level,
+            reported: Default::default(),
         };
         self.progress.eval_seconds += metrics.eval_seconds;
         self.progress.evaluations += 1;
@@ -302,7 +303,7 @@ impl Trial {
         let seconds = self.seconds();
         let metric = &self.loaded.cfg.metric;
         let score = Score {
-            value: m.metric(metric.name),
+            value: m.metric(&metric.name),
             dev_loss: m.dev_loss,
             seconds,
         };
@@ -336,6 +337,7 @@ impl Trial {
             best_step: Some(m.step),
             steps: None,
             checkpoint,
+            reported: Default::default(),
         });
         Ok(true)
     }

@@ -1,0 +1,356 @@
+//! One trial of a user's own training program: what `sweep train DIR` does when the trial's
+//! `config.json` holds a `program` (`protocol::trial::ProgramRun`). A small supervisor, so that
+//! the run loop, the executors (local and Slurm) and the journal treat a program trial exactly
+//! as a built-in one:
+//!
+//! - the program starts as its argument vector (`child`), with the trial's environment
+//!   (`protocol::program::program_env`: its folder, parameter files, devices), stdin closed;
+//!   its stdout and stderr are kept in the trial folder (`stdout.log`, `stderr.log`);
+//! - each stdout line is read as a report (`protocol::program::report`); a report holding the
+//!   sweep's metric is an evaluation (`curve`), sent on as the same `Epoch` progress event the
+//!   built-in trainer emits and written to metrics.jsonl; a malformed line is skipped with a
+//!   warning in the trial's log;
+//! - out-of-memory messages on either stream are recognised (`protocol::program::oom`);
+//! - the prune file (early termination) stops it: SIGTERM, SIGKILL after [`GRACE`]; a signal
+//!   sent to `sweep train` (Ctrl-C's stop, Slurm's cancel) is passed on the same way;
+//! - its end becomes one `TrialEnd` (`end`) in result.json and the last event, and whatever it
+//!   left in the trial's process group is killed.
+//!
+//! **Never names candle: a program trial never loads the trainer.** Imports only the formats
+//! (`protocol`), the spec's types and `util`.
+
+pub mod child;
+pub mod curve;
+pub mod end;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::protocol::program::oom::out_of_memory;
+use crate::protocol::program::report::{parse_line_bytes, ProgramLine};
+use crate::protocol::program::{program_env, ProgramTrialEnv};
+use crate::protocol::trial::{
+    ProgramRun, ProgressEvent, TrialConfig, TrialEnd, TrialResult, METRICS_FILE, PRUNE_FILE,
+};
+use crate::util::fs::write_atomic;
+use curve::Curve;
+use end::{end_of, Outcome, ProcessExit, StopReason};
+
+/// How long a program has to exit after SIGTERM before it is killed.
+pub const GRACE: Duration = Duration::from_secs(10);
+/// The program's stdout and stderr in the trial folder.
+pub const STDOUT_LOG: &str = "stdout.log";
+pub const STDERR_LOG: &str = "stderr.log";
+/// Lines of stderr kept for a failure's message.
+const TAIL_LINES: usize = 5;
+/// How often the supervisor looks at the program, the prune file and its signals.
+const POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramTrialError {
+    #[error(transparent)]
+    Config(#[from] crate::protocol::trial::ReadError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn io_at(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProgramTrialError {
+    let what = what.into();
+    move |source| ProgramTrialError::Io { what, source }
+}
+
+/// Whether the trial in `dir` runs a program (its config.json says so).
+pub fn is_program_trial(dir: &Path) -> bool {
+    TrialConfig::read(dir).is_ok_and(|c| c.program.is_some())
+}
+
+/// What the reading threads share with the loop.
+struct Shared {
+    curve: Mutex<Curve>,
+    /// The first out-of-memory message seen.
+    oom: Mutex<Option<String>>,
+    tail: Mutex<VecDeque<String>>,
+    /// The orchestrator's end of stdout closed.
+    orchestrator_gone: AtomicBool,
+    started: Instant,
+    dir: PathBuf,
+}
+
+/// `sweep train DIR` for a program trial: runs it to its end, writes result.json and the `End`
+/// event, and returns the end.
+pub fn command(dir: &Path) -> Result<TrialEnd, ProgramTrialError> {
+    let cfg = TrialConfig::read(dir)?;
+    let Some(run) = cfg.program.clone() else {
+        return Err(ProgramTrialError::Io {
+            what: format!("{}: not a program trial", dir.display()),
+            source: std::io::Error::other("config.json has no `program`"),
+        });
+    };
+    let dir = std::path::absolute(dir).map_err(io_at(format!("{}", dir.display())))?;
+    child::catch_signals();
+    let shared = Arc::new(Shared {
+        curve: Mutex::new(Curve::new(cfg.metric.clone())),
+        oom: Mutex::new(None),
+        tail: Mutex::new(VecDeque::new()),
+        orchestrator_gone: AtomicBool::new(false),
+        started: Instant::now(),
+        dir: dir.clone(),
+    });
+    let env = program_env(&ProgramTrialEnv {
+        trial: cfg.trial,
+        sweep: &cfg.sweep,
+        metric: cfg.metric.name.column(),
+        dir: &dir,
+        devices: &cfg.devices,
+        cuda_visible_devices: run.cuda_visible_devices.as_deref(),
+    });
+    eprintln!("program: {}", shell_words(&run.argv));
+    let started = child::spawn(&run.argv, &run.cwd, &env);
+    let (exit, stopped) = match started {
+        Ok(mut program) => {
+            let readers = read_streams(&mut program, &shared)?;
+            let outcome = supervise(&mut program, &dir, &shared);
+            // What it left holding its pipes goes first, or the readers would wait for it.
+            child::kill_rest_of_group();
+            for r in readers {
+                let _ = r.join();
+            }
+            outcome
+        }
+        Err(e) => {
+            let what = format!("cannot start `{}`: {e}", run.argv.join(" "));
+            lock(&shared.tail).push_back(what);
+            (ProcessExit::Code(127), None)
+        }
+    };
+    child::kill_rest_of_group();
+    let end = end_of(outcome(&cfg, &run, &shared, exit, stopped));
+    write_end(&dir, &end)?;
+    Ok(end)
+}
+
+/// The outcome the end is decided from.
+fn outcome(
+    cfg: &TrialConfig,
+    run: &ProgramRun,
+    shared: &Shared,
+    exit: ProcessExit,
+    stopped: Option<StopReason>,
+) -> Outcome {
+    let curve = lock(&shared.curve);
+    Outcome {
+        exit,
+        stopped,
+        out_of_memory: lock(&shared.oom).clone(),
+        stderr_tail: lock(&shared.tail).iter().cloned().collect(),
+        batch: run.batch,
+        metric: cfg.metric.name.column().to_string(),
+        evaluations: curve.evaluations(),
+        result: curve.result(
+            shared.started.elapsed().as_secs_f64(),
+            shared.dir.join("checkpoint"),
+            cfg.devices.len().max(1) as u32,
+        ),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits for the program, stopping it when the trial is pruned, `sweep train` is signalled or
+/// the orchestrator goes: SIGTERM (the signal received, for a signal), SIGKILL after [`GRACE`].
+fn supervise(
+    program: &mut std::process::Child,
+    dir: &Path,
+    shared: &Shared,
+) -> (ProcessExit, Option<StopReason>) {
+    let pid = program.id();
+    let mut stopped: Option<StopReason> = None;
+    let mut deadline: Option<Instant> = None;
+    let mut passed_on = 0;
+    loop {
+        match program.try_wait() {
+            Ok(Some(status)) => return (ProcessExit::of(&Ok(status)), stopped),
+            Ok(None) => {}
+            Err(e) => return (ProcessExit::Unknown(e.to_string()), stopped),
+        }
+        let (count, last) = child::caught();
+        let why = if count > passed_on {
+            passed_on = count;
+            // SIGUSR1 (Slurm's pre-timeout signal) asks the program to stop as SIGTERM does.
+            let sig = if last == libc::SIGUSR1 {
+                libc::SIGTERM
+            } else {
+                last
+            };
+            child::signal(pid, sig);
+            Some(StopReason::Signal(last))
+        } else if stopped.is_none() && dir.join(PRUNE_FILE).exists() {
+            Some(StopReason::Pruned)
+        } else if stopped.is_none() && shared.orchestrator_gone.load(Ordering::SeqCst) {
+            Some(StopReason::OrchestratorGone)
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            if !matches!(why, StopReason::Signal(_)) {
+                child::signal(pid, libc::SIGTERM);
+            }
+            // A prune stays a prune when a signal follows; a signal wins over nothing else.
+            if !matches!(stopped, Some(StopReason::Pruned)) {
+                stopped = Some(why);
+            }
+            deadline.get_or_insert(Instant::now() + GRACE);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            child::signal(pid, libc::SIGKILL);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Threads reading the program's stdout (reports: events, metrics.jsonl, stdout.log) and
+/// stderr (stderr.log, its tail, out-of-memory messages).
+fn read_streams(
+    program: &mut std::process::Child,
+    shared: &Arc<Shared>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, ProgramTrialError> {
+    let open = |name: &str| -> Result<File, ProgramTrialError> {
+        let path = shared.dir.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_at(format!("opening {}", path.display())))
+    };
+    let stdout_log = open(STDOUT_LOG)?;
+    let stderr_log = open(STDERR_LOG)?;
+    let metrics = open(METRICS_FILE)?;
+    let mut handles = Vec::new();
+    if let Some(out) = program.stdout.take() {
+        let shared = Arc::clone(shared);
+        handles.push(std::thread::spawn(move || {
+            read_stdout(out, stdout_log, metrics, &shared)
+        }));
+    }
+    if let Some(err) = program.stderr.take() {
+        let shared = Arc::clone(shared);
+        handles.push(std::thread::spawn(move || {
+            read_stderr(err, stderr_log, &shared)
+        }));
+    }
+    Ok(handles)
+}
+
+/// Lines of `input` as bytes (a line that is not UTF-8 is still a line).
+fn lines(input: impl Read) -> impl Iterator<Item = Vec<u8>> {
+    BufReader::new(input).split(b'\n').map_while(Result::ok)
+}
+
+fn read_stdout(out: impl Read, mut log: File, mut metrics: File, shared: &Shared) {
+    let stdout = std::io::stdout();
+    for line in lines(out) {
+        let _ = log.write_all(&line).and_then(|()| log.write_all(b"\n"));
+        note_oom(&line, shared);
+        match parse_line_bytes(&line) {
+            ProgramLine::Log => {}
+            ProgramLine::Malformed(warning) => eprintln!("warning: program stdout: {warning}"),
+            ProgramLine::Report(report) => {
+                let elapsed = shared.started.elapsed().as_secs_f64();
+                let evaluation = lock(&shared.curve).observe(&report, elapsed);
+                if let Some(m) = evaluation {
+                    let event = ProgressEvent::Epoch(m);
+                    let Ok(text) = serde_json::to_string(&event) else {
+                        continue;
+                    };
+                    let _ = writeln!(metrics, "{text}").and_then(|()| metrics.sync_data());
+                    let mut handle = stdout.lock();
+                    if writeln!(handle, "{text}")
+                        .and_then(|()| handle.flush())
+                        .is_err()
+                    {
+                        shared.orchestrator_gone.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read_stderr(err: impl Read, mut log: File, shared: &Shared) {
+    for line in lines(err) {
+        let _ = log.write_all(&line).and_then(|()| log.write_all(b"\n"));
+        note_oom(&line, shared);
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        if !text.trim().is_empty() {
+            let mut tail = lock(&shared.tail);
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(text);
+        }
+    }
+}
+
+fn note_oom(line: &[u8], shared: &Shared) {
+    let text = String::from_utf8_lossy(line);
+    if out_of_memory(&text).is_some() {
+        lock(&shared.oom).get_or_insert_with(|| text.trim().to_string());
+    }
+}
+
+/// result.json, then the `End` event (the orchestrator may be gone: not an error).
+fn write_end(dir: &Path, end: &TrialEnd) -> Result<(), ProgramTrialError> {
+    let path = dir.join(TrialResult::FILE);
+    let bytes = serde_json::to_vec_pretty(end).map_err(|e| ProgramTrialError::Io {
+        what: format!("writing {}", path.display()),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(&path, &bytes).map_err(io_at(format!("writing {}", path.display())))?;
+    if let Ok(text) = serde_json::to_string(&ProgressEvent::End(end.clone())) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+    }
+    Ok(())
+}
+
+/// The argument vector as one line for the log (each argument quoted when it needs it); never
+/// run through a shell.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=./:,+@%".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_logged_command_quotes_what_a_shell_would_split() {
+        let argv = ["python3", "t.py", "--name=a b", "--x=it's", ""].map(String::from);
+        assert_eq!(
+            shell_words(&argv),
+            r"python3 t.py '--name=a b' '--x=it'\''s' ''"
+        );
+    }
+}
