@@ -62,7 +62,7 @@ pub fn check_named_files(
     ctx.report
         .note(trials_note(file, &checked.trials, fitted_by_default));
     if let Some(spec) = &checked.spec {
-        if let Some(note) = system_prompt_note(spec.data.system_prompt, &checked.trials) {
+        if let Some(note) = system_prompt_note(spec.system_prompt(), &checked.trials) {
             ctx.report.note(note);
         }
     }

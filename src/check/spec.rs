@@ -359,9 +359,7 @@ mod tests {
         assert_eq!(
             SweepSpec::from_yaml(ok, "s.yaml")
                 .unwrap()
-                .data
-                .label_separator
-                .as_deref(),
+                .label_separator(),
             Some("/")
         );
         assert!(!check(ok).contains("error"), "{}", check(ok));

@@ -671,8 +671,8 @@ fn prepare_trial(
         metric: checked.spec().metric.clone(),
         devices: placement.devices.clone(),
         threads: placement.threads,
-        label_separator: checked.spec().data.label_separator.clone(),
-        system_prompt: checked.spec().data.system_prompt,
+        label_separator: checked.spec().label_separator().map(str::to_string),
+        system_prompt: checked.spec().system_prompt(),
         program,
     };
     let path = dir.join(TrialConfig::FILE);

@@ -72,6 +72,7 @@ impl Curve {
             peak_rss_mb: 0.0,
             elapsed_s,
             eval_seconds: 0.0,
+            accuracy_by_level: Vec::new(),
             reported,
         };
         let better = match self.best {
@@ -121,6 +122,9 @@ impl Curve {
             best_step: best.map(|m| m.step),
             steps: Some(self.evaluations.len()),
             checkpoint,
+            accuracy_by_level: Vec::new(),
+            train_seconds_per_epoch: None,
+            seconds_per_evaluation: None,
             reported: best.map_or_else(|| self.latest.clone(), |m| m.reported.clone()),
         }
     }

@@ -294,7 +294,7 @@ pub fn collect(dir: &Path) -> Result<ReportData> {
         t.rank = Some(rank);
     }
     let importance = importance(&trials, &swept);
-    let separator = spec.data.label_separator.as_deref();
+    let separator = spec.label_separator();
     let best = best.map(|b| {
         let preds = read_predictions(&dev_predictions(&trial_dir(dir, b.trial))).ok();
         let gold: Vec<&str> = preds

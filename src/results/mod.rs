@@ -692,7 +692,7 @@ mod tests {
         let level1 = df.column("accuracy_level1").unwrap().f64().unwrap().clone();
         assert_eq!((level1.get(0), level1.get(1)), (None, Some(0.9)));
         let metric = MetricSpec {
-            name: Metric::Accuracy,
+            name: crate::spec::MetricName::Builtin(Metric::Accuracy),
             goal: None,
             target: None,
         };

@@ -878,6 +878,18 @@ fn flatten_parameters(
 }
 
 impl SweepSpec {
+    /// `data.label_separator`, when the sweep has data and sets one.
+    pub fn label_separator(&self) -> Option<&str> {
+        self.data.as_ref()?.label_separator.as_deref()
+    }
+
+    /// `data.system_prompt` (keep without data: a program sweep has none).
+    pub fn system_prompt(&self) -> SystemPrompt {
+        self.data
+            .as_ref()
+            .map_or(SystemPrompt::Keep, |d| d.system_prompt)
+    }
+
     /// Reads and parses a sweep file. Interpretation of parameters happens in `search`.
     pub fn from_file(path: &Path) -> Result<Self, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
@@ -1064,7 +1076,7 @@ impl SweepSpec {
         for (name, message) in slurm::resource_problems(&self.resources) {
             field(&format!("resources.{name}"), message);
         }
-        if self.data.label_separator.as_deref() == Some("") {
+        if self.label_separator() == Some("") {
             field(
                 "data.label_separator",
                 "must not be empty: give the text between a label's levels, such as \"/\"".into(),
