@@ -19,7 +19,8 @@ use crate::protocol::trial::ProgressEvent;
 /// What a trial reports to the orchestrator.
 #[derive(Debug)]
 pub enum Report {
-    Progress(ProgressEvent),
+    /// Boxed: an evaluation with its reported keys is far larger than the other variants.
+    Progress(Box<ProgressEvent>),
     /// The trial's process or job ended, so: what the trial says of its end is in its
     /// result.json, which the run loop reads (`TrialEnd::read`); this speaks only when the trial
     /// left none.
@@ -271,7 +272,7 @@ fn launch(
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 if let Ok(event) = serde_json::from_str::<ProgressEvent>(&line) {
-                    if tx.send((trial, Report::Progress(event))).is_err() {
+                    if tx.send((trial, Report::Progress(Box::new(event)))).is_err() {
                         break;
                     }
                 }

@@ -295,7 +295,10 @@ impl<'a> Loop<'a> {
                 continue;
             };
             let event = match report {
-                Report::Progress(event) => LoopEvent::Progress { trial, event },
+                Report::Progress(event) => LoopEvent::Progress {
+                    trial,
+                    event: *event,
+                },
                 Report::Waiting(reason) => LoopEvent::Waiting { trial: id, reason },
                 Report::Exited(exit) => {
                     if let Some(slots) = self.running.remove(&id) {

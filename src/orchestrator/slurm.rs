@@ -528,7 +528,7 @@ fn forward_progress(job: u32, w: &mut Watched, tx: &Sender<(usize, Report)>) -> 
     let complete = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
     for line in text[..complete].lines() {
         if let Ok(event) = serde_json::from_str::<ProgressEvent>(line) {
-            tx.send((w.trial, Report::Progress(event)))
+            tx.send((w.trial, Report::Progress(Box::new(event))))
                 .map_err(|_| ())?;
         }
     }
