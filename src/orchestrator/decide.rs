@@ -295,8 +295,27 @@ pub fn scheduler_slots(plan: &Plan) -> usize {
     }
 }
 
+/// The least time between two rebuilds of results.csv, best/ and report.html while a sweep
+/// runs: often enough to watch, rarely enough that a thousand one-second trials are not spent
+/// rereading every trial's files.
+pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether stale results are rebuilt now, `since` the last rebuild (none yet: now).
+pub fn refresh_due(since: Option<std::time::Duration>) -> bool {
+    since.is_none_or(|d| d >= REFRESH_EVERY)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn results_are_rebuilt_at_most_once_a_refresh_interval() {
+        use std::time::Duration;
+        assert!(refresh_due(None));
+        assert!(!refresh_due(Some(Duration::from_millis(10))));
+        assert!(refresh_due(Some(REFRESH_EVERY)));
+        assert!(refresh_due(Some(Duration::from_secs(60))));
+    }
+
     use super::*;
     use crate::results::state::Status;
 

@@ -2,6 +2,7 @@
 //! (`Record`), and `RunError`. Shared by the run loop (`runner`) and `resume`.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::plan::PlanError;
 use crate::protocol::journal::{Event, Journal};
@@ -48,6 +49,11 @@ pub(crate) struct Record {
     journal: Journal,
     pub(crate) trials: Trials,
     pub(crate) dir: PathBuf,
+    /// When results.csv, best/ and report.html were last rebuilt, and whether the rows changed
+    /// since: a rebuild reads every trial's files, so at many short trials (a program that runs
+    /// for milliseconds) rebuilding after each would make the sweep quadratic.
+    refreshed_at: Option<Instant>,
+    stale: bool,
 }
 
 impl Record {
@@ -58,6 +64,8 @@ impl Record {
             journal: Journal::open(dir).map_err(io_at(&dir.join(Journal::FILE)))?,
             trials,
             dir: dir.to_path_buf(),
+            refreshed_at: None,
+            stale: false,
         })
     }
 
@@ -70,9 +78,28 @@ impl Record {
     }
 
     /// Rebuilds results.csv, best/ and report.html from the rows.
-    pub(crate) fn refresh(&self, spec: &SweepSpec) -> Result<()> {
+    pub(crate) fn refresh(&mut self, spec: &SweepSpec) -> Result<()> {
         results::refresh(&self.dir, &self.trials.to_vec(), &spec.metric)?;
         results::html::write(&self.dir, None)?;
+        self.refreshed_at = Some(Instant::now());
+        self.stale = false;
+        Ok(())
+    }
+
+    /// Rebuilds them now when `decide::refresh_due` says so, else marks them stale for
+    /// `refresh_if_stale` (the loop asks at every turn) or the final `refresh`. The journal,
+    /// synced at every event, stays the record: a crash in between loses nothing.
+    pub(crate) fn refresh_soon(&mut self, spec: &SweepSpec) -> Result<()> {
+        self.stale = true;
+        self.refresh_if_stale(spec)
+    }
+
+    /// Rebuilds them when they are stale and a rebuild is due.
+    pub(crate) fn refresh_if_stale(&mut self, spec: &SweepSpec) -> Result<()> {
+        let since = self.refreshed_at.map(|t| t.elapsed());
+        if self.stale && crate::orchestrator::decide::refresh_due(since) {
+            self.refresh(spec)?;
+        }
         Ok(())
     }
 }

@@ -123,6 +123,7 @@ pub fn run_with(
     let mut run = Loop::new(checked, plan, record, executor, reporter, &to_run);
     run.follow(reattached)?;
     let killed = run.run(reports)?;
+    run.record.refresh(spec)?;
     run.reporter.finish();
     let interrupted = killed || run.stopping;
     if !interrupted {
@@ -286,6 +287,7 @@ impl<'a> Loop<'a> {
             if self.respond(LoopEvent::Interrupts(interrupts))? {
                 return Ok(true);
             }
+            self.record.refresh_if_stale(self.spec)?;
             let (id, report) = match reports.recv_timeout(Duration::from_millis(200)) {
                 Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -400,7 +402,7 @@ impl<'a> Loop<'a> {
                 Action::Count(Count::Pruned) => self.tally.pruned += 1,
                 Action::Count(Count::Failed) => self.tally.failed += 1,
                 Action::EnforceRetention => enforce_retention(&mut self.record, self.spec)?,
-                Action::Refresh => self.record.refresh(self.spec)?,
+                Action::Refresh => self.record.refresh_soon(self.spec)?,
                 Action::Finish { .. } => return Ok(true),
             }
         }
