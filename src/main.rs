@@ -58,6 +58,10 @@ enum Command {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Check sweep files as `sweep run --count N` runs them (a random or bayes sweep
+        /// without `run_cap` needs one or the other).
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
     },
     /// Leaderboard and per-parameter summaries of a results folder.
     Report {
@@ -154,7 +158,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             json,
             no_memory_check,
         } => plan(&spec, json, !no_memory_check),
-        Command::Check { paths } => check(&paths),
+        Command::Check { paths, count } => check(&paths, count),
         Command::Report {
             dir,
             csv,
@@ -251,8 +255,8 @@ fn plan(spec_path: &Path, json: bool, memory_check: bool) -> Result<ExitCode> {
 }
 
 /// `sweep check`: exit status 2 on any error.
-fn check(paths: &[PathBuf]) -> Result<ExitCode> {
-    let report = sweep::check::check_paths(paths);
+fn check(paths: &[PathBuf], count: Option<usize>) -> Result<ExitCode> {
+    let report = sweep::check::check_paths(paths, count);
     print!("{}", report.render());
     Ok(if report.has_errors() {
         ExitCode::from(2)

@@ -251,11 +251,13 @@ pub fn is_spec_path(path: &Path) -> bool {
 
 /// `sweep check PATH...`: sweep files (.yaml/.yml) are checked with their data and tokenizer;
 /// all other paths are data files, checked one by one and then as a train/dev pair.
-pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
+/// `count`: `sweep check --count N`, the trials `sweep run --count N` would run (a random or
+/// bayes sweep without `run_cap` needs one or the other).
+pub fn check_paths(paths: &[PathBuf], count: Option<usize>) -> CheckReport {
     let mut report = CheckReport::default();
     let (specs, data): (Vec<&PathBuf>, Vec<&PathBuf>) = paths.iter().partition(|p| is_spec_path(p));
     for spec in specs {
-        report.merge(check_spec_file(spec));
+        report.merge(sweep_file::read_and_check_spec_file(spec, count).0);
     }
     if !data.is_empty() {
         let data: Vec<PathBuf> = data.into_iter().cloned().collect();

@@ -539,11 +539,27 @@ fn wandb_sweep_files_run_unchanged_with_count() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::copy(fixtures.join(file), tmp.path().join(file)).unwrap();
         std::fs::copy(fixtures.join("stand_in.py"), tmp.path().join("train.py")).unwrap();
-        // `sweep check` takes the file as it is; a random or bayes file without `run_cap`
-        // needs the `--count` that `sweep run` gives it.
-        if !["bayes-hyperband.yaml", "hydra.yaml"].contains(&file) {
-            let check = run_in(tmp.path(), &["check".as_ref(), file.as_ref()]);
-            assert!(check.status.success(), "{file}");
+        // `sweep check` takes the file as it is, with the `--count` that `sweep run` gives it
+        // (a random or bayes file without `run_cap` needs one); without it those two are
+        // refused, naming run_cap.
+        let counted = count.to_string();
+        let check = run_in(
+            tmp.path(),
+            &[
+                "check".as_ref(),
+                file.as_ref(),
+                "--count".as_ref(),
+                counted.as_ref(),
+            ],
+        );
+        assert!(check.status.success(), "{file}: {check:?}");
+        if ["bayes-hyperband.yaml", "hydra.yaml"].contains(&file) {
+            let uncounted = run_in(tmp.path(), &["check".as_ref(), file.as_ref()]);
+            assert_eq!(uncounted.status.code(), Some(2), "{file}");
+            assert!(
+                String::from_utf8_lossy(&uncounted.stdout).contains("run_cap"),
+                "{file}: {uncounted:?}"
+            );
         }
         let out = run_in(
             tmp.path(),
