@@ -368,6 +368,36 @@ pub(crate) struct TrialPlanner {
 }
 
 impl TrialPlanner {
+    /// Every trial of the sweep's search, planned; with `method: bayes` none up front but the
+    /// search that proposes them (its first draws planned like the others, so a value no trial
+    /// can take is an error here). A sweep with neither is an error.
+    fn plan_sweep(
+        &self,
+        spec: &SweepSpec,
+    ) -> Result<(Vec<PlannedTrial>, Option<BayesSearch>), PlanError> {
+        let file = &self.file;
+        let mut trials = Vec::new();
+        for (i, assignment) in assignments(spec, file)?.into_iter().enumerate() {
+            trials.push(self.plan(i + 1, assignment)?);
+        }
+        let bayes = match spec.method {
+            SearchMethod::Bayes => Some(BayesSearch {
+                domains: domains(spec, file)?,
+                run_cap: spec.run_cap.unwrap_or(1),
+                seed: spec.seed,
+                draws: std::mem::take(&mut trials)
+                    .into_iter()
+                    .map(|t| t.params)
+                    .collect(),
+            }),
+            SearchMethod::Grid | SearchMethod::Random => None,
+        };
+        if trials.is_empty() && bayes.is_none() {
+            return Err(PlanError::NoTrials { file: file.clone() });
+        }
+        Ok((trials, bayes))
+    }
+
     /// Trial `id` with these parameter values: typed, fitted to memory, or refused.
     fn plan(&self, id: usize, assignment: Assignment) -> Result<PlannedTrial, PlanError> {
         let (pool, slurm, device_mb) = (&self.pool, &self.slurm, self.device_mb);
@@ -704,26 +734,7 @@ impl Plan {
             on_oom: spec.on_oom,
             seed: spec.seed,
         };
-        let mut trials = Vec::new();
-        for (i, assignment) in assignments(spec, &fname)?.into_iter().enumerate() {
-            trials.push(planner.plan(i + 1, assignment)?);
-        }
-        let bayes = match spec.method {
-            SearchMethod::Bayes => Some(BayesSearch {
-                domains: domains(spec, &fname)?,
-                run_cap: spec.run_cap.unwrap_or(1),
-                seed: spec.seed,
-                // Planned like the others, so a value no trial can take is an error here.
-                draws: std::mem::take(&mut trials)
-                    .into_iter()
-                    .map(|t| t.params)
-                    .collect(),
-            }),
-            SearchMethod::Grid | SearchMethod::Random => None,
-        };
-        if trials.is_empty() && bayes.is_none() {
-            return Err(PlanError::NoTrials { file: fname });
-        }
+        let (trials, bayes) = planner.plan_sweep(spec)?;
         Ok(Self {
             name: spec.name.clone(),
             results_dir: spec.results_dir(),

@@ -15,8 +15,8 @@ use super::{resources, Plan, PlanError, PlanOptions, PlannedTrial, TrialPlanner}
 use crate::protocol::trial::ProgramRun;
 use crate::spec::params::TrialParams;
 use crate::spec::program::{argv, ArgvError, CommandTemplate, NestedArgs, ProgramContext};
-use crate::spec::search::{assignments, domains, Assignment};
-use crate::spec::{ModelSource, OomBatch, SearchMethod, SweepSpec};
+use crate::spec::search::Assignment;
+use crate::spec::{ModelSource, OomBatch, SweepSpec};
 
 /// The sweep parameter that keeps sweep's meaning with a program: devices the trial holds.
 pub const GPUS: &str = "gpus";
@@ -240,27 +240,7 @@ pub(super) fn plan(spec: &SweepSpec, fname: &str, options: PlanOptions) -> Resul
         on_oom: spec.on_oom,
         seed: spec.seed,
     };
-    let mut trials = Vec::new();
-    for (i, assignment) in assignments(spec, fname)?.into_iter().enumerate() {
-        trials.push(planner.plan(i + 1, assignment)?);
-    }
-    let bayes = match spec.method {
-        SearchMethod::Bayes => Some(super::BayesSearch {
-            domains: domains(spec, fname)?,
-            run_cap: spec.run_cap.unwrap_or(1),
-            seed: spec.seed,
-            draws: std::mem::take(&mut trials)
-                .into_iter()
-                .map(|t| t.params)
-                .collect(),
-        }),
-        SearchMethod::Grid | SearchMethod::Random => None,
-    };
-    if trials.is_empty() && bayes.is_none() {
-        return Err(PlanError::NoTrials {
-            file: fname.to_string(),
-        });
-    }
+    let (trials, bayes) = planner.plan_sweep(spec)?;
     Ok(Plan {
         name: spec.name.clone(),
         results_dir: spec.results_dir(),
