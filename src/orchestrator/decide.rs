@@ -300,9 +300,15 @@ pub fn scheduler_slots(plan: &Plan) -> usize {
 /// rereading every trial's files.
 pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Whether stale results are rebuilt now, `since` the last rebuild (none yet: now).
-pub fn refresh_due(since: Option<std::time::Duration>) -> bool {
-    since.is_none_or(|d| d >= REFRESH_EVERY)
+/// A rebuild's share of the run loop's time at most (1/REFRESH_SHARE): a rebuild reads every
+/// trial's files, so over thousands of trials it grows, and a fixed interval would let it take
+/// the loop over (a thousand no-op trials spent more time rebuilding than running).
+pub const REFRESH_SHARE: u32 = 20;
+
+/// Whether stale results are rebuilt now, `since` the last rebuild (none yet: now), which took
+/// `took`: after REFRESH_EVERY, or REFRESH_SHARE times `took` when that is longer.
+pub fn refresh_due(since: Option<std::time::Duration>, took: std::time::Duration) -> bool {
+    since.is_none_or(|d| d >= REFRESH_EVERY.max(took * REFRESH_SHARE))
 }
 
 #[cfg(test)]
@@ -310,10 +316,21 @@ mod tests {
     #[test]
     fn results_are_rebuilt_at_most_once_a_refresh_interval() {
         use std::time::Duration;
-        assert!(refresh_due(None));
-        assert!(!refresh_due(Some(Duration::from_millis(10))));
-        assert!(refresh_due(Some(REFRESH_EVERY)));
-        assert!(refresh_due(Some(Duration::from_secs(60))));
+        let quick = Duration::from_millis(5);
+        assert!(refresh_due(None, Duration::ZERO));
+        assert!(!refresh_due(Some(Duration::from_millis(10)), quick));
+        assert!(refresh_due(Some(REFRESH_EVERY), quick));
+        assert!(refresh_due(Some(Duration::from_secs(60)), quick));
+    }
+
+    #[test]
+    fn a_slow_rebuild_waits_in_proportion_so_it_never_takes_the_loop_over() {
+        use std::time::Duration;
+        let slow = Duration::from_millis(300);
+        // 300 ms a rebuild: not again before 20 x 300 ms = 6 s.
+        assert!(!refresh_due(Some(Duration::from_secs(2)), slow));
+        assert!(!refresh_due(Some(Duration::from_millis(5_999)), slow));
+        assert!(refresh_due(Some(Duration::from_secs(6)), slow));
     }
 
     use super::*;

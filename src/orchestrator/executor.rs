@@ -9,10 +9,13 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::orchestrator::decide::Placement;
 use crate::orchestrator::interrupt;
+use crate::orchestrator::program_host::{self, ProgramHost};
+use crate::program_trial::Prepared;
 use crate::protocol::journal::Handle;
 use crate::protocol::trial::ProgressEvent;
 
@@ -117,17 +120,26 @@ pub trait Executor {
     ) -> Result<Handle, StartError>;
     /// Stops a trial this executor started.
     fn stop(&mut self, trial: usize, how: Stop);
+    /// Whether a trial's inputs (config.json) must be on disk before it starts: a Slurm job reads
+    /// them later, perhaps after this machine crashed. A local trial reads them at once, and
+    /// after a crash it is started again with them written anew, so it need not wait for the disk.
+    fn inputs_read_later(&self) -> bool {
+        true
+    }
     /// Before a resumed sweep runs `trial` (folder `dir`) again, with the handle of its latest
     /// journalled start if any: either nothing of an earlier run may still write the folder
     /// (`Gone`), or the executor follows that run to its end (`Reattached`).
     fn reclaim(&mut self, trial: usize, handle: Option<Handle>, dir: &Path) -> Reclaimed;
 }
 
-/// Trials as child processes of this one.
+/// Trials as child processes of this one: `sweep train DIR` for a built-in trial, the program
+/// itself for a program trial (`program_host`: supervised by a thread of this process).
 pub struct LocalExecutor {
     program: PathBuf,
     tx: Sender<(usize, Report)>,
     pids: HashMap<usize, u32>,
+    /// The program trials' hosts, by trial: a graceful stop is asked of the supervising thread.
+    programs: HashMap<usize, Arc<ProgramHost>>,
 }
 
 impl LocalExecutor {
@@ -139,6 +151,7 @@ impl LocalExecutor {
                 program,
                 tx,
                 pids: HashMap::new(),
+                programs: HashMap::new(),
             },
             rx,
         )
@@ -152,19 +165,61 @@ impl Executor for LocalExecutor {
         dir: &Path,
         placement: &Placement,
     ) -> Result<Handle, StartError> {
+        // A config.json that cannot be read is `sweep train`'s to report, as for any trial.
+        if let Ok(Some(prepared)) = Prepared::read(dir) {
+            let (events, ends) = (self.tx.clone(), self.tx.clone());
+            let (pid, host) = program_host::start(
+                prepared,
+                &dir.join(LOG_FILE),
+                placement.memory_bytes,
+                Box::new(move |event| {
+                    events
+                        .send((trial, Report::Progress(Box::new(event))))
+                        .is_ok()
+                }),
+                move |written| {
+                    let exit = if written {
+                        Exit::Success
+                    } else {
+                        Exit::Code(1)
+                    };
+                    let _ = ends.send((trial, Report::Exited(exit)));
+                },
+            )
+            .map_err(|e| StartError::Io {
+                what: e.what,
+                source: e.source,
+            })?;
+            self.pids.insert(trial, pid);
+            self.programs.insert(trial, host);
+            return Ok(Handle::Process(pid));
+        }
+        self.programs.remove(&trial);
         let pid = launch(&self.program, trial, dir, placement, self.tx.clone())?;
         self.pids.insert(trial, pid);
         Ok(Handle::Process(pid))
     }
 
+    fn inputs_read_later(&self) -> bool {
+        false
+    }
+
     fn stop(&mut self, trial: usize, how: Stop) {
         if let Some(pid) = self.pids.get(&trial) {
             match how {
-                // The trial itself (a program trial's supervisor passes it on to its program).
-                Stop::Gracefully => interrupt::signal(*pid, interrupt::TERMINATE),
+                // A program trial's supervising thread passes it on to its program.
+                Stop::Gracefully if self.programs.contains_key(&trial) => {
+                    self.programs[&trial].request_stop();
+                }
+                // The trial itself (`sweep train`).
+                Stop::Gracefully => {
+                    interrupt::signal(*pid, interrupt::TERMINATE);
+                }
                 // The trial's whole process group: nothing it started is left behind.
-                Stop::Kill => interrupt::signal_group(*pid, interrupt::KILL),
-            };
+                Stop::Kill => {
+                    interrupt::signal_group(*pid, interrupt::KILL);
+                }
+            }
         }
     }
 
@@ -173,6 +228,10 @@ impl Executor for LocalExecutor {
         let Some(Handle::Process(pid)) = handle else {
             return Reclaimed::Gone;
         };
+        // A program started by an earlier orchestrator died with it; what it started may not.
+        if program_host::is_program_group(pid, dir) {
+            interrupt::signal_group(pid, interrupt::KILL);
+        }
         if !is_trial_process(pid, dir) {
             return Reclaimed::Gone;
         }

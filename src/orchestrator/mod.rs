@@ -9,6 +9,7 @@ pub mod decide;
 pub mod executor;
 pub mod interrupt;
 pub mod lock;
+pub mod program_host;
 pub mod progress;
 pub mod record;
 pub mod reporter;

@@ -53,6 +53,8 @@ pub(crate) struct Record {
     /// since: a rebuild reads every trial's files, so at many short trials (a program that runs
     /// for milliseconds) rebuilding after each would make the sweep quadratic.
     refreshed_at: Option<Instant>,
+    /// How long the last rebuild took: the next waits in proportion (`decide::refresh_due`).
+    refresh_took: std::time::Duration,
     stale: bool,
 }
 
@@ -65,6 +67,7 @@ impl Record {
             trials,
             dir: dir.to_path_buf(),
             refreshed_at: None,
+            refresh_took: std::time::Duration::ZERO,
             stale: false,
         })
     }
@@ -79,8 +82,10 @@ impl Record {
 
     /// Rebuilds results.csv, best/ and report.html from the rows.
     pub(crate) fn refresh(&mut self, spec: &SweepSpec) -> Result<()> {
+        let start = Instant::now();
         results::refresh(&self.dir, &self.trials.to_vec(), &spec.metric)?;
         results::html::write(&self.dir, None)?;
+        self.refresh_took = start.elapsed();
         self.refreshed_at = Some(Instant::now());
         self.stale = false;
         Ok(())
@@ -97,7 +102,7 @@ impl Record {
     /// Rebuilds them when they are stale and a rebuild is due.
     pub(crate) fn refresh_if_stale(&mut self, spec: &SweepSpec) -> Result<()> {
         let since = self.refreshed_at.map(|t| t.elapsed());
-        if self.stale && crate::orchestrator::decide::refresh_due(since) {
+        if self.stale && crate::orchestrator::decide::refresh_due(since, self.refresh_took) {
             self.refresh(spec)?;
         }
         Ok(())

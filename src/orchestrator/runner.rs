@@ -40,7 +40,7 @@ use crate::results::{self, BestTrial};
 use crate::spec::params::TrialParams;
 use crate::spec::tpe::Tpe;
 use crate::spec::SweepSpec;
-use crate::util::fs::write_atomic;
+use crate::util::fs::{write_atomic, write_replacing};
 
 pub struct RunOptions {
     /// The `sweep` executable that trials run as (`PROGRAM train DIR`).
@@ -441,8 +441,17 @@ impl<'a> Loop<'a> {
             let placement = decide::placement_for(self.plan, &t, &slots);
             let dir = trial_dir(&self.record.dir, id);
             let params = decide::params_to_run(&t, &self.record.trials);
-            let launched = prepare_trial(self.checked, self.plan, &t, &params, &dir, &placement)
-                .and_then(|()| self.executor.start(id, &dir, &placement));
+            let durable = self.executor.inputs_read_later();
+            let launched = prepare_trial(
+                self.checked,
+                self.plan,
+                &t,
+                &params,
+                &dir,
+                &placement,
+                durable,
+            )
+            .and_then(|()| self.executor.start(id, &dir, &placement));
             let event = match launched {
                 Ok(handle) => {
                     self.running.insert(id, slots);
@@ -636,7 +645,8 @@ fn enforce_retention(record: &mut Record, spec: &SweepSpec) -> Result<()> {
 
 /// Writes the trial's folder and config.json before it starts, and clears what an earlier run
 /// of it left that this one must not be read as: its prune file (only a running trial is ever
-/// pruned, and a pruned one never starts again) and its end (result.json).
+/// pruned, and a pruned one never starts again) and its end (result.json). config.json is
+/// synced when `durable` (`Executor::inputs_read_later`).
 fn prepare_trial(
     checked: &CheckedSpec,
     plan: &Plan,
@@ -644,6 +654,7 @@ fn prepare_trial(
     params: &TrialParams,
     dir: &Path,
     placement: &decide::Placement,
+    durable: bool,
 ) -> std::result::Result<(), StartError> {
     let id = t.id;
     let io_at = |what: String| move |source| StartError::Io { what, source };
@@ -689,7 +700,12 @@ fn prepare_trial(
     for stale in [PRUNE_FILE, TrialResult::FILE] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
+    let write = if durable {
+        write_atomic
+    } else {
+        write_replacing
+    };
     std::fs::create_dir_all(dir)
-        .and_then(|()| write_atomic(&path, &bytes))
+        .and_then(|()| write(&path, &bytes))
         .map_err(io)
 }

@@ -1,15 +1,30 @@
 //! The program's process: started as an argument vector (never through a shell) in the trial's
-//! process group (the executor gave `sweep train` one of its own), with no stdin, its stdout and
-//! stderr piped, and on Linux PR_SET_PDEATHSIG=SIGKILL, so it never outlives its supervisor;
-//! signals passed on; and when it has ended, whatever it left in the group killed.
+//! process group (the executor gave `sweep train` one of its own) or, started from the
+//! orchestrator, in a group of its own; with no stdin, its stdout and stderr piped, and on Linux
+//! PR_SET_PDEATHSIG=SIGKILL, so it never outlives its supervisor; signals passed on; and when it
+//! has ended, whatever it left in the group killed.
 
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
+/// How the program is started beyond its command and environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// A process group of its own, led by the program (else the caller's).
+    pub own_group: bool,
+    /// Its data segment at most this many bytes (RLIMIT_DATA: the trial's memory share).
+    pub memory_limit: Option<u64>,
+}
+
 /// Starts `argv` in `cwd` with `env` added to the inherited environment.
-pub fn spawn(argv: &[String], cwd: &Path, env: &[(&str, OsString)]) -> std::io::Result<Child> {
+pub fn spawn(
+    argv: &[String],
+    cwd: &Path,
+    env: &[(&str, OsString)],
+    options: Options,
+) -> std::io::Result<Child> {
     let Some((program, args)) = argv.split_first() else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -28,6 +43,17 @@ pub fn spawn(argv: &[String], cwd: &Path, env: &[(&str, OsString)]) -> std::io::
     for (k, v) in env {
         command.env(k, v);
     }
+    if options.own_group {
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    }
+    if options.memory_limit.is_some() {
+        // Few malloc arenas, so the limit measures the trial's data rather than reserved arenas.
+        command.env("MALLOC_ARENA_MAX", "2");
+    }
+    let limit = options.memory_limit.map(|bytes| libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: bytes as libc::rlim_t,
+    });
     #[cfg(target_os = "linux")]
     // SAFETY: prctl and getppid are async-signal-safe and touch only the child being started.
     unsafe {
@@ -47,10 +73,21 @@ pub fn spawn(argv: &[String], cwd: &Path, env: &[(&str, OsString)]) -> std::io::
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
+            if let Some(limit) = &limit {
+                if libc::setrlimit(libc::RLIMIT_DATA, limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     command.spawn()
+}
+
+/// Sends `signal` to every process of group `group`; false when none is left.
+pub fn signal_group(group: u32, signal: libc::c_int) -> bool {
+    // SAFETY: killpg(2) has no memory effects in this process.
+    unsafe { libc::killpg(group as libc::pid_t, signal) == 0 }
 }
 
 /// Sends `signal` to `pid`; false when it no longer exists.
@@ -59,14 +96,65 @@ pub fn signal(pid: u32, signal: libc::c_int) -> bool {
     unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
 }
 
+/// Makes this process the reaper of its orphaned descendants (Linux: PR_SET_CHILD_SUBREAPER):
+/// what the program leaves running when it exits becomes this supervisor's child instead of
+/// init's, so [`kill_rest_of_group`] knows there is nothing to look for when it has no child
+/// left, without reading every process of the machine in /proc.
+pub fn become_subreaper() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Reaps children that have already exited; true when none is left at all (no descendant
+/// either, for a subreaper: an orphan would have become its child).
+fn no_child_left() -> bool {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only `status`.
+        let reaped = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if reaped > 0 {
+            continue;
+        }
+        return reaped < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
+    }
+}
+
+/// Blocks until process `pid` (a child) has exited, without reaping it: its id stays taken
+/// until the caller's `try_wait`, so no signal can reach a stranger that reused it. Returns at
+/// once when `pid` is not a child.
+pub fn wait_for_exit(pid: u32) {
+    #[cfg(unix)]
+    loop {
+        // SAFETY: waitid writes only `info`, a plain C struct it is given.
+        let done = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if done == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
 /// Kills every other process of this process's group (what the program left behind: a
 /// data-loader worker, a child it did not wait for), and waits briefly for them to go.
 /// Only when the supervisor leads its group (the local executor made it so): inside a Slurm
 /// job the group is the job's batch script, and Slurm ends the job's processes itself.
+/// Called after the program was reaped: with no child left (the common end) there is nothing
+/// to kill, since every other member of the group descends from this process (see
+/// [`become_subreaper`]).
 pub fn kill_rest_of_group() {
     // SAFETY: getpgrp and getpid have no memory effects.
     let (group, me) = unsafe { (libc::getpgrp(), libc::getpid()) };
-    if group != me {
+    if group != me || no_child_left() {
         return;
     }
     for _ in 0..50 {

@@ -28,6 +28,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ use crate::protocol::program::{program_env, ProgramTrialEnv};
 use crate::protocol::trial::{
     ProgramRun, ProgressEvent, TrialConfig, TrialEnd, TrialResult, METRICS_FILE, PRUNE_FILE,
 };
-use crate::util::fs::write_atomic;
+use crate::util::fs::{write_atomic, write_replacing};
 use curve::Curve;
 use end::{end_of, Outcome, ProcessExit, StopReason};
 
@@ -72,6 +73,56 @@ pub fn is_program_trial(dir: &Path) -> bool {
     TrialConfig::read(dir).is_ok_and(|c| c.program.is_some())
 }
 
+/// Who a supervised program answers to: `sweep train DIR` (its own process, as a Slurm job runs
+/// it: [`ProcessHost`]) or a thread of the orchestrator (a local trial, so that no second
+/// process stands between the run loop and the program: the orchestrator's `LocalExecutor`).
+pub trait Host: Send + Sync {
+    /// Passes a progress event on; false when nobody listens any more (the orchestrator gone).
+    fn report(&self, event: &ProgressEvent) -> bool;
+    /// Stop requests received so far, and the latest one's signal (SIGTERM, SIGINT, SIGUSR1).
+    fn stop_requests(&self) -> (usize, i32);
+    /// A line for the trial's log (`train.log`).
+    fn log(&self, line: &str);
+    /// Whether result.json must be on disk before the end is reported: a Slurm job's end may
+    /// wait there for an orchestrator that comes back later. Not when the run loop journals the
+    /// end (synced) as soon as it is told, and runs the trial again after a crash before that.
+    fn end_must_be_synced(&self) -> bool {
+        true
+    }
+}
+
+/// `sweep train DIR`'s host: events on stdout, the signals it caught, its stderr as the log.
+pub struct ProcessHost;
+
+impl Host for ProcessHost {
+    fn report(&self, event: &ProgressEvent) -> bool {
+        let Ok(text) = serde_json::to_string(event) else {
+            return true;
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
+    }
+
+    fn stop_requests(&self) -> (usize, i32) {
+        child::caught()
+    }
+
+    fn log(&self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+/// Which process group the program runs in, and so how what it leaves behind is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The supervisor's (`sweep train`, whose group the executor made, or a Slurm job's): the
+    /// supervisor kills the rest of its group when the program has ended.
+    Supervisor,
+    /// Its own, led by the program (started from the orchestrator): the group is killed when the
+    /// program has exited, before it is reaped (so its id cannot have been reused).
+    Own,
+}
+
 /// What the reading threads share with the loop.
 struct Shared {
     curve: Mutex<Curve>,
@@ -82,20 +133,94 @@ struct Shared {
     orchestrator_gone: AtomicBool,
     started: Instant,
     dir: PathBuf,
+    host: Arc<dyn Host>,
+}
+
+/// A program trial read from its folder, ready to start.
+pub struct Prepared {
+    cfg: TrialConfig,
+    run: ProgramRun,
+    /// The trial folder, absolute.
+    dir: PathBuf,
+    env: Vec<(&'static str, std::ffi::OsString)>,
+}
+
+impl Prepared {
+    /// Reads the trial in `dir`: None when its config.json holds no program (a built-in trial).
+    pub fn read(dir: &Path) -> Result<Option<Self>, ProgramTrialError> {
+        let cfg = TrialConfig::read(dir)?;
+        let Some(run) = cfg.program.clone() else {
+            return Ok(None);
+        };
+        let dir = std::path::absolute(dir).map_err(io_at(format!("{}", dir.display())))?;
+        let env = program_env(&ProgramTrialEnv {
+            trial: cfg.trial,
+            sweep: &cfg.sweep,
+            metric: cfg.metric.name.column(),
+            dir: &dir,
+            devices: &cfg.devices,
+            cuda_visible_devices: run.cuda_visible_devices.as_deref(),
+        });
+        Ok(Some(Self { cfg, run, dir, env }))
+    }
+
+    /// The program's argument vector.
+    pub fn argv(&self) -> &[String] {
+        &self.run.argv
+    }
+
+    /// Starts the program (PR_SET_PDEATHSIG ties it to the calling thread: start it from one
+    /// that outlives it), in `group`, its data segment limited to `memory_limit` bytes if given.
+    pub fn start(
+        &self,
+        group: Group,
+        memory_limit: Option<u64>,
+    ) -> std::io::Result<std::process::Child> {
+        child::spawn(
+            &self.run.argv,
+            &self.run.cwd,
+            &self.env,
+            child::Options {
+                own_group: group == Group::Own,
+                memory_limit,
+            },
+        )
+    }
+
+    /// The command line, for the log.
+    pub fn command_line(&self) -> String {
+        format!("program: {}", shell_words(&self.run.argv))
+    }
 }
 
 /// `sweep train DIR` for a program trial: runs it to its end, writes result.json and the `End`
 /// event, and returns the end.
 pub fn command(dir: &Path) -> Result<TrialEnd, ProgramTrialError> {
-    let cfg = TrialConfig::read(dir)?;
-    let Some(run) = cfg.program.clone() else {
+    let Some(prepared) = Prepared::read(dir)? else {
         return Err(ProgramTrialError::Io {
             what: format!("{}: not a program trial", dir.display()),
             source: std::io::Error::other("config.json has no `program`"),
         });
     };
-    let dir = std::path::absolute(dir).map_err(io_at(format!("{}", dir.display())))?;
     child::catch_signals();
+    child::become_subreaper();
+    let host = Arc::new(ProcessHost);
+    host.log(&prepared.command_line());
+    let started = prepared.start(Group::Supervisor, None);
+    let end = supervise_to_end(prepared, started, Group::Supervisor, host);
+    child::kill_rest_of_group();
+    end
+}
+
+/// Follows a started program (or a failed start) to its end: its lines read, stopped when asked
+/// or pruned, what it left killed, result.json and the `End` event written.
+pub fn supervise_to_end(
+    prepared: Prepared,
+    started: std::io::Result<std::process::Child>,
+    group: Group,
+    host: Arc<dyn Host>,
+) -> Result<TrialEnd, ProgramTrialError> {
+    let Prepared { cfg, run, dir, .. } = prepared;
     let shared = Arc::new(Shared {
         curve: Mutex::new(Curve::new(cfg.metric.clone())),
         oom: Mutex::new(None),
@@ -103,23 +228,16 @@ pub fn command(dir: &Path) -> Result<TrialEnd, ProgramTrialError> {
         orchestrator_gone: AtomicBool::new(false),
         started: Instant::now(),
         dir: dir.clone(),
+        host,
     });
-    let env = program_env(&ProgramTrialEnv {
-        trial: cfg.trial,
-        sweep: &cfg.sweep,
-        metric: cfg.metric.name.column(),
-        dir: &dir,
-        devices: &cfg.devices,
-        cuda_visible_devices: run.cuda_visible_devices.as_deref(),
-    });
-    eprintln!("program: {}", shell_words(&run.argv));
-    let started = child::spawn(&run.argv, &run.cwd, &env);
     let (exit, stopped) = match started {
         Ok(mut program) => {
             let readers = read_streams(&mut program, &shared)?;
-            let outcome = supervise(&mut program, &dir, &shared);
+            let outcome = supervise(&mut program, group, &dir, &shared);
             // What it left holding its pipes goes first, or the readers would wait for it.
-            child::kill_rest_of_group();
+            if group == Group::Supervisor {
+                child::kill_rest_of_group();
+            }
             for r in readers {
                 let _ = r.join();
             }
@@ -131,9 +249,8 @@ pub fn command(dir: &Path) -> Result<TrialEnd, ProgramTrialError> {
             (ProcessExit::Code(127), None)
         }
     };
-    child::kill_rest_of_group();
     let end = end_of(outcome(&cfg, &run, &shared, exit, stopped));
-    write_end(&dir, &end)?;
+    write_end(&dir, &end, shared.host.as_ref())?;
     Ok(end)
 }
 
@@ -166,10 +283,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Waits for the program, stopping it when the trial is pruned, `sweep train` is signalled or
-/// the orchestrator goes: SIGTERM (the signal received, for a signal), SIGKILL after [`GRACE`].
+/// Waits for the program, stopping it when the trial is pruned, a stop is requested of the host
+/// or the orchestrator goes: SIGTERM (the signal received, for a signal), SIGKILL after
+/// [`GRACE`]. Its exit wakes the loop at once (a no-op trial is not kept waiting for the next
+/// look); stop requests, the prune file and the deadline are looked at every [`POLL`].
 fn supervise(
     program: &mut std::process::Child,
+    group: Group,
     dir: &Path,
     shared: &Shared,
 ) -> (ProcessExit, Option<StopReason>) {
@@ -177,16 +297,35 @@ fn supervise(
     let mut stopped: Option<StopReason> = None;
     let mut deadline: Option<Instant> = None;
     let mut passed_on = 0;
-    // From 1 ms up to POLL: a program that ends at once (a no-op trial, a crash at import) is
-    // seen ending within a millisecond or two instead of half a POLL on average.
-    let mut poll = Duration::from_millis(1);
+    let (exited_tx, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        child::wait_for_exit(pid);
+        let _ = exited_tx.send(());
+    });
     loop {
-        match program.try_wait() {
-            Ok(Some(status)) => return (ProcessExit::of(&Ok(status)), stopped),
-            Ok(None) => {}
-            Err(e) => return (ProcessExit::Unknown(e.to_string()), stopped),
+        match exited.recv_timeout(POLL) {
+            Err(RecvTimeoutError::Timeout) => {}
+            // Exited, not yet reaped: its group goes first, while its id is still taken.
+            Ok(()) => {
+                if group == Group::Own {
+                    child::signal_group(pid, libc::SIGKILL);
+                }
+                if let Some(exit) = reap(program) {
+                    return (exit, stopped);
+                }
+            }
+            // The waiter could not wait (never expected): looked at every POLL instead.
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Some(exit) = reap(program) {
+                    if group == Group::Own {
+                        child::signal_group(pid, libc::SIGKILL);
+                    }
+                    return (exit, stopped);
+                }
+                std::thread::sleep(POLL);
+            }
         }
-        let (count, last) = child::caught();
+        let (count, last) = shared.host.stop_requests();
         let why = if count > passed_on {
             passed_on = count;
             // SIGUSR1 (Slurm's pre-timeout signal) asks the program to stop as SIGTERM does.
@@ -217,8 +356,15 @@ fn supervise(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             child::signal(pid, libc::SIGKILL);
         }
-        std::thread::sleep(poll);
-        poll = (poll * 2).min(POLL);
+    }
+}
+
+/// Its exit when it has exited (reaped now), else None.
+fn reap(program: &mut std::process::Child) -> Option<ProcessExit> {
+    match program.try_wait() {
+        Ok(Some(status)) => Some(ProcessExit::of(&Ok(status))),
+        Ok(None) => None,
+        Err(e) => Some(ProcessExit::Unknown(e.to_string())),
     }
 }
 
@@ -261,13 +407,14 @@ fn lines(input: impl Read) -> impl Iterator<Item = Vec<u8>> {
 }
 
 fn read_stdout(out: impl Read, mut log: File, mut metrics: File, shared: &Shared) {
-    let stdout = std::io::stdout();
     for line in lines(out) {
         let _ = log.write_all(&line).and_then(|()| log.write_all(b"\n"));
         note_oom(&line, shared);
         match parse_line_bytes(&line) {
             ProgramLine::Log => {}
-            ProgramLine::Malformed(warning) => eprintln!("warning: program stdout: {warning}"),
+            ProgramLine::Malformed(warning) => shared
+                .host
+                .log(&format!("warning: program stdout: {warning}")),
             ProgramLine::Report(report) => {
                 let elapsed = shared.started.elapsed().as_secs_f64();
                 let evaluation = lock(&shared.curve).observe(&report, elapsed);
@@ -277,11 +424,7 @@ fn read_stdout(out: impl Read, mut log: File, mut metrics: File, shared: &Shared
                         continue;
                     };
                     let _ = writeln!(metrics, "{text}").and_then(|()| metrics.sync_data());
-                    let mut handle = stdout.lock();
-                    if writeln!(handle, "{text}")
-                        .and_then(|()| handle.flush())
-                        .is_err()
-                    {
+                    if !shared.host.report(&event) {
                         shared.orchestrator_gone.store(true, Ordering::SeqCst);
                     }
                 }
@@ -313,17 +456,19 @@ fn note_oom(line: &[u8], shared: &Shared) {
 }
 
 /// result.json, then the `End` event (the orchestrator may be gone: not an error).
-fn write_end(dir: &Path, end: &TrialEnd) -> Result<(), ProgramTrialError> {
+fn write_end(dir: &Path, end: &TrialEnd, host: &dyn Host) -> Result<(), ProgramTrialError> {
     let path = dir.join(TrialResult::FILE);
     let bytes = serde_json::to_vec_pretty(end).map_err(|e| ProgramTrialError::Io {
         what: format!("writing {}", path.display()),
         source: std::io::Error::other(e),
     })?;
-    write_atomic(&path, &bytes).map_err(io_at(format!("writing {}", path.display())))?;
-    if let Ok(text) = serde_json::to_string(&ProgressEvent::End(end.clone())) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}").and_then(|()| out.flush());
-    }
+    let write = if host.end_must_be_synced() {
+        write_atomic
+    } else {
+        write_replacing
+    };
+    write(&path, &bytes).map_err(io_at(format!("writing {}", path.display())))?;
+    host.report(&ProgressEvent::End(end.clone()));
     Ok(())
 }
 

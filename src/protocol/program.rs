@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::spec::program::{args_json, python};
-use crate::util::fs::write_atomic;
+use crate::util::fs::write_replacing;
 
 /// The trial's folder (absolute): a program may write anything there (checkpoints included).
 pub const TRIAL_DIR: &str = "SWEEP_TRIAL_DIR";
@@ -91,14 +91,15 @@ pub struct ParamFiles {
 }
 
 /// Writes `params.json` and `wandb-config.yaml` into the trial folder `dir` (each replaced
-/// atomically), before the program starts.
+/// atomically), before the program starts. Not synced: both are copies of the synced
+/// config.json's parameters, written again before every start.
 pub fn write_param_files(dir: &Path, params: &BTreeMap<String, Value>) -> io::Result<ParamFiles> {
     let files = ParamFiles {
         json: dir.join(PARAMS_JSON),
         wandb_config: dir.join(WANDB_CONFIG_YAML),
     };
-    write_atomic(&files.json, params_json(params).as_bytes())?;
-    write_atomic(&files.wandb_config, wandb_config_yaml(params).as_bytes())?;
+    write_replacing(&files.json, params_json(params).as_bytes())?;
+    write_replacing(&files.wandb_config, wandb_config_yaml(params).as_bytes())?;
     Ok(files)
 }
 

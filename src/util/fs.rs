@@ -4,8 +4,21 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Writes `bytes` to `path` so that readers see the old file or the new one, never half of one.
+/// Writes `bytes` to `path` so that readers see the old file or the new one, never half of one,
+/// and the new one is on disk (synced) before it replaces the old.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, true)
+}
+
+/// As [`write_atomic`] for a process crash (readers see the old file or the new one), without
+/// waiting for the disk: for files derived from a synced one and written again before every
+/// use (a program trial's parameter files, from its config.json), where a power loss can cost
+/// nothing the next start does not rewrite, and a millisecond a file is worth keeping.
+pub fn write_replacing(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
@@ -14,7 +27,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
     }
     std::fs::rename(&tmp, path)
 }

@@ -37,7 +37,15 @@ const LAYERS: [(&str, &[&str]); 12] = [
     ("results", &["spec", "stats", "protocol", "util"]),
     (
         "orchestrator",
-        &["check", "plan", "protocol", "results", "spec", "util"],
+        &[
+            "check",
+            "plan",
+            "program_trial",
+            "protocol",
+            "results",
+            "spec",
+            "util",
+        ],
     ),
     (
         "diagnostics",

@@ -3,7 +3,8 @@
 //! and for W&B's own sweep files a stand-in program (tests/fixtures/wandb/stand_in.py) that
 //! reports whatever metric the file names. Every macro form reaches the program; grid and bayes
 //! with `--count`; hyperband stops a program and nothing of it is left; Ctrl-C then `--resume`
-//! loses nothing; a crash is failed with its stderr; PyTorch's out-of-memory message is
+//! loses nothing; a kill -9 of the orchestrator then `--resume` runs no trial twice and leaves
+//! no process; a crash is failed with its stderr; PyTorch's out-of-memory message is
 //! recognised and `on_oom: halve_batch` halves the named parameter; `gpus: 2` on a pool of four
 //! (a stand-in nvidia-smi) shows the program exactly two GPUs.
 
@@ -379,6 +380,79 @@ fn ctrl_c_stops_the_programs_and_resume_loses_nothing() {
     let once: BTreeSet<u64> = finished.iter().copied().collect();
     assert_eq!(finished.len(), 3, "each trial finished once: {finished:?}");
     assert_eq!(once.len(), 3, "each trial finished once: {finished:?}");
+    assert_no_process_left(&results);
+}
+
+/// A program that leaves a process behind (a `sleep` in its group, as a data-loader worker
+/// would be) and reports an epoch every 0.3 s.
+const LEAVES_A_CHILD: &str = r#"import json, subprocess, sys, time
+subprocess.Popen(["sleep", "300"])
+for epoch in range(1, 4):
+    time.sleep(0.3)
+    print(json.dumps({"epoch": epoch, "val_loss": 1.0 / epoch}), flush=True)
+"#;
+
+#[test]
+fn kill_9_of_the_orchestrator_then_resume_runs_no_trial_twice_and_leaves_no_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let program = tmp.path().join("leaves_a_child.py");
+    std::fs::write(&program, LEAVES_A_CHILD).unwrap();
+    let path = tmp.path().join("sweep.yaml");
+    let results = tmp.path().join("results");
+    std::fs::write(
+        &path,
+        format!(
+            "name: killed\nprogram: {}\noutput: {}\nmethod: grid\nmetric: {{name: val_loss}}\nparameters:\n  x: {{values: [1, 2, 3]}}\nresources: {{devices: cpu, slots: 2, parallel: 2}}\n",
+            program.display(),
+            results.display()
+        ),
+    )
+    .unwrap();
+    let _explain = ExplainOnFailure(results.clone());
+    let mut child = sweep()
+        .args(["run".as_ref(), path.as_os_str(), "--quiet".as_ref()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "two programs to report",
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+        || {
+            (1..=2).all(|t| {
+                std::fs::read_to_string(results.join(format!("trials/000{t}/metrics.jsonl")))
+                    .is_ok_and(|m| !m.is_empty())
+            })
+        },
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The programs die with the orchestrator; what they started outlives them until resume.
+    let left: Vec<u64> = trial_groups(&results)
+        .into_iter()
+        .flat_map(group_members)
+        .collect();
+    assert!(!left.is_empty(), "each program's sleep outlives a kill -9");
+
+    let out = run_in(
+        tmp.path(),
+        &[
+            "run".as_ref(),
+            path.as_os_str(),
+            "--resume".as_ref(),
+            "--quiet".as_ref(),
+        ],
+    );
+    assert!(out.status.success());
+    assert_eq!(statuses(&results), ["finished"; 3]);
+    let mut finished: Vec<u64> = journal_events(&results)
+        .iter()
+        .filter(|e| e["event"] == "trial_finished")
+        .filter_map(|e| e["trial"].as_u64())
+        .collect();
+    finished.sort_unstable();
+    assert_eq!(finished, [1, 2, 3], "each trial finished once");
     assert_no_process_left(&results);
 }
 
