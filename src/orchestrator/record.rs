@@ -80,6 +80,12 @@ impl Record {
         Ok(())
     }
 
+    /// Puts every journal line logged so far on disk: before the loop waits, and before anything
+    /// it cannot undo.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        self.journal.sync().map_err(io_at(self.journal.path()))
+    }
+
     /// Rebuilds results.csv, best/ and report.html from the rows.
     pub(crate) fn refresh(&mut self, spec: &SweepSpec) -> Result<()> {
         let start = Instant::now();

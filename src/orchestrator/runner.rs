@@ -130,6 +130,7 @@ pub fn run_with(
         run.record.log(Event::SweepFinished {
             seconds: started.elapsed().as_secs_f64(),
         })?;
+        run.record.sync()?;
         if let Some(test) = &plan.test {
             match score_test(&opts.program, &dir, test) {
                 Ok(Some(line)) => run.reporter.outcome(&line),
@@ -288,6 +289,8 @@ impl<'a> Loop<'a> {
                 return Ok(true);
             }
             self.record.refresh_if_stale(self.spec)?;
+            // What the loop journalled since it last waited goes to disk in one sync.
+            self.record.sync()?;
             let (id, report) = match reports.recv_timeout(Duration::from_millis(200)) {
                 Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -631,6 +634,7 @@ fn enforce_retention(record: &mut Record, spec: &SweepSpec) -> Result<()> {
     };
     for trial in decide::checkpoints_to_delete(record.trials.rows(), &spec.metric, policy.keep) {
         record.log(Event::CheckpointDeleted { trial })?;
+        record.sync()?;
         let checkpoint = record
             .trials
             .get(trial)

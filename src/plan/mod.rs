@@ -1001,14 +1001,17 @@ impl Plan {
                 Err(e) => out.push_str(&format!("early_terminate: {e}\n")),
             }
         }
-        out.push_str(&format!(
-            "most trial-steps the sweep can use: {most_steps}{}\n\n",
-            if self.early_terminate.is_some() {
-                " (fewer as trials are pruned)"
-            } else {
-                ""
-            }
-        ));
+        // A program's steps are its own affair: nothing to count.
+        if self.program.is_none() {
+            out.push_str(&format!(
+                "most trial-steps the sweep can use: {most_steps}{}\n\n",
+                if self.early_terminate.is_some() {
+                    " (fewer as trials are pruned)"
+                } else {
+                    ""
+                }
+            ));
+        }
         out
     }
 

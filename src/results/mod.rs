@@ -187,10 +187,30 @@ pub fn table_ranked(
             .map(|r| test.filter(|(t, _)| *t == r.trial).map(|(_, a)| a))
             .collect::<Vec<_>>(),
     ));
-    cols.push(Column::new("dev_loss".into(), res(&|r| Some(r.dev_loss))));
+    // The built-in trainer's own measurements: a program trial (its result holds what it
+    // reported) leaves them empty rather than showing a 0 it never measured; its losses are
+    // what it reported under those names, if anything.
+    let trainer = |f: &dyn Fn(&TrialResult) -> f64| -> Vec<Option<f64>> {
+        res(&|r| r.reported.is_empty().then(|| f(r)))
+    };
+    let trainer_int = |f: &dyn Fn(&TrialResult) -> i64| -> Vec<Option<i64>> {
+        rows.iter()
+            .map(|r| r.result.as_ref().filter(|x| x.reported.is_empty()).map(f))
+            .collect()
+    };
+    let loss = |name: &'static str, f: fn(&TrialResult) -> f64| {
+        res(&move |r| match r.reported.is_empty() {
+            true => Some(f(r)),
+            false => r.reported.get(name).copied(),
+        })
+    };
+    cols.push(Column::new(
+        "dev_loss".into(),
+        loss("dev_loss", |r| r.dev_loss),
+    ));
     cols.push(Column::new(
         "train_loss".into(),
-        res(&|r| Some(r.train_loss)),
+        loss("train_loss", |r| r.train_loss),
     ));
     cols.push(Column::new(
         "best_epoch".into(),
@@ -199,15 +219,15 @@ pub fn table_ranked(
     cols.push(Column::new("seconds".into(), res(&|r| Some(r.seconds))));
     cols.push(Column::new(
         "tokens_per_sec".into(),
-        res(&|r| Some(r.tokens_per_sec)),
+        trainer(&|r| r.tokens_per_sec),
     ));
     cols.push(Column::new(
         "peak_rss_mb".into(),
-        res(&|r| Some(r.peak_rss_mb)),
+        trainer(&|r| r.peak_rss_mb),
     ));
     cols.push(Column::new(
         "eval_seconds".into(),
-        res(&|r| Some(r.eval_seconds)),
+        trainer(&|r| r.eval_seconds),
     ));
     cols.push(Column::new(
         "train_seconds_per_epoch".into(),
@@ -219,15 +239,15 @@ pub fn table_ranked(
     ));
     cols.push(Column::new(
         "trainable_params".into(),
-        int(&|r| r.trainable_params as i64),
+        trainer_int(&|r| r.trainable_params as i64),
     ));
     cols.push(Column::new(
         "micro_batch".into(),
-        int(&|r| r.micro_batch as i64),
+        trainer_int(&|r| r.micro_batch as i64),
     ));
     cols.push(Column::new(
         "grad_accum".into(),
-        int(&|r| r.grad_accum as i64),
+        trainer_int(&|r| r.grad_accum as i64),
     ));
     cols.push(Column::new("devices".into(), int(&|r| r.devices as i64)));
     cols.push(Column::new(
@@ -594,6 +614,32 @@ mod tests {
             judgements: Vec::new(),
             assignment: None,
         }
+    }
+
+    #[test]
+    fn a_program_trial_leaves_the_trainers_measurements_empty_not_zero() {
+        let mut program = finished(1, 0.1, 0.8, 0.0, 1.0);
+        let result = program.result.as_mut().unwrap();
+        result.reported = [("val_loss".to_string(), 0.4), ("dev_loss".to_string(), 0.3)]
+            .into_iter()
+            .collect();
+        (result.tokens_per_sec, result.trainable_params) = (0.0, 0);
+        let df = table(&[program, finished(2, 0.1, 0.8, 0.5, 1.0)], None).unwrap();
+        let f64s = |name: &str| -> Vec<Option<f64>> {
+            df.column(name).unwrap().f64().unwrap().iter().collect()
+        };
+        assert_eq!(f64s("tokens_per_sec"), [None, Some(1.0)]);
+        assert_eq!(f64s("dev_loss"), [Some(0.3), Some(0.5)], "what it reported");
+        assert_eq!(f64s("train_loss"), [None, Some(0.5)], "it reported none");
+        assert_eq!(f64s("val_loss"), [Some(0.4), None]);
+        let params: Vec<Option<i64>> = df
+            .column("trainable_params")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(params, [None, Some(10)]);
     }
 
     #[test]
