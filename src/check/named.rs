@@ -314,7 +314,7 @@ fn head_behind_long_prompt_note(
         return None;
     }
     Some(format!(
-        "{} read a {shared_prefix}-token system prompt that every line shares before its query: a head reads the prompt's last token, which so long a prefix can leave blind to the query on a small model; data: {{system_prompt: drop}} drops it for the head methods only",
+        "the {} trials read a {shared_prefix}-token system prompt that every line shares before its query: a head reads the prompt's last token, which so long a prefix can leave blind to the query on a small model; data: {{system_prompt: drop}} drops it for the head methods only",
         heads.into_iter().collect::<Vec<_>>().join(", ")
     ))
 }
@@ -538,7 +538,9 @@ mod tests {
         let mixed = trials(&["sft", "lora", "classifier", "classifier_lora"]);
         let note = head_behind_long_prompt_note(SystemPrompt::Keep, &mixed, 606).unwrap();
         assert!(
-            note.starts_with("classifier, classifier_lora read a 606-token system prompt"),
+            note.starts_with(
+                "the classifier, classifier_lora trials read a 606-token system prompt"
+            ),
             "{note}"
         );
         assert!(note.contains("data: {system_prompt: drop}"), "{note}");
