@@ -25,7 +25,12 @@
 #   THUC_TRAIN=0     THUC_DEV=0                     CLINC has 15,000 and 3,000, THUCNews 10,000 and 2,000)
 #   CLINC_MODEL=models/tiny-base   THUC_MODEL=preset:tiny   a model folder, or preset:NAME
 #   EPOCHS=3 BATCH=16 LORA_RANK=8 WARMUP=0.05 SEED=1
-#   LR_SFT=3e-3 LR_LORA=1e-2 LR_CLASSIFIER=3e-3 LR_CLASSIFIER_LORA=1e-2
+#   LR_SFT=3e-3 LR_LORA=1e-2 LR_CLASSIFIER=3e-3 LR_CLASSIFIER_LORA=5e-3
+#   SYSTEM_PROMPT=drop                              data.system_prompt: drop (the head methods
+#                                                   read the query alone; sft and lora keep the
+#                                                   list of classes) or keep (every method reads
+#                                                   it: a last-token head behind CLINC's 600-token
+#                                                   list stays at chance on models/tiny-base)
 #   DEVICES=cpu (or cuda)   SLOTS=1                 resources of each sweep
 #   PYTHON=~/.cache/sweep/bench-venv/bin/python     has scikit-learn (for the baseline)
 #   BASELINE=1                                      0 skips the baseline
@@ -60,7 +65,7 @@ lr_of() {
     sft) echo "${LR_SFT:-3e-3}" ;;
     lora) echo "${LR_LORA:-1e-2}" ;;
     classifier) echo "${LR_CLASSIFIER:-3e-3}" ;;
-    classifier_lora) echo "${LR_CLASSIFIER_LORA:-1e-2}" ;;
+    classifier_lora) echo "${LR_CLASSIFIER_LORA:-5e-3}" ;;
     *) echo "${LR:-3e-3}" ;;
   esac
 }
@@ -101,6 +106,7 @@ name: bench-$name-$method
 data:
   train: $dir/train.json
   dev: $dir/dev.json
+  system_prompt: ${SYSTEM_PROMPT:-drop}
 model: $(model_yaml "$model")
 output: $run/results
 method: grid

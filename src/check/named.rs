@@ -75,6 +75,14 @@ pub fn check_named_files(
         .iter()
         .map(|d| TokenCounts::measure(&tokenizer, &d.examples))
         .collect();
+    if let (Some(spec), Some(train_counts)) = (&checked.spec, counts.first()) {
+        let shared = train_counts.shared_prefix;
+        if let Some(note) =
+            head_behind_long_prompt_note(spec.system_prompt(), &checked.trials, shared)
+        {
+            ctx.report.note(note);
+        }
+    }
     let mut lengths = trial_lengths(&checked.trials);
     if fitted_by_default {
         if let Some(fitted) = fitted_lengths(&model, &lengths, counts.first(), file, ctx.report) {
@@ -278,6 +286,37 @@ fn trials_note(file: &str, trials: &[TrialParams], fitted_by_default: bool) -> S
                 .join(", ")
         }
     )
+}
+
+/// Shared system-prompt tokens from which `sweep check` tells a head method that keeps them
+/// about `system_prompt: drop`.
+const LONG_SHARED_PREFIX: usize = 128;
+
+/// A note for head-method trials that read a long system prompt every line shares (the seed's
+/// list of classes). Why: a head reads one state, the last prompt token's, and behind a long
+/// shared prefix a small model's state hardly depends on the query: CLINC150's 600-token list
+/// kept `classifier` near chance (0.035) on models/tiny-base where the query alone reached 0.915
+/// (docs/benchmarks.md). `None` when no head trial keeps such a prompt.
+fn head_behind_long_prompt_note(
+    option: SystemPrompt,
+    trials: &[TrialParams],
+    shared_prefix: usize,
+) -> Option<String> {
+    if shared_prefix < LONG_SHARED_PREFIX {
+        return None;
+    }
+    let heads: BTreeSet<&str> = trials
+        .iter()
+        .filter(|p| p.method.is_head() && !option.drops_for(p.method))
+        .map(|p| p.method.as_str())
+        .collect();
+    if heads.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the {} trials read a {shared_prefix}-token system prompt that every line shares before its query: a head reads the prompt's last token, which so long a prefix can leave blind to the query on a small model; data: {{system_prompt: drop}} drops it for the head methods only",
+        heads.into_iter().collect::<Vec<_>>().join(", ")
+    ))
 }
 
 /// Which trials `data: {system_prompt: drop}` applies to (the head methods) and which keep the
@@ -492,6 +531,34 @@ mod tests {
                 .unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn head_methods_that_keep_a_long_shared_system_prompt_are_told_about_drop() {
+        let mixed = trials(&["sft", "lora", "classifier", "classifier_lora"]);
+        let note = head_behind_long_prompt_note(SystemPrompt::Keep, &mixed, 606).unwrap();
+        assert!(
+            note.starts_with(
+                "the classifier, classifier_lora trials read a 606-token system prompt"
+            ),
+            "{note}"
+        );
+        assert!(note.contains("data: {system_prompt: drop}"), "{note}");
+        assert_eq!(
+            head_behind_long_prompt_note(SystemPrompt::Keep, &mixed, 40),
+            None,
+            "a short prompt"
+        );
+        assert_eq!(
+            head_behind_long_prompt_note(SystemPrompt::Drop, &mixed, 606),
+            None,
+            "the heads drop it"
+        );
+        let generative = trials(&["sft", "lora"]);
+        assert_eq!(
+            head_behind_long_prompt_note(SystemPrompt::Keep, &generative, 606),
+            None
+        );
     }
 
     #[test]

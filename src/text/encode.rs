@@ -338,6 +338,41 @@ mod tests {
         ));
     }
 
+    /// A head reads the hidden state of the prompt's last token: a prompt longer than
+    /// `max_seq_len` must lose the start of its system text, never the query or the `Answer:`
+    /// the head reads (a prompt cut at its end would leave a head nothing to tell queries apart).
+    #[test]
+    fn a_head_method_s_long_prompt_keeps_bos_the_query_and_its_last_token() {
+        let tok = TextTokenizer::build_word_level(
+            ["intents alarm apr balance bill query set an alarm answer : \n"],
+            1,
+        )
+        .unwrap();
+        let ex = Example {
+            system: Some("intents alarm apr balance bill alarm apr balance bill".into()),
+            src: "set an alarm".into(),
+            tgt: Some("alarm".into()),
+            history: Vec::new(),
+            line: 4,
+        };
+        let whole = prompt_ids(&tok, &ex).unwrap();
+        let tail = tok.encode("query: set an alarm\nanswer:").unwrap();
+        let max = tail.len() + 3;
+        assert!(whole.len() > max, "the prompt must be cut for this test");
+        for method in [Method::Classifier, Method::ClassifierLora] {
+            let seqs =
+                encode_all(std::slice::from_ref(&ex), &tok, method, max, Path::new("t")).unwrap();
+            let ids = &seqs[0].ids;
+            assert_eq!(ids.len(), max, "{method:?}");
+            assert_eq!(ids[0], tok.bos.unwrap(), "{method:?}: bos stays");
+            assert!(
+                ids.ends_with(&tail),
+                "{method:?}: {ids:?} lost the query's end"
+            );
+            assert_eq!(seqs[0].loss_from, ids.len(), "{method:?}: no answer tokens");
+        }
+    }
+
     #[test]
     fn a_chat_template_renders_prompt_and_answer_that_join_into_the_conversation() {
         let mut tok = TextTokenizer::build_word_level(

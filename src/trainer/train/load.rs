@@ -250,3 +250,40 @@ pub fn load(dir: &Path, cfg: TrialConfig, sink: &mut dyn TrialSink) -> Result<Lo
         resumed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(tgt: &str, line: usize) -> Example {
+        Example {
+            system: None,
+            history: Vec::new(),
+            src: format!("query {line}"),
+            tgt: Some(tgt.into()),
+            line,
+        }
+    }
+
+    /// Training and evaluation must agree on which head row is which label: both index train's
+    /// sorted labels (`label_set`), whatever order the lines come in; a dev label that train
+    /// lacks has no row.
+    #[test]
+    fn head_classes_index_train_s_sorted_labels_in_training_and_evaluation() {
+        let train = [
+            example("play_music", 1),
+            example("alarm", 2),
+            example("balance", 3),
+        ];
+        let dev = [
+            example("balance", 1),
+            example("weather", 2),
+            example("play_music", 3),
+        ];
+        let labels = label_set(&train);
+        assert_eq!(labels, ["alarm", "balance", "play_music"]);
+        let classes = HeadClasses::of(&labels, &train, &dev);
+        assert_eq!(classes.train, [2, 0, 1]);
+        assert_eq!(classes.dev_gold, [Some(1), None, Some(2)]);
+    }
+}
