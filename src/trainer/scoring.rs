@@ -258,7 +258,7 @@ fn shared_scores(
     let (inner, local) = sub_trie(&trie, &parents);
     let (common, past) = common_prefix(model, prompts)?;
     let mut out = Vec::with_capacity(prompts.len());
-    for group in prompt_groups(prompts, common, inner.nodes.len(), budget) {
+    for group in prompt_groups(prompts, common, inner.nodes.len(), budget, 1) {
         let rows = &prompts[group];
         let b = rows.len();
         let width = rows.iter().map(|p| p.len() - common).max().unwrap_or(0) + inner.nodes.len();
@@ -323,13 +323,14 @@ fn shared_scores(
 /// and within the token `budget` of a pass otherwise (each row holds a prompt's own part, past
 /// the `common` prefix, and the `trie_nodes`, padded to its group's longest). Of those
 /// groupings, the one with the fewest tokens computed, counting each pass as
-/// `PASS_OVERHEAD_TOKENS` more: prompts of similar lengths together (callers sort them by
-/// length), so that short prompts are not padded to long ones.
+/// `PASS_OVERHEAD_TOKENS` more (a group takes `passes` of them): prompts of similar lengths
+/// together (callers sort them by length), so that short prompts are not padded to long ones.
 fn prompt_groups(
     prompts: &[&[u32]],
     common: usize,
     trie_nodes: usize,
     budget: usize,
+    passes: usize,
 ) -> Vec<std::ops::Range<usize>> {
     let n = prompts.len();
     // cost[j]: the least cost of the first j prompts; from[j]: where its last group starts.
@@ -344,7 +345,7 @@ fn prompt_groups(
             if end - start > 1 && tokens > budget {
                 break;
             }
-            let total = cost[start].saturating_add(tokens + PASS_OVERHEAD_TOKENS);
+            let total = cost[start].saturating_add(tokens + passes * PASS_OVERHEAD_TOKENS);
             if total < cost[end] {
                 cost[end] = total;
                 from[end] = start;
@@ -364,6 +365,10 @@ fn prompt_groups(
 /// What one more forward pass costs in `prompt_groups`, in tokens: the pass over the weights and
 /// the per-pass work that a few more padded rows would not add.
 const PASS_OVERHEAD_TOKENS: usize = 32;
+
+/// The forward passes a group of the label search takes, as `prompt_groups` counts them: its
+/// prompts' own parts, then a few rounds (four on the 135M shape's ten labels, random weights).
+const SEARCH_PASSES: usize = 5;
 
 /// The log-probabilities of `wanted[c]`'s tokens after the hidden state at flat row
 /// `contexts[c]`, for every context c; in slices of `vocab_rows` contexts, so that at most that
@@ -806,7 +811,8 @@ fn searched_top_k(
     let (common, past) = common_prefix(model, prompts)?;
     let mut out = Vec::with_capacity(prompts.len());
     // Groups as wide as a prompt's own part and a round's expansions.
-    for range in prompt_groups(prompts, common, inner.min(EXPANSIONS_PER_PASS), budget) {
+    let rows = inner.min(EXPANSIONS_PER_PASS);
+    for range in prompt_groups(prompts, common, rows, budget, SEARCH_PASSES) {
         let gold = &gold[range.clone()];
         let group = GroupSearch::start(
             model,
@@ -1196,11 +1202,14 @@ mod tests {
         let prompts: Vec<Vec<u32>> = [5, 3, 7, 4].iter().map(|n| vec![0; *n]).collect();
         let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
         // Widths: {0,1} -> 2 x (3 + 4) = 14; adding 2 -> 3 x 9 = 27 > 20; {2,3} -> 2 x 9 = 18.
-        assert_eq!(prompt_groups(&refs, 2, 4, 20), vec![0..2, 2..4]);
+        assert_eq!(prompt_groups(&refs, 2, 4, 20, 1), vec![0..2, 2..4]);
         // A budget smaller than one prompt's row still takes each prompt alone.
-        assert_eq!(prompt_groups(&refs, 2, 4, 1), vec![0..1, 1..2, 2..3, 3..4]);
-        assert_eq!(prompt_groups(&refs, 2, 4, 1000), vec![0..4]);
-        assert!(prompt_groups(&[], 0, 4, 10).is_empty());
+        assert_eq!(
+            prompt_groups(&refs, 2, 4, 1, 1),
+            vec![0..1, 1..2, 2..3, 3..4]
+        );
+        assert_eq!(prompt_groups(&refs, 2, 4, 1000, 1), vec![0..4]);
+        assert!(prompt_groups(&[], 0, 4, 10, 1).is_empty());
     }
 
     #[test]
@@ -1211,9 +1220,16 @@ mod tests {
             .collect();
         let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
         // One pass would compute 44 x 64 = 2,816 tokens; two, 40 x 6 + 4 x 64 = 496 and a pass.
-        assert_eq!(prompt_groups(&refs, 0, 4, 100_000), vec![0..40, 40..44]);
+        assert_eq!(prompt_groups(&refs, 0, 4, 100_000, 1), vec![0..40, 40..44]);
+        // A search's group takes several passes: a few more padded rows are cheaper.
+        let near: Vec<Vec<u32>> = (0..10)
+            .map(|i| vec![0; if i < 5 { 2 } else { 12 }])
+            .collect();
+        let near: Vec<&[u32]> = near.iter().map(|p| p.as_slice()).collect();
+        assert_eq!(prompt_groups(&near, 0, 4, 100_000, 1), vec![0..5, 5..10]);
+        assert_eq!(prompt_groups(&near, 0, 4, 100_000, 5), vec![0..10]);
         // Equal lengths stay in one pass.
-        assert_eq!(prompt_groups(&refs[..40], 0, 4, 100_000), vec![0..40]);
+        assert_eq!(prompt_groups(&refs[..40], 0, 4, 100_000, 1), vec![0..40]);
     }
 
     #[test]
