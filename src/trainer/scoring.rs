@@ -120,8 +120,11 @@ fn by_prompt_fit<T: Clone + Default>(
 ) -> Result<Vec<T>> {
     let model = &model.detached();
     let longest = candidates.answers.iter().map(Vec::len).max().unwrap_or(0);
-    let (whole, cut): (Vec<usize>, Vec<usize>) = (0..prompts.len())
+    let (mut whole, cut): (Vec<usize>, Vec<usize>) = (0..prompts.len())
         .partition(|i| !prompts[*i].is_empty() && prompts[*i].len() + longest <= max_len);
+    // Shortest first, so that the prompts of one forward pass have similar lengths: each row is
+    // padded to its pass's longest prompt (padding was a quarter of the tokens in dev order).
+    whole.sort_by_key(|i| prompts[*i].len());
     let mut out = vec![T::default(); prompts.len()];
     if !cut.is_empty() {
         let subset: Vec<Vec<u32>> = cut.iter().map(|i| prompts[*i].clone()).collect();
@@ -255,7 +258,7 @@ fn shared_scores(
     let (inner, local) = sub_trie(&trie, &parents);
     let (common, past) = common_prefix(model, prompts)?;
     let mut out = Vec::with_capacity(prompts.len());
-    for group in prompt_groups(prompts, common, inner.nodes.len(), budget) {
+    for group in prompt_groups(prompts, common, inner.nodes.len(), budget, 1) {
         let rows = &prompts[group];
         let b = rows.len();
         let width = rows.iter().map(|p| p.len() - common).max().unwrap_or(0) + inner.nodes.len();
@@ -316,33 +319,56 @@ fn shared_scores(
     Ok(out)
 }
 
-/// Consecutive groups of `prompts` computed in one forward pass each: as many as the token
-/// budget allows (each row holds a prompt's own part, past the `common` prefix, and the
-/// `trie_nodes`), at least one.
+/// Consecutive groups of `prompts` computed in one forward pass each, at least one prompt each
+/// and within the token `budget` of a pass otherwise (each row holds a prompt's own part, past
+/// the `common` prefix, and the `trie_nodes`, padded to its group's longest). Of those
+/// groupings, the one with the fewest tokens computed, counting each pass as
+/// `PASS_OVERHEAD_TOKENS` more (a group takes `passes` of them): prompts of similar lengths
+/// together (callers sort them by length), so that short prompts are not padded to long ones.
 fn prompt_groups(
     prompts: &[&[u32]],
     common: usize,
     trie_nodes: usize,
     budget: usize,
+    passes: usize,
 ) -> Vec<std::ops::Range<usize>> {
-    let mut groups = Vec::new();
-    let mut start = 0;
-    while start < prompts.len() {
-        let mut end = start + 1;
-        let mut widest = prompts[start].len() - common;
-        while end < prompts.len() {
-            let wider = widest.max(prompts[end].len() - common);
-            if (end + 1 - start) * (wider + trie_nodes) > budget {
+    let n = prompts.len();
+    // cost[j]: the least cost of the first j prompts; from[j]: where its last group starts.
+    let mut cost = vec![usize::MAX; n + 1];
+    let mut from = vec![0usize; n + 1];
+    cost[0] = 0;
+    for end in 1..=n {
+        let mut widest = 0;
+        for start in (0..end).rev() {
+            widest = widest.max(prompts[start].len() - common);
+            let tokens = (end - start) * (widest + trie_nodes);
+            if end - start > 1 && tokens > budget {
                 break;
             }
-            widest = wider;
-            end += 1;
+            let total = cost[start].saturating_add(tokens + passes * PASS_OVERHEAD_TOKENS);
+            if total < cost[end] {
+                cost[end] = total;
+                from[end] = start;
+            }
         }
-        groups.push(start..end);
-        start = end;
     }
+    let mut groups = Vec::new();
+    let mut end = n;
+    while end > 0 {
+        groups.push(from[end]..end);
+        end = from[end];
+    }
+    groups.reverse();
     groups
 }
+
+/// What one more forward pass costs in `prompt_groups`, in tokens: the pass over the weights and
+/// the per-pass work that a few more padded rows would not add.
+const PASS_OVERHEAD_TOKENS: usize = 32;
+
+/// The forward passes a group of the label search takes, as `prompt_groups` counts them: its
+/// prompts' own parts, then a few rounds (four on the 135M shape's ten labels, random weights).
+const SEARCH_PASSES: usize = 5;
 
 /// The log-probabilities of `wanted[c]`'s tokens after the hidden state at flat row
 /// `contexts[c]`, for every context c; in slices of `vocab_rows` contexts, so that at most that
@@ -669,8 +695,9 @@ impl<'a> TopSearch<'a> {
 
     /// Up to `most` expansions that could still change the `k` best, most promising first;
     /// none when the search is done. Until `k` answers are complete nothing can be ruled out,
-    /// so only the `k` most promising prefixes go first (each expansion costs a vocabulary-sized
-    /// row of logits); after that every prefix that can still win must be expanded anyway.
+    /// so only the `k` most promising prefixes go first, with those within `CLOSE_TO_THE_BEST`
+    /// of the best (each expansion costs a token's forward and a vocabulary-sized row of
+    /// logits); after that every prefix that can still win must be expanded anyway.
     pub fn next(&self, state: &SearchState, most: usize) -> Vec<Expand> {
         if !state.root_expanded {
             return vec![Expand::Prompt];
@@ -687,11 +714,19 @@ impl<'a> TopSearch<'a> {
             })
             .collect();
         open.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let most = if bar.is_some() {
-            most
-        } else {
-            most.min(self.k)
-        };
+        if bar.is_none() {
+            // The `k` most promising, and those about as likely as the best of them: an unsure
+            // model must expand them all anyway, and a round costs a pass over the weights
+            // whatever its width (11 rounds of one node each on the 135M shape, otherwise).
+            let close = match open.first() {
+                Some((top, _)) => open
+                    .iter()
+                    .take_while(|(p, _)| *p >= top - CLOSE_TO_THE_BEST)
+                    .count(),
+                None => 0,
+            };
+            open.truncate(close.max(self.k).min(most));
+        }
         open.into_iter()
             .take(most.max(1))
             .map(|(_, i)| Expand::Node(i))
@@ -738,6 +773,10 @@ impl<'a> TopSearch<'a> {
     }
 }
 
+/// Before `k` labels are complete, the search expands together the prefixes whose partial score
+/// is within this many nats of the best open one's (a factor of e^4, about 55, in probability).
+const CLOSE_TO_THE_BEST: f64 = 4.0;
+
 /// Most prefixes expanded per prompt in one forward pass of the search.
 const EXPANSIONS_PER_PASS: usize = 64;
 
@@ -772,7 +811,8 @@ fn searched_top_k(
     let (common, past) = common_prefix(model, prompts)?;
     let mut out = Vec::with_capacity(prompts.len());
     // Groups as wide as a prompt's own part and a round's expansions.
-    for range in prompt_groups(prompts, common, inner.min(EXPANSIONS_PER_PASS), budget) {
+    let rows = inner.min(EXPANSIONS_PER_PASS);
+    for range in prompt_groups(prompts, common, rows, budget, SEARCH_PASSES) {
         let gold = &gold[range.clone()];
         let group = GroupSearch::start(
             model,
@@ -882,6 +922,8 @@ impl<'a> GroupSearch<'a> {
     }
 
     /// Rounds until no prompt of the group has anything left to expand; each prompt's result.
+    /// A prompt whose search is done leaves the group (`keep_rows`), so that later rounds do
+    /// not carry it as padding.
     fn run(
         mut self,
         model: &CausalLm,
@@ -889,13 +931,34 @@ impl<'a> GroupSearch<'a> {
         vocab_rows: usize,
     ) -> Result<Vec<Searched>> {
         let device = model.device();
-        let b = self.states.len();
+        // Per current row: its prompt's index in the group.
+        let mut rows: Vec<usize> = (0..self.states.len()).collect();
+        let mut out = vec![Searched::default(); rows.len()];
         loop {
-            let rounds: Vec<Vec<usize>> = (0..b).map(|r| self.round_of(r, gold[r])).collect();
-            let width = rounds.iter().map(Vec::len).max().unwrap_or(0);
-            if width == 0 {
-                break;
+            let mut rounds: Vec<Vec<usize>> = rows
+                .iter()
+                .enumerate()
+                .map(|(row, at)| self.round_of(row, gold[*at]))
+                .collect();
+            if rounds.iter().any(Vec::is_empty) {
+                let keep: Vec<usize> = (0..rows.len()).filter(|r| !rounds[*r].is_empty()).collect();
+                for (row, at) in rows.iter().enumerate() {
+                    if rounds[row].is_empty() {
+                        out[*at] = self.searched(row, gold[*at]);
+                    }
+                }
+                if keep.is_empty() {
+                    break;
+                }
+                self.keep_rows(&keep, device)?;
+                rows = keep.iter().map(|r| rows[*r]).collect();
+                rounds = keep
+                    .iter()
+                    .map(|r| std::mem::take(&mut rounds[*r]))
+                    .collect();
             }
+            let b = rows.len();
+            let width = rounds.iter().map(Vec::len).max().unwrap_or(0);
             let cols = self.columns + width;
             let mut ids = Vec::with_capacity(b * width);
             let mut allowed = Vec::with_capacity(b * width * cols);
@@ -940,21 +1003,47 @@ impl<'a> GroupSearch<'a> {
             self.rounds.push(kv);
             self.columns = cols;
         }
-        Ok(self
-            .states
-            .iter()
-            .zip(gold)
-            .map(|(state, g)| Searched {
-                best: self.search.result(state),
-                gold: g.and_then(|g| {
-                    state
-                        .complete
-                        .iter()
-                        .find(|(_, a)| *a == g)
-                        .map(|(score, _)| *score)
-                }),
+        Ok(out)
+    }
+
+    /// Row `row`'s outcome: its best labels, and the score of `gold` once its path is complete.
+    fn searched(&self, row: usize, gold: Option<usize>) -> Searched {
+        let state = &self.states[row];
+        Searched {
+            best: self.search.result(state),
+            gold: gold.and_then(|g| {
+                state
+                    .complete
+                    .iter()
+                    .find(|(_, a)| *a == g)
+                    .map(|(score, _)| *score)
+            }),
+        }
+    }
+
+    /// Keeps only the rows `keep` (in order) of every kept tensor and per-row record; the columns
+    /// stay where they are, so each row's nodes keep their columns.
+    fn keep_rows(&mut self, keep: &[usize], device: &candle_core::Device) -> Result<()> {
+        let index = Tensor::from_vec(
+            keep.iter().map(|r| *r as u32).collect::<Vec<u32>>(),
+            keep.len(),
+            device,
+        )?;
+        let select = |cache: &KvCache| -> Result<KvCache> {
+            Ok(KvCache {
+                layers: cache
+                    .layers
+                    .iter()
+                    .map(|(k, v)| Ok((k.index_select(&index, 0)?, v.index_select(&index, 0)?)))
+                    .collect::<Result<_>>()?,
             })
-            .collect())
+        };
+        self.own = select(&self.own)?;
+        self.rounds = self.rounds.iter().map(select).collect::<Result<_>>()?;
+        self.rests = keep.iter().map(|r| self.rests[*r]).collect();
+        self.node_cols = keep.iter().map(|r| self.node_cols[*r].clone()).collect();
+        self.states = keep.iter().map(|r| self.states[*r].clone()).collect();
+        Ok(())
     }
 }
 
@@ -1113,11 +1202,34 @@ mod tests {
         let prompts: Vec<Vec<u32>> = [5, 3, 7, 4].iter().map(|n| vec![0; *n]).collect();
         let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
         // Widths: {0,1} -> 2 x (3 + 4) = 14; adding 2 -> 3 x 9 = 27 > 20; {2,3} -> 2 x 9 = 18.
-        assert_eq!(prompt_groups(&refs, 2, 4, 20), vec![0..2, 2..4]);
+        assert_eq!(prompt_groups(&refs, 2, 4, 20, 1), vec![0..2, 2..4]);
         // A budget smaller than one prompt's row still takes each prompt alone.
-        assert_eq!(prompt_groups(&refs, 2, 4, 1), vec![0..1, 1..2, 2..3, 3..4]);
-        assert_eq!(prompt_groups(&refs, 2, 4, 1000), vec![0..4]);
-        assert!(prompt_groups(&[], 0, 4, 10).is_empty());
+        assert_eq!(
+            prompt_groups(&refs, 2, 4, 1, 1),
+            vec![0..1, 1..2, 2..3, 3..4]
+        );
+        assert_eq!(prompt_groups(&refs, 2, 4, 1000, 1), vec![0..4]);
+        assert!(prompt_groups(&[], 0, 4, 10, 1).is_empty());
+    }
+
+    #[test]
+    fn prompt_groups_keep_short_prompts_apart_from_long_ones() {
+        // Sorted own parts: 40 of 2 tokens, then 4 of 60; a trie of 4 nodes; room for all.
+        let prompts: Vec<Vec<u32>> = (0..44)
+            .map(|i| vec![0; if i < 40 { 2 } else { 60 }])
+            .collect();
+        let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+        // One pass would compute 44 x 64 = 2,816 tokens; two, 40 x 6 + 4 x 64 = 496 and a pass.
+        assert_eq!(prompt_groups(&refs, 0, 4, 100_000, 1), vec![0..40, 40..44]);
+        // A search's group takes several passes: a few more padded rows are cheaper.
+        let near: Vec<Vec<u32>> = (0..10)
+            .map(|i| vec![0; if i < 5 { 2 } else { 12 }])
+            .collect();
+        let near: Vec<&[u32]> = near.iter().map(|p| p.as_slice()).collect();
+        assert_eq!(prompt_groups(&near, 0, 4, 100_000, 1), vec![0..5, 5..10]);
+        assert_eq!(prompt_groups(&near, 0, 4, 100_000, 5), vec![0..10]);
+        // Equal lengths stay in one pass.
+        assert_eq!(prompt_groups(&refs[..40], 0, 4, 100_000, 1), vec![0..40]);
     }
 
     #[test]
@@ -1239,6 +1351,31 @@ mod tests {
         assert_eq!(expansions, 3);
         let full = full_scores(&trie, &logp);
         assert_eq!(found, crate::stats::classify::top_k(&full, 1));
+    }
+
+    #[test]
+    fn an_unsure_model_expands_its_close_prefixes_together_before_any_label_is_complete() {
+        // Ten labels of three tokens; every token about as likely as any other.
+        let answers: Vec<Vec<u32>> = (0..10u32).map(|a| vec![a, 10 + a, 20]).collect();
+        let trie = Trie::new(&answers);
+        let search = TopSearch::new(&trie, 1);
+        let mut state = search.start();
+        let round = search.next(&state, 64);
+        assert_eq!(round, vec![Expand::Prompt]);
+        let firsts: Vec<f64> = (0..10).map(|a| -2.3 - 0.01 * a as f64).collect();
+        search.record(&mut state, Expand::Prompt, &firsts);
+        // All ten first tokens in one round (none is complete yet), best first.
+        let round = search.next(&state, 64);
+        assert_eq!(round.len(), 10);
+        assert_eq!(round[0], Expand::Node(trie.paths[0][0]));
+        // `most` still bounds a round.
+        assert_eq!(search.next(&state, 4).len(), 4);
+        // A sure model's runner-up is far behind: one prefix only.
+        let mut sure = search.start();
+        let mut firsts = vec![-9.0; 10];
+        firsts[3] = -0.01;
+        search.record(&mut sure, Expand::Prompt, &firsts);
+        assert_eq!(search.next(&sure, 64), vec![Expand::Node(trie.paths[3][0])]);
     }
 
     #[test]
