@@ -187,68 +187,7 @@ pub fn table_ranked(
             .map(|r| test.filter(|(t, _)| *t == r.trial).map(|(_, a)| a))
             .collect::<Vec<_>>(),
     ));
-    // The built-in trainer's own measurements: a program trial (its result holds what it
-    // reported) leaves them empty rather than showing a 0 it never measured; its losses are
-    // what it reported under those names, if anything.
-    let trainer = |f: &dyn Fn(&TrialResult) -> f64| -> Vec<Option<f64>> {
-        res(&|r| r.reported.is_empty().then(|| f(r)))
-    };
-    let trainer_int = |f: &dyn Fn(&TrialResult) -> i64| -> Vec<Option<i64>> {
-        rows.iter()
-            .map(|r| r.result.as_ref().filter(|x| x.reported.is_empty()).map(f))
-            .collect()
-    };
-    let loss = |name: &'static str, f: fn(&TrialResult) -> f64| {
-        res(&move |r| match r.reported.is_empty() {
-            true => Some(f(r)),
-            false => r.reported.get(name).copied(),
-        })
-    };
-    cols.push(Column::new(
-        "dev_loss".into(),
-        loss("dev_loss", |r| r.dev_loss),
-    ));
-    cols.push(Column::new(
-        "train_loss".into(),
-        loss("train_loss", |r| r.train_loss),
-    ));
-    cols.push(Column::new(
-        "best_epoch".into(),
-        int(&|r| r.best_epoch as i64),
-    ));
-    cols.push(Column::new("seconds".into(), res(&|r| Some(r.seconds))));
-    cols.push(Column::new(
-        "tokens_per_sec".into(),
-        trainer(&|r| r.tokens_per_sec),
-    ));
-    cols.push(Column::new(
-        "peak_rss_mb".into(),
-        trainer(&|r| r.peak_rss_mb),
-    ));
-    cols.push(Column::new(
-        "eval_seconds".into(),
-        trainer(&|r| r.eval_seconds),
-    ));
-    cols.push(Column::new(
-        "train_seconds_per_epoch".into(),
-        res(&|r| r.train_seconds_per_epoch),
-    ));
-    cols.push(Column::new(
-        "seconds_per_evaluation".into(),
-        res(&|r| r.seconds_per_evaluation),
-    ));
-    cols.push(Column::new(
-        "trainable_params".into(),
-        trainer_int(&|r| r.trainable_params as i64),
-    ));
-    cols.push(Column::new(
-        "micro_batch".into(),
-        trainer_int(&|r| r.micro_batch as i64),
-    ));
-    cols.push(Column::new(
-        "grad_accum".into(),
-        trainer_int(&|r| r.grad_accum as i64),
-    ));
+    cols.extend(measurement_columns(rows));
     cols.push(Column::new("devices".into(), int(&|r| r.devices as i64)));
     cols.push(Column::new(
         "per_device_batch".into(),
@@ -307,6 +246,79 @@ pub fn table_ranked(
         }
     }
     Ok(DataFrame::new(rows.len(), cols)?)
+}
+
+/// dev_loss ... grad_accum: what a trial measured of itself. The built-in trainer's own
+/// measurements are left empty for a program trial (its result holds what it reported) rather
+/// than showing a 0 it never measured; its losses are what it reported under those names.
+fn measurement_columns(rows: &[TrialRow]) -> Vec<Column> {
+    let res = |f: &dyn Fn(&TrialResult) -> Option<f64>| -> Vec<Option<f64>> {
+        rows.iter().map(|r| r.result.as_ref().and_then(f)).collect()
+    };
+    let int = |f: &dyn Fn(&TrialResult) -> i64| -> Vec<Option<i64>> {
+        rows.iter().map(|r| r.result.as_ref().map(f)).collect()
+    };
+    let mut out = Vec::new();
+    let trainer = |f: &dyn Fn(&TrialResult) -> f64| -> Vec<Option<f64>> {
+        res(&|r| r.reported.is_empty().then(|| f(r)))
+    };
+    let trainer_int = |f: &dyn Fn(&TrialResult) -> i64| -> Vec<Option<i64>> {
+        rows.iter()
+            .map(|r| r.result.as_ref().filter(|x| x.reported.is_empty()).map(f))
+            .collect()
+    };
+    let loss = |name: &'static str, f: fn(&TrialResult) -> f64| {
+        res(&move |r| match r.reported.is_empty() {
+            true => Some(f(r)),
+            false => r.reported.get(name).copied(),
+        })
+    };
+    out.push(Column::new(
+        "dev_loss".into(),
+        loss("dev_loss", |r| r.dev_loss),
+    ));
+    out.push(Column::new(
+        "train_loss".into(),
+        loss("train_loss", |r| r.train_loss),
+    ));
+    out.push(Column::new(
+        "best_epoch".into(),
+        int(&|r| r.best_epoch as i64),
+    ));
+    out.push(Column::new("seconds".into(), res(&|r| Some(r.seconds))));
+    out.push(Column::new(
+        "tokens_per_sec".into(),
+        trainer(&|r| r.tokens_per_sec),
+    ));
+    out.push(Column::new(
+        "peak_rss_mb".into(),
+        trainer(&|r| r.peak_rss_mb),
+    ));
+    out.push(Column::new(
+        "eval_seconds".into(),
+        trainer(&|r| r.eval_seconds),
+    ));
+    out.push(Column::new(
+        "train_seconds_per_epoch".into(),
+        res(&|r| r.train_seconds_per_epoch),
+    ));
+    out.push(Column::new(
+        "seconds_per_evaluation".into(),
+        res(&|r| r.seconds_per_evaluation),
+    ));
+    out.push(Column::new(
+        "trainable_params".into(),
+        trainer_int(&|r| r.trainable_params as i64),
+    ));
+    out.push(Column::new(
+        "micro_batch".into(),
+        trainer_int(&|r| r.micro_batch as i64),
+    ));
+    out.push(Column::new(
+        "grad_accum".into(),
+        trainer_int(&|r| r.grad_accum as i64),
+    ));
+    out
 }
 
 /// A program's reported numbers at each trial's best evaluation, one column per name (after
