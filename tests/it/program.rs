@@ -323,16 +323,9 @@ fn hyperband_stops_a_program_and_leaves_nothing_of_it() {
     assert_no_process_left(&results);
 }
 
-#[test]
-fn ctrl_c_stops_the_programs_and_resume_loses_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let path = spec(
-        tmp.path(),
-        "method: grid\nmetric: {name: val_loss}\nparameters:\n  learning_rate: {values: [0.3, 0.5, 0.7]}\n  epochs: {value: 12}\n  sleep: {value: 0.25}\nresources: {devices: cpu, slots: 2, parallel: 2}\n",
-    );
-    let results = tmp.path().join("results");
-    let _explain = ExplainOnFailure(results.clone());
-    let mut child = sweep()
+/// `sweep run PATH --quiet` started, once trials 1 and 2 have each reported an evaluation.
+fn run_until_two_programs_report(path: &Path, results: &Path) -> std::process::Child {
+    let child = sweep()
         .args(["run".as_ref(), path.as_os_str(), "--quiet".as_ref()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -349,6 +342,30 @@ fn ctrl_c_stops_the_programs_and_resume_loses_nothing() {
             })
         },
     );
+    child
+}
+
+/// The trials the journal says finished, one entry per `trial_finished`, in trial order.
+fn finished_trials(results: &Path) -> Vec<u64> {
+    let mut finished: Vec<u64> = journal_events(results)
+        .iter()
+        .filter(|e| e["event"] == "trial_finished")
+        .filter_map(|e| e["trial"].as_u64())
+        .collect();
+    finished.sort_unstable();
+    finished
+}
+
+#[test]
+fn ctrl_c_stops_the_programs_and_resume_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = spec(
+        tmp.path(),
+        "method: grid\nmetric: {name: val_loss}\nparameters:\n  learning_rate: {values: [0.3, 0.5, 0.7]}\n  epochs: {value: 12}\n  sleep: {value: 0.25}\nresources: {devices: cpu, slots: 2, parallel: 2}\n",
+    );
+    let results = tmp.path().join("results");
+    let _explain = ExplainOnFailure(results.clone());
+    let mut child = run_until_two_programs_report(&path, &results);
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -372,14 +389,11 @@ fn ctrl_c_stops_the_programs_and_resume_loses_nothing() {
     );
     assert!(out.status.success());
     assert_eq!(statuses(&results), ["finished"; 3]);
-    let finished: Vec<u64> = journal_events(&results)
-        .iter()
-        .filter(|e| e["event"] == "trial_finished")
-        .filter_map(|e| e["trial"].as_u64())
-        .collect();
-    let once: BTreeSet<u64> = finished.iter().copied().collect();
-    assert_eq!(finished.len(), 3, "each trial finished once: {finished:?}");
-    assert_eq!(once.len(), 3, "each trial finished once: {finished:?}");
+    assert_eq!(
+        finished_trials(&results),
+        [1, 2, 3],
+        "each trial finished once"
+    );
     assert_no_process_left(&results);
 }
 
@@ -409,23 +423,7 @@ fn kill_9_of_the_orchestrator_then_resume_runs_no_trial_twice_and_leaves_no_proc
     )
     .unwrap();
     let _explain = ExplainOnFailure(results.clone());
-    let mut child = sweep()
-        .args(["run".as_ref(), path.as_os_str(), "--quiet".as_ref()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(
-        "two programs to report",
-        Duration::from_secs(120),
-        Duration::from_millis(20),
-        || {
-            (1..=2).all(|t| {
-                std::fs::read_to_string(results.join(format!("trials/000{t}/metrics.jsonl")))
-                    .is_ok_and(|m| !m.is_empty())
-            })
-        },
-    );
+    let mut child = run_until_two_programs_report(&path, &results);
     child.kill().unwrap();
     child.wait().unwrap();
     // The programs die with the orchestrator; what they started outlives them until resume.
@@ -446,13 +444,11 @@ fn kill_9_of_the_orchestrator_then_resume_runs_no_trial_twice_and_leaves_no_proc
     );
     assert!(out.status.success());
     assert_eq!(statuses(&results), ["finished"; 3]);
-    let mut finished: Vec<u64> = journal_events(&results)
-        .iter()
-        .filter(|e| e["event"] == "trial_finished")
-        .filter_map(|e| e["trial"].as_u64())
-        .collect();
-    finished.sort_unstable();
-    assert_eq!(finished, [1, 2, 3], "each trial finished once");
+    assert_eq!(
+        finished_trials(&results),
+        [1, 2, 3],
+        "each trial finished once"
+    );
     assert_no_process_left(&results);
 }
 
