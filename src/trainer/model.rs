@@ -266,7 +266,10 @@ impl CausalLm {
         let mut trainable_vars = Vec::new();
         let mut sinks: HashMap<String, Arc<GradSink>> = HashMap::new();
         let mut rng = SplitMix64::new(seed ^ 0x10_4a);
-        let mut take = |name: &str, expected: Vec<usize>| -> Result<Tensor> {
+        let shapes: BTreeMap<String, Vec<usize>> = weight_shapes(&config).into_iter().collect();
+        // Each weight by name, checked against the shape the config gives it.
+        let mut take = |name: &str| -> Result<Tensor> {
+            let expected = shapes.get(name).cloned().unwrap_or_default();
             let t = checked_tensor(weights, name, &expected, source)?;
             let t = t.to_dtype(dtype)?.to_device(device)?;
             if train_all {
@@ -278,12 +281,7 @@ impl CausalLm {
                 Ok(t)
             }
         };
-        let shapes: BTreeMap<String, Vec<usize>> = weight_shapes(&config).into_iter().collect();
-        let shape_of = |name: &str| shapes.get(name).cloned().unwrap_or_default();
-        let embed = take(
-            "model.embed_tokens.weight",
-            shape_of("model.embed_tokens.weight"),
-        )?;
+        let embed = take("model.embed_tokens.weight")?;
         let mut new_sink = |name: &str| {
             train_all.then(|| {
                 let sink = GradSink::new();
@@ -298,7 +296,7 @@ impl CausalLm {
             let p = format!("model.layers.{i}");
             let mut linear = |module: &str, kind: &str| -> Result<Linear> {
                 let name = format!("{p}.{kind}.{module}.weight");
-                let weight = take(&name, shape_of(&name))?;
+                let weight = take(&name)?;
                 let lora = match &lora {
                     Some(s) if s.targets.iter().any(|t| t == module) => {
                         let peft = format!("base_model.model.{p}.{kind}.{module}");
@@ -312,7 +310,7 @@ impl CausalLm {
                 };
                 let bias = if config.has_bias(module) {
                     let bias_name = format!("{p}.{kind}.{module}.bias");
-                    Some(take(&bias_name, shape_of(&bias_name))?)
+                    Some(take(&bias_name)?)
                 } else {
                     None
                 };
@@ -338,7 +336,7 @@ impl CausalLm {
                 let mut head_norm = |which: &str| -> Result<RmsNorm> {
                     let name = format!("{p}.self_attn.{which}.weight");
                     Ok(RmsNorm {
-                        weight: take(&name, shape_of(&name))?,
+                        weight: take(&name)?,
                         eps: config.rms_norm_eps,
                     })
                 };
@@ -348,7 +346,7 @@ impl CausalLm {
             };
             layers.push(Layer {
                 input_norm: RmsNorm {
-                    weight: take(&in_name, shape_of(&in_name))?,
+                    weight: take(&in_name)?,
                     eps: config.rms_norm_eps,
                 },
                 q,
@@ -357,7 +355,7 @@ impl CausalLm {
                 o,
                 qk_norm,
                 post_norm: RmsNorm {
-                    weight: take(&post_name, shape_of(&post_name))?,
+                    weight: take(&post_name)?,
                     eps: config.rms_norm_eps,
                 },
                 gate,
@@ -366,16 +364,13 @@ impl CausalLm {
             });
         }
         let norm = RmsNorm {
-            weight: take("model.norm.weight", shape_of("model.norm.weight"))?,
+            weight: take("model.norm.weight")?,
             eps: config.rms_norm_eps,
         };
         let (lm_head, head_sink) = if config.tie_word_embeddings {
             (embed.clone(), embed_sink.clone())
         } else {
-            (
-                take("lm_head.weight", shape_of("lm_head.weight"))?,
-                new_sink("lm_head.weight"),
-            )
+            (take("lm_head.weight")?, new_sink("lm_head.weight"))
         };
         trainable_vars.extend(adapters);
         let sinks = trainable_vars
