@@ -207,9 +207,8 @@ pub fn command(dir: &Path) -> Result<TrialEnd, ProgramTrialError> {
     let host = Arc::new(ProcessHost);
     host.log(&prepared.command_line());
     let started = prepared.start(Group::Supervisor, None);
-    let end = supervise_to_end(prepared, started, Group::Supervisor, host);
-    child::kill_rest_of_group();
-    end
+    // What the program left in the group is killed there, once it has ended.
+    supervise_to_end(prepared, started, Group::Supervisor, host)
 }
 
 /// Follows a started program (or a failed start) to its end: its lines read, stopped when asked

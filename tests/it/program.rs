@@ -356,6 +356,28 @@ fn finished_trials(results: &Path) -> Vec<u64> {
     finished
 }
 
+/// `sweep run PATH --resume` in `dir`: trials 1, 2 and 3 each finish exactly once, and no
+/// process is left in any trial's group.
+fn resume_finishes_each_of_three_trials_once(dir: &Path, path: &Path, results: &Path) {
+    let out = run_in(
+        dir,
+        &[
+            "run".as_ref(),
+            path.as_os_str(),
+            "--resume".as_ref(),
+            "--quiet".as_ref(),
+        ],
+    );
+    assert!(out.status.success());
+    assert_eq!(statuses(results), ["finished"; 3]);
+    assert_eq!(
+        finished_trials(results),
+        [1, 2, 3],
+        "each trial finished once"
+    );
+    assert_no_process_left(results);
+}
+
 #[test]
 fn ctrl_c_stops_the_programs_and_resume_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -378,23 +400,7 @@ fn ctrl_c_stops_the_programs_and_resume_loses_nothing() {
     let stderr = std::fs::read_to_string(results.join("trials/0001/stderr.log")).unwrap();
     assert!(stderr.to_lowercase().contains("stop"), "{stderr}");
 
-    let out = run_in(
-        tmp.path(),
-        &[
-            "run".as_ref(),
-            path.as_os_str(),
-            "--resume".as_ref(),
-            "--quiet".as_ref(),
-        ],
-    );
-    assert!(out.status.success());
-    assert_eq!(statuses(&results), ["finished"; 3]);
-    assert_eq!(
-        finished_trials(&results),
-        [1, 2, 3],
-        "each trial finished once"
-    );
-    assert_no_process_left(&results);
+    resume_finishes_each_of_three_trials_once(tmp.path(), &path, &results);
 }
 
 /// A program that leaves a process behind (a `sleep` in its group, as a data-loader worker
@@ -433,23 +439,7 @@ fn kill_9_of_the_orchestrator_then_resume_runs_no_trial_twice_and_leaves_no_proc
         .collect();
     assert!(!left.is_empty(), "each program's sleep outlives a kill -9");
 
-    let out = run_in(
-        tmp.path(),
-        &[
-            "run".as_ref(),
-            path.as_os_str(),
-            "--resume".as_ref(),
-            "--quiet".as_ref(),
-        ],
-    );
-    assert!(out.status.success());
-    assert_eq!(statuses(&results), ["finished"; 3]);
-    assert_eq!(
-        finished_trials(&results),
-        [1, 2, 3],
-        "each trial finished once"
-    );
-    assert_no_process_left(&results);
+    resume_finishes_each_of_three_trials_once(tmp.path(), &path, &results);
 }
 
 #[test]
