@@ -4,12 +4,11 @@
 //! program's own, so only their syntax (`spec`) and `gpus` are checked, never the built-in
 //! trainer's rules.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::located::Ctx;
 use super::paths::missing_file_hint;
 use super::yaml::{Seg, Target};
-use crate::protocol::program::is_executable_file;
 use crate::spec::program::{CommandTemplate, Element, Macro, Piece};
 use crate::spec::SweepSpec;
 
@@ -77,14 +76,7 @@ pub fn check_program(spec: &SweepSpec, ctx: &mut Ctx) {
 
 /// `name` as the program a process would run: a path when it has a `/`, else found on PATH.
 pub fn find_executable(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        let p = Path::new(name);
-        return is_executable_file(p).then(|| p.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable_file(p))
+    crate::protocol::program::find_on_path(name, std::env::var_os("PATH").as_deref())
 }
 
 #[cfg(test)]

@@ -298,12 +298,12 @@ pub fn scheduler_slots(plan: &Plan) -> usize {
 /// The least time between two rebuilds of results.csv, best/ and report.html while a sweep
 /// runs: often enough to watch, rarely enough that a thousand one-second trials are not spent
 /// rereading every trial's files.
-pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A rebuild's share of the run loop's time at most (1/REFRESH_SHARE): a rebuild reads every
 /// trial's files, so over thousands of trials it grows, and a fixed interval would let it take
 /// the loop over (a thousand no-op trials spent more time rebuilding than running).
-pub const REFRESH_SHARE: u32 = 20;
+pub const REFRESH_SHARE: u32 = 50;
 
 /// Whether stale results are rebuilt now, `since` the last rebuild (none yet: now), which took
 /// `took`: after REFRESH_EVERY, or REFRESH_SHARE times `took` when that is longer.
@@ -327,10 +327,10 @@ mod tests {
     fn a_slow_rebuild_waits_in_proportion_so_it_never_takes_the_loop_over() {
         use std::time::Duration;
         let slow = Duration::from_millis(300);
-        // 300 ms a rebuild: not again before 20 x 300 ms = 6 s.
+        // 300 ms a rebuild: not again before 50 x 300 ms = 15 s.
         assert!(!refresh_due(Some(Duration::from_secs(2)), slow));
-        assert!(!refresh_due(Some(Duration::from_millis(5_999)), slow));
-        assert!(refresh_due(Some(Duration::from_secs(6)), slow));
+        assert!(!refresh_due(Some(Duration::from_millis(14_999)), slow));
+        assert!(refresh_due(Some(Duration::from_secs(15)), slow));
     }
 
     use super::*;

@@ -130,6 +130,10 @@ pub trait Executor {
     /// journalled start if any: either nothing of an earlier run may still write the folder
     /// (`Gone`), or the executor follows that run to its end (`Reattached`).
     fn reclaim(&mut self, trial: usize, handle: Option<Handle>, dir: &Path) -> Reclaimed;
+    /// Makes the folder `dir` of a trial due to start soon, and the files its start and end will
+    /// create, empty, while other trials run (a program trial's when `program`); nothing where
+    /// trials' folders are made elsewhere.
+    fn make_ahead(&self, _dir: &Path, _program: bool) {}
 }
 
 /// Trials as child processes of this one: `sweep train DIR` for a built-in trial, the program
@@ -221,6 +225,28 @@ impl Executor for LocalExecutor {
                 }
             }
         }
+    }
+
+    /// Creating a file is the slow part of a no-op trial's files on some file systems (ext4
+    /// without a journal looks through recently freed inodes first: a millisecond a file here),
+    /// and a program trial's start and end create nine; made ahead, the start and the end only
+    /// fill them (`util::fs::write_replacing` writes an empty file in place). Best effort: a
+    /// file not made here is created when written, as always.
+    fn make_ahead(&self, dir: &Path, program: bool) {
+        use crate::program_trial::{STDERR_LOG, STDOUT_LOG};
+        use crate::protocol::program::{PARAMS_JSON, WANDB_CONFIG_YAML};
+        use crate::protocol::trial::{TrialConfig, TrialResult, METRICS_FILE};
+        use crate::util::fs::make_ahead;
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        let filled = [TrialConfig::FILE, LOG_FILE, METRICS_FILE];
+        let programs = [PARAMS_JSON, WANDB_CONFIG_YAML, STDOUT_LOG, STDERR_LOG];
+        let programs = if program { &programs[..] } else { &[] };
+        for name in filled.iter().chain(programs) {
+            let _ = make_ahead(&dir.join(name), false);
+        }
+        let _ = make_ahead(&dir.join(TrialResult::FILE), true);
     }
 
     fn reclaim(&mut self, _trial: usize, handle: Option<Handle>, dir: &Path) -> Reclaimed {

@@ -241,6 +241,8 @@ struct Loop<'a> {
     /// No new trial starts once a trial reaches metric.target.
     target_reached: bool,
     tally: Tally,
+    /// The trial whose folder was last made ahead (`make_next_ahead`).
+    made_ahead: Option<usize>,
 }
 
 impl<'a> Loop<'a> {
@@ -271,6 +273,7 @@ impl<'a> Loop<'a> {
             tpe: plan.bayes.as_ref().map(|b| Tpe::new(b.seed, b.run_cap)),
             stopping: false,
             tally: Tally::default(),
+            made_ahead: None,
         }
     }
 
@@ -281,6 +284,7 @@ impl<'a> Loop<'a> {
         loop {
             self.propose()?;
             self.launch()?;
+            self.make_next_ahead();
             if self.scheduler.is_idle() {
                 return Ok(false);
             }
@@ -475,6 +479,18 @@ impl<'a> Loop<'a> {
             self.respond(event)?;
         }
         Ok(())
+    }
+
+    /// Has the executor make the folder of the trial due to start next while the running ones
+    /// run (`Executor::make_ahead`), once per trial.
+    fn make_next_ahead(&mut self) {
+        let Some(id) = self.scheduler.head() else {
+            return;
+        };
+        if self.made_ahead.replace(id) != Some(id) {
+            let dir = trial_dir(&self.record.dir, id);
+            self.executor.make_ahead(&dir, self.plan.program.is_some());
+        }
     }
 
     /// `method: bayes`: proposes the trials due now (`decide::proposals_due`), each learning

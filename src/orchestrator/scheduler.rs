@@ -118,6 +118,11 @@ impl Scheduler {
         self.queue.drain(..).map(|(id, _)| id).collect()
     }
 
+    /// The trial at the head of the queue: the one most likely to start next.
+    pub fn head(&self) -> Option<usize> {
+        self.queue.front().map(|&(id, _)| id)
+    }
+
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.running == 0
     }

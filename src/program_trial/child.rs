@@ -6,7 +6,9 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
+pub use super::spawn::Program;
+use super::spawn::{self, Setup};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// How the program is started beyond its command and environment.
@@ -18,70 +20,27 @@ pub struct Options {
     pub memory_limit: Option<u64>,
 }
 
-/// Starts `argv` in `cwd` with `env` added to the inherited environment.
+/// Starts `argv` in `cwd` with `env` added to the inherited environment, tied to the calling
+/// thread (PR_SET_PDEATHSIG=SIGKILL: it never outlives its supervisor).
 pub fn spawn(
     argv: &[String],
     cwd: &Path,
     env: &[(&str, OsString)],
     options: Options,
-) -> std::io::Result<Child> {
-    let Some((program, args)) = argv.split_first() else {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the command is empty",
-        ));
-    };
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Python writes its reports at once, not when a block buffer fills.
-        .env("PYTHONUNBUFFERED", "1");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    if options.own_group {
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    }
+) -> std::io::Result<Program> {
+    // Python writes its reports at once, not when a block buffer fills.
+    let mut added = vec![("PYTHONUNBUFFERED", OsString::from("1"))];
+    added.extend(env.iter().cloned());
     if options.memory_limit.is_some() {
         // Few malloc arenas, so the limit measures the trial's data rather than reserved arenas.
-        command.env("MALLOC_ARENA_MAX", "2");
+        added.push(("MALLOC_ARENA_MAX", OsString::from("2")));
     }
-    let limit = options.memory_limit.map(|bytes| libc::rlimit {
-        rlim_cur: bytes as libc::rlim_t,
-        rlim_max: bytes as libc::rlim_t,
-    });
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl and getppid are async-signal-safe and touch only the child being started.
-    unsafe {
-        let parent = libc::getpid();
-        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The supervisor may have died between fork and prctl.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            if let Some(limit) = &limit {
-                if libc::setrlimit(libc::RLIMIT_DATA, limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
+    let setup = Setup {
+        own_group: options.own_group,
+        die_with_caller: true,
+        memory_limit: options.memory_limit,
+    };
+    spawn::spawn(argv, cwd, &spawn::environment(&added), setup)
 }
 
 /// Sends `signal` to every process of group `group`; false when none is left.

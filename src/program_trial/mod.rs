@@ -22,6 +22,7 @@
 pub mod child;
 pub mod curve;
 pub mod end;
+mod spawn;
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -175,7 +176,7 @@ impl Prepared {
         &self,
         group: Group,
         memory_limit: Option<u64>,
-    ) -> std::io::Result<std::process::Child> {
+    ) -> std::io::Result<child::Program> {
         child::spawn(
             &self.run.argv,
             &self.run.cwd,
@@ -215,7 +216,7 @@ pub fn command(dir: &Path) -> Result<TrialEnd, ProgramTrialError> {
 /// or pruned, what it left killed, result.json and the `End` event written.
 pub fn supervise_to_end(
     prepared: Prepared,
-    started: std::io::Result<std::process::Child>,
+    started: std::io::Result<child::Program>,
     group: Group,
     host: Arc<dyn Host>,
 ) -> Result<TrialEnd, ProgramTrialError> {
@@ -287,7 +288,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// [`GRACE`]. Its exit wakes the loop at once (a no-op trial is not kept waiting for the next
 /// look); stop requests, the prune file and the deadline are looked at every [`POLL`].
 fn supervise(
-    program: &mut std::process::Child,
+    program: &mut child::Program,
     group: Group,
     dir: &Path,
     shared: &Shared,
@@ -359,7 +360,7 @@ fn supervise(
 }
 
 /// Its exit when it has exited (reaped now), else None.
-fn reap(program: &mut std::process::Child) -> Option<ProcessExit> {
+fn reap(program: &mut child::Program) -> Option<ProcessExit> {
     match program.try_wait() {
         Ok(Some(status)) => Some(ProcessExit::of(&Ok(status))),
         Ok(None) => None,
@@ -370,7 +371,7 @@ fn reap(program: &mut std::process::Child) -> Option<ProcessExit> {
 /// Threads reading the program's stdout (reports: events, metrics.jsonl, stdout.log) and
 /// stderr (stderr.log, its tail, out-of-memory messages).
 fn read_streams(
-    program: &mut std::process::Child,
+    program: &mut child::Program,
     shared: &Arc<Shared>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, ProgramTrialError> {
     let open = |name: &str| -> Result<File, ProgramTrialError> {
@@ -422,7 +423,7 @@ fn read_stdout(out: impl Read, mut log: File, mut metrics: File, shared: &Shared
                     let Ok(text) = serde_json::to_string(&event) else {
                         continue;
                     };
-                    let _ = writeln!(metrics, "{text}").and_then(|()| metrics.sync_data());
+                    let _ = writeln!(metrics, "{text}");
                     if !shared.host.report(&event) {
                         shared.orchestrator_gone.store(true, Ordering::SeqCst);
                     }

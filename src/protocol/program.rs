@@ -239,6 +239,18 @@ pub fn is_executable_file(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// `name` as a process would run it: a path when it has a `/`, else the first executable file
+/// of that name in the directories of `path_var` (a `PATH` value), as `execvp` looks.
+pub fn find_on_path(name: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = Path::new(name);
+        return is_executable_file(p).then(|| p.to_path_buf());
+    }
+    std::env::split_paths(path_var?)
+        .map(|d| d.join(name))
+        .find(|p| is_executable_file(p))
+}
+
 /// `${interpreter}` on this machine: `python` if on PATH, else `python3` if that is.
 pub fn interpreter() -> &'static str {
     crate::spec::program::resolve_interpreter(

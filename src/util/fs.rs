@@ -14,15 +14,44 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// waiting for the disk: for files derived from a synced one and written again before every
 /// use (a program trial's parameter files, from its config.json), where a power loss can cost
 /// nothing the next start does not rewrite, and a millisecond a file is worth keeping.
+///
+/// An empty file at `path` (one [`make_ahead`] made) has no old version to keep: it is written
+/// in place, so the write creates no file. Likewise the temporary file, when `make_ahead` made
+/// it: creating a file is the slow part of a small write on some file systems.
 pub fn write_replacing(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        return std::fs::write(path, bytes);
+    }
     replace_file(path, bytes, false)
 }
 
-fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
-    let tmp = path.with_extension(format!(
+/// Creates, empty, what a later write of `path` will fill, so that the write creates no file:
+/// `path` itself when `replaced` is false (a file nothing reads before it is written, or one
+/// only appended to), else the temporary file [`write_replacing`] puts in its place (a file
+/// whose existence means something, as a trial's result.json). What exists is left as it is.
+pub fn make_ahead(path: &Path, replaced: bool) -> io::Result<()> {
+    let path = if replaced {
+        tmp_path(path)
+    } else {
+        path.to_path_buf()
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+}
+
+/// Where [`replace_file`] writes before the rename: `result.json` -> `result.json.tmp`.
+fn tmp_path(path: &Path) -> PathBuf {
+    path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    ))
+}
+
+fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    let tmp = tmp_path(path);
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
@@ -105,6 +134,36 @@ mod tests {
         assert!(!root.path().join("best.old").exists());
         assert_eq!(completed_dir(&dir, "done"), Some(dir.clone()));
         assert_eq!(completed_dir(&root.path().join("none"), "done"), None);
+    }
+
+    #[test]
+    fn files_made_ahead_are_filled_without_creating_a_file() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        // Written in place: the same file, now full.
+        let params = root.path().join("params.json");
+        make_ahead(&params, false).unwrap();
+        let made = inode(&params);
+        write_replacing(&params, b"{}").unwrap();
+        assert_eq!(
+            (inode(&params), std::fs::read(&params).unwrap()),
+            (made, b"{}".to_vec())
+        );
+        // Written again: replaced, as before (the old version is not empty).
+        write_replacing(&params, b"{\"x\": 1}").unwrap();
+        assert_ne!(inode(&params), made);
+        // A file whose existence means something: only its temporary file is made ahead.
+        let result = root.path().join("result.json");
+        make_ahead(&result, true).unwrap();
+        assert!(!result.exists());
+        let made = inode(&root.path().join("result.json.tmp"));
+        write_replacing(&result, b"{\"end\": 1}").unwrap();
+        assert_eq!(inode(&result), made);
+        assert!(!root.path().join("result.json.tmp").exists());
+        // What exists is left as it is.
+        make_ahead(&params, false).unwrap();
+        assert_eq!(std::fs::read(&params).unwrap(), b"{\"x\": 1}");
     }
 
     #[test]
