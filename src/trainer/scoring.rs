@@ -13,11 +13,13 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::text::encode::{supervised, Seq};
+use crate::text::encode::{fit, supervised, Fit, Seq};
 use crate::trainer::batch::{
     make_batch, nll_after_prefix, prefix_past, shared_prefix_len, token_nll,
 };
 use crate::trainer::model::{additive_mask, CausalLm, KvCache};
+use crate::trainer::ops::cpu::runs_fused;
+use crate::trainer::ops::Kernels;
 
 use crate::spec::memory::eval_tokens_per_pass;
 /// Most sequences scored per forward pass during evaluation. Callers pass the trial's
@@ -108,8 +110,9 @@ pub fn candidate_scores(
 /// What `candidate_scores` and `candidate_top_k` share: with weights detached, prompts that fit
 /// whole with the longest candidate go to `whole` (shared work, given the token `budget` of a
 /// forward pass and the vocabulary rows allowed at once), the others, cut differently for each
-/// candidate length, are scored one sequence per candidate (`candidate_scores_plain`) and turned
-/// into the result by `from_plain`. Results in the order of `prompts`.
+/// candidate length, are scored in full (`cut_scores`; an empty prompt one sequence per
+/// candidate, `candidate_scores_plain`) and turned into the result by `from_plain`. Results in
+/// the order of `prompts`.
 fn by_prompt_fit<T: Clone + Default>(
     model: &CausalLm,
     prompts: &[Vec<u32>],
@@ -126,23 +129,38 @@ fn by_prompt_fit<T: Clone + Default>(
     // padded to its pass's longest prompt (padding was a quarter of the tokens in dev order).
     whole.sort_by_key(|i| prompts[*i].len());
     let mut out = vec![T::default(); prompts.len()];
+    let batch = eval_batch.clamp(1, MAX_EVAL_BATCH);
+    // Tokens per forward pass: a multiple of a training micro-batch's (a forward pass keeps
+    // far less per token than a training step, `spec::memory::eval_tokens_per_pass`), and
+    // vocabulary-sized rows at once: a micro-batch's answers.
+    let budget = eval_tokens_per_pass(batch, max_len);
+    let vocab_rows = batch * longest.max(1);
     if !cut.is_empty() {
+        // An empty prompt has no last token to score the first answer token after: plain.
+        let (empty, cut): (Vec<usize>, Vec<usize>) =
+            cut.into_iter().partition(|i| prompts[*i].is_empty());
         let subset: Vec<Vec<u32>> = cut.iter().map(|i| prompts[*i].clone()).collect();
+        let shared = cut_scores(
+            model,
+            &subset,
+            candidates,
+            (has_bos, max_len),
+            budget,
+            vocab_rows,
+        )?;
+        for (i, s) in cut.iter().zip(shared) {
+            out[*i] = from_plain(*i, s);
+        }
+        let subset: Vec<Vec<u32>> = empty.iter().map(|i| prompts[*i].clone()).collect();
         let plain = candidate_scores_plain(
             model, &subset, candidates, has_bos, max_len, pad, eval_batch,
         )?;
-        for (i, s) in cut.iter().zip(plain) {
+        for (i, s) in empty.iter().zip(plain) {
             out[*i] = from_plain(*i, s);
         }
     }
     if !whole.is_empty() && !candidates.answers.is_empty() {
         let subset: Vec<&[u32]> = whole.iter().map(|i| prompts[*i].as_slice()).collect();
-        let batch = eval_batch.clamp(1, MAX_EVAL_BATCH);
-        // Tokens per forward pass: a multiple of a training micro-batch's (a forward pass keeps
-        // far less per token than a training step, `spec::memory::eval_tokens_per_pass`), and
-        // vocabulary-sized rows at once: a micro-batch's answers.
-        let budget = eval_tokens_per_pass(batch, max_len);
-        let vocab_rows = batch * longest.max(1);
         for (i, s) in whole
             .iter()
             .zip(whole_scored(model, &whole, &subset, budget, vocab_rows)?)
@@ -151,6 +169,71 @@ fn by_prompt_fit<T: Clone + Default>(
         }
     }
     Ok(out)
+}
+
+/// The candidates of a prompt of `prompt` tokens grouped by how many prompt tokens each one's
+/// sequence cuts (`text::encode::fit`: 0 for those that fit whole), fewest first, as (tokens
+/// cut, answer indices in order); answers that can never fit are in no group (they score -inf).
+pub fn answers_by_cut(
+    prompt: usize,
+    answer_lens: &[usize],
+    has_bos: bool,
+    max_len: usize,
+) -> Vec<(usize, Vec<usize>)> {
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (a, len) in answer_lens.iter().enumerate() {
+        match fit(prompt, *len, has_bos, max_len) {
+            Fit::Whole => groups.entry(0).or_default().push(a),
+            Fit::PromptCut(cut) => groups.entry(cut).or_default().push(a),
+            Fit::AnswerTooLong => {}
+        }
+    }
+    groups.into_iter().collect()
+}
+
+/// `candidate_scores` of non-empty prompts that do not fit whole with the longest candidate:
+/// each prompt as each candidate's sequence cuts it (`answers_by_cut`), and the candidates that
+/// share a cut prompt scored after it as a trie (`shared_scores`), many prompts per pass where
+/// they share a set of candidates. Equal to `candidate_scores_plain` up to rounding.
+///
+/// Why: scored one sequence per candidate, the one dev prompt of 32 that the longest label
+/// pushed past max_seq_len cost a third of the 135M shape's evaluation (10 full sequences).
+fn cut_scores(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    candidates: &Candidates,
+    (has_bos, max_len): (bool, usize),
+    budget: usize,
+    vocab_rows: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let lens: Vec<usize> = candidates.answers.iter().map(Vec::len).collect();
+    let mut scores = vec![vec![f64::NEG_INFINITY; lens.len()]; prompts.len()];
+    // Per set of candidates: the prompts (index, as cut) that score them.
+    let mut by_subset: std::collections::BTreeMap<Vec<usize>, Vec<(usize, Vec<u32>)>> =
+        Default::default();
+    for (i, p) in prompts.iter().enumerate() {
+        for (_, subset) in answers_by_cut(p.len(), &lens, has_bos, max_len) {
+            let seq = supervised(p, &candidates.answers[subset[0]], has_bos, max_len, 0);
+            let Ok(seq) = seq else { continue };
+            let cut_prompt = seq.ids[..seq.loss_from].to_vec();
+            by_subset.entry(subset).or_default().push((i, cut_prompt));
+        }
+    }
+    for (subset, mut items) in by_subset {
+        items.sort_by_key(|(_, p)| p.len());
+        let answers: Vec<Vec<u32>> = subset
+            .iter()
+            .map(|a| candidates.answers[*a].clone())
+            .collect();
+        let refs: Vec<&[u32]> = items.iter().map(|(_, p)| p.as_slice()).collect();
+        let scored = shared_scores(model, &refs, &answers, budget, vocab_rows)?;
+        for ((i, _), s) in items.iter().zip(scored) {
+            for (a, v) in subset.iter().zip(s) {
+                scores[*i][*a] = v;
+            }
+        }
+    }
+    Ok(scores)
 }
 
 /// The candidate answers as a token trie: one node per distinct answer prefix.
@@ -371,8 +454,8 @@ const PASS_OVERHEAD_TOKENS: usize = 32;
 const SEARCH_PASSES: usize = 5;
 
 /// The log-probabilities of `wanted[c]`'s tokens after the hidden state at flat row
-/// `contexts[c]`, for every context c; in slices of `vocab_rows` contexts, so that at most that
-/// many vocabulary-sized rows exist at once (the composed kernels' case; fused ones keep a block).
+/// `contexts[c]`, for every context c; where whole vocabulary-sized rows exist (composed
+/// kernels) in slices of `vocab_rows` contexts, so that at most that many exist at once.
 fn log_probs_at(
     model: &CausalLm,
     flat: &Tensor,
@@ -381,7 +464,8 @@ fn log_probs_at(
     vocab_rows: usize,
 ) -> Result<Vec<Vec<f64>>> {
     let device = model.device();
-    let step = vocab_rows.max(1);
+    let fused = model.kernels() == Kernels::Fused && runs_fused(flat);
+    let step = rows_per_call(fused, contexts.len(), vocab_rows);
     let mut out = Vec::with_capacity(contexts.len());
     for first in (0..contexts.len()).step_by(step) {
         let last = (first + step).min(contexts.len());
@@ -389,6 +473,17 @@ fn log_probs_at(
         out.extend(model.chosen_log_probs(&flat.index_select(&rows, 0)?, &wanted[first..last])?);
     }
     Ok(out)
+}
+
+/// Context rows per `chosen_log_probs` call: with the fused kernel, all of them (it computes
+/// the logits a block at a time, so its memory does not grow with the rows, and each call reads
+/// the whole head: at micro-batch 1 the 135M shape's evaluation read its 113 MB head once per
+/// 9 rows); otherwise at most `vocab_rows`, each row's whole logits existing at once.
+fn rows_per_call(fused: bool, contexts: usize, vocab_rows: usize) -> usize {
+    match fused {
+        true => contexts.max(1),
+        false => vocab_rows.max(1),
+    }
 }
 
 /// The prefix all `prompts` share (leaving each at least its last token), its length and its
@@ -1210,6 +1305,66 @@ mod tests {
         );
         assert_eq!(prompt_groups(&refs, 2, 4, 1000, 1), vec![0..4]);
         assert!(prompt_groups(&[], 0, 4, 10, 1).is_empty());
+    }
+
+    #[test]
+    fn a_cut_prompt_groups_its_candidates_by_how_much_of_it_their_sequence_cuts() {
+        // A prompt of 10 tokens, max_len 13: answers of 1-3 tokens fit whole, 4 cuts 1, 5 cuts
+        // 2; 12 leaves no prompt token after bos and can never fit.
+        let lens = [3, 4, 1, 5, 12, 4, 2];
+        assert_eq!(
+            answers_by_cut(10, &lens, true, 13),
+            vec![(0, vec![0, 2, 6]), (1, vec![1, 5]), (2, vec![3])]
+        );
+        // Without bos the first prompt token may go too: 12 cuts 9 of 10.
+        assert_eq!(answers_by_cut(10, &[12], false, 13), vec![(9, vec![0])]);
+        assert!(answers_by_cut(10, &[], true, 13).is_empty());
+    }
+
+    #[test]
+    fn the_fused_head_takes_every_context_row_in_one_call_and_whole_logits_a_bounded_number() {
+        assert_eq!(rows_per_call(true, 500, 9), 500);
+        assert_eq!(rows_per_call(false, 500, 9), 9);
+        assert_eq!(rows_per_call(true, 0, 9), 1);
+        assert_eq!(rows_per_call(false, 500, 0), 1);
+    }
+
+    #[test]
+    fn cut_prompts_score_as_every_candidate_alone_and_never_fitting_ones_score_minus_infinity() {
+        let model = tiny_model();
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![1, 4, 5, 6, 7, 8, 9],
+            vec![1, 4, 5, 6, 11],
+            vec![1, 4, 5, 6, 12, 13, 14, 15],
+        ];
+        let answers: Vec<Vec<u32>> = vec![
+            vec![20, 2],
+            vec![20, 21, 22, 2],
+            vec![23, 2],
+            vec![24, 25, 26, 27, 28, 29, 2],
+            vec![20, 21, 30, 2],
+        ];
+        let candidates = Candidates {
+            labels: (0..answers.len()).map(|i| format!("l{i}")).collect(),
+            answers,
+        };
+        for (has_bos, max_len) in [(true, 9), (false, 8), (true, 12)] {
+            let plain =
+                candidate_scores_plain(&model, &prompts, &candidates, has_bos, max_len, 0, 2)
+                    .expect("plain");
+            let shared = candidate_scores(&model, &prompts, &candidates, has_bos, max_len, 0, 2)
+                .expect("shared");
+            for (p, s) in plain.iter().flatten().zip(shared.iter().flatten()) {
+                match p.is_finite() {
+                    true => assert!((p - s).abs() < 1e-4, "{p} vs {s}, max_len {max_len}"),
+                    false => assert_eq!(p, s),
+                }
+            }
+        }
+        // At 8 tokens with bos, the 7-token answer leaves no prompt token: never fits.
+        let s = candidate_scores(&model, &prompts, &candidates, true, 8, 0, 2).expect("shared");
+        assert!(s.iter().all(|row| row[3] == f64::NEG_INFINITY));
+        assert!(s.iter().all(|row| row[0].is_finite()));
     }
 
     #[test]
