@@ -5,6 +5,7 @@
 //! has ended, whatever it left in the group killed.
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 pub use super::spawn::Program;
@@ -81,26 +82,27 @@ fn no_child_left() -> bool {
     }
 }
 
-/// Blocks until process `pid` (a child) has exited, without reaping it: its id stays taken
-/// until the caller's `try_wait`, so no signal can reach a stranger that reused it. Returns at
-/// once when `pid` is not a child.
-pub fn wait_for_exit(pid: u32) {
-    #[cfg(unix)]
-    loop {
-        // SAFETY: waitid writes only `info`, a plain C struct it is given.
-        let done = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if done == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return;
-        }
-    }
+/// A descriptor that becomes readable when process `pid` exits (Linux's pidfd, 5.3 and later),
+/// without reaping it: its id stays taken until the caller's `try_wait`, so no signal can reach
+/// a stranger that reused it. None where the kernel has no pidfd.
+pub fn exit_notifier(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor, which we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative return is a descriptor nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Waits up to `timeout` for the process behind `notifier` to exit; true when it has.
+pub fn exited_within(notifier: &OwnedFd, timeout: std::time::Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: notifier.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: poll reads and writes only the one pollfd it is given.
+    let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+    ready > 0 && fd.revents & libc::POLLIN != 0
 }
 
 /// Kills every other process of this process's group (what the program left behind: a

@@ -29,7 +29,6 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -286,7 +285,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Waits for the program, stopping it when the trial is pruned, a stop is requested of the host
 /// or the orchestrator goes: SIGTERM (the signal received, for a signal), SIGKILL after
 /// [`GRACE`]. Its exit wakes the loop at once (a no-op trial is not kept waiting for the next
-/// look); stop requests, the prune file and the deadline are looked at every [`POLL`].
+/// look: `child::exit_notifier`, a pidfd); stop requests, the prune file and the deadline are
+/// looked at every [`POLL`].
 fn supervise(
     program: &mut child::Program,
     group: Group,
@@ -297,32 +297,27 @@ fn supervise(
     let mut stopped: Option<StopReason> = None;
     let mut deadline: Option<Instant> = None;
     let mut passed_on = 0;
-    let (exited_tx, exited) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        child::wait_for_exit(pid);
-        let _ = exited_tx.send(());
-    });
+    let notifier = child::exit_notifier(pid);
     loop {
-        match exited.recv_timeout(POLL) {
-            Err(RecvTimeoutError::Timeout) => {}
-            // Exited, not yet reaped: its group goes first, while its id is still taken.
-            Ok(()) => {
-                if group == Group::Own {
+        let exited = match &notifier {
+            Some(fd) => child::exited_within(fd, POLL),
+            // No pidfd (a kernel before 5.3): looked at every POLL.
+            None => {
+                std::thread::sleep(POLL);
+                true
+            }
+        };
+        if exited {
+            // Exited, not yet reaped: its group goes first, while its id is still taken. (Without
+            // a pidfd, it is reaped first: a reaped leader's group is killed just after.)
+            if group == Group::Own && notifier.is_some() {
+                child::signal_group(pid, libc::SIGKILL);
+            }
+            if let Some(exit) = reap(program) {
+                if group == Group::Own && notifier.is_none() {
                     child::signal_group(pid, libc::SIGKILL);
                 }
-                if let Some(exit) = reap(program) {
-                    return (exit, stopped);
-                }
-            }
-            // The waiter could not wait (never expected): looked at every POLL instead.
-            Err(RecvTimeoutError::Disconnected) => {
-                if let Some(exit) = reap(program) {
-                    if group == Group::Own {
-                        child::signal_group(pid, libc::SIGKILL);
-                    }
-                    return (exit, stopped);
-                }
-                std::thread::sleep(POLL);
+                return (exit, stopped);
             }
         }
         let (count, last) = shared.host.stop_requests();
