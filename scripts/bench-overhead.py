@@ -17,7 +17,7 @@ so the comparison is of the machinery around the process, not of Python's start-
 Optuna's samplers are RandomSampler (seeded): TPE over 1000 trials would measure the sampler,
 not the overhead. Prints trials per second for each runner; --json FILE writes them too.
 
-Usage: scripts/bench-overhead.sh [--sweep target/release/sweep] [--trials 1000] [--parallel 1]
+Usage: scripts/bench-overhead.sh [--sweep target/release/sweep] [--trials 1000] [--parallel 1] [--rounds R]
        (the .sh makes a venv with Optuna in ~/.cache/sweep/bench-venv and runs this file)
 """
 
@@ -129,6 +129,9 @@ def main():
     p.add_argument("--sweep", help="the sweep binary to time (omit to skip)")
     p.add_argument("--no-sqlite", action="store_true", help="skip Optuna with SQLite storage")
     p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="more than 1: the floor, Optuna's subprocess loop and sweep interleaved this many "
+                        "times (the machine's noise moves each by 10 %% between runs), then their medians")
     args = p.parse_args()
     try:
         import optuna
@@ -151,6 +154,8 @@ def main():
         print(f"{name:<44} {shown} s {rate} trials/s" + (f"   ({note})" if note else ""), flush=True)
 
     print(f"{'runner':<44} {'time':>11} {'rate':>19}")
+    if args.rounds > 1:
+        return interleaved(args, work, noop)
     add("bare subprocess loop (the floor)", timed(lambda: bare_loop(noop, n, k)))
     add("optuna in-process", timed(lambda: optuna_in_process(n, k)))
     add("optuna subprocess, in-memory storage", timed(lambda: optuna_subprocess(noop, n, k)))
@@ -165,6 +170,36 @@ def main():
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=2)
+    print(f"files in {work}")
+
+
+def interleaved(args, work, noop):
+    """The floor, Optuna's in-memory subprocess loop and sweep, one after the other, `rounds` times."""
+    import statistics
+
+    n, k = args.trials, args.parallel
+    rates = {}
+    for r in range(args.rounds):
+        runs = [("floor", lambda: timed(lambda: bare_loop(noop, n, k))),
+                ("optuna subprocess", lambda: timed(lambda: optuna_subprocess(noop, n, k)))]
+        if args.sweep:
+            def sweep_once(r=r):
+                folder = os.path.join(work, f"round{r}")
+                os.makedirs(folder)
+                seconds, why = sweep_run(os.path.abspath(args.sweep), folder, noop, n, k)
+                if why:
+                    sys.exit(why)
+                return seconds
+            runs.append(("sweep run", sweep_once))
+        for name, run in runs:
+            rate = n / run()
+            rates.setdefault(name, []).append(rate)
+            print(f"round {r + 1}: {name:<36} {rate:10.1f} trials/s", flush=True)
+    for name, values in rates.items():
+        print(f"median of {args.rounds}: {name:<30} {statistics.median(values):10.1f} trials/s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rates, f, indent=2)
     print(f"files in {work}")
 
 
