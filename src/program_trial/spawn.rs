@@ -243,6 +243,15 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 fail();
             }
         }
+        // Nothing else of what sweep inherited (a descriptor its own parent left open) reaches
+        // the program, as Python's subprocess closes them for `wandb agent`'s runs. Linux 5.9+;
+        // on older kernels the descriptors stay, as std's `Command` leaves them.
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             fail();
         }
@@ -369,6 +378,23 @@ mod tests {
             words[2],
             ((1u64 << 40) / 1024).to_string(),
             "RLIMIT_DATA in KiB"
+        );
+    }
+
+    #[test]
+    fn no_descriptor_of_ours_reaches_the_program() {
+        // SAFETY: dup returns a new descriptor, without close-on-exec, which we close below.
+        let stray = unsafe { libc::dup(1) };
+        assert!(stray > 2);
+        let (out, _, code) = run(&["sh", "-c", "ls /proc/$$/fd"], &[], Setup::default());
+        // SAFETY: `stray` is ours.
+        unsafe { libc::close(stray) };
+        assert_eq!(code, 0);
+        let fds: Vec<&str> = out.split_whitespace().collect();
+        assert!(fds.contains(&"0") && fds.contains(&"2"), "{fds:?}");
+        assert!(
+            !fds.contains(&stray.to_string().as_str()),
+            "{stray} reached it: {fds:?}"
         );
     }
 
