@@ -624,19 +624,24 @@ mod tests {
         }
     }
 
+    /// A trial of `method` at batch 8 and micro-batch `micro`, as the validation sweeps run.
+    fn batch_8_trial(method: &str, micro: usize) -> TrialParams {
+        let a: BTreeMap<String, serde_json::Value> = [
+            ("method".to_string(), serde_json::json!(method)),
+            ("batch_size".to_string(), serde_json::json!(8)),
+            ("micro_batch".to_string(), serde_json::json!(micro)),
+        ]
+        .into_iter()
+        .collect();
+        TrialParams::from_assignment(&a, 0).expect("valid trial")
+    }
+
     #[test]
     fn the_135m_chat_shape_estimate_holds_its_measured_peaks_within_a_tenth() {
         let mut cfg = crate::spec::shape::preset("llama-135m").expect("preset");
         cfg.vocab_size = 49152;
         for (method, micro, peak) in MEASURED_135M {
-            let a: BTreeMap<String, serde_json::Value> = [
-                ("method".to_string(), serde_json::json!(method)),
-                ("batch_size".to_string(), serde_json::json!(8)),
-                ("micro_batch".to_string(), serde_json::json!(micro)),
-            ]
-            .into_iter()
-            .collect();
-            let p = TrialParams::from_assignment(&a, 0).expect("valid trial");
+            let p = batch_8_trial(method, micro);
             let e = estimate(&chat_135m_workload(&cfg, &p), micro);
             let mb = e.total_mb();
             assert!(
@@ -765,14 +770,7 @@ mod tests {
     fn the_new_families_135m_estimates_hold_their_measured_peaks_within_a_tenth() {
         for (family, method, micro, peak) in MEASURED_135M_FAMILIES {
             let cfg = shape_135m(family);
-            let a: BTreeMap<String, serde_json::Value> = [
-                ("method".to_string(), serde_json::json!(method)),
-                ("batch_size".to_string(), serde_json::json!(8)),
-                ("micro_batch".to_string(), serde_json::json!(micro)),
-            ]
-            .into_iter()
-            .collect();
-            let p = TrialParams::from_assignment(&a, 0).expect("valid trial");
+            let p = batch_8_trial(method, micro);
             let mb = estimate(&chat_135m_workload(&cfg, &p), micro).total_mb();
             assert!(
                 (mb - peak).abs() <= 0.10 * peak,
