@@ -7,10 +7,10 @@
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 pub use super::spawn::Program;
 use super::spawn::{self, Setup};
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// How the program is started beyond its command and environment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
