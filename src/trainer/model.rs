@@ -691,7 +691,21 @@ impl CausalLm {
             .contiguous()?;
         let q = apply_rope(&q, cos, sin, self.kernels)?;
         let k = apply_rope(&k, cos, sin, self.kernels)?;
-        let (k_all, v_all) = if past.is_empty() {
+        let scale = 1.0 / (hd as f64).sqrt();
+        // Scoring (nothing records gradients) after a past of batch 1 that serves every row:
+        // each row reads its one copy instead of a broadcast concatenated per row.
+        let shared = match past.first() {
+            Some((pk, pv)) if pk.dim(0)? == 1 && b > 1 && self.kernels == Kernels::Fused => {
+                let tracked = [&q, &k, pk, pv].iter().any(|x| x.track_op());
+                (!tracked).then_some((pk, pv))
+            }
+            _ => None,
+        };
+        let rest = match shared {
+            Some(_) => &past[1..],
+            None => past,
+        };
+        let (k_all, v_all) = if rest.is_empty() {
             (k.clone(), v.clone())
         } else {
             // A past of batch 1 serves every row: broadcast, whose backward sums the rows'
@@ -704,11 +718,11 @@ impl CausalLm {
                     x.broadcast_as((b, nkv, p, hd))
                 }
             };
-            let mut ks = past
+            let mut ks = rest
                 .iter()
                 .map(|(pk, _)| widen(pk))
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let mut vs = past
+            let mut vs = rest
                 .iter()
                 .map(|(_, pv)| widen(pv))
                 .collect::<candle_core::Result<Vec<_>>>()?;
@@ -716,10 +730,12 @@ impl CausalLm {
             vs.push(v.clone());
             (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?)
         };
-        let scale = 1.0 / (hd as f64).sqrt();
-        let out = match self.kernels {
-            Kernels::Fused => ops::attention::attention(&q, &k_all, &v_all, mask, scale)?,
-            Kernels::Composed => {
+        let out = match (shared, self.kernels) {
+            (Some(prefix), _) => ops::attention::attention_after_shared_prefix(
+                &q, prefix, &k_all, &v_all, mask, scale,
+            )?,
+            (None, Kernels::Fused) => ops::attention::attention(&q, &k_all, &v_all, mask, scale)?,
+            (None, Kernels::Composed) => {
                 ops::attention::composed_attention(&q, &k_all, &v_all, mask, scale)?
             }
         };

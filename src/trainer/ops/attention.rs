@@ -45,6 +45,75 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
         mask_batch_stride,
         scale,
         row_block: ROW_BLOCK,
+        prefix: None,
+        lse: Mutex::new(None),
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// `attention` over the keys and values `[pk; k]` and `[pv; v]` (concatenated along the
+/// sequence), where the prefix `pk`, `pv` (1, nkv, p, hd) is the same for every batch row and `k`,
+/// `v` (b, nkv, s, hd) are each row's own; `mask` covers all p + s columns. Forward only: no
+/// gradient reaches the prefix (label scoring's model is detached).
+///
+/// Why: label scoring runs many rows after one shared prompt (the 150-intent set's 615-token
+/// system prompt); broadcasting the prefix to every row and concatenating copied its keys and
+/// values per row, layer and search round. Here every row reads the one copy, and the scores
+/// and products are those of the concatenated attention (the same softmax over the same row).
+pub fn attention_after_shared_prefix(
+    q: &Tensor,
+    (pk, pv): (&Tensor, &Tensor),
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, nh, t, hd) = q.dims4()?;
+    let (pb, pkv, p, phd) = pk.dims4()?;
+    let (kb, nkv, s, khd) = k.dims4()?;
+    if pb != 1
+        || pv.dims() != pk.dims()
+        || (pkv, phd) != (nkv, hd)
+        || kb != b
+        || khd != hd
+        || v.dims() != k.dims()
+        || nkv == 0
+        || nh % nkv != 0
+    {
+        bail!(
+            "attention after a shared prefix: q {:?}, prefix {:?} / {:?}, k {:?}, v {:?}",
+            q.dims(),
+            pk.dims(),
+            pv.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if !runs_fused(q) {
+        let widen = |x: &Tensor, own: &Tensor| -> Result<Tensor> {
+            Tensor::cat(&[&x.broadcast_as((b, nkv, p, hd))?, own], 2)
+        };
+        return composed_attention(q, &widen(pk, k)?, &widen(pv, v)?, mask, scale);
+    }
+    let cols = p + s;
+    let mask_batch_stride = match mask.dims() {
+        [mt, ms] if (*mt, *ms) == (t, cols) => 0,
+        [1, 1, mt, ms] if (*mt, *ms) == (t, cols) => 0,
+        [mb, 1, mt, ms] if (*mb, *mt, *ms) == (b, t, cols) => t * cols,
+        other => {
+            bail!("attention after a shared prefix: mask {other:?} for {t} queries and {cols} keys")
+        }
+    };
+    let op = FusedAttention {
+        mask: mask.to_dtype(q.dtype())?.contiguous()?,
+        mask_batch_stride,
+        scale,
+        row_block: ROW_BLOCK,
+        prefix: Some((
+            pk.to_dtype(q.dtype())?.contiguous()?,
+            pv.to_dtype(q.dtype())?.contiguous()?,
+        )),
         lse: Mutex::new(None),
     };
     q.contiguous()?
@@ -84,6 +153,9 @@ struct FusedAttention {
     mask_batch_stride: usize,
     scale: f64,
     row_block: usize,
+    /// Keys and values (1, nkv, p, hd) before `k` and `v` that every batch row shares (contiguous,
+    /// the dtype of q; forward only): the mask's columns are then p + s.
+    prefix: Option<(Tensor, Tensor)>,
     /// Each query row's log-sum-exp of its masked scores (b, nh, t), set by the forward.
     lse: Mutex<Option<CpuStorage>>,
 }
@@ -125,6 +197,20 @@ impl FusedAttention {
         } = d;
         let mask_data = Data::of(&self.mask);
         let mask: &[T] = mask_data.slice("fused attention mask")?;
+        let prefix_data = self
+            .prefix
+            .as_ref()
+            .map(|(pk, pv)| (Data::of(pk), Data::of(pv)));
+        let (pk, pv): (&[T], &[T]) = match &prefix_data {
+            Some((pk, pv)) => (
+                pk.slice("shared prefix keys")?,
+                pv.slice("shared prefix values")?,
+            ),
+            None => (&[], &[]),
+        };
+        // Prefix keys per key/value head, and every query row's columns (prefix, then own).
+        let p = pk.len() / (nkv * hd).max(1);
+        let cols = p + s;
         let scale = T::from_f64(self.scale);
         let mut out = vec![T::zero(); q.len()];
         let mut lse = vec![T::zero(); d.b * nh * t];
@@ -137,24 +223,35 @@ impl FusedAttention {
                 let q = &q[bh * t * hd..(bh + 1) * t * hd];
                 let k = &k[kvh * s * hd..(kvh + 1) * s * hd];
                 let v = &v[kvh * s * hd..(kvh + 1) * s * hd];
-                let mask = &mask[bi * self.mask_batch_stride..][..t * s];
-                let mut probs = vec![T::zero(); self.row_block.min(t) * s];
+                let pkvh = (h / d.n_rep()) * p * hd..(h / d.n_rep() + 1) * p * hd;
+                let (pk, pv) = (&pk[pkvh.clone()], &pv[pkvh]);
+                let mask = &mask[bi * self.mask_batch_stride..][..t * cols];
+                let mut probs = vec![T::zero(); self.row_block.min(t) * cols];
                 for r0 in (0..t).step_by(self.row_block) {
                     let rows = self.row_block.min(t - r0);
-                    let seen = keys_seen(mask, s, r0..r0 + rows);
-                    matmul(
-                        &mut probs,
-                        View::rows(rows, seen, s),
-                        false,
-                        &q[r0 * hd..],
-                        View::rows(rows, hd, hd),
-                        k,
-                        View::rows(seen, hd, hd).t(),
-                        scale,
-                    )?;
+                    let seen = keys_seen(mask, cols, r0..r0 + rows);
+                    // Of the columns seen, those of the shared prefix and those of the row's own.
+                    let (seen_p, seen_own) = (seen.min(p), seen.saturating_sub(p));
+                    let q_rows = &q[r0 * hd..];
+                    let q_view = View::rows(rows, hd, hd);
+                    let scores = [(0, seen_p, pk), (p, seen_own, k)];
+                    for (at, n, keys) in scores {
+                        let dst = View::rows(rows, n, cols);
+                        let keys_view = View::rows(n, hd, hd).t();
+                        matmul(
+                            &mut probs[at..],
+                            dst,
+                            false,
+                            q_rows,
+                            q_view,
+                            keys,
+                            keys_view,
+                            scale,
+                        )?;
+                    }
                     for i in 0..rows {
-                        let row = &mut probs[i * s..i * s + seen];
-                        let m_row = &mask[(r0 + i) * s..];
+                        let row = &mut probs[i * cols..i * cols + seen];
+                        let m_row = &mask[(r0 + i) * cols..];
                         row.iter_mut().zip(m_row).for_each(|(p, m)| *p += *m);
                         let max = cpu::max(row);
                         if max == T::neg_infinity() {
@@ -169,16 +266,20 @@ impl FusedAttention {
                         row.iter_mut().for_each(|p| *p *= inv);
                         lse[r0 + i] = max + sum.ln();
                     }
-                    matmul(
-                        &mut out[r0 * hd..],
-                        View::rows(rows, hd, hd),
-                        false,
-                        &probs,
-                        View::rows(rows, seen, s),
-                        v,
-                        View::rows(seen, hd, hd),
-                        T::one(),
-                    )?;
+                    // The prefix's product (zeros when it has no column seen), then the own one's.
+                    let products = [(0, seen_p, pv, false), (p, seen_own, v, true)];
+                    for (at, n, values, accumulate) in products {
+                        matmul(
+                            &mut out[r0 * hd..],
+                            View::rows(rows, hd, hd),
+                            accumulate,
+                            &probs[at..],
+                            View::rows(rows, n, cols),
+                            values,
+                            View::rows(n, hd, hd),
+                            T::one(),
+                        )?;
+                    }
                 }
                 Ok(())
             })?;
@@ -376,6 +477,9 @@ impl CustomOp3 for FusedAttention {
         out: &Tensor,
         dout: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.prefix.is_some() {
+            bail!("attention after a shared prefix has no backward (it is for scoring)");
+        }
         let d = dims_of(q.layout(), k.layout())?;
         let saved = match self.lse.lock() {
             Ok(saved) => saved,
@@ -487,6 +591,7 @@ mod tests {
             mask_batch_stride: stride,
             scale: 1.0 / (HD as f64).sqrt(),
             row_block,
+            prefix: None,
             lse: Mutex::new(None),
         };
         q.apply_op3(k, v, op).unwrap()
@@ -566,5 +671,84 @@ mod tests {
             .unwrap()
             .iter()
             .all(|x| x.is_finite()));
+    }
+
+    /// The shared-prefix attention equals plain attention over the prefix broadcast to every
+    /// row and concatenated before each row's own keys, within 1e-5 relative (f32): random
+    /// tensors, a prefix of 6 keys, a causal and a per-row tree mask over own keys, rows blocked
+    /// by 2 and whole, a row that sees only part of the prefix and a row that sees nothing.
+    #[test]
+    fn attention_after_a_shared_prefix_equals_plain_attention() {
+        let mut rng = SplitMix64::new(10);
+        let p = 6;
+        let q = random(&mut rng, &[B, NH, T, HD], DType::F32);
+        let pk = random(&mut rng, &[1, NKV, p, HD], DType::F32);
+        let pv = random(&mut rng, &[1, NKV, p, HD], DType::F32);
+        let k = random(&mut rng, &[B, NKV, S, HD], DType::F32);
+        let v = random(&mut rng, &[B, NKV, S, HD], DType::F32);
+        let scale = 1.0 / (HD as f64).sqrt();
+        let cols = p + S;
+        let past = S - T;
+        let dev = Device::Cpu;
+        let plain_mask: Vec<bool> = (0..B)
+            .flat_map(|bi| {
+                (0..T).flat_map(move |i| {
+                    (0..cols).map(move |j| match (bi, i) {
+                        // Nothing seen at all; only the prefix's first 4 columns.
+                        (1, 0) => false,
+                        (0, 1) => j < 4,
+                        _ if j < p => true,
+                        _ => {
+                            let j = j - p;
+                            j < past || j - past == i || (j - past < i && (j + bi + i) % 3 != 0)
+                        }
+                    })
+                })
+            })
+            .collect();
+        let mask =
+            crate::trainer::model::additive_mask(&plain_mask, &[B, 1, T, cols], DType::F32, &dev)
+                .unwrap();
+        let widen = |x: &Tensor, own: &Tensor| {
+            Tensor::cat(&[&x.broadcast_as((B, NKV, p, HD)).unwrap(), own], 2).unwrap()
+        };
+        let (k_all, v_all) = (widen(&pk, &k), widen(&pv, &v));
+        let plain = attention(&q, &k_all, &v_all, &mask, scale).unwrap();
+        let split = attention_after_shared_prefix(&q, (&pk, &pv), &k, &v, &mask, scale).unwrap();
+        let relative = |a: &Tensor, b: &Tensor| {
+            let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
+                .fold(0f32, f32::max)
+        };
+        assert!(relative(&split, &plain) < 1e-5);
+        // Blocks of 2 query rows, the last one partial.
+        let blocked = FusedAttention {
+            mask: mask.clone(),
+            mask_batch_stride: T * cols,
+            scale,
+            row_block: 2,
+            prefix: Some((pk.clone(), pv.clone())),
+            lse: Mutex::new(None),
+        };
+        let blocked = q.apply_op3(&k, &v, blocked).unwrap();
+        assert!(relative(&blocked, &plain) < 1e-5);
+        // The row that sees nothing gives zeros, as plain attention does.
+        let none = split.get(1).unwrap().narrow(1, 0, 1).unwrap();
+        assert_eq!(
+            none.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+        // The composed fallback (what other devices run) agrees too.
+        let composed = composed_attention(&q, &k_all, &v_all, &mask, scale).unwrap();
+        let rows_seen = split.get(0).unwrap();
+        assert!(relative(&rows_seen, &composed.get(0).unwrap()) < 1e-5);
     }
 }
