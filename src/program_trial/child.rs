@@ -9,38 +9,23 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-pub use super::spawn::Program;
-use super::spawn::{self, Setup};
+use super::spawn;
+pub use super::spawn::{Program, Setup};
 
-/// How the program is started beyond its command and environment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Options {
-    /// A process group of its own, led by the program (else the caller's).
-    pub own_group: bool,
-    /// Its data segment at most this many bytes (RLIMIT_DATA: the trial's memory share).
-    pub memory_limit: Option<u64>,
-}
-
-/// Starts `argv` in `cwd` with `env` added to the inherited environment, tied to the calling
-/// thread (PR_SET_PDEATHSIG=SIGKILL: it never outlives its supervisor).
+/// Starts `argv` in `cwd` with `env` added to the inherited environment, as `setup` says.
 pub fn spawn(
     argv: &[String],
     cwd: &Path,
     env: &[(&str, OsString)],
-    options: Options,
+    setup: Setup,
 ) -> std::io::Result<Program> {
     // Python writes its reports at once, not when a block buffer fills.
     let mut added = vec![("PYTHONUNBUFFERED", OsString::from("1"))];
     added.extend(env.iter().cloned());
-    if options.memory_limit.is_some() {
+    if setup.memory_limit.is_some() {
         // Few malloc arenas, so the limit measures the trial's data rather than reserved arenas.
         added.push(("MALLOC_ARENA_MAX", OsString::from("2")));
     }
-    let setup = Setup {
-        own_group: options.own_group,
-        die_with_caller: true,
-        memory_limit: options.memory_limit,
-    };
     spawn::spawn(argv, cwd, &spawn::environment(&added), setup)
 }
 

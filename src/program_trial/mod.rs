@@ -180,8 +180,10 @@ impl Prepared {
             &self.run.argv,
             &self.run.cwd,
             &self.env,
-            child::Options {
+            child::Setup {
                 own_group: group == Group::Own,
+                // It never outlives its supervisor.
+                die_with_caller: true,
                 memory_limit,
             },
         )

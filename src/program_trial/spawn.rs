@@ -55,7 +55,8 @@ impl Program {
     }
 }
 
-/// What the new process does before it becomes the program.
+/// What the new process does before it becomes the program (its memory limit also sets
+/// MALLOC_ARENA_MAX in `child::spawn`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Setup {
     /// A process group of its own, led by the program (else the caller's).
@@ -98,6 +99,8 @@ pub fn spawn(
         return Err(invalid("the command is empty"));
     };
     let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v);
+    // A path with a `/` is the kernel's to resolve, from `cwd` as execve sees it (not from ours,
+    // where `find_on_path` would look).
     let path = if first.contains('/') {
         Path::new(first).to_path_buf()
     } else {
