@@ -17,7 +17,7 @@ so the comparison is of the machinery around the process, not of Python's start-
 Optuna's samplers are RandomSampler (seeded): TPE over 1000 trials would measure the sampler,
 not the overhead. Prints trials per second for each runner; --json FILE writes them too.
 
-Usage: scripts/bench-overhead.sh [--sweep target/release/sweep] [--trials 1000] [--parallel 1] [--rounds R]
+Usage: scripts/bench-overhead.sh [--sweep target/release/sweep [--sweep OTHER_BUILD]] [--trials 1000] [--parallel 1] [--rounds R]
        (the .sh makes a venv with Optuna in ~/.cache/sweep/bench-venv and runs this file)
 """
 
@@ -116,6 +116,11 @@ def sweep_run(sweep, work, noop, trials, parallel):
     return seconds, None
 
 
+def sweep_label(binaries, i):
+    """How a sweep binary is named in the table: 'journal synced', or its path when there are two."""
+    return "journal synced" if len(binaries) == 1 else binaries[i]
+
+
 def timed(f):
     start = time.perf_counter()
     f()
@@ -126,7 +131,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--parallel", type=int, default=1, help="trials at a time (Optuna n_jobs, sweep resources.parallel)")
-    p.add_argument("--sweep", help="the sweep binary to time (omit to skip)")
+    p.add_argument("--sweep", action="append", default=[],
+                   help="the sweep binary to time (omit to skip); give it twice to compare two builds "
+                        "(before and after a change) in the same interleaved rounds")
     p.add_argument("--no-sqlite", action="store_true", help="skip Optuna with SQLite storage")
     p.add_argument("--json", help="also write the numbers to this file")
     p.add_argument("--rounds", type=int, default=1,
@@ -162,10 +169,12 @@ def main():
     if not args.no_sqlite:
         db = "sqlite:///" + os.path.join(work, "optuna.db")
         add("optuna subprocess, sqlite storage", timed(lambda: optuna_subprocess(noop, n, k, db)))
-    if args.sweep:
-        seconds, why = sweep_run(os.path.abspath(args.sweep), work, noop, n, k)
-        add("sweep run (subprocess, journal synced)", seconds, why)
-    else:
+    for i, binary in enumerate(args.sweep):
+        folder = os.path.join(work, f"sweep{i}")
+        os.makedirs(folder)
+        seconds, why = sweep_run(os.path.abspath(binary), folder, noop, n, k)
+        add(f"sweep run ({sweep_label(args.sweep, i)})", seconds, why)
+    if not args.sweep:
         print("sweep run: skipped (no --sweep BINARY given)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -182,15 +191,15 @@ def interleaved(args, work, noop):
     for r in range(args.rounds):
         runs = [("floor", lambda: timed(lambda: bare_loop(noop, n, k))),
                 ("optuna subprocess", lambda: timed(lambda: optuna_subprocess(noop, n, k)))]
-        if args.sweep:
-            def sweep_once(r=r):
-                folder = os.path.join(work, f"round{r}")
+        for i, binary in enumerate(args.sweep):
+            def sweep_once(r=r, i=i, binary=binary):
+                folder = os.path.join(work, f"round{r}-sweep{i}")
                 os.makedirs(folder)
-                seconds, why = sweep_run(os.path.abspath(args.sweep), folder, noop, n, k)
+                seconds, why = sweep_run(os.path.abspath(binary), folder, noop, n, k)
                 if why:
                     sys.exit(why)
                 return seconds
-            runs.append(("sweep run", sweep_once))
+            runs.append((f"sweep run ({sweep_label(args.sweep, i)})", sweep_once))
         for name, run in runs:
             rate = n / run()
             rates.setdefault(name, []).append(rate)

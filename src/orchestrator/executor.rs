@@ -229,11 +229,11 @@ impl Executor for LocalExecutor {
 
     /// Creating a file is the slow part of a no-op trial's files on some file systems (ext4
     /// without a journal looks through recently freed inodes first: a millisecond a file here),
-    /// and a program trial's start and end create nine; made ahead, the start and the end only
+    /// and a program trial's start and end create eight; made ahead, the start and the end only
     /// fill them (`util::fs::write_replacing` writes an empty file in place). Best effort: a
     /// file not made here is created when written, as always.
     fn make_ahead(&self, dir: &Path, program: bool) {
-        use crate::program_trial::{STDERR_LOG, STDOUT_LOG};
+        use crate::program_trial::STDOUT_LOG;
         use crate::protocol::program::{PARAMS_JSON, WANDB_CONFIG_YAML};
         use crate::protocol::trial::{TrialConfig, TrialResult, METRICS_FILE};
         use crate::util::fs::make_ahead;
@@ -241,7 +241,8 @@ impl Executor for LocalExecutor {
             return;
         }
         let filled = [TrialConfig::FILE, LOG_FILE, METRICS_FILE];
-        let programs = [PARAMS_JSON, WANDB_CONFIG_YAML, STDOUT_LOG, STDERR_LOG];
+        // stderr.log is made when the program first writes there (most no-op trials never do).
+        let programs = [PARAMS_JSON, WANDB_CONFIG_YAML, STDOUT_LOG];
         let programs = if program { &programs[..] } else { &[] };
         for name in filled.iter().chain(programs) {
             let _ = make_ahead(&dir.join(name), false);

@@ -77,17 +77,41 @@ pub fn exit_notifier(pid: u32) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Waits up to `timeout` for the process behind `notifier` to exit; true when it has.
-pub fn exited_within(notifier: &OwnedFd, timeout: std::time::Duration) -> bool {
-    let mut fd = libc::pollfd {
-        fd: notifier.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+/// Waits up to `timeout` for any of `fds` to become readable (a pipe with data or at its end,
+/// a pidfd whose process exited); which are, in their order (none when the wait timed out or
+/// was interrupted by a signal).
+pub fn poll_readable(fds: &[RawFd], timeout: std::time::Duration) -> Vec<bool> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: poll reads and writes only the one pollfd it is given.
-    let ready = unsafe { libc::poll(&mut fd, 1, ms) };
-    ready > 0 && fd.revents & libc::POLLIN != 0
+    // SAFETY: poll reads and writes only the `polled.len()` pollfds it is given.
+    let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
+    // A pipe at its end with nothing left reads as POLLHUP alone; an error as POLLERR.
+    let flagged = libc::POLLIN | libc::POLLHUP | libc::POLLERR;
+    polled
+        .iter()
+        .map(|p| ready > 0 && p.revents & flagged != 0)
+        .collect()
+}
+
+/// Makes reads of `file` return WouldBlock instead of waiting (its other end is unaffected:
+/// the flag belongs to this open file description only).
+pub fn set_nonblocking(file: &std::fs::File) -> std::io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl with F_GETFL/F_SETFL reads and sets only this descriptor's status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Kills every other process of this process's group (what the program left behind: a

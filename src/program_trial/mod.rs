@@ -5,7 +5,8 @@
 //!
 //! - the program starts as its argument vector (`child`), with the trial's environment
 //!   (`protocol::program::program_env`: its folder, parameter files, devices), stdin closed;
-//!   its stdout and stderr are kept in the trial folder (`stdout.log`, `stderr.log`);
+//!   its stdout and stderr are kept in the trial folder (`stdout.log`; `stderr.log` once it
+//!   writes there); one thread reads both pipes and waits for its exit in one `poll` (`output`);
 //! - each stdout line is read as a report (`protocol::program::report`); a report holding the
 //!   sweep's metric is an evaluation (`curve`), sent on as the same `Epoch` progress event the
 //!   built-in trainer emits and written to metrics.jsonl; a malformed line is skipped with a
@@ -22,25 +23,23 @@
 pub mod child;
 pub mod curve;
 pub mod end;
+mod output;
 mod spawn;
 
-use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::program::oom::out_of_memory;
-use crate::protocol::program::report::{parse_line_bytes, ProgramLine};
 use crate::protocol::program::{program_env, ProgramTrialEnv};
 use crate::protocol::trial::{
-    ProgramRun, ProgressEvent, TrialConfig, TrialEnd, TrialResult, METRICS_FILE, PRUNE_FILE,
+    ProgramRun, ProgressEvent, TrialConfig, TrialEnd, TrialResult, PRUNE_FILE,
 };
 use crate::util::fs::{write_atomic, write_replacing};
 use curve::Curve;
 use end::{end_of, Outcome, ProcessExit, StopReason};
+use output::{Streams, Watch};
 
 /// How long a program has to exit after SIGTERM before it is killed.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -49,8 +48,11 @@ pub const STDOUT_LOG: &str = "stdout.log";
 pub const STDERR_LOG: &str = "stderr.log";
 /// Lines of stderr kept for a failure's message.
 const TAIL_LINES: usize = 5;
-/// How often the supervisor looks at the program, the prune file and its signals.
+/// How often the supervisor looks at the prune file and its signals (the program's output and
+/// exit wake it at once).
 const POLL: Duration = Duration::from_millis(20);
+/// How long the pipes are read after the program ended, waiting for their end.
+const DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramTrialError {
@@ -121,19 +123,6 @@ pub enum Group {
     /// Its own, led by the program (started from the orchestrator): the group is killed when the
     /// program has exited, before it is reaped (so its id cannot have been reused).
     Own,
-}
-
-/// What the reading threads share with the loop.
-struct Shared {
-    curve: Mutex<Curve>,
-    /// The first out-of-memory message seen.
-    oom: Mutex<Option<String>>,
-    tail: Mutex<VecDeque<String>>,
-    /// The orchestrator's end of stdout closed.
-    orchestrator_gone: AtomicBool,
-    started: Instant,
-    dir: PathBuf,
-    host: Arc<dyn Host>,
 }
 
 /// A program trial read from its folder, ready to start.
@@ -222,36 +211,26 @@ pub fn supervise_to_end(
     host: Arc<dyn Host>,
 ) -> Result<TrialEnd, ProgramTrialError> {
     let Prepared { cfg, run, dir, .. } = prepared;
-    let shared = Arc::new(Shared {
-        curve: Mutex::new(Curve::new(cfg.metric.clone())),
-        oom: Mutex::new(None),
-        tail: Mutex::new(VecDeque::new()),
-        orchestrator_gone: AtomicBool::new(false),
-        started: Instant::now(),
-        dir: dir.clone(),
-        host,
-    });
+    let mut watch = Watch::new(Curve::new(cfg.metric.clone()), host);
     let (exit, stopped) = match started {
         Ok(mut program) => {
-            let readers = read_streams(&mut program, &shared)?;
-            let outcome = supervise(&mut program, group, &dir, &shared);
-            // What it left holding its pipes goes first, or the readers would wait for it.
+            let mut streams = Streams::take(&mut program, &dir)?;
+            let outcome = supervise(&mut program, group, &dir, &mut streams, &mut watch);
+            // What it left holding its pipes goes first, or they would not reach their end.
             if group == Group::Supervisor {
                 child::kill_rest_of_group();
             }
-            for r in readers {
-                let _ = r.join();
-            }
+            drain(&mut streams, &mut watch);
             outcome
         }
         Err(e) => {
             let what = format!("cannot start `{}`: {e}", run.argv.join(" "));
-            lock(&shared.tail).push_back(what);
+            watch.tail.push_back(what);
             (ProcessExit::Code(127), None)
         }
     };
-    let end = end_of(outcome(&cfg, &run, &shared, exit, stopped));
-    write_end(&dir, &end, shared.host.as_ref())?;
+    let end = end_of(outcome(&cfg, &run, &dir, &watch, exit, stopped));
+    write_end(&dir, &end, watch.host.as_ref())?;
     Ok(end)
 }
 
@@ -259,55 +238,66 @@ pub fn supervise_to_end(
 fn outcome(
     cfg: &TrialConfig,
     run: &ProgramRun,
-    shared: &Shared,
+    dir: &Path,
+    watch: &Watch,
     exit: ProcessExit,
     stopped: Option<StopReason>,
 ) -> Outcome {
-    let curve = lock(&shared.curve);
     Outcome {
         exit,
         stopped,
-        out_of_memory: lock(&shared.oom).clone(),
-        stderr_tail: lock(&shared.tail).iter().cloned().collect(),
+        out_of_memory: watch.oom.clone(),
+        stderr_tail: watch.tail.iter().cloned().collect(),
         batch: run.batch,
         metric: cfg.metric.name.column().to_string(),
-        evaluations: curve.evaluations(),
-        result: curve.result(
-            shared.started.elapsed().as_secs_f64(),
-            shared.dir.join("checkpoint"),
+        evaluations: watch.curve.evaluations(),
+        result: watch.curve.result(
+            watch.started.elapsed().as_secs_f64(),
+            dir.join("checkpoint"),
             cfg.devices.len().max(1) as u32,
         ),
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// What is left in the pipes once the program has ended, up to their end; at most [`DRAIN`]
+/// (a process that left the trial's group may hold them open for ever: its later output is lost,
+/// the trial is not kept waiting for it).
+fn drain(streams: &mut Streams, watch: &mut Watch) {
+    let until = Instant::now() + DRAIN;
+    while !streams.ended() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let ready = child::poll_readable(&streams.fds(), left.min(POLL));
+        streams.read_ready(&ready, watch);
+    }
 }
 
-/// Waits for the program, stopping it when the trial is pruned, a stop is requested of the host
-/// or the orchestrator goes: SIGTERM (the signal received, for a signal), SIGKILL after
-/// [`GRACE`]. Its exit wakes the loop at once (a no-op trial is not kept waiting for the next
-/// look: `child::exit_notifier`, a pidfd); stop requests, the prune file and the deadline are
-/// looked at every [`POLL`].
+/// Waits for the program while reading its output, stopping it when the trial is pruned, a
+/// stop is requested of the host or the orchestrator goes: SIGTERM (the signal received, for a
+/// signal), SIGKILL after [`GRACE`]. One `poll` waits on its pipes and on its exit (a pidfd,
+/// `child::exit_notifier`), so a line or the exit wakes the loop at once; stop requests, the
+/// prune file and the deadline are looked at every [`POLL`] at least.
 fn supervise(
     program: &mut child::Program,
     group: Group,
     dir: &Path,
-    shared: &Shared,
+    streams: &mut Streams,
+    watch: &mut Watch,
 ) -> (ProcessExit, Option<StopReason>) {
     let pid = program.id();
-    let mut stopped: Option<StopReason> = None;
-    let mut deadline: Option<Instant> = None;
-    let mut passed_on = 0;
+    let mut stops = Stops::default();
     let notifier = child::exit_notifier(pid);
     loop {
+        let mut fds = streams.fds();
+        fds.extend(notifier.as_ref().map(|fd| fd.as_raw_fd()));
+        let ready = child::poll_readable(&fds, POLL);
+        streams.read_ready(&ready, watch);
         let exited = match &notifier {
-            Some(fd) => child::exited_within(fd, POLL),
-            // No pidfd (a kernel before 5.3): looked at every POLL.
-            None => {
-                std::thread::sleep(POLL);
-                true
-            }
+            Some(_) => ready.last().copied().unwrap_or(false),
+            // No pidfd (a kernel before 5.3): looked at every turn.
+            None => true,
         };
         if exited {
             // Exited, not yet reaped: its group goes first, while its id is still taken. (Without
@@ -319,12 +309,29 @@ fn supervise(
                 if group == Group::Own && notifier.is_none() {
                     child::signal_group(pid, libc::SIGKILL);
                 }
-                return (exit, stopped);
+                return (exit, stops.stopped);
             }
         }
-        let (count, last) = shared.host.stop_requests();
-        let why = if count > passed_on {
-            passed_on = count;
+        stops.look(pid, dir, watch);
+    }
+}
+
+/// Why and when the supervisor stopped the program.
+#[derive(Default)]
+struct Stops {
+    stopped: Option<StopReason>,
+    deadline: Option<Instant>,
+    /// Stop requests of the host passed on so far.
+    passed_on: usize,
+}
+
+impl Stops {
+    /// Passes on a new stop request, stops the program when pruned or orphaned, and kills it
+    /// once its grace is over.
+    fn look(&mut self, pid: u32, dir: &Path, watch: &Watch) {
+        let (count, last) = watch.host.stop_requests();
+        let why = if count > self.passed_on {
+            self.passed_on = count;
             // SIGUSR1 (Slurm's pre-timeout signal) asks the program to stop as SIGTERM does.
             let sig = if last == libc::SIGUSR1 {
                 libc::SIGTERM
@@ -333,9 +340,9 @@ fn supervise(
             };
             child::signal(pid, sig);
             Some(StopReason::Signal(last))
-        } else if stopped.is_none() && dir.join(PRUNE_FILE).exists() {
+        } else if self.stopped.is_none() && dir.join(PRUNE_FILE).exists() {
             Some(StopReason::Pruned)
-        } else if stopped.is_none() && shared.orchestrator_gone.load(Ordering::SeqCst) {
+        } else if self.stopped.is_none() && watch.orchestrator_gone {
             Some(StopReason::OrchestratorGone)
         } else {
             None
@@ -345,12 +352,12 @@ fn supervise(
                 child::signal(pid, libc::SIGTERM);
             }
             // A prune stays a prune when a signal follows; a signal wins over nothing else.
-            if !matches!(stopped, Some(StopReason::Pruned)) {
-                stopped = Some(why);
+            if !matches!(self.stopped, Some(StopReason::Pruned)) {
+                self.stopped = Some(why);
             }
-            deadline.get_or_insert(Instant::now() + GRACE);
+            self.deadline.get_or_insert(Instant::now() + GRACE);
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
             child::signal(pid, libc::SIGKILL);
         }
     }
@@ -362,93 +369,6 @@ fn reap(program: &mut child::Program) -> Option<ProcessExit> {
         Ok(Some(status)) => Some(ProcessExit::of(&Ok(status))),
         Ok(None) => None,
         Err(e) => Some(ProcessExit::Unknown(e.to_string())),
-    }
-}
-
-/// Threads reading the program's stdout (reports: events, metrics.jsonl, stdout.log) and
-/// stderr (stderr.log, its tail, out-of-memory messages).
-fn read_streams(
-    program: &mut child::Program,
-    shared: &Arc<Shared>,
-) -> Result<Vec<std::thread::JoinHandle<()>>, ProgramTrialError> {
-    let open = |name: &str| -> Result<File, ProgramTrialError> {
-        let path = shared.dir.join(name);
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_at(format!("opening {}", path.display())))
-    };
-    let stdout_log = open(STDOUT_LOG)?;
-    let stderr_log = open(STDERR_LOG)?;
-    let metrics = open(METRICS_FILE)?;
-    let mut handles = Vec::new();
-    if let Some(out) = program.stdout.take() {
-        let shared = Arc::clone(shared);
-        handles.push(std::thread::spawn(move || {
-            read_stdout(out, stdout_log, metrics, &shared)
-        }));
-    }
-    if let Some(err) = program.stderr.take() {
-        let shared = Arc::clone(shared);
-        handles.push(std::thread::spawn(move || {
-            read_stderr(err, stderr_log, &shared)
-        }));
-    }
-    Ok(handles)
-}
-
-/// Lines of `input` as bytes (a line that is not UTF-8 is still a line).
-fn lines(input: impl Read) -> impl Iterator<Item = Vec<u8>> {
-    BufReader::new(input).split(b'\n').map_while(Result::ok)
-}
-
-fn read_stdout(out: impl Read, mut log: File, mut metrics: File, shared: &Shared) {
-    for line in lines(out) {
-        let _ = log.write_all(&line).and_then(|()| log.write_all(b"\n"));
-        note_oom(&line, shared);
-        match parse_line_bytes(&line) {
-            ProgramLine::Log => {}
-            ProgramLine::Malformed(warning) => shared
-                .host
-                .log(&format!("warning: program stdout: {warning}")),
-            ProgramLine::Report(report) => {
-                let elapsed = shared.started.elapsed().as_secs_f64();
-                let evaluation = lock(&shared.curve).observe(&report, elapsed);
-                if let Some(m) = evaluation {
-                    let event = ProgressEvent::Epoch(m);
-                    let Ok(text) = serde_json::to_string(&event) else {
-                        continue;
-                    };
-                    let _ = writeln!(metrics, "{text}");
-                    if !shared.host.report(&event) {
-                        shared.orchestrator_gone.store(true, Ordering::SeqCst);
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn read_stderr(err: impl Read, mut log: File, shared: &Shared) {
-    for line in lines(err) {
-        let _ = log.write_all(&line).and_then(|()| log.write_all(b"\n"));
-        note_oom(&line, shared);
-        let text = String::from_utf8_lossy(&line).trim_end().to_string();
-        if !text.trim().is_empty() {
-            let mut tail = lock(&shared.tail);
-            if tail.len() == TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(text);
-        }
-    }
-}
-
-fn note_oom(line: &[u8], shared: &Shared) {
-    let text = String::from_utf8_lossy(line);
-    if out_of_memory(&text).is_some() {
-        lock(&shared.oom).get_or_insert_with(|| text.trim().to_string());
     }
 }
 

@@ -691,3 +691,63 @@ fn wandb_sweep_files_run_unchanged_with_count() {
         }
     }
 }
+
+/// A program that leaves a process of a new session (outside the trial's group, out of reach of
+/// the group kill) holding its stdout open: the trial still ends, with its report, once the
+/// pipes have been read for a bounded while; and a program that writes nothing to stderr
+/// leaves no stderr.log.
+#[test]
+fn a_process_that_escapes_the_group_holding_stdout_does_not_keep_the_trial_waiting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pid_file = tmp.path().join("escaped.pid");
+    let program = tmp.path().join("escape.py");
+    std::fs::write(
+        &program,
+        format!(
+            "import json, subprocess\n\
+             p = subprocess.Popen(['sleep', '600'], start_new_session=True)\n\
+             open({pid:?}, 'w').write(str(p.pid))\n\
+             print(json.dumps({{'accuracy': 0.5}}), flush=True)\n",
+            pid = pid_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let path = tmp.path().join("sweep.yaml");
+    let results = tmp.path().join("results");
+    std::fs::write(
+        &path,
+        format!(
+            "name: escape\nprogram: {}\ncommand: [python3, '${{program}}']\n\
+             metric: {{name: accuracy, goal: maximize}}\nmethod: grid\n\
+             parameters:\n  x: {{value: 1}}\noutput: {}\n",
+            program.display(),
+            results.display()
+        ),
+    )
+    .unwrap();
+    let _explain = ExplainOnFailure(results.clone());
+    let mut run = crate::common::spawn_run(&path, false);
+    let mut status = None;
+    // Only against a hang: the escaped sleep holds the pipe for ten minutes.
+    wait_until(
+        "the sweep to end",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || {
+            status = run.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let row = &csv_rows(&results)[0];
+    assert_eq!(
+        (row["status"].as_str(), row["accuracy"].as_str()),
+        ("finished", "0.5"),
+        "{row:?}"
+    );
+    assert!(!results.join("trials/0001/stderr.log").exists());
+    assert!(results.join("trials/0001/stdout.log").exists());
+}
