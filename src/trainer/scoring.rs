@@ -1778,7 +1778,7 @@ mod tests {
             .collect();
         let (total, tokens) = dev_seqs
             .iter()
-            .map(|s| nll(s))
+            .map(nll)
             .fold((0.0, 0), |(a, n), (b, m)| (a + b, n + m));
         let loss = total / tokens as f64;
         // The adapters matter: the base model's loss is another.
