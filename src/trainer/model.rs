@@ -137,6 +137,23 @@ impl Linear {
         let out = y.dim(1)?;
         y.reshape((b, t, out))
     }
+
+    /// Folds the adapter into the weight (`W + scale * B A`) when both have the same dtype;
+    /// otherwise leaves it as it is. For a detached (evaluation) copy only: the result is a new
+    /// weight tensor that no optimizer sees.
+    fn merge_adapter(&mut self) -> candle_core::Result<()> {
+        let Some(l) = self
+            .lora
+            .as_ref()
+            .filter(|l| l.a.dtype() == self.weight.dtype())
+        else {
+            return Ok(());
+        };
+        let delta = (l.b.matmul(&l.a)? * l.scale)?;
+        self.weight = (&self.weight + delta)?.detach();
+        self.lora = None;
+        Ok(())
+    }
 }
 
 struct RmsNorm {
@@ -614,6 +631,33 @@ impl CausalLm {
             device: self.device.clone(),
             kernels: self.kernels,
         }
+    }
+
+    /// `detached`, with every LoRA adapter merged into its projection: `W + scale * B A`, made
+    /// once here (new tensors; the trained weights and adapters are untouched), where the
+    /// adapter has the base's dtype. An adapter kept in f32 under a half-precision base stays
+    /// separate: merged into bf16 its small product would round away.
+    ///
+    /// Why: what evaluation computes with. Unmerged, every adapted projection of every scored
+    /// token runs two rank-sized products besides the base one; merged, a LoRA model's
+    /// evaluation costs what the same model's sft evaluation does. Equal to `detached` up to
+    /// rounding (the sum is formed in a different order).
+    pub fn for_evaluation(&self) -> candle_core::Result<CausalLm> {
+        let mut model = self.detached();
+        for layer in &mut model.layers {
+            for linear in [
+                &mut layer.q,
+                &mut layer.k,
+                &mut layer.v,
+                &mut layer.o,
+                &mut layer.gate,
+                &mut layer.up,
+                &mut layer.down,
+            ] {
+                linear.merge_adapter()?;
+            }
+        }
+        Ok(model)
     }
 
     /// Vocabulary logits for hidden states of shape (n, hidden): (n, vocab). Computing them only
@@ -1287,6 +1331,61 @@ pub(crate) mod tests {
             assert!(!detached.track_op(), "evaluation records none");
             assert_eq!(max_abs_diff(&tracked, &detached), 0.0);
         }
+    }
+
+    #[test]
+    fn evaluation_merges_trained_adapters_and_computes_the_same() {
+        let dev = Device::Cpu;
+        let cfg = tiny_config(11);
+        let w = CausalLm::random_weights(&cfg, 3, DType::F32, &dev).unwrap();
+        let lora = LoraSettings {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        };
+        let m = CausalLm::new(cfg.clone(), &w, Trainable::Lora(lora.clone()), 1, &dev, "t")
+            .unwrap()
+            .with_kernels(Kernels::Fused);
+        // Trained adapters: B away from its zero init, so that merging changes the weights.
+        let mut rng = SplitMix64::new(9);
+        for (name, var) in m.trainable() {
+            if name.contains("lora_B") {
+                let data: Vec<f32> = (0..var.elem_count())
+                    .map(|_| rng.normal() as f32 * 0.3)
+                    .collect();
+                var.set(&Tensor::from_vec(data, var.dims(), &dev).unwrap())
+                    .unwrap();
+            }
+        }
+        let ids = Tensor::new(&[[1u32, 4, 5, 6], [7, 8, 9, 10]], &dev).unwrap();
+        let separate = m.detached().forward(&ids).unwrap();
+        let merged_model = m.for_evaluation().unwrap();
+        let merged = merged_model.forward(&ids).unwrap();
+        assert!(!merged.track_op(), "evaluation records no graph");
+        let base = CausalLm::new(cfg.clone(), &w, Trainable::All, 1, &dev, "t").unwrap();
+        assert!(
+            max_abs_diff(&base.forward(&ids).unwrap(), &separate) > 1e-3,
+            "the adapters change the output"
+        );
+        assert!(max_abs_diff(&separate, &merged) < 1e-5);
+        assert!(merged_model.layers.iter().all(|l| [
+            &l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down
+        ]
+        .iter()
+        .all(|p| p.lora.is_none())));
+        // The model itself keeps its adapters, and trains on as before.
+        assert!(m.layers.iter().all(|l| l.q.lora.is_some()));
+        assert_eq!(max_abs_diff(&m.forward(&ids).unwrap(), &separate), 0.0);
+        // f32 adapters under a half-precision base stay separate (merged, they would round away).
+        let half =
+            CausalLm::with_compute_dtype(cfg, &w, Trainable::Lora(lora), 1, &dev, "t", DType::F16)
+                .unwrap();
+        assert!(half
+            .for_evaluation()
+            .unwrap()
+            .layers
+            .iter()
+            .all(|l| l.q.lora.is_some() && l.down.lora.is_some()));
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! starts with (the system prompt listing the classes) is computed once per evaluation; each
 //! prompt's own part runs once, and all candidate labels follow it as one token trie, so a token
 //! that begins several labels is computed once. Every score is still the model's exact
-//! log-probability of that label after that prompt. Scoring computes with detached weights:
-//! no backward graph is recorded.
+//! log-probability of that label after that prompt. Scoring computes with detached weights
+//! (`CausalLm::for_evaluation`: no backward graph is recorded, and LoRA adapters are merged into
+//! their projections for the evaluation, so a LoRA model scores at an sft model's cost).
 
 use candle_core::{Result, Tensor};
 
@@ -44,7 +45,7 @@ fn dev_nll_sum(
     pad: u32,
     eval_batch: usize,
 ) -> Result<(f64, usize)> {
-    let model = &model.detached();
+    let model = &model.for_evaluation()?;
     let shared = shared_prefix_len(all);
     let past = match all.first() {
         Some(first) if shared > 0 => Some(prefix_past(model, &first.ids[..shared])?),
@@ -107,7 +108,8 @@ pub fn candidate_scores(
     )
 }
 
-/// What `candidate_scores` and `candidate_top_k` share: with weights detached, prompts that fit
+/// What `candidate_scores` and `candidate_top_k` share: with weights detached (adapters
+/// merged, `CausalLm::for_evaluation`), prompts that fit
 /// whole with the longest candidate go to `whole` (shared work, given the token `budget` of a
 /// forward pass and the vocabulary rows allowed at once), the others, cut differently for each
 /// candidate length, are scored in full (`cut_scores`; an empty prompt one sequence per
@@ -121,7 +123,7 @@ fn by_prompt_fit<T: Clone + Default>(
     from_plain: impl Fn(usize, Vec<f64>) -> T,
     whole_scored: impl FnOnce(&CausalLm, &[usize], &[&[u32]], usize, usize) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
-    let model = &model.detached();
+    let model = &model.for_evaluation()?;
     let longest = candidates.answers.iter().map(Vec::len).max().unwrap_or(0);
     let (mut whole, cut): (Vec<usize>, Vec<usize>) = (0..prompts.len())
         .partition(|i| !prompts[*i].is_empty() && prompts[*i].len() + longest <= max_len);
@@ -1222,7 +1224,7 @@ pub fn candidate_scores_plain(
     pad: u32,
     eval_batch: usize,
 ) -> Result<Vec<Vec<f64>>> {
-    let model = &model.detached();
+    let model = &model.for_evaluation()?;
     let mut seqs = Vec::with_capacity(prompts.len() * candidates.answers.len());
     for p in prompts {
         for a in &candidates.answers {
@@ -1705,5 +1707,127 @@ mod tests {
                 .collect();
             assert_eq!(best, want, "max_len {max_len}, eval_batch {eval_batch}");
         }
+    }
+
+    #[test]
+    fn a_lora_model_evaluates_merged_as_it_computes_unmerged() {
+        let mut config = crate::spec::shape::preset("test").expect("preset");
+        config.vocab_size = 40;
+        let device = candle_core::Device::Cpu;
+        let weights =
+            CausalLm::random_weights(&config, 3, candle_core::DType::F32, &device).expect("w");
+        let lora = crate::trainer::model::LoraSettings {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into(), "v_proj".into(), "up_proj".into()],
+        };
+        let trainable = crate::trainer::model::Trainable::Lora(lora);
+        let model = CausalLm::new(config, &weights, trainable, 3, &device, "test").expect("model");
+        // Trained adapters (B away from zero), so that the merged weights differ.
+        let mut rng = crate::util::rng::SplitMix64::new(11);
+        for (name, var) in model.trainable() {
+            if name.contains("lora_B") {
+                let data: Vec<f32> = (0..var.elem_count())
+                    .map(|_| rng.normal() as f32 * 2.0)
+                    .collect();
+                var.set(&Tensor::from_vec(data, var.dims(), &device).expect("B"))
+                    .expect("set");
+            }
+        }
+        let mut draw =
+            |n: usize| -> Vec<u32> { (0..n).map(|_| 3 + rng.below(37) as u32).collect() };
+        let system = draw(6);
+        let prompts: Vec<Vec<u32>> = (0..6)
+            .map(|i| [system.clone(), draw(1 + i % 3)].concat())
+            .collect();
+        // Enough labels (over 64 inner nodes) that both the search and full scoring run.
+        let answers: Vec<Vec<u32>> = (0..24)
+            .map(|i| [&[5 + (i % 3) as u32][..], &draw(1 + i % 6)[..], &[2]].concat())
+            .collect();
+        let candidates = Candidates {
+            labels: (0..answers.len()).map(|i| format!("l{i}")).collect(),
+            answers,
+        };
+        let gold: Vec<Option<usize>> = (0..prompts.len()).map(|i| Some(i * 7 % 24)).collect();
+        let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + 8;
+        // The reference: every sequence whole, with the adapters as training computes them.
+        let unmerged = model.detached();
+        let nll = |seq: &Seq| -> (f64, usize) {
+            let batch = make_batch(&[seq], 0, &device).expect("batch");
+            let sum = token_nll(&unmerged, &batch)
+                .and_then(|t| t.sum_all()?.to_scalar::<f32>())
+                .expect("nll");
+            (f64::from(sum), batch.tokens)
+        };
+        let seq = |p: &[u32], a: &[u32]| supervised(p, a, false, max_len, 0).expect("fits");
+        let want: Vec<Option<usize>> = prompts
+            .iter()
+            .map(|p| {
+                let scores: Vec<f64> = candidates
+                    .answers
+                    .iter()
+                    .map(|a| -nll(&seq(p, a)).0)
+                    .collect();
+                crate::stats::classify::argmax(&scores)
+            })
+            .collect();
+        let dev_seqs: Vec<Seq> = prompts
+            .iter()
+            .zip(&gold)
+            .map(|(p, g)| seq(p, &candidates.answers[g.expect("gold")]))
+            .collect();
+        let (total, tokens) = dev_seqs
+            .iter()
+            .map(nll)
+            .fold((0.0, 0), |(a, n), (b, m)| (a + b, n + m));
+        let loss = total / tokens as f64;
+        // The adapters matter: the base model's loss is another.
+        let base = CausalLm::new(
+            model.config.clone(),
+            &weights,
+            crate::trainer::model::Trainable::All,
+            3,
+            &device,
+            "test",
+        )
+        .expect("base");
+        let base_loss = dev_loss(&base, &dev_seqs, 0, 4).expect("base loss");
+        assert!((base_loss - loss).abs() > 1e-3, "{base_loss} vs {loss}");
+        for search_from in [0, usize::MAX] {
+            let settings = (false, max_len, 0, 4);
+            let searched = top_k_scored(
+                &model,
+                &prompts,
+                &candidates,
+                settings,
+                1,
+                &gold,
+                search_from,
+            )
+            .expect("searched");
+            let best: Vec<Option<usize>> = searched
+                .iter()
+                .map(|s| s.best.first().map(|x| x.0))
+                .collect();
+            assert_eq!(best, want, "search from {search_from}");
+        }
+        let e = evaluate_dev(
+            &model,
+            &dev_seqs,
+            &prompts,
+            &candidates,
+            &gold,
+            (false, max_len, 0, 4),
+            1,
+        )
+        .expect("evaluation");
+        let best: Vec<Option<usize>> = e.best.iter().map(|b| b.first().map(|x| x.0)).collect();
+        assert_eq!(best, want);
+        // Merging reorders a sum (measured: 6e-9 relative here).
+        assert!(
+            (e.dev_loss - loss).abs() < 1e-6 * loss,
+            "{} vs {loss}",
+            e.dev_loss
+        );
     }
 }
