@@ -24,7 +24,10 @@
 #   CLINC_TRAIN=1500 CLINC_DEV=300                  lines taken, balanced over labels (0: all;
 #   THUC_TRAIN=0     THUC_DEV=0                     CLINC has 15,000 and 3,000, THUCNews 10,000 and 2,000)
 #   CLINC_MODEL=models/tiny-base   THUC_MODEL=preset:tiny   a model folder, or preset:NAME
-#   EPOCHS=3 BATCH=16 LORA_RANK=8 WARMUP=0.05 SEED=1
+#                                                   (THUC_MODEL=models/tiny-base-zh: the preset
+#                                                   post-pretrained on unlabelled Chinese titles,
+#                                                   made by scripts/make-tiny-base-zh.sh)
+#   EPOCHS=3 BATCH=16 LORA_RANK=8 WARMUP=0.05 SEED=1 WEIGHT_DECAY=0
 #   LR_SFT=3e-3 LR_LORA=1e-2 LR_CLASSIFIER=3e-3 LR_CLASSIFIER_LORA=5e-3
 #   SYSTEM_PROMPT=drop                              data.system_prompt: drop (the head methods
 #                                                   read the query alone; sft and lora keep the
@@ -120,6 +123,7 @@ parameters:
   lora_rank:     {value: ${LORA_RANK:-8}}
   lora_alpha:    {value: $(( 2 * ${LORA_RANK:-8} ))}
   warmup:        {value: ${WARMUP:-0.05}}
+  weight_decay:  {value: ${WEIGHT_DECAY:-0.0}}
 resources:
   devices: ${DEVICES:-cpu}
   slots: ${SLOTS:-1}
