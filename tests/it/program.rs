@@ -750,4 +750,6 @@ fn a_process_that_escapes_the_group_holding_stdout_does_not_keep_the_trial_waiti
     );
     assert!(!results.join("trials/0001/stderr.log").exists());
     assert!(results.join("trials/0001/stdout.log").exists());
+    // Nothing of the trial's own group is left (the escaped sleep, killed above, was not in it).
+    assert_no_process_left(&results);
 }
