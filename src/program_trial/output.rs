@@ -163,6 +163,8 @@ struct Sinks {
 pub(super) struct Streams {
     open: Vec<Stream>,
     sinks: Sinks,
+    /// What one read takes in, allocated once for the trial.
+    chunk: Vec<u8>,
 }
 
 impl Streams {
@@ -194,7 +196,11 @@ impl Streams {
             metrics: append(&dir.join(METRICS_FILE))?,
             dir: dir.to_path_buf(),
         };
-        Ok(Self { open, sinks })
+        Ok(Self {
+            open,
+            sinks,
+            chunk: vec![0; 64 * 1024],
+        })
     }
 
     /// The descriptors of the streams still open, to wait on.
@@ -211,13 +217,12 @@ impl Streams {
     /// each complete line to `watch`; a stream at its end (or failing) is closed, its last line
     /// handed on even without a `\n`.
     pub fn read_ready(&mut self, ready: &[bool], watch: &mut Watch) {
-        let mut chunk = vec![0u8; 64 * 1024];
         let mut index = 0;
-        let sinks = &mut self.sinks;
+        let (sinks, chunk) = (&mut self.sinks, &mut self.chunk);
         self.open.retain_mut(|stream| {
             let is_ready = ready.get(index).copied().unwrap_or(false);
             index += 1;
-            !is_ready || stream.read_available(&mut chunk, sinks, watch)
+            !is_ready || stream.read_available(chunk, sinks, watch)
         });
     }
 }
@@ -240,7 +245,7 @@ impl Stream {
     }
 
     fn take_in(&mut self, bytes: &[u8], sinks: &mut Sinks, watch: &mut Watch) {
-        if self.log.is_none() {
+        if self.log.is_none() && self.kind == Kind::Stderr {
             self.log = append(&sinks.dir.join(STDERR_LOG)).ok();
         }
         if let Some(log) = &mut self.log {
